@@ -1,0 +1,11 @@
+"""adapt: parameter-efficient adaptation of SAM and CLIP for segmentation.
+
+The library behind the studio: backbones (segment-anything SAM, open_clip CLIP), adapter methods
+(PARSER, COBOT, H-CLIP and baselines) behind one interface, and the adapter file format.
+No UI code lives here.
+"""
+
+__version__ = "0.1.0"
+
+from adapt.backbones import Backbone, build_backbone, BACKBONES  # noqa: E402,F401
+from adapt.methods import attach, METHODS, Handle  # noqa: E402,F401

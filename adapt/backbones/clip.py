@@ -1,0 +1,77 @@
+"""CLIP backbones: open_clip's CLIP class, official ViT-B/16 and ViT-L/14 and a tiny config.
+
+Official shapes come from open_clip's own model configs; the tiny one is configs/tiny-clip.json,
+built with the same class and the real BPE tokenizer (only its context length is shorter).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import open_clip
+from open_clip.model import CLIP
+from open_clip.tokenizer import SimpleTokenizer
+
+from adapt.backbones import Backbone, load_into, load_json_config, load_state_dict_file
+
+_OPEN_CLIP_NAMES = {"clip-vit-b-16": "ViT-B-16", "clip-vit-l-14": "ViT-L-14"}
+
+
+def spec_for(name: str) -> dict:
+    if name in _OPEN_CLIP_NAMES:
+        cfg = open_clip.get_model_config(_OPEN_CLIP_NAMES[name])
+        return {"family": "clip", "open_clip_name": _OPEN_CLIP_NAMES[name], **cfg}
+    return load_json_config(name)
+
+
+def build(name: str, checkpoint=None) -> Backbone:
+    spec = spec_for(name)
+    cfg = {k: v for k, v in spec.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
+    # open_clip logs a warning for every model built without pretrained weights; that is the point here.
+    logging.getLogger().disabled, previous = True, logging.getLogger().disabled
+    try:
+        model = CLIP(**cfg)
+    finally:
+        logging.getLogger().disabled = previous
+    weights_id = "random-init"
+    if checkpoint is not None:
+        state, weights_id = load_state_dict_file(checkpoint)
+        load_into(model, state, checkpoint)
+    tokenizer = SimpleTokenizer(context_length=spec["text_cfg"].get("context_length", 77))
+    return Backbone(name=name, family="clip", model=model, spec=spec, weights_id=weights_id, tokenizer=tokenizer)
+
+
+def attention_targets(model: CLIP):
+    """(tower, layer index, nn.MultiheadAttention) for every residual attention block of both towers."""
+    for tower, transformer in (("text", model.transformer), ("image", model.visual.transformer)):
+        for i, block in enumerate(transformer.resblocks):
+            yield tower, i, block.attn
+
+
+def dense_image_features(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """Per-patch embeddings in the joint image-text space, (B, embed_dim, h, w), L2-normalised.
+
+    The patch tokens go through the same final LayerNorm and projection as the pooled class token,
+    which is what lets them be compared with class text embeddings (as CAT-Seg and MaskCLIP do).
+    """
+    visual = model.visual
+    x = visual._embeds(images)
+    x = visual.transformer(x)
+    x = visual.ln_post(x)[:, 1:]
+    if visual.proj is not None:
+        x = x @ visual.proj
+    b, n, d = x.shape
+    side = int(round(n**0.5))
+    x = x.transpose(1, 2).reshape(b, d, side, side)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def text_embeddings(model: CLIP, tokenizer, classes: list[str], templates: list[str]) -> torch.Tensor:
+    """(K, embed_dim) L2-normalised class embeddings, averaged over prompt templates."""
+    prompts = [t.format(c) for c in classes for t in templates]
+    device = next(model.parameters()).device
+    emb = model.encode_text(tokenizer(prompts).to(device), normalize=True)
+    emb = emb.reshape(len(classes), len(templates), -1).mean(dim=1)
+    return torch.nn.functional.normalize(emb, dim=-1)

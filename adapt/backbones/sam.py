@@ -1,0 +1,115 @@
+"""SAM backbones: segment-anything's own Sam class, official sizes and a tiny config.
+
+Built here rather than through `sam_model_registry` so that every size (tiny included) goes
+through one constructor and checkpoints load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from adapt.backbones import Backbone, load_into, load_json_config, load_state_dict_file
+
+# The three official image-encoder sizes (segment_anything/build_sam.py); the rest is shared.
+_OFFICIAL = {
+    "sam-vit-b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
+                      encoder_global_attn_indexes=[2, 5, 8, 11]),
+    "sam-vit-l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
+                      encoder_global_attn_indexes=[5, 11, 17, 23]),
+    "sam-vit-h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
+                      encoder_global_attn_indexes=[7, 15, 23, 31]),
+}
+_OFFICIAL_SHARED = dict(family="sam", img_size=1024, patch_size=16, window_size=14, prompt_embed_dim=256,
+                        decoder_mlp_dim=2048, decoder_num_heads=8, iou_head_hidden_dim=256)
+
+
+def spec_for(name: str) -> dict:
+    if name in _OFFICIAL:
+        return {**_OFFICIAL_SHARED, **_OFFICIAL[name]}
+    return load_json_config(name)
+
+
+def build_sam_model(spec: dict) -> Sam:
+    emb = spec["img_size"] // spec["patch_size"]
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=spec["encoder_depth"],
+            embed_dim=spec["encoder_embed_dim"],
+            img_size=spec["img_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=spec["encoder_num_heads"],
+            patch_size=spec["patch_size"],
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=spec["encoder_global_attn_indexes"],
+            window_size=spec["window_size"],
+            out_chans=spec["prompt_embed_dim"],
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=spec["prompt_embed_dim"],
+            image_embedding_size=(emb, emb),
+            input_image_size=(spec["img_size"], spec["img_size"]),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=spec["prompt_embed_dim"],
+                mlp_dim=spec["decoder_mlp_dim"],
+                num_heads=spec["decoder_num_heads"],
+            ),
+            transformer_dim=spec["prompt_embed_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=spec["iou_head_hidden_dim"],
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def build(name: str, checkpoint=None) -> Backbone:
+    spec = spec_for(name)
+    model = build_sam_model(spec)
+    weights_id = "random-init"
+    if checkpoint is not None:
+        state, weights_id = load_state_dict_file(checkpoint)
+        load_into(model, state, checkpoint)
+    return Backbone(name=name, family="sam", model=model, spec=spec, weights_id=weights_id,
+                    heads=[model.mask_decoder])
+
+
+def sam_mask_logits(sam: Sam, images: torch.Tensor, boxes: torch.Tensor | None = None,
+                    points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    multimask: bool = False) -> torch.Tensor:
+    """Low-resolution mask logits (B, 1 or 3, h, w) for preprocessed images and one prompt each.
+
+    `images` are normalised and padded to the encoder size (Sam.preprocess); boxes are (B, 4) xyxy
+    in that frame; points are (coords (B, N, 2), labels (B, N)). With neither, the whole image is
+    the box (the prompt-free mode).
+    """
+    embeddings = sam.image_encoder(images)
+    if boxes is None and points is None:
+        size = sam.image_encoder.img_size
+        boxes = images.new_tensor([0.0, 0.0, size - 1.0, size - 1.0]).expand(images.shape[0], 4)
+    dense_pe = sam.prompt_encoder.get_dense_pe()
+    out = []
+    for i in range(images.shape[0]):
+        sparse, dense = sam.prompt_encoder(
+            points=None if points is None else (points[0][i : i + 1], points[1][i : i + 1]),
+            boxes=None if boxes is None else boxes[i : i + 1],
+            masks=None,
+        )
+        logits, _ = sam.mask_decoder(
+            image_embeddings=embeddings[i : i + 1],
+            image_pe=dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        out.append(logits)
+    return torch.cat(out, dim=0)

@@ -1,0 +1,189 @@
+"""Adapter files: one folder (or a zip of it) that holds everything needed to reuse an adapter.
+
+    adapter_config.json        method, its hyperparameters, base model name + weights id, task,
+                               classes, parameter counts, library version
+    adapter_model.safetensors  the trainable tensors only (adapter + trained head), never pickle
+    README.md                  a model card: what it is, data, metrics, how to load it
+
+Writes go to a temporary folder beside the target and are renamed into place at the end, so a
+failure never leaves a half-written adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+import adapt
+from adapt.backbones import Backbone, build_backbone
+from adapt.methods import Handle, attach
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+CARD_NAME = "README.md"
+FORMAT = "adapt-adapter"
+FORMAT_VERSION = 1
+
+
+class AdapterError(ValueError):
+    """An adapter file that cannot be used as asked; the message says why."""
+
+
+def adapter_config(handle: Handle, task: str | None = None, classes: list[str] | None = None,
+                   metrics: dict | None = None, data: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": adapt.__version__,
+        "method": handle.name,
+        "config": handle.config.to_dict(),
+        "base_model": {"name": handle.backbone.name, "weights_id": handle.backbone.weights_id},
+        "task": task,
+        "classes": classes,
+        "counts": handle.count(),
+        "metrics": metrics or {},
+        "data": data or {},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def model_card(cfg: dict) -> str:
+    counts = cfg["counts"]
+    lines = [
+        f"# {cfg['method']} adapter for {cfg['base_model']['name']}",
+        "",
+        f"A parameter-efficient adapter made with `adapt` {cfg['library_version']}.",
+        "",
+        f"- Method: `{cfg['method']}` with `{json.dumps(cfg['config'], sort_keys=True)}`",
+        f"- Base model: `{cfg['base_model']['name']}` (weights `{cfg['base_model']['weights_id']}`)",
+        f"- Task: {cfg['task'] or 'not set'}" + (f"; classes: {', '.join(cfg['classes'])}" if cfg.get("classes") else ""),
+        f"- Trainable parameters: {counts['adapter']:,} in the adapter, {counts['trainable']:,} with the trained head",
+    ]
+    if cfg.get("data"):
+        lines += ["", "## Data", ""] + [f"- {k}: {v}" for k, v in cfg["data"].items()]
+    if cfg.get("metrics"):
+        lines += ["", "## Metrics (held-out split)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in cfg["metrics"].items()]
+    lines += [
+        "",
+        "## Use it",
+        "",
+        "```python",
+        "from adapt.export import load_adapter",
+        "handle = load_adapter('path/to/this/folder')  # builds the base model and attaches the adapter",
+        "handle.merge()  # optional: fold into plain weights for inference",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def save_adapter(handle: Handle, out_dir: str | Path, **info) -> Path:
+    """Write the adapter folder `out_dir` atomically; returns its path."""
+    out_dir = Path(out_dir)
+    cfg = adapter_config(handle, **info)
+    tensors = {k: v.cpu() for k, v in handle.state_dict().items()}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT, "method": handle.name})
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(model_card(cfg))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def zip_adapter(folder: str | Path, zip_path: str | Path) -> Path:
+    folder, zip_path = Path(folder), Path(zip_path)
+    tmp = zip_path.with_suffix(zip_path.suffix + ".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
+            z.write(folder / name, name)
+    os.replace(tmp, zip_path)
+    return zip_path
+
+
+def _unpack(zip_path: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(zip_path) as z:
+        names = z.namelist()
+        for n in names:
+            target = (dest / n).resolve()
+            if not str(target).startswith(str(dest.resolve()) + os.sep):
+                raise AdapterError(f"{zip_path.name}: entry {n!r} would be written outside the folder")
+        config = [n for n in names if n.endswith(CONFIG_NAME)]
+        if len(config) != 1:
+            raise AdapterError(f"{zip_path.name}: expected one {CONFIG_NAME} in the zip, found {len(config)}")
+        z.extractall(dest)
+    return (dest / config[0]).parent
+
+
+def read_adapter(path: str | Path) -> tuple[dict, dict]:
+    """(config, tensors) from an adapter folder or zip, with a clear error for anything off."""
+    path = Path(path)
+    if not path.exists():
+        raise AdapterError(f"adapter {path} does not exist")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise AdapterError(f"{path.name} is neither an adapter folder nor a zip of one")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = _unpack(path, Path(tmp))
+            return read_adapter(folder)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (path / name).is_file():
+            raise AdapterError(f"adapter folder {path} has no {name}")
+    try:
+        cfg = json.loads((path / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{path / CONFIG_NAME} is not valid JSON: {e}") from e
+    if cfg.get("format") != FORMAT:
+        raise AdapterError(f"{path / CONFIG_NAME} is not an adapt adapter (format {cfg.get('format')!r})")
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise AdapterError(f"adapter format version {cfg['format_version']} is newer than this library reads "
+                           f"({FORMAT_VERSION}); upgrade adapt")
+    try:
+        tensors = load_file(str(path / WEIGHTS_NAME))
+    except Exception as e:
+        raise AdapterError(f"{path / WEIGHTS_NAME} cannot be read: {e}") from e
+    return cfg, tensors
+
+
+def check_compatible(cfg: dict, backbone: Backbone, method: str | None = None) -> None:
+    base = cfg["base_model"]
+    if base["name"] != backbone.name:
+        raise AdapterError(f"this adapter was trained on {base['name']!r}, not {backbone.name!r}; "
+                           f"load it onto {base['name']!r}")
+    if base["weights_id"] != backbone.weights_id:
+        raise AdapterError(
+            f"this adapter was trained on {base['name']!r} weights {base['weights_id'][:16]}, but the loaded "
+            f"weights are {backbone.weights_id[:16]}; load the same base checkpoint it was trained on")
+    if method is not None and method != cfg["method"]:
+        raise AdapterError(f"this adapter is a {cfg['method']!r} adapter, not {method!r}")
+
+
+def load_adapter(path: str | Path, backbone: Backbone | None = None, method: str | None = None,
+                 checkpoint: str | Path | None = None) -> Handle:
+    """Attach a saved adapter to `backbone` (built from the adapter's config when not given)."""
+    cfg, tensors = read_adapter(path)
+    if backbone is None:
+        backbone = build_backbone(cfg["base_model"]["name"], checkpoint=checkpoint)
+    check_compatible(cfg, backbone, method)
+    if cfg.get("task") == "openvocab" or backbone.family == "clip":
+        from adapt.tasks import attach_task_head
+
+        attach_task_head(backbone)
+    handle = attach(backbone, cfg["method"], **cfg["config"])
+    handle.load_state_dict(tensors)
+    handle.info = cfg
+    return handle

@@ -1,0 +1,49 @@
+"""Adaptation methods behind one interface, one registry by name.
+
+    handle = attach(backbone, "parser", scope="conv")
+
+See base.py for the contract every method obeys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from adapt.backbones import Backbone
+from adapt.methods.adaptformer import AdaptFormer
+from adapt.methods.base import Handle, MethodConfig, ParamGroup
+from adapt.methods.baselines import Decoder, Frozen, Full
+from adapt.methods.cobot import CobotAdaptFormer, CobotLora
+from adapt.methods.hclip import Hclip
+from adapt.methods.lora import Lora
+from adapt.methods.lora_clip import LoraClip
+from adapt.methods.parser import Parser
+
+METHODS: dict[str, type[Handle]] = {
+    cls.name: cls
+    for cls in (Parser, Lora, AdaptFormer, CobotLora, CobotAdaptFormer, Hclip, LoraClip, Full, Decoder, Frozen)
+}
+
+__all__ = ["METHODS", "Handle", "MethodConfig", "ParamGroup", "attach", "make_config", "methods_for"]
+
+
+def methods_for(family: str) -> list[str]:
+    return [name for name, cls in METHODS.items() if family in cls.families]
+
+
+def make_config(method: str, **options) -> MethodConfig:
+    """The method's config dataclass from keyword options; unknown options are an error."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    cls = METHODS[method].Config
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"method {method!r} has no option(s) {unknown}; it takes {sorted(names)}")
+    return cls(**options)
+
+
+def attach(backbone: Backbone, method: str, **options) -> Handle:
+    """Freeze the backbone, insert `method` into it and return the handle that controls it."""
+    config = make_config(method, **options)
+    return METHODS[method](backbone, config)

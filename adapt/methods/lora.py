@@ -1,0 +1,98 @@
+"""LoRA on SAM's image encoder: low-rank updates of q and v inside every block's attn.qkv.
+
+delta_q = B_q A_q x, delta_v = B_v A_v x, rank r (default 4), A kaiming-uniform, B zero, so the
+adapted model equals SAM at step 0 (the SAM-COBOT official code does not zero B; we do, for
+identity at step 0). 147,456 parameters on ViT-B. The bottleneck h = A x is exposed to an optional
+`mixer` (COBOT, see cobot.py) as slice t = 2*layer (q) and 2*layer + 1 (v).
+Merge folds B M A (M = the mixer's linear map, identity without one) into a plain qkv Linear.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adapt.methods.base import MethodConfig, SwapHandle
+
+
+@dataclass
+class LoraConfig(MethodConfig):
+    rank: int = 4
+    alpha: float = 4.0  # scaling = alpha / rank; 1.0 by default, as in the SAM LoRA code
+
+
+class LowRank(nn.Module):
+    """One low-rank branch x -> B mixer(A x), with A (r x in) and B (out x r)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, like: torch.Tensor):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features, dtype=like.dtype, device=like.device))
+        self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=like.dtype, device=like.device))
+        if not like.is_meta:
+            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def forward(self, x, mixer=None, t: int = 0):
+        h = x @ self.A.t()
+        if mixer is not None:
+            h = mixer(h, t)
+        return h @ self.B.t()
+
+    def delta_weight(self, mixer=None, t: int = 0) -> torch.Tensor:
+        a = self.A if mixer is None else mixer.matrix(t).to(self.A.dtype) @ self.A
+        return self.B @ a
+
+
+class LoraQV(nn.Module):
+    """Wraps SAM's attn.qkv (Linear(d, 3d)) with LoRA branches on the q and v thirds."""
+
+    def __init__(self, qkv: nn.Linear, rank: int, scaling: float, mixer=None, slices=(0, 1)):
+        super().__init__()
+        d = qkv.in_features
+        self.qkv, self.scaling, self.slices = qkv, scaling, slices
+        self.q = LowRank(d, d, rank, qkv.weight)
+        self.v = LowRank(d, d, rank, qkv.weight)
+        self._mixer = [mixer]  # a list keeps the shared mixer out of this module's parameters
+
+    def forward(self, x):
+        mixer = self._mixer[0]
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q = q + self.scaling * self.q(x, mixer, self.slices[0])
+        v = v + self.scaling * self.v(x, mixer, self.slices[1])
+        return torch.cat([q, k, v], dim=-1)
+
+    @torch.no_grad()
+    def merged_module(self) -> nn.Linear:
+        mixer = self._mixer[0]
+        dq = self.q.delta_weight(mixer, self.slices[0])
+        dv = self.v.delta_weight(mixer, self.slices[1])
+        merged = nn.Linear(self.qkv.in_features, self.qkv.out_features, bias=self.qkv.bias is not None,
+                           device=self.qkv.weight.device, dtype=self.qkv.weight.dtype)
+        merged.weight.copy_(self.qkv.weight + self.scaling * torch.cat([dq, torch.zeros_like(dq), dv], dim=0))
+        if self.qkv.bias is not None:
+            merged.bias.copy_(self.qkv.bias)
+        merged.requires_grad_(False)
+        return merged
+
+
+class Lora(SwapHandle):
+    name = "lora"
+    families = ("sam",)
+    Config = LoraConfig
+    summary = "Low-rank updates of q and v in every encoder block (r=4); about 147K parameters on ViT-B."
+
+    def _make_mixer(self, depth: int, width: int):
+        """The bottleneck mixer shared by all blocks; none for plain LoRA (COBOT overrides this)."""
+        return None
+
+    def _wrap_modules(self) -> None:
+        blocks = self.model.image_encoder.blocks
+        mixer = self._make_mixer(len(blocks), self.config.rank)
+        scaling = self.config.alpha / self.config.rank
+        for i in range(len(blocks)):
+            w = self.swaps.wrap(f"image_encoder.blocks.{i}.attn.qkv",
+                                lambda m, i=i: LoraQV(m, self.config.rank, scaling, mixer, (2 * i, 2 * i + 1)))
+            for p in (w.q.A, w.q.B, w.v.A, w.v.B):
+                self._add_adapter_param(p)
