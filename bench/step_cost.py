@@ -1,0 +1,426 @@
+#!/usr/bin/env python
+"""Training-step cost and merged-inference cost of every SAM adaptation method, relative to `full`.
+
+    .venv/bin/python bench/step_cost.py [--backbone tiny-sam] [--batch 2] [--steps N] [--warmup K]
+                                        [--device cpu|cuda] [--threads T] [--methods full,parser,...]
+                                        [--out FILE.md] [--json]
+
+What is measured, per method (a fresh backbone built with seed 0, the method attached, AdamW over
+`handle.trainable_groups()` with lr 1e-4 * lr_scale, MSE of `backbone.forward(inputs)` against a
+fixed random target):
+
+- step time: wall time of one training step (zero_grad, forward, loss, backward, optimizer step),
+  median over the timed steps after the warm-up steps. All methods are built up front and stepped
+  round-robin (one step of each per round, the order rotated every round), so a slow spell of
+  a noisy, shared machine hits every method alike instead of whichever was running at the time.
+- step memory: how far memory rises above its level just before the first step (model, adapter,
+  optimizer object, inputs and target already in place) during warm-up + a few steps, i.e. the
+  activations kept for backward, the gradients, AdamW's state and temporaries. Each method runs in a
+  fresh subprocess of this script (hidden `--one`), so nothing allocated by another method counts.
+  CUDA: torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus
+  memory_allocated() at the reset. CPU (Linux): the peak resident set size VmHWM after resetting it
+  through /proc/self/clear_refs ("5"), minus VmRSS at the reset; where that file cannot be written,
+  ru_maxrss after the steps minus ru_maxrss before them (a lower bound if building the model ever
+  peaked higher than the steps do). The total peak (weights and, on CPU, the Python/torch runtime
+  included) is in the --json output as `peak_total_bytes`.
+- inference: eval mode, torch.no_grad, one forward of the batch, for the plain backbone (no method:
+  "base"), the adapted model un-merged and the adapted model after handle.merge(). The adapter is
+  first perturbed (about 1% noise) so that merging folds a non-zero update. The three are timed
+  interleaved for several rounds (order rotated) and the medians give merged/base and
+  unmerged/base. AdaptFormer-style methods cannot fold their non-linear branch into the base weights
+  (handle.fully_mergeable is False), so their merged model still runs the branch: flagged in the table.
+
+Ratios against `full` (training) and `base` (inference) measured in the same run are the headline;
+absolute numbers are printed too, but they depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `adapt` lives at the repo root
+
+import torch  # noqa: E402
+
+from adapt.backbones import build_backbone  # noqa: E402
+from adapt.methods import METHODS, attach  # noqa: E402
+
+# key (for --methods / --one), label in the table, method name, attach options
+VARIANTS = [
+    ("full", "full", "full", {}),
+    ("decoder", "decoder", "decoder", {}),
+    ("parser", "parser", "parser", {}),
+    ("parser:conv", "parser (scope=conv)", "parser", {"scope": "conv"}),
+    ("lora", "lora", "lora", {}),
+    ("cobot-lora", "cobot-lora", "cobot-lora", {}),
+    ("adaptformer", "adaptformer", "adaptformer", {}),
+    ("cobot-adaptformer", "cobot-adaptformer", "cobot-adaptformer", {}),
+]
+BY_KEY = {v[0]: v for v in VARIANTS}
+LR = 1e-4
+MIB = 2**20
+
+
+# --- set-up -------------------------------------------------------------------------------------
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    try:  # only allowed before any inter-op parallel work has started
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Trainer:
+    """One method attached to its own fresh backbone, with its optimizer, inputs and target."""
+
+    def __init__(self, key: str, args, device: torch.device):
+        _, self.label, method, options = BY_KEY[key]
+        self.key = key
+        self.backbone = build_backbone(args.backbone, seed=0)
+        self.backbone.model.to(device)
+        self.handle = attach(self.backbone, method, **options)
+        self.inputs = {k: v.to(device) for k, v in self.backbone.example_inputs(args.batch, seed=0).items()}
+        with torch.no_grad():
+            shape = self.backbone.forward(self.inputs).shape
+        g = torch.Generator().manual_seed(1)
+        self.target = torch.randn(shape, generator=g).to(device)
+        groups = [{"params": g.params, "lr": LR * g.lr_scale} for g in self.handle.trainable_groups()]
+        self.opt = torch.optim.AdamW(groups, lr=LR)
+        self.backbone.model.train()  # SAM has no dropout/batch-norm; train mode for form's sake
+        self.times: list[float] = []
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss = (self.backbone.forward(self.inputs) - self.target).pow(2).mean()
+        loss.backward()
+        self.opt.step()
+
+
+# --- memory (one method per fresh subprocess) ---------------------------------------------------
+
+def _proc_status_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def _maxrss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
+
+
+def measure_memory_here(key: str, args, device: torch.device) -> dict:
+    """Runs inside the `--one` subprocess: build, attach, then the rise of memory over the steps."""
+    t = Trainer(key, args, device)
+    steps = args.warmup + min(args.steps, 2) if args.mem_steps is None else args.mem_steps
+    steps = max(steps, 1)
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            t.step()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        how = "cuda max_memory_allocated - memory_allocated before the first step"
+        total = peak
+    else:
+        try:
+            base = _proc_status_kib("VmRSS") * 1024
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            for _ in range(steps):
+                t.step()
+            peak = _proc_status_kib("VmHWM") * 1024
+            how = "VmHWM (reset via /proc/self/clear_refs) - VmRSS before the first step"
+        except OSError:
+            base = _maxrss_bytes()
+            for _ in range(steps):
+                t.step()
+            peak = _maxrss_bytes()
+            how = "ru_maxrss after the steps - ru_maxrss before them (lower bound)"
+        total = peak
+    counts = t.handle.count()
+    return {"key": key, "step_bytes": max(peak - base, 0), "peak_total_bytes": total, "before_bytes": base,
+            "mem_steps": steps, "mem_how": how, "adapter_params": counts["adapter"],
+            "trainable_params": counts["trainable"]}
+
+
+def measure_memory(key: str, args) -> dict:
+    """Runs `--one KEY` in a fresh interpreter and reads the JSON line it prints last."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", key, "--backbone", args.backbone,
+           "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--device", args.device, "--threads", str(args.threads)]
+    if args.mem_steps is not None:
+        cmd += ["--mem-steps", str(args.mem_steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory run for {key!r} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- training step time (all methods in this process, round-robin) ------------------------------
+
+def time_training(keys: list[str], args, device: torch.device, log) -> dict[str, list[float]]:
+    trainers = [Trainer(k, args, device) for k in keys]
+    for r in range(args.warmup + args.steps):
+        order = trainers[r % len(trainers):] + trainers[: r % len(trainers)]  # rotate the order
+        for t in order:
+            gc.collect()
+            sync(device)
+            start = time.perf_counter()
+            t.step()
+            sync(device)
+            if r >= args.warmup:
+                t.times.append(time.perf_counter() - start)
+        log(f"  train round {r + 1}/{args.warmup + args.steps}"
+            + (" (warm-up)" if r < args.warmup else ""))
+    times = {t.key: t.times for t in trainers}
+    del trainers
+    gc.collect()
+    return times
+
+
+# --- inference: base vs un-merged vs merged, interleaved ----------------------------------------
+
+@torch.no_grad()
+def perturb(handle, scale: float = 0.01, seed: int = 1) -> None:
+    """Moves every adapter tensor by ~`scale` of its mean magnitude (absolute `scale` where it is
+    zero, e.g. LoRA's B), so that merge folds a real update instead of a zero one."""
+    g = torch.Generator().manual_seed(seed)
+    for p in handle.adapter_parameters().values():
+        ref = p.abs().mean().item() or 1.0
+        p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * (scale * ref))
+
+
+def time_inference(key: str, base, args, device: torch.device) -> dict:
+    _, _, method, options = BY_KEY[key]
+    adapted = build_backbone(args.backbone, seed=0)
+    adapted.model.to(device)
+    handle = attach(adapted, method, **options)
+    perturb(handle)
+    adapted.model.eval()
+    inputs = {k: v.to(device) for k, v in base.example_inputs(args.batch, seed=0).items()}
+
+    def run(backbone) -> float:
+        sync(device)
+        start = time.perf_counter()
+        backbone.forward(inputs)
+        sync(device)
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        unmerged_out = adapted.forward(inputs)
+        handle.merge()
+        merged_out = adapted.forward(inputs)
+        handle.unmerge()
+        merge_diff = (merged_out - unmerged_out).abs().max().item()
+        moved = (unmerged_out - base.forward(inputs)).abs().max().item()
+        run(base), run(adapted)  # warm-up of both models
+        times = {"base": [], "unmerged": [], "merged": []}
+        kinds = list(times)
+        for r in range(args.infer_rounds):
+            for kind in kinds[r % 3:] + kinds[: r % 3]:
+                gc.collect()
+                if kind == "base":
+                    times[kind].append(run(base))
+                elif kind == "unmerged":
+                    times[kind].append(run(adapted))
+                else:
+                    handle.merge()
+                    times[kind].append(run(adapted))
+                    handle.unmerge()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"infer_base_s": med["base"], "infer_unmerged_s": med["unmerged"], "infer_merged_s": med["merged"],
+            "merged_over_base": med["merged"] / med["base"], "unmerged_over_base": med["unmerged"] / med["base"],
+            "merge_max_abs_diff": merge_diff, "output_moved_from_base": moved,
+            "fully_mergeable": METHODS[method].fully_mergeable}
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    model = platform.processor() or platform.machine()
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = m.group(1).strip() if m else model
+    except OSError:
+        pass
+    return f"cpu ({model}, {os.cpu_count()} logical cores)"
+
+
+def command_line() -> str:
+    exe = sys.executable
+    try:
+        rel = os.path.relpath(exe, os.getcwd())
+        exe = rel if not rel.startswith("..") else exe
+    except ValueError:
+        pass
+    return shlex.join([exe, os.path.relpath(Path(__file__).resolve(), os.getcwd()), *sys.argv[1:]])
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def markdown(report: dict) -> str:
+    r0 = report
+    lines = [
+        f"Backbone `{r0['backbone']}`, batch {r0['batch']}, {r0['steps']} timed steps after {r0['warmup']} "
+        f"warm-up, {r0['infer_rounds']} interleaved inference rounds.",
+        "",
+        "| method | adapter params | trainable params | step time / full | step memory / full "
+        "| merged inference / base | unmerged inference / base | step time (ms) | step memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    flagged = False
+    for r in report["results"]:
+        merged = _ratio(r.get("merged_over_base"))
+        if r.get("fully_mergeable") is False:
+            merged += " †"
+            flagged = True
+        lines.append(
+            f"| {r['label']} | {r['adapter_params']:,} | {r['trainable_params']:,} | {_ratio(r['time_over_full'])} "
+            f"| {_ratio(r['memory_over_full'])} | {merged} | {_ratio(r.get('unmerged_over_base'))} "
+            f"| {r['step_s'] * 1e3:.0f} | {r['step_bytes'] / MIB:.1f} |")
+    lines.append("")
+    if flagged:
+        lines += ["† not fully mergeable (`handle.fully_mergeable` is False): the AdaptFormer branch "
+                  "(LayerNorm, ReLU) cannot be folded into SAM's weights, so the merged model still runs it.", ""]
+    lines += [
+        f"Command: `{report['command']}`  ",
+        f"Device: {report['device']}; torch {report['torch']}; {report['threads']} intra-op thread(s) "
+        f"(torch.set_num_threads), 1 inter-op thread.  ",
+        f"Step memory: {report['mem_how']}, over {report['mem_steps']} steps, one fresh process per method.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="tiny-sam", help="a SAM backbone (tiny-sam, sam-vit-b, ...)")
+    p.add_argument("--batch", type=int, default=None, help="default 2; 1 for full-size SAM on CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10; 2 full-size on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3; 1 full-size on CPU)")
+    p.add_argument("--infer-rounds", type=int, default=None,
+                   help="interleaved inference rounds (default 9; 3 full-size on CPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads in this process and the memory subprocesses "
+                        "(default: 1 on CPU, torch's own default on CUDA)")
+    p.add_argument("--methods", default=",".join(BY_KEY),
+                   help=f"comma-separated subset of: {', '.join(BY_KEY)} (ratios need `full`)")
+    p.add_argument("--out", help="append the Markdown table to this file")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: memory of one method, in a fresh process
+    p.add_argument("--mem-steps", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    small = args.backbone.startswith("tiny-") or args.device == "cuda"
+    args.batch = args.batch if args.batch is not None else (2 if small else 1)
+    args.steps = args.steps if args.steps is not None else (10 if small else 2)
+    args.warmup = args.warmup if args.warmup is not None else (3 if small else 1)
+    args.infer_rounds = args.infer_rounds if args.infer_rounds is not None else (9 if small else 3)
+    # One thread by default on CPU: on a shared machine, a second OpenMP thread that loses its core
+    # to another process stalls every parallel region (steps measured 10-50x slower, with a huge
+    # spread, when one busy process ran beside 2 threads on 2 cores); one thread only slows down.
+    if args.threads is None:
+        args.threads = 1 if args.device == "cpu" else torch.get_num_threads()
+    if args.steps < 1 or args.warmup < 0 or args.infer_rounds < 1:
+        p.error("--steps and --infer-rounds must be >= 1, --warmup >= 0")
+    keys = [k.strip() for k in args.methods.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in BY_KEY]
+    if unknown:
+        p.error(f"unknown method key(s) {unknown}; choose from {', '.join(BY_KEY)}")
+    args.keys = keys
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    device = torch.device(args.device)
+
+    if args.one:  # the memory subprocess
+        print(json.dumps(measure_memory_here(args.one, args, device)))
+        return 0
+
+    log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    # Memory first, each method in its own process, before this process holds any model.
+    memory = {}
+    for k in args.keys:
+        log(f"memory: {k}")
+        memory[k] = measure_memory(k, args)
+    log("training step time (round-robin over all methods)")
+    train_times = time_training(args.keys, args, device, log)
+    inference = {}
+    base = build_backbone(args.backbone, seed=0)
+    base.model.to(device).eval()
+    for k in args.keys:
+        log(f"inference: {k}")
+        inference[k] = time_inference(k, base, args, device)
+
+    step_s = {k: statistics.median(v) for k, v in train_times.items()}
+    full_s = step_s.get("full")
+    full_mem = memory["full"]["step_bytes"] if "full" in memory else None
+    results = []
+    for k in args.keys:
+        m = memory[k]
+        results.append({
+            "key": k, "label": BY_KEY[k][1], "method": BY_KEY[k][2], "options": BY_KEY[k][3],
+            "adapter_params": m["adapter_params"], "trainable_params": m["trainable_params"],
+            "step_s": step_s[k], "step_times_s": train_times[k],
+            "time_over_full": step_s[k] / full_s if full_s else None,
+            "step_bytes": m["step_bytes"], "peak_total_bytes": m["peak_total_bytes"],
+            "memory_over_full": m["step_bytes"] / full_mem if full_mem else None,
+            **inference[k],
+        })
+    any_mem = next(iter(memory.values()))
+    report = {
+        "command": command_line(), "device": device_description(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "backbone": args.backbone, "batch": args.batch,
+        "steps": args.steps, "warmup": args.warmup, "infer_rounds": args.infer_rounds,
+        "mem_how": any_mem["mem_how"], "mem_steps": any_mem["mem_steps"],
+        "wall_s": round(time.perf_counter() - started, 1), "results": results,
+    }
+    md = markdown(report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(md)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(md + "\n")
+    log(f"done in {report['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from adapt.backbones import build_backbone
+from adapt.methods import METHODS
+from adapt.tasks import attach_task_head
+
+torch.set_num_threads(2)
+
+# (method, options) x the families it adapts: every configuration the library ships.
+CASES = []
+for _name, _cls in METHODS.items():
+    for _family in _cls.families:
+        CASES.append((_name, _family, {}))
+CASES += [("parser", "sam", {"scope": "conv"}), ("parser", "sam", {"reparam": "delta"}),
+          ("cobot-lora", "sam", {"quaternion_init": "random"}),
+          ("hclip", "clip", {"dcrc": False}), ("hclip", "clip", {"orthogonal": "both"}),
+          ("hclip", "clip", {"orthogonal": "none"})]
+CASE_IDS = [f"{m}-{f}" + "".join(f"-{k}={v}" for k, v in o.items()) for m, f, o in CASES]
+
+TINY = {"sam": "tiny-sam", "clip": "tiny-clip"}
+
+
+def tiny_backbone(family: str, seed: int = 0):
+    backbone = build_backbone(TINY[family], seed=seed)
+    attach_task_head(backbone)
+    return backbone
+
+
+def frozen_output(backbone, inputs):
+    for p in backbone.model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        return backbone.forward(inputs)
+
+
+def perturb(handle, scale: float = 0.05, seed: int = 1):
+    """Move every trainable tensor away from its initialisation (a stand-in for training)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(handle.adapter_parameters().values()) + list(handle.head_parameters().values()):
+            p.add_(torch.randn(p.shape, generator=g) * scale * (p.abs().mean() + 1e-2))
+
+
+@pytest.fixture(params=CASES, ids=CASE_IDS)
+def case(request):
+    return request.param

@@ -1,0 +1,77 @@
+"""Backbones: names, shapes, checkpoints (weights_only / safetensors), clear errors."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from adapt.backbones import BACKBONES, build_backbone
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("sam-vit-b", 93_735_472), ("sam-vit-l", 312_342_832), ("sam-vit-h", 641_090_608),
+    ("clip-vit-b-16", 149_620_737), ("clip-vit-l-14", 427_616_513),
+])
+def test_official_architectures(name, expected):
+    with torch.device("meta"):
+        backbone = build_backbone(name)
+    assert n_params(backbone.model) == expected
+    assert backbone.weights_id == "random-init"
+
+
+def test_names():
+    assert set(BACKBONES) == {"sam-vit-b", "sam-vit-l", "sam-vit-h", "tiny-sam", "clip-vit-b-16",
+                              "clip-vit-l-14", "tiny-clip"}
+    with pytest.raises(ValueError, match="unknown backbone 'sam-vit-x'"):
+        build_backbone("sam-vit-x")
+
+
+def test_tiny_models_run_and_use_the_real_tokenizer():
+    sam = build_backbone("tiny-sam")
+    out = sam.forward(sam.example_inputs(batch=2))
+    assert out.shape == (2, 1, 64, 64)
+    clip = build_backbone("tiny-clip")
+    tokens = clip.tokenizer(["a photo of a zebra"])
+    assert tokens.shape == (1, 32) and tokens[0, 0].item() == 49406  # <start_of_text> of the CLIP BPE
+    assert n_params(sam.model) < 2_000_000 and n_params(clip.model) < 6_000_000
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_checkpoint_round_trip(tmp_path, fmt):
+    source = build_backbone("tiny-sam", seed=3)
+    state = {k: v.contiguous() for k, v in source.model.state_dict().items()}
+    path = tmp_path / f"tiny.{fmt}"
+    torch.save(state, path) if fmt == "pth" else save_file(state, str(path))
+    loaded = build_backbone("tiny-sam", checkpoint=path)
+    assert len(loaded.weights_id) == 64
+    inputs = source.example_inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.forward(inputs), source.forward(inputs))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_backbone("tiny-sam", checkpoint=tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        build_backbone("tiny-sam", checkpoint=bad)
+    other = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in build_backbone("tiny-clip").model.state_dict().items()}, str(other))
+    with pytest.raises(ValueError, match="does not fit this architecture"):
+        build_backbone("tiny-sam", checkpoint=other)
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open(r'%s', 'w').write('pwned')" % (tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        build_backbone("tiny-sam", checkpoint=path)
+    assert not (tmp_path / "pwned").exists()
