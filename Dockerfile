@@ -1,0 +1,25 @@
+# The studio as a Docker image (Hugging Face Docker Space compatible): uid 1000, port 7860.
+# Same environment as `make install`: the pinned requirements.txt.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    GRADIO_SERVER_PORT=7860 \
+    GRADIO_ANALYTICS_ENABLED=False
+
+RUN apt-get update && apt-get install -y --no-install-recommends libglib2.0-0 libgl1 \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN useradd -m -u 1000 user
+WORKDIR /home/user/app
+
+COPY --chown=user requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY --chown=user . .
+USER user
+# Official checkpoints are cached in persistent storage when the Space has it (/data).
+ENV ADAPT_WEIGHTS_DIR=/home/user/app/weights
+EXPOSE 7860
+CMD ["sh", "-c", "if [ -d /data ] && [ -w /data ]; then export ADAPT_WEIGHTS_DIR=/data/weights ADAPT_JOBS_DIR=/data/jobs; fi; exec python -m app"]
