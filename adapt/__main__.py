@@ -1,7 +1,12 @@
-"""Command line: python -m adapt {params,selfcheck} ...
+"""Command line: python -m adapt {train,eval,predict,export,params,selfcheck,pretrain} ...
 
+    python -m adapt train --task dichotomous --backbone tiny-sam --method parser --data DIR --steps 200 --out runs/x
+    python -m adapt eval --adapter runs/x/adapter --data DIR --json
+    python -m adapt predict --adapter runs/x/adapter --image photo.jpg --out mask.png
+    python -m adapt export --adapter runs/x/adapter --zip x.zip [--merged merged.safetensors]
     python -m adapt params --backbone sam-vit-b --method parser --option scope=conv --json
     python -m adapt selfcheck --json
+    python -m adapt pretrain --backbone tiny-sam --out weights/
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -23,6 +29,137 @@ def _parse_options(pairs: list[str]) -> dict:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def _progress(total: int):
+    """An event printer: a tqdm bar for steps, one line for evaluations and the end."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def echo(event: dict) -> None:
+        kind = event["type"]
+        if kind == "step":
+            bar.n = event["step"]
+            bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+            bar.refresh()
+        elif kind == "resumed":
+            bar.n = event["step"]
+            bar.refresh()
+        elif kind == "eval":
+            m = event["metrics"]
+            bar.write(f"step {event['step']}: {event['model']} on held-out: " +
+                      ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
+        elif kind in ("done", "cancelled", "error"):
+            bar.close()
+
+    return echo
+
+
+def cmd_train(args) -> int:
+    from adapt.data import load_dataset
+    from adapt.export import save_adapter
+    from adapt.train import TrainConfig, train
+
+    dataset = load_dataset(args.data, task=args.task)
+    train_set, heldout = dataset.split(holdout=args.holdout, seed=args.seed)
+    task_options = {"prompt": args.prompt} if args.task == "dichotomous" else {}
+    cfg = TrainConfig(task=args.task, backbone=args.backbone, checkpoint=args.checkpoint, method=args.method,
+                      method_options=_parse_options(args.option), task_options=task_options, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, seed=args.seed,
+                      eval_every=args.eval_every, device=args.device)
+    out = Path(args.out)
+    summary = train(cfg, list(train_set), list(heldout), out, resume=args.resume, echo=_progress(args.steps))
+    run = summary.pop("run")
+    if summary["status"] != "done":
+        print(f"training {summary['status']} at step {summary['step']}; resume with --resume", file=sys.stderr)
+        return 1
+    metrics = {f"frozen_{k}": v for k, v in (summary["frozen"] or {}).items()}
+    metrics.update({f"adapted_{k}": v for k, v in (summary["adapted"] or {}).items()})
+    data = {"source": str(args.data), "train_images": len(train_set), "heldout_images": len(heldout),
+            "heldout_stems": ", ".join(s.stem for s in heldout), "steps": args.steps}
+    adapter = save_adapter(run.handle, out / "adapter", task=args.task, metrics=metrics, data=data)
+    report = {"adapter": str(adapter), "frozen": summary["frozen"], "adapted": summary["adapted"],
+              "counts": summary["counts"], "seconds": summary["seconds"]}
+    print(json.dumps(report, indent=1) if args.json else _side_by_side(summary["frozen"], summary["adapted"], adapter))
+    return 0
+
+
+def _side_by_side(frozen: dict | None, adapted: dict | None, adapter=None) -> str:
+    lines = [f"adapter written to {adapter}"] if adapter else []
+    if frozen and adapted:
+        lines.append(f"{'held-out metric':<16}{'frozen':>10}{'adapted':>10}")
+        for k in frozen:
+            if isinstance(frozen[k], float):
+                lines.append(f"{k:<16}{frozen[k]:>10.4f}{adapted[k]:>10.4f}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from adapt.data import load_dataset
+    from adapt.export import base_backbone, load_adapter, read_adapter
+    from adapt.train import make_task
+
+    dataset = load_dataset(args.data, task=args.task)
+    samples = list(dataset)
+    cfg, _ = read_adapter(args.adapter)
+    backbone = base_backbone(cfg, args.checkpoint)
+    options = {"prompt": args.prompt} if args.prompt else {}
+    task = make_task(cfg.get("task") or args.task, backbone, **options)
+    frozen = task.evaluate(samples)  # before the adapter (and its trained head) is loaded
+    load_adapter(args.adapter, backbone=backbone)
+    backbone.model.eval()
+    adapted = task.evaluate(samples)
+    if args.json:
+        print(json.dumps({"images": len(samples), "frozen": frozen, "adapted": adapted}))
+    else:
+        print(_side_by_side(frozen, adapted))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from adapt.data import load_image
+    from adapt.export import load_adapter
+    from adapt.train import make_task
+
+    handle = load_adapter(args.adapter, checkpoint=args.checkpoint)
+    handle.merge()
+    task = make_task(handle.info.get("task") or "dichotomous", handle.backbone)
+    image = load_image(args.image)
+    box = [float(v) for v in args.box.split(",")] if args.box else None
+    prob = task.predict(image, box=box)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(((prob > 0.5) * 255).astype(np.uint8)).save(out)
+    print(f"wrote {out} ({prob.shape[1]}x{prob.shape[0]})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from adapt.export import load_adapter, zip_adapter
+
+    if args.zip:
+        print(f"wrote {zip_adapter(args.adapter, args.zip)}")
+    if args.merged:
+        from safetensors.torch import save_file
+
+        handle = load_adapter(args.adapter, checkpoint=args.checkpoint)
+        handle.merge()
+        state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
+        save_file(state, args.merged, metadata={"merged_from": str(args.adapter), "method": handle.name})
+        print(f"wrote {args.merged}")
+    if not (args.zip or args.merged):
+        raise ValueError("export needs --zip FILE and/or --merged FILE")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from adapt.pretrain import main as pretrain_main
+
+    return pretrain_main(args)
 
 
 def cmd_params(args) -> int:
@@ -70,6 +207,65 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("train", help="adapt a backbone to a dataset; writes OUT/adapter")
+    p.add_argument("--task", default="dichotomous", choices=["dichotomous"])
+    p.add_argument("--backbone", default="tiny-sam")
+    p.add_argument("--checkpoint", help="base weights file (default: bundled or official weights)")
+    p.add_argument("--method", default="parser")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
+    p.add_argument("--data", required=True, help="dataset folder or zip")
+    p.add_argument("--holdout", type=float, default=0.3, help="held-out fraction (or count if >= 1)")
+    p.add_argument("--prompt", default="box", choices=["box", "points", "none", "mixed"])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--head-lr", type=float, default=1e-4)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="frozen and adapted scores side by side on a dataset")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--task", default="dichotomous")
+    p.add_argument("--prompt", choices=["box", "points", "none"])
+    p.add_argument("--checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict a mask for one image")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--box", help="x0,y0,x1,y1 in image pixels (default: the whole image)")
+    p.add_argument("--checkpoint")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="zip an adapter, or write the merged model weights")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--zip")
+    p.add_argument("--merged", help="write base + adapter merged into one .safetensors")
+    p.add_argument("--checkpoint")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("pretrain", help="pretrain a bundled tiny backbone on synthetic scenes")
+    p.add_argument("--backbone", required=True, choices=["tiny-sam", "tiny-clip"])
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--prompts-per-image", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-domains", nargs="*", default=["camouflage", "thin", "grayscale-noise"])
+    p.add_argument("--out", default="weights")
+    p.set_defaults(func=cmd_pretrain, command_line="")
+
     p = sub.add_parser("params", help="count trainable parameters of a method on a backbone")
     p.add_argument("--backbone", required=True)
     p.add_argument("--method", required=True)
@@ -85,7 +281,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

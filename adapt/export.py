@@ -172,12 +172,23 @@ def check_compatible(cfg: dict, backbone: Backbone, method: str | None = None) -
         raise AdapterError(f"this adapter is a {cfg['method']!r} adapter, not {method!r}")
 
 
+def base_backbone(cfg: dict, checkpoint: str | Path | None = None) -> Backbone:
+    """Build the base model an adapter config names: its random init, the given checkpoint, or the
+    bundled / official weights resolved by adapt.weights."""
+    name = cfg["base_model"]["name"]
+    if checkpoint is None and cfg["base_model"]["weights_id"] == "random-init":
+        return build_backbone(name)
+    from adapt.weights import resolve_checkpoint
+
+    return build_backbone(name, checkpoint=resolve_checkpoint(name, checkpoint))
+
+
 def load_adapter(path: str | Path, backbone: Backbone | None = None, method: str | None = None,
                  checkpoint: str | Path | None = None) -> Handle:
     """Attach a saved adapter to `backbone` (built from the adapter's config when not given)."""
     cfg, tensors = read_adapter(path)
     if backbone is None:
-        backbone = build_backbone(cfg["base_model"]["name"], checkpoint=checkpoint)
+        backbone = base_backbone(cfg, checkpoint)
     check_compatible(cfg, backbone, method)
     if cfg.get("task") == "openvocab" or backbone.family == "clip":
         from adapt.tasks import attach_task_head

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/step_cost.py [--backbone tiny-sam] [--batch 2] [--steps N] [--warmup K]
                                         [--device cpu|cuda] [--threads T] [--methods full,parser,...]
-                                        [--out FILE.md] [--json]
+                                        [--infer-rounds R] [--infer-repeat K] [--out FILE.md] [--json]
 
 What is measured, per method (a fresh backbone built with seed 0, the method attached, AdamW over
 `handle.trainable_groups()` with lr 1e-4 * lr_scale, MSE of `backbone.forward(inputs)` against a
@@ -12,7 +12,8 @@ fixed random target):
 - step time: wall time of one training step (zero_grad, forward, loss, backward, optimizer step),
   median over the timed steps after the warm-up steps. All methods are built up front and stepped
   round-robin (one step of each per round, the order rotated every round), so a slow spell of
-  a noisy, shared machine hits every method alike instead of whichever was running at the time.
+  a noisy, shared machine hits every method alike instead of whichever was running at the time;
+  the ratio to `full` is the median over rounds of (step / full's step in the same round).
 - step memory: how far memory rises above its level just before the first step (model, adapter,
   optimizer object, inputs and target already in place) during warm-up + a few steps, i.e. the
   activations kept for backward, the gradients, AdamW's state and temporaries. Each method runs in a
@@ -26,9 +27,12 @@ fixed random target):
 - inference: eval mode, torch.no_grad, one forward of the batch, for the plain backbone (no method:
   "base"), the adapted model un-merged and the adapted model after handle.merge(). The adapter is
   first perturbed (about 1% noise) so that merging folds a non-zero update. The three are timed
-  interleaved for several rounds (order rotated) and the medians give merged/base and
-  unmerged/base. AdaptFormer-style methods cannot fold their non-linear branch into the base weights
-  (handle.fully_mergeable is False), so their merged model still runs the branch: flagged in the table.
+  interleaved for several rounds (order rotated), each measurement the fastest of a few forwards,
+  and merged/base, unmerged/base are medians over rounds of the per-round ratios. AdaptFormer-style
+  methods cannot fold their non-linear branch into the base weights (handle.fully_mergeable is
+  False), so their merged model still runs the branch: flagged in the table.
+- threads: torch.set_num_threads(--threads) in this process and in every subprocess (default 1 on
+  CPU, see parse_args), one inter-op thread.
 
 Ratios against `full` (training) and `base` (inference) measured in the same run are the headline;
 absolute numbers are printed too, but they depend on the machine and its load.
@@ -101,8 +105,7 @@ class Trainer:
         self.inputs = {k: v.to(device) for k, v in self.backbone.example_inputs(args.batch, seed=0).items()}
         with torch.no_grad():
             shape = self.backbone.forward(self.inputs).shape
-        g = torch.Generator().manual_seed(1)
-        self.target = torch.randn(shape, generator=g).to(device)
+        self.target = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
         groups = [{"params": g.params, "lr": LR * g.lr_scale} for g in self.handle.trainable_groups()]
         self.opt = torch.optim.AdamW(groups, lr=LR)
         self.backbone.model.train()  # SAM has no dropout/batch-norm; train mode for form's sake
@@ -221,11 +224,15 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
     inputs = {k: v.to(device) for k, v in base.example_inputs(args.batch, seed=0).items()}
 
     def run(backbone) -> float:
-        sync(device)
-        start = time.perf_counter()
-        backbone.forward(inputs)
-        sync(device)
-        return time.perf_counter() - start
+        """Fastest of `infer_repeat` back-to-back forwards: interference only ever adds time."""
+        best = float("inf")
+        for _ in range(args.infer_repeat):
+            sync(device)
+            start = time.perf_counter()
+            backbone.forward(inputs)
+            sync(device)
+            best = min(best, time.perf_counter() - start)
+        return best
 
     with torch.no_grad():
         unmerged_out = adapted.forward(inputs)
@@ -238,7 +245,7 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
         times = {"base": [], "unmerged": [], "merged": []}
         kinds = list(times)
         for r in range(args.infer_rounds):
-            for kind in kinds[r % 3:] + kinds[: r % 3]:
+            for kind in kinds[r % 3:] + kinds[: r % 3]:  # rotate the order every round
                 gc.collect()
                 if kind == "base":
                     times[kind].append(run(base))
@@ -248,11 +255,26 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
                     handle.merge()
                     times[kind].append(run(adapted))
                     handle.unmerge()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"infer_base_s": med["base"], "infer_unmerged_s": med["unmerged"], "infer_merged_s": med["merged"],
-            "merged_over_base": med["merged"] / med["base"], "unmerged_over_base": med["unmerged"] / med["base"],
+    # Ratios are paired within a round (measured seconds apart), then the median over rounds.
+    def ratio(kind: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[kind], times["base"]))
+
+    return {"infer_base_s": statistics.median(times["base"]),
+            "infer_unmerged_s": statistics.median(times["unmerged"]),
+            "infer_merged_s": statistics.median(times["merged"]),
+            "merged_over_base": ratio("merged"), "unmerged_over_base": ratio("unmerged"),
+            "merged_over_base_spread": _spread(times["merged"], times["base"]),
             "merge_max_abs_diff": merge_diff, "output_moved_from_base": moved,
             "fully_mergeable": METHODS[method].fully_mergeable}
+
+
+def _spread(xs: list[float], refs: list[float]) -> list[float]:
+    """Inter-quartile range of the per-round ratios xs/refs: how far to trust the median."""
+    rs = sorted(a / b for a, b in zip(xs, refs))
+    if len(rs) < 4:
+        return [rs[0], rs[-1]]
+    q = statistics.quantiles(rs, n=4)
+    return [q[0], q[2]]
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -284,10 +306,10 @@ def _ratio(x: float | None) -> str:
 
 
 def markdown(report: dict) -> str:
-    r0 = report
     lines = [
-        f"Backbone `{r0['backbone']}`, batch {r0['batch']}, {r0['steps']} timed steps after {r0['warmup']} "
-        f"warm-up, {r0['infer_rounds']} interleaved inference rounds.",
+        f"Backbone `{report['backbone']}`, batch {report['batch']}, {report['steps']} timed steps after {report['warmup']} "
+        f"warm-up (round-robin over the methods); inference: {report['infer_rounds']} interleaved rounds, "
+        f"fastest of {report['infer_repeat']} forwards each. Ratios are medians of per-round ratios.",
         "",
         "| method | adapter params | trainable params | step time / full | step memory / full "
         "| merged inference / base | unmerged inference / base | step time (ms) | step memory (MiB) |",
@@ -327,7 +349,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10; 2 full-size on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3; 1 full-size on CPU)")
     p.add_argument("--infer-rounds", type=int, default=None,
-                   help="interleaved inference rounds (default 9; 3 full-size on CPU)")
+                   help="interleaved inference rounds (default 15; 3 full-size on CPU)")
+    p.add_argument("--infer-repeat", type=int, default=3,
+                   help="forwards per inference measurement, the fastest kept (default 3)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads in this process and the memory subprocesses "
@@ -344,14 +368,14 @@ def parse_args(argv=None):
     args.batch = args.batch if args.batch is not None else (2 if small else 1)
     args.steps = args.steps if args.steps is not None else (10 if small else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if small else 1)
-    args.infer_rounds = args.infer_rounds if args.infer_rounds is not None else (9 if small else 3)
+    args.infer_rounds = args.infer_rounds if args.infer_rounds is not None else (15 if small else 3)
     # One thread by default on CPU: on a shared machine, a second OpenMP thread that loses its core
     # to another process stalls every parallel region (steps measured 10-50x slower, with a huge
     # spread, when one busy process ran beside 2 threads on 2 cores); one thread only slows down.
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else torch.get_num_threads()
-    if args.steps < 1 or args.warmup < 0 or args.infer_rounds < 1:
-        p.error("--steps and --infer-rounds must be >= 1, --warmup >= 0")
+    if min(args.steps, args.infer_rounds, args.infer_repeat) < 1 or args.warmup < 0:
+        p.error("--steps, --infer-rounds and --infer-repeat must be >= 1, --warmup >= 0")
     keys = [k.strip() for k in args.methods.split(",") if k.strip()]
     unknown = [k for k in keys if k not in BY_KEY]
     if unknown:
@@ -388,7 +412,11 @@ def main(argv=None) -> int:
         inference[k] = time_inference(k, base, args, device)
 
     step_s = {k: statistics.median(v) for k, v in train_times.items()}
-    full_s = step_s.get("full")
+    full_times = train_times.get("full")
+
+    def over_full(k: str) -> float | None:  # paired with full's step of the same round
+        return statistics.median(a / b for a, b in zip(train_times[k], full_times)) if full_times else None
+
     full_mem = memory["full"]["step_bytes"] if "full" in memory else None
     results = []
     for k in args.keys:
@@ -397,7 +425,8 @@ def main(argv=None) -> int:
             "key": k, "label": BY_KEY[k][1], "method": BY_KEY[k][2], "options": BY_KEY[k][3],
             "adapter_params": m["adapter_params"], "trainable_params": m["trainable_params"],
             "step_s": step_s[k], "step_times_s": train_times[k],
-            "time_over_full": step_s[k] / full_s if full_s else None,
+            "time_over_full": over_full(k),
+            "time_over_full_spread": _spread(train_times[k], full_times) if full_times else None,
             "step_bytes": m["step_bytes"], "peak_total_bytes": m["peak_total_bytes"],
             "memory_over_full": m["step_bytes"] / full_mem if full_mem else None,
             **inference[k],
@@ -406,7 +435,7 @@ def main(argv=None) -> int:
     report = {
         "command": command_line(), "device": device_description(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "backbone": args.backbone, "batch": args.batch,
-        "steps": args.steps, "warmup": args.warmup, "infer_rounds": args.infer_rounds,
+        "steps": args.steps, "warmup": args.warmup, "infer_rounds": args.infer_rounds, "infer_repeat": args.infer_repeat,
         "mem_how": any_mem["mem_how"], "mem_steps": any_mem["mem_steps"],
         "wall_s": round(time.perf_counter() - started, 1), "results": results,
     }

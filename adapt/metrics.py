@@ -1,0 +1,336 @@
+"""Segmentation metrics: binary IoU/Dice, the DIS metric set, boundary F-score, and mIoU.
+
+Conventions
+-----------
+* Binary masks are numpy (or torch) arrays of bool, 0/1, or 0/255 (PNG masks); anything else
+  raises, because a probability map passed by mistake would otherwise be silently thresholded at 0.
+* :func:`iou` and :func:`dice` are 1.0 when prediction and ground truth are both empty.
+* :class:`DISMetrics` follows the dichotomous-image-segmentation protocol (DIS5K: maxF, wF, S, mean E,
+  MAE, HCE) through pysodmetrics, plus a boundary F-score. pysodmetrics is written for saved
+  saliency PNGs: it expects the prediction as uint8 0..255 and the ground truth as uint8 0/255,
+  binarised as ``gt > 128`` (strictly greater than 128). A 0/1 ground truth passed straight in is
+  therefore *all background*, and every metric comes out wrong without an error. The adapter takes
+  probabilities in [0, 1] and bool/0-1/0-255 masks and does the conversion once, here.
+* pysodmetrics also min-max stretches each prediction to [0, 1] (MATLAB's ``mapminmax``) before
+  computing anything, as the published DIS/SOD evaluation code does; ``minmax=True`` (default) keeps
+  that protocol so numbers compare with papers, ``minmax=False`` scores the probabilities as they are.
+* :class:`ConfusionMatrix` accumulates over a whole set (dataset-level IoU, not a mean of per-image
+  IoUs); a class absent from both prediction and ground truth over the set has IoU NaN and is left
+  out of the mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------
+# input conversion
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, on any device
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def as_mask(x, name: str = "mask") -> np.ndarray:
+    """A bool mask from bool, 0/1 or 0/255 values; raises ValueError for anything else."""
+    x = _to_numpy(x)
+    if x.dtype == bool:
+        return x
+    if x.size == 0:
+        return x.astype(bool)
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be numeric or bool, got dtype {x.dtype}")
+    values = np.unique(x)
+    if np.isin(values, (0, 1)).all() or np.isin(values, (0, 255)).all():
+        return x != 0
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+    raise ValueError(f"{name} must be a binary mask (bool, 0/1 or 0/255), got values {shown}; "
+                     "threshold probabilities first (e.g. prob > 0.5)")
+
+
+def as_prob(x, name: str = "prediction") -> np.ndarray:
+    """A float64 probability map from floats in [0, 1], bool, or integers 0/1."""
+    x = _to_numpy(x)
+    if x.dtype == bool:
+        return x.astype(np.float64)
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be numeric or bool, got dtype {x.dtype}")
+    x = x.astype(np.float64)
+    if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+        raise ValueError(f"{name} must hold probabilities in [0, 1] (got range {np.nanmin(x):g}..{np.nanmax(x):g}); "
+                         "apply a sigmoid to logits, divide 0..255 maps by 255")
+    return x
+
+
+def _pair(pred, gt, pred_is_prob: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    p = as_prob(pred) if pred_is_prob else as_mask(pred, "prediction")
+    g = as_mask(gt, "ground truth")
+    if p.shape != g.shape:
+        raise ValueError(f"prediction shape {p.shape} != ground truth shape {g.shape}")
+    return p, g
+
+
+# ----------------------------------------------------------------------------------------------
+# binary IoU / Dice
+
+
+def iou(pred, gt) -> float:
+    """|P ∩ G| / |P ∪ G| for binary masks; 1.0 when both are empty."""
+    p, g = _pair(pred, gt)
+    union = np.count_nonzero(p | g)
+    return 1.0 if union == 0 else np.count_nonzero(p & g) / union
+
+
+def dice(pred, gt) -> float:
+    """2|P ∩ G| / (|P| + |G|) for binary masks; 1.0 when both are empty."""
+    p, g = _pair(pred, gt)
+    total = np.count_nonzero(p) + np.count_nonzero(g)
+    return 1.0 if total == 0 else 2 * np.count_nonzero(p & g) / total
+
+
+def _batch_counts(pred, gt):
+    p, g = _pair(pred, gt)
+    if p.ndim < 1:
+        raise ValueError("batched metrics need a leading batch axis")
+    n = p.shape[0]
+    p, g = p.reshape(n, -1), g.reshape(n, -1)
+    inter = np.count_nonzero(p & g, axis=1)
+    return inter, np.count_nonzero(p, axis=1), np.count_nonzero(g, axis=1)
+
+
+def iou_batch(pred, gt) -> np.ndarray:
+    """Per-item IoU over the leading axis of (N, ...) masks, shape (N,); 1.0 for empty/empty items."""
+    inter, sp, sg = _batch_counts(pred, gt)
+    union = sp + sg - inter
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def dice_batch(pred, gt) -> np.ndarray:
+    """Per-item Dice over the leading axis of (N, ...) masks, shape (N,); 1.0 for empty/empty items."""
+    inter, sp, sg = _batch_counts(pred, gt)
+    total = sp + sg
+    return np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# boundary F-score
+
+
+def mask_boundary(mask: np.ndarray) -> np.ndarray:
+    """The 1-pixel inner boundary of a bool mask: pixels of the mask with a background 8-neighbour.
+
+    The image frame is not a boundary (an object cut by the frame has no edge there).
+    """
+    import cv2
+
+    m = mask.astype(np.uint8)
+    # pad with 1: outside the frame counts as object, so the frame itself is never a boundary
+    eroded = cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1)
+    return mask & ~eroded.astype(bool)
+
+
+def _distance_to(boundary: np.ndarray) -> np.ndarray:
+    """Euclidean distance of every pixel to the nearest True pixel of ``boundary``."""
+    import cv2
+
+    src = np.where(boundary, 0, 1).astype(np.uint8)
+    return cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def boundary_scores(pred, gt, tolerance: float = 2.0) -> tuple[float, float, float]:
+    """(precision, recall, F) of the predicted boundary against the ground-truth boundary.
+
+    A predicted boundary pixel is correct if a ground-truth boundary pixel lies within
+    ``tolerance`` pixels (Euclidean), and vice versa for recall. Both boundaries empty -> 1, 1, 1;
+    one empty -> 0 for the undefined side and F = 0.
+    """
+    p, g = _pair(pred, gt)
+    if p.ndim != 2:
+        raise ValueError(f"boundary scores need 2-D masks, got shape {p.shape}")
+    bp, bg = mask_boundary(p), mask_boundary(g)
+    n_p, n_g = np.count_nonzero(bp), np.count_nonzero(bg)
+    if n_p == 0 and n_g == 0:
+        return 1.0, 1.0, 1.0
+    if n_p == 0 or n_g == 0:
+        return (0.0 if n_p else 1.0), (0.0 if n_g else 1.0), 0.0
+    precision = np.count_nonzero(_distance_to(bg)[bp] <= tolerance) / n_p
+    recall = np.count_nonzero(_distance_to(bp)[bg] <= tolerance) / n_g
+    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return float(precision), float(recall), float(f)
+
+
+def boundary_f(pred, gt, tolerance: float = 2.0) -> float:
+    """Boundary F-score of binary masks within ``tolerance`` pixels (see :func:`boundary_scores`)."""
+    return boundary_scores(pred, gt, tolerance)[2]
+
+
+# ----------------------------------------------------------------------------------------------
+# DIS metric set
+
+
+def _squeeze2d(x: np.ndarray, name: str) -> np.ndarray:
+    while x.ndim > 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a single 2-D map, got shape {x.shape}")
+    return x
+
+
+class DISMetrics:
+    """Dataset-level DIS metrics from per-image probability maps and binary ground truths.
+
+    ``step(prob, gt)``: ``prob`` float array in [0, 1] (H, W), ``gt`` bool / 0-1 / 0-255 mask.
+    ``results()``: mean over images of
+
+    * ``maxF``: max over 256 thresholds of the mean F-measure curve (β² = 0.3), ``meanF`` its mean;
+    * ``wFm``: weighted F-measure (Margolin et al.); pysodmetrics scores 0 for an empty ground truth;
+    * ``Sm``: S-measure (α = 0.5);  ``meanEm`` / ``maxEm``: mean / max of the E-measure curve;
+    * ``MAE``: mean absolute error;
+    * ``HCE``: human correction effort (Qin et al., DIS; relax 5, ε 2; lower is better; it counts
+      pixels-level edit points, so it depends on image size). Skipped with ``hce=False`` (it is the
+      slowest metric);
+    * ``boundaryF``: boundary F-score of ``prob > threshold`` within ``tolerance`` pixels;
+    * ``n``: number of images.
+
+    The maps are handed to pysodmetrics as uint8 (``round(prob * 255)``, ``gt * 255``) exactly like
+    saved PNGs, so the standard protocol (including its per-image min-max stretch) applies; with
+    ``minmax=False`` the probabilities are passed unnormalised instead.
+    """
+
+    def __init__(self, hce: bool = True, tolerance: float = 2.0, threshold: float = 0.5, minmax: bool = True):
+        import py_sod_metrics as sod
+
+        self.hce, self.tolerance, self.threshold, self.minmax = hce, tolerance, threshold, minmax
+        self._fm = sod.FmeasureV2(metric_handlers={
+            "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3)})
+        self._wfm = sod.WeightedFmeasure()
+        self._sm = sod.Smeasure()
+        self._em = sod.Emeasure()
+        self._mae = sod.MAE()
+        self._hce = sod.HumanCorrectionEffortMeasure(relax=5, epsilon=2.0) if hce else None
+        self._boundary: list[float] = []
+
+    def step(self, prob, gt) -> None:
+        p = _squeeze2d(as_prob(prob), "prediction")
+        g = _squeeze2d(as_mask(gt, "ground truth"), "ground truth")
+        if p.shape != g.shape:
+            raise ValueError(f"prediction shape {p.shape} != ground truth shape {g.shape}")
+        if self.minmax:
+            # what an evaluation script reading PNGs gets; pysodmetrics then does /255, min-max
+            # stretch, and gt > 128
+            pred_in, gt_in, normalize = np.round(p * 255).astype(np.uint8), g.astype(np.uint8) * 255, True
+        else:
+            pred_in, gt_in, normalize = p, g, False
+        for metric in (self._fm, self._wfm, self._sm, self._em, self._mae, self._hce):
+            if metric is not None:
+                metric.step(pred_in, gt_in, normalize=normalize)
+        self._boundary.append(boundary_f(p > self.threshold, g, self.tolerance))
+
+    def __len__(self) -> int:
+        return len(self._boundary)
+
+    def results(self) -> dict:
+        if not self._boundary:
+            raise ValueError("no images: call step() before results()")
+        fm_curve = self._fm.get_results()["fm"]["dynamic"]
+        em_curve = self._em.get_results()["em"]["curve"]
+        out = {
+            "maxF": float(np.max(fm_curve)),
+            "meanF": float(np.mean(fm_curve)),
+            "wFm": float(self._wfm.get_results()["wfm"]),
+            "Sm": float(self._sm.get_results()["sm"]),
+            "meanEm": float(np.mean(em_curve)),
+            "maxEm": float(np.max(em_curve)),
+            "MAE": float(self._mae.get_results()["mae"]),
+            "boundaryF": float(np.mean(self._boundary)),
+            "n": len(self._boundary),
+        }
+        if self._hce is not None:
+            out["HCE"] = float(self._hce.get_results()["hce"])
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# mIoU over label maps
+
+
+class ConfusionMatrix:
+    """Pixel confusion matrix over a whole evaluation set, for (m)IoU of label maps.
+
+    ``update(pred, gt)`` takes integer label maps of the same shape (any shape, e.g. (H, W) or
+    (N, H, W)); pixels whose ground truth is ``ignore_index`` are skipped. Other labels must lie in
+    ``[0, num_classes)``. ``matrix[g, p]`` counts pixels of true class g predicted as p.
+
+    ``iou_per_class()``: TP / (TP + FP + FN) per class over everything seen; NaN for a class that
+    is absent from both prediction and ground truth (0 / 0), and such classes are excluded from
+    ``miou``. A class predicted but never in the ground truth gets IoU 0 and counts.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255):
+        if num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        self.num_classes, self.ignore_index = int(num_classes), ignore_index
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+
+    def update(self, pred, gt) -> None:
+        p, g = _to_numpy(pred), _to_numpy(gt)
+        if p.shape != g.shape:
+            raise ValueError(f"prediction shape {p.shape} != ground truth shape {g.shape}")
+        for arr, what in ((p, "prediction"), (g, "ground truth")):
+            if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+                raise ValueError(f"{what} must be an integer label map, got dtype {arr.dtype}")
+        p, g = p.reshape(-1).astype(np.int64), g.reshape(-1).astype(np.int64)
+        if self.ignore_index is not None:
+            keep = g != self.ignore_index
+            p, g = p[keep], g[keep]
+        k = self.num_classes
+        for arr, what in ((g, "ground truth"), (p, "prediction")):
+            if arr.size and (arr.min() < 0 or arr.max() >= k):
+                bad = arr[(arr < 0) | (arr >= k)][0]
+                raise ValueError(f"{what} label {bad} outside [0, {k})"
+                                 + (f" (ignore_index is {self.ignore_index})" if what == "ground truth" else ""))
+        self.matrix += np.bincount(g * k + p, minlength=k * k).reshape(k, k)
+
+    def __iadd__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        if other.num_classes != self.num_classes:
+            raise ValueError("cannot add confusion matrices with different numbers of classes")
+        self.matrix += other.matrix
+        return self
+
+    def iou_per_class(self) -> np.ndarray:
+        tp = np.diag(self.matrix).astype(np.float64)
+        denom = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+
+    def miou(self, classes=None) -> float:
+        """Mean IoU over ``classes`` (all by default), ignoring NaN (absent) classes; NaN if none."""
+        ious = self.iou_per_class()
+        if classes is not None:
+            idx = np.asarray(list(classes), dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= self.num_classes):
+                raise ValueError(f"class indices must lie in [0, {self.num_classes})")
+            ious = ious[idx]
+        valid = ious[~np.isnan(ious)]
+        return float(valid.mean()) if valid.size else float("nan")
+
+    def pixel_accuracy(self) -> float:
+        total = self.matrix.sum()
+        return float(np.trace(self.matrix) / total) if total else float("nan")
+
+
+def harmonic_iou(seen_miou: float, unseen_miou: float) -> float:
+    """hIoU = 2·seen·unseen / (seen + unseen), the usual summary for seen/unseen class splits."""
+    if np.isnan(seen_miou) or np.isnan(unseen_miou):
+        return float("nan")
+    s = seen_miou + unseen_miou
+    return 0.0 if s == 0 else 2 * seen_miou * unseen_miou / s
+
+
+__all__ = ["as_mask", "as_prob", "iou", "dice", "iou_batch", "dice_batch", "mask_boundary", "boundary_scores",
+           "boundary_f", "DISMetrics", "ConfusionMatrix", "harmonic_iou"]

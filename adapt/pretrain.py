@@ -1,0 +1,177 @@
+"""Pretraining of the bundled demo backbones on procedurally generated scenes.
+
+    python -m adapt pretrain --backbone tiny-sam --steps 3000 --out weights/
+    python -m adapt pretrain --backbone tiny-clip --steps 3000 --out weights/
+
+tiny-sam: segment-anything's Sam class at a tiny size, trained from scratch (every weight) to
+segment the object a prompt points at (jittered box or points, several prompts per image sharing
+one image embedding, as SAM itself is trained) in the "source" synthetic domain.
+tiny-clip: open_clip's CLIP class at a tiny size with the real BPE tokenizer, trained with the
+symmetric contrastive loss on (scene, caption) pairs plus a dense term that aligns every patch
+embedding with the text embedding of the shape under it ("a photo of a {shape}."), so that dense
+features carry class information for open-vocabulary segmentation.
+
+Everything is seeded; weights are written as safetensors with an entry in weights/manifest.json
+(sha256, bytes, command, seed, final metrics). Deterministic given the same torch build and thread
+count (torch.set_num_threads is fixed by --threads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from adapt.backbones import build_backbone, file_sha256
+from adapt.tasks.dichotomous import bce_dice_loss
+from adapt.train import lr_factor
+
+MANIFEST = "manifest.json"
+
+
+def _scenes(rng, n, size, domain="source"):
+    from adapt.data.synthetic import make_scene
+
+    return [make_scene(rng, size=size, domain=domain) for _ in range(n)]
+
+
+def _sam_batch(backbone, scenes, rng, prompts_per_image: int):
+    """Normalised images (B,3,S,S) and per image a list of (prompt kwargs, target mask (S,S))."""
+    sam = backbone.model
+    images, targets = [], []
+    size = backbone.spec["img_size"]
+    for sc in scenes:
+        x = torch.from_numpy(sc.image).permute(2, 0, 1).float()
+        images.append((x - sam.pixel_mean.cpu()) / sam.pixel_std.cpu())
+        picks = rng.choice(len(sc.masks), size=min(prompts_per_image, len(sc.masks)), replace=False)
+        boxes, points, masks = [], [], []
+        for k in picks:
+            m = torch.from_numpy(np.ascontiguousarray(sc.masks[k])).float()
+            ys, xs = torch.nonzero(m > 0, as_tuple=True)
+            if rng.random() < 0.6:
+                jitter = size * 0.03
+                box = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float()
+                box = (box + torch.from_numpy(rng.normal(0, jitter, 4)).float()).clamp(0, size - 1)
+                boxes.append(box)
+                points.append(None)
+            else:
+                n = int(rng.integers(1, 4))
+                idx = rng.integers(0, len(ys), n)
+                points.append(torch.stack([xs[idx], ys[idx]], 1).float())
+                boxes.append(None)
+            masks.append(m)
+        targets.append((boxes, points, masks))
+    return torch.stack(images), targets
+
+
+def _sam_loss(backbone, images, targets):
+    sam = backbone.model
+    emb = sam.image_encoder(images)
+    pe = sam.prompt_encoder.get_dense_pe()
+    size = backbone.spec["img_size"]
+    losses, ious = [], []
+    for i, (boxes, points, masks) in enumerate(targets):
+        for box, pts, m in zip(boxes, points, masks):
+            if box is not None:
+                sparse, dense = sam.prompt_encoder(points=None, boxes=box[None], masks=None)
+            else:
+                sparse, dense = sam.prompt_encoder(points=(pts[None], torch.ones(1, len(pts), dtype=torch.long)),
+                                                   boxes=None, masks=None)
+            low, _ = sam.mask_decoder(image_embeddings=emb[i : i + 1], image_pe=pe, sparse_prompt_embeddings=sparse,
+                                      dense_prompt_embeddings=dense, multimask_output=False)
+            logits = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            losses.append(bce_dice_loss(logits, m[None]))
+            with torch.no_grad():
+                p, g = logits[0] > 0, m > 0
+                ious.append(((p & g).sum() / (p | g).sum().clamp_min(1)).item())
+    return torch.stack(losses).mean(), float(np.mean(ious))
+
+
+@torch.no_grad()
+def evaluate_sam(backbone, domain: str = "source", n: int = 48, seed: int = 10_000) -> float:
+    """Mean IoU of box-prompted (exact box) masks on held-out scenes of a domain."""
+    from adapt.tasks.dichotomous import DichotomousTask
+
+    rng = np.random.default_rng(seed)
+    task = DichotomousTask(backbone, prompt="box")
+    backbone.model.eval()
+    ious = []
+    for sc in _scenes(rng, n, backbone.spec["img_size"], domain):
+        for m in sc.masks[:2]:
+            ys, xs = np.nonzero(m)
+            prob = task.predict(sc.image, box=[xs.min(), ys.min(), xs.max(), ys.max()])
+            p, g = prob > 0.5, m > 0
+            ious.append((p & g).sum() / max(1, (p | g).sum()))
+    return float(np.mean(ious))
+
+
+def pretrain_sam(args) -> dict:
+    backbone = build_backbone(args.backbone, seed=args.seed)
+    model = backbone.model
+    model.train()
+    params = [p for p in model.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    rng = np.random.default_rng(args.seed)
+    size = backbone.spec["img_size"]
+    start = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
+        images, targets = _sam_batch(backbone, _scenes(rng, args.batch_size, size), rng, args.prompts_per_image)
+        loss, miou = _sam_loss(backbone, images, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            el = time.time() - start
+            print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} train-iou {miou:.3f} "
+                  f"{el:.0f}s eta {el / (step + 1) * (args.steps - step - 1):.0f}s", flush=True)
+    metrics = {"source_heldout_box_iou": round(evaluate_sam(backbone, "source"), 4)}
+    for domain in args.eval_domains:
+        metrics[f"{domain}_heldout_box_iou"] = round(evaluate_sam(backbone, domain), 4)
+    metrics["train_seconds"] = round(time.time() - start, 1)
+    return {"backbone": backbone, "metrics": metrics}
+
+
+def save_bundled(backbone, out_dir: Path, metrics: dict, command: str, seed: int) -> Path:
+    """Write <name>.safetensors (fp16 where lossless enough is not needed: fp32) + manifest entry."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{backbone.name}.safetensors"
+    tmp = path.with_suffix(".part")
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"name": backbone.name, "command": command, "seed": str(seed)})
+    os.replace(tmp, path)
+    manifest_path = out_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest[backbone.name] = {
+        "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size, "command": command,
+        "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(), "metrics": metrics,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    command = "python -m adapt " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["pretrain"] else args.command_line
+    if args.backbone == "tiny-sam":
+        result = pretrain_sam(args)
+    elif args.backbone == "tiny-clip":
+        from adapt.pretrain_clip import pretrain_clip
+
+        result = pretrain_clip(args)
+    else:
+        raise ValueError(f"pretraining is for the bundled tiny backbones (tiny-sam, tiny-clip), not {args.backbone!r}")
+    path = save_bundled(result["backbone"], Path(args.out), result["metrics"], command, args.seed)
+    print(json.dumps({"file": str(path), "metrics": result["metrics"]}))
+    return 0

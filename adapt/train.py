@@ -1,0 +1,249 @@
+"""One trainer for every task and method: a loop a reader can hold in their head.
+
+    result = train(TrainConfig(...), train_samples, heldout_samples, out_dir)
+
+- Parameter groups from the method's handle: adapter (lr), coefficients (lr x the method's scale),
+  head (head_lr); AdamW; linear warm-up then cosine decay; gradient clipping; AMP (bf16) on CUDA.
+- Exact resume: every random draw of step k comes from generators seeded with (seed, k), so a run
+  stopped after k steps and resumed from its checkpoint repeats the uninterrupted run's steps.
+  Checkpoints (adapter tensors + optimizer state + step) are written atomically every
+  `checkpoint_every` steps and on cancel.
+- Events: one JSON object per line in events.jsonl (step, loss, lr, throughput, eta; held-out
+  metrics; done / cancelled / error), which the CLI shows as a progress bar and the app reads.
+- A non-finite loss stops the run with a message saying at which step and what to try.
+- Cancellation: `should_stop()` is checked between steps.
+- The frozen model is scored on the held-out split before the first step (every method is the
+  identity at step 0), and the adapted model after the last, so both figures come from one run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from adapt.backbones import build_backbone
+from adapt.methods import attach
+
+CHECKPOINT_NAME = "checkpoint.pt"
+EVENTS_NAME = "events.jsonl"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user can act on; the message says which."""
+
+
+@dataclass
+class TrainConfig:
+    task: str = "dichotomous"
+    backbone: str = "tiny-sam"
+    checkpoint: str | None = None  # base weights file; None: the bundled/official default
+    method: str = "parser"
+    method_options: dict = field(default_factory=dict)
+    task_options: dict = field(default_factory=dict)
+    steps: int = 100
+    batch_size: int = 2
+    lr: float = 1e-3
+    head_lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup: int = 10
+    clip_grad: float = 1.0
+    amp: bool = True
+    augment: bool = True
+    seed: int = 0
+    eval_every: int = 0  # 0: only before and after
+    checkpoint_every: int = 50
+    device: str = "auto"
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_task(name: str, backbone, **options):
+    if name == "dichotomous":
+        from adapt.tasks.dichotomous import DichotomousTask
+
+        return DichotomousTask(backbone, **options)
+    raise ValueError(f"unknown task {name!r}; this version trains: dichotomous")
+
+
+class EventLog:
+    def __init__(self, path: Path | None, echo: Callable[[dict], None] | None = None):
+        self.path, self.echo = path, echo
+
+    def __call__(self, kind: str, **fields):
+        event = {"type": kind, "time": round(time.time(), 3), **fields}
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+        if self.echo is not None:
+            self.echo(event)
+        return event
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _step_rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step])
+
+
+class Run:
+    """Everything a training run holds: backbone + method handle + task + optimizer."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.device = cfg.resolved_device()
+        torch.manual_seed(cfg.seed)
+        checkpoint = cfg.checkpoint
+        if checkpoint is None:
+            from adapt.weights import resolve_checkpoint
+
+            checkpoint = resolve_checkpoint(cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone, checkpoint=checkpoint, seed=cfg.seed)
+        self.task = make_task(cfg.task, self.backbone, **cfg.task_options)
+        self.handle = attach(self.backbone, cfg.method, **cfg.method_options)
+        self.backbone.model.to(self.device)
+        for head in self.backbone.heads:
+            head.to(self.device)
+        lrs = {"adapter": cfg.lr, "coefficients": cfg.lr, "head": cfg.head_lr}
+        self.groups = [{"params": g.params, "lr": lrs[g.kind] * g.lr_scale, "base_lr": lrs[g.kind] * g.lr_scale,
+                        "name": g.kind} for g in self.handle.trainable_groups()]
+        self.optimizer = torch.optim.AdamW(self.groups, weight_decay=cfg.weight_decay) if self.groups else None
+        self.step = 0
+
+    def set_lr(self) -> float:
+        f = lr_factor(self.step, self.cfg.warmup, self.cfg.steps)
+        for g in self.groups:
+            g["lr"] = g["base_lr"] * f
+        return f
+
+    def state(self) -> dict:
+        return {"step": self.step, "adapter": self.handle.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+                "config": asdict(self.cfg)}
+
+    def load(self, state: dict) -> None:
+        self.handle.load_state_dict(state["adapter"])
+        if self.optimizer and state["optimizer"]:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+
+
+def _batch(samples, step: int, cfg: TrainConfig, task) -> tuple[list, np.random.Generator]:
+    rng = _step_rng(cfg.seed, step)
+    idx = rng.choice(len(samples), size=cfg.batch_size, replace=len(samples) < cfg.batch_size)
+    prepared = []
+    for i in idx:
+        image, mask = samples[i].image, samples[i].mask
+        if cfg.augment:
+            from adapt.data.augment import augment_pair
+
+            image, mask = augment_pair(image, mask, rng)
+        prepared.append(task.prepare(image, mask))
+    return prepared, rng
+
+
+def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path | None = None,
+          resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
+          echo: Callable[[dict], None] | None = None) -> dict:
+    """Train, evaluate frozen vs adapted on the held-out samples, return a summary dict.
+
+    With `out_dir`, events, checkpoints and (by the caller, via adapt.export) the adapter go there.
+    """
+    if not train_samples:
+        raise TrainingError("no training samples")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    log = EventLog(out / EVENTS_NAME if out else None, echo)
+    run = Run(cfg)
+    ckpt_path = out / CHECKPOINT_NAME if out else None
+    frozen_metrics = None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=run.device, weights_only=True)
+        run.load(state)
+        frozen_metrics = state.get("frozen_metrics")
+        log("resumed", step=run.step)
+    else:
+        log("start", config=asdict(cfg), counts=run.handle.count(), train=len(train_samples),
+            heldout=len(heldout_samples), device=str(run.device))
+    model = run.backbone.model
+    if frozen_metrics is None and heldout_samples:
+        model.eval()
+        frozen_metrics = run.task.evaluate(heldout_samples, device=run.device)
+        log("eval", step=0, split="heldout", model="frozen", metrics=frozen_metrics)
+
+    def save_checkpoint():
+        if ckpt_path is not None:
+            _atomic_torch_save({**run.state(), "frozen_metrics": frozen_metrics}, ckpt_path)
+
+    use_amp = cfg.amp and run.device.type == "cuda"
+    started, first_step = time.time(), run.step
+    status = "done"
+    while run.step < cfg.steps and run.optimizer is not None:
+        if should_stop():
+            status = "cancelled"
+            save_checkpoint()
+            break
+        model.train()
+        lr_f = run.set_lr()
+        prepared, rng = _batch(train_samples, run.step, cfg, run.task)
+        torch.manual_seed(cfg.seed * 1_000_003 + run.step)  # dropout etc.: a function of the step
+        with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = run.task.loss(prepared, rng, run.device)
+        if not torch.isfinite(loss):
+            save_checkpoint()
+            msg = (f"the loss became {loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
+                   f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks.")
+            log("error", step=run.step, message=msg)
+            raise TrainingError(msg)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in run.groups for p in g["params"]], cfg.clip_grad) if cfg.clip_grad else None
+        run.optimizer.step()
+        run.step += 1
+        elapsed = time.time() - started
+        per_step = elapsed / (run.step - first_step)
+        log("step", step=run.step, loss=round(loss.item(), 6), lr=cfg.lr * lr_f,
+            grad_norm=None if grad_norm is None else round(float(grad_norm), 4),
+            images_per_s=round(cfg.batch_size / per_step, 3), eta_s=round(per_step * (cfg.steps - run.step), 1))
+        if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < cfg.steps:
+            save_checkpoint()
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps and heldout_samples:
+            model.eval()
+            log("eval", step=run.step, split="heldout", model="adapted",
+                metrics=run.task.evaluate(heldout_samples, device=run.device, dis=False))
+    adapted_metrics = None
+    if status == "done":
+        model.eval()
+        if heldout_samples:
+            adapted_metrics = run.task.evaluate(heldout_samples, device=run.device)
+            log("eval", step=run.step, split="heldout", model="adapted", metrics=adapted_metrics)
+        save_checkpoint()
+    summary = {"status": status, "step": run.step, "frozen": frozen_metrics, "adapted": adapted_metrics,
+               "counts": run.handle.count(), "seconds": round(time.time() - started, 2)}
+    log(status, **{k: v for k, v in summary.items() if k != "status"})
+    summary["run"] = run
+    return summary
