@@ -214,7 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="parser")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
     p.add_argument("--data", required=True, help="dataset folder or zip")
-    p.add_argument("--holdout", type=float, default=0.3, help="held-out fraction (or count if >= 1)")
+    p.add_argument("--holdout", type=float, default=None,
+                   help="held-out fraction, or count if >= 1 (default: the dataset's val/ folder, else 0.3)")
     p.add_argument("--prompt", default="box", choices=["box", "points", "none", "mixed"])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=2)

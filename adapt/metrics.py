@@ -58,10 +58,10 @@ def as_prob(x, name: str = "prediction") -> np.ndarray:
     if not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"{name} must be numeric or bool, got dtype {x.dtype}")
     x = x.astype(np.float64)
-    if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+    if x.size and (not np.isfinite(x).all() or x.min() < -1e-5 or x.max() > 1 + 1e-5):
         raise ValueError(f"{name} must hold probabilities in [0, 1] (got range {np.nanmin(x):g}..{np.nanmax(x):g}); "
                          "apply a sigmoid to logits, divide 0..255 maps by 255")
-    return x
+    return np.clip(x, 0.0, 1.0)  # float rounding (e.g. after interpolation) may step an ulp outside
 
 
 def _pair(pred, gt, pred_is_prob: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -42,31 +42,33 @@ def _scenes(rng, n, size, domain="source"):
 
 
 def _sam_batch(backbone, scenes, rng, prompts_per_image: int):
-    """Normalised images (B,3,S,S) and per image a list of (prompt kwargs, target mask (S,S))."""
+    """Normalised images (B,3,S,S) and per image one prompt batch: K boxes or K point sets
+    (one kind per image, so that the K prompts share one mask-decoder call), with K targets."""
     sam = backbone.model
-    images, targets = [], []
     size = backbone.spec["img_size"]
+    images, targets = [], []
     for sc in scenes:
         x = torch.from_numpy(sc.image).permute(2, 0, 1).float()
         images.append((x - sam.pixel_mean.cpu()) / sam.pixel_std.cpu())
         picks = rng.choice(len(sc.masks), size=min(prompts_per_image, len(sc.masks)), replace=False)
-        boxes, points, masks = [], [], []
-        for k in picks:
-            m = torch.from_numpy(np.ascontiguousarray(sc.masks[k])).float()
-            ys, xs = torch.nonzero(m > 0, as_tuple=True)
-            if rng.random() < 0.6:
-                jitter = size * 0.03
+        masks = [torch.from_numpy(np.ascontiguousarray(sc.masks[k])).float() for k in picks]
+        if rng.random() < 0.6:
+            boxes = []
+            for m in masks:
+                ys, xs = torch.nonzero(m > 0, as_tuple=True)
                 box = torch.stack([xs.min(), ys.min(), xs.max(), ys.max()]).float()
-                box = (box + torch.from_numpy(rng.normal(0, jitter, 4)).float()).clamp(0, size - 1)
-                boxes.append(box)
-                points.append(None)
-            else:
-                n = int(rng.integers(1, 4))
-                idx = rng.integers(0, len(ys), n)
-                points.append(torch.stack([xs[idx], ys[idx]], 1).float())
-                boxes.append(None)
-            masks.append(m)
-        targets.append((boxes, points, masks))
+                boxes.append((box + torch.from_numpy(rng.normal(0, size * 0.03, 4)).float()).clamp(0, size - 1))
+            prompt = {"points": None, "boxes": torch.stack(boxes), "masks": None}
+        else:
+            n = int(rng.integers(1, 4))
+            coords = []
+            for m in masks:
+                ys, xs = torch.nonzero(m > 0, as_tuple=True)
+                idx = torch.from_numpy(rng.integers(0, len(ys), n))
+                coords.append(torch.stack([xs[idx], ys[idx]], 1).float())
+            coords = torch.stack(coords)
+            prompt = {"points": (coords, torch.ones(coords.shape[:2], dtype=torch.long)), "boxes": None, "masks": None}
+        targets.append((prompt, torch.stack(masks)))
     return torch.stack(images), targets
 
 
@@ -76,20 +78,15 @@ def _sam_loss(backbone, images, targets):
     pe = sam.prompt_encoder.get_dense_pe()
     size = backbone.spec["img_size"]
     losses, ious = [], []
-    for i, (boxes, points, masks) in enumerate(targets):
-        for box, pts, m in zip(boxes, points, masks):
-            if box is not None:
-                sparse, dense = sam.prompt_encoder(points=None, boxes=box[None], masks=None)
-            else:
-                sparse, dense = sam.prompt_encoder(points=(pts[None], torch.ones(1, len(pts), dtype=torch.long)),
-                                                   boxes=None, masks=None)
-            low, _ = sam.mask_decoder(image_embeddings=emb[i : i + 1], image_pe=pe, sparse_prompt_embeddings=sparse,
-                                      dense_prompt_embeddings=dense, multimask_output=False)
-            logits = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-            losses.append(bce_dice_loss(logits, m[None]))
-            with torch.no_grad():
-                p, g = logits[0] > 0, m > 0
-                ious.append(((p & g).sum() / (p | g).sum().clamp_min(1)).item())
+    for i, (prompt, masks) in enumerate(targets):
+        sparse, dense = sam.prompt_encoder(**prompt)
+        low, _ = sam.mask_decoder(image_embeddings=emb[i : i + 1], image_pe=pe, sparse_prompt_embeddings=sparse,
+                                  dense_prompt_embeddings=dense, multimask_output=False)
+        logits = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        losses.append(bce_dice_loss(logits, masks))
+        with torch.no_grad():
+            p, g = logits > 0, masks > 0
+            ious.append(((p & g).sum((1, 2)) / (p | g).sum((1, 2)).clamp_min(1)).mean().item())
     return torch.stack(losses).mean(), float(np.mean(ious))
 
 

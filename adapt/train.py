@@ -157,9 +157,9 @@ def _batch(samples, step: int, cfg: TrainConfig, task) -> tuple[list, np.random.
     for i in idx:
         image, mask = samples[i].image, samples[i].mask
         if cfg.augment:
-            from adapt.data.augment import augment_pair
+            from adapt.data.augment import augment
 
-            image, mask = augment_pair(image, mask, rng)
+            image, mask = augment(image, mask, rng)
         prepared.append(task.prepare(image, mask))
     return prepared, rng
 

@@ -248,7 +248,10 @@ def download(url: str, dest: str | Path, sha256: str | None = None, expected_byt
             try:
                 response = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
+                if isinstance(e, urllib.error.HTTPError):
+                    reason = f"HTTP {e.code} {e.reason}"
+                else:
+                    reason = getattr(e, "reason", None) or e
                 raise WeightsUnavailable(f"could not download {url}: {reason}. {_place_by_hand(url, dest)} "
                                          f"{_offline_hint()}") from e
             with response:

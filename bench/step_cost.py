@@ -133,8 +133,8 @@ def _maxrss_bytes() -> int:
 def measure_memory_here(key: str, args, device: torch.device) -> dict:
     """Runs inside the `--one` subprocess: build, attach, then the rise of memory over the steps."""
     t = Trainer(key, args, device)
-    steps = args.warmup + min(args.steps, 2) if args.mem_steps is None else args.mem_steps
-    steps = max(steps, 1)
+    # AdamW allocates its state in the first step, so the steady-state peak is reached by the second.
+    steps = max(args.mem_steps if args.mem_steps is not None else min(args.warmup + args.steps, 3), 1)
     gc.collect()
     if device.type == "cuda":
         sync(device)
@@ -189,11 +189,11 @@ def time_training(keys: list[str], args, device: torch.device, log) -> dict[str,
         for t in order:
             gc.collect()
             sync(device)
-            start = time.perf_counter()
+            start = args.clock_fn()
             t.step()
             sync(device)
             if r >= args.warmup:
-                t.times.append(time.perf_counter() - start)
+                t.times.append(args.clock_fn() - start)
         log(f"  train round {r + 1}/{args.warmup + args.steps}"
             + (" (warm-up)" if r < args.warmup else ""))
     times = {t.key: t.times for t in trainers}
@@ -228,10 +228,10 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
         best = float("inf")
         for _ in range(args.infer_repeat):
             sync(device)
-            start = time.perf_counter()
+            start = args.clock_fn()
             backbone.forward(inputs)
             sync(device)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, args.clock_fn() - start)
         return best
 
     with torch.no_grad():
@@ -332,7 +332,7 @@ def markdown(report: dict) -> str:
     lines += [
         f"Command: `{report['command']}`  ",
         f"Device: {report['device']}; torch {report['torch']}; {report['threads']} intra-op thread(s) "
-        f"(torch.set_num_threads), 1 inter-op thread.  ",
+        f"(torch.set_num_threads), 1 inter-op thread; times are {report['clock']}.  ",
         f"Step memory: {report['mem_how']}, over {report['mem_steps']} steps, one fresh process per method.",
         "",
     ]
@@ -349,10 +349,13 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10; 2 full-size on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3; 1 full-size on CPU)")
     p.add_argument("--infer-rounds", type=int, default=None,
-                   help="interleaved inference rounds (default 15; 3 full-size on CPU)")
-    p.add_argument("--infer-repeat", type=int, default=3,
-                   help="forwards per inference measurement, the fastest kept (default 3)")
+                   help="interleaved inference rounds (default 11; 3 full-size on CPU)")
+    p.add_argument("--infer-repeat", type=int, default=2,
+                   help="forwards per inference measurement, the fastest kept (default 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
+                   help="what a time is: 'cpu' = this process's CPU time (time.process_time), 'wall' = "
+                        "time.perf_counter; auto: cpu on --device cpu with one thread, else wall")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads in this process and the memory subprocesses "
                         "(default: 1 on CPU, torch's own default on CUDA)")
@@ -368,12 +371,20 @@ def parse_args(argv=None):
     args.batch = args.batch if args.batch is not None else (2 if small else 1)
     args.steps = args.steps if args.steps is not None else (10 if small else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if small else 1)
-    args.infer_rounds = args.infer_rounds if args.infer_rounds is not None else (15 if small else 3)
+    args.infer_rounds = args.infer_rounds if args.infer_rounds is not None else (11 if small else 3)
     # One thread by default on CPU: on a shared machine, a second OpenMP thread that loses its core
     # to another process stalls every parallel region (steps measured 10-50x slower, with a huge
     # spread, when one busy process ran beside 2 threads on 2 cores); one thread only slows down.
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else torch.get_num_threads()
+    if args.clock == "auto":
+        args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
+    if args.clock == "cpu" and args.device == "cuda":
+        p.error("--clock cpu does not see GPU time; use --clock wall with --device cuda")
+    # CPU time, not wall time, by default on CPU: on a shared machine the time slices other
+    # processes take would otherwise land in whichever measurement they interrupt. (It still
+    # counts cache interference, so rounds are interleaved as well.)
+    args.clock_fn = time.process_time if args.clock == "cpu" else time.perf_counter
     if min(args.steps, args.infer_rounds, args.infer_repeat) < 1 or args.warmup < 0:
         p.error("--steps, --infer-rounds and --infer-repeat must be >= 1, --warmup >= 0")
     keys = [k.strip() for k in args.methods.split(",") if k.strip()]
@@ -436,6 +447,7 @@ def main(argv=None) -> int:
         "command": command_line(), "device": device_description(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "backbone": args.backbone, "batch": args.batch,
         "steps": args.steps, "warmup": args.warmup, "infer_rounds": args.infer_rounds, "infer_repeat": args.infer_repeat,
+        "clock": "process CPU time (time.process_time)" if args.clock == "cpu" else "wall time (time.perf_counter)",
         "mem_how": any_mem["mem_how"], "mem_steps": any_mem["mem_steps"],
         "wall_s": round(time.perf_counter() - started, 1), "results": results,
     }

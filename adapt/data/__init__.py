@@ -12,12 +12,12 @@ from adapt.data.augment import (  # noqa: F401
     random_scale_crop, resize_longest_side, unletterbox,
 )
 from adapt.data.formats import (  # noqa: F401
-    ACCEPTED_LAYOUTS, TASKS, Dataset, DatasetError, Sample, load_dataset, polygons_to_mask,
+    ACCEPTED_LAYOUTS, TASKS, Dataset, DatasetError, Sample, load_dataset, load_image, polygons_to_mask,
     rle_decode, rle_encode,
 )
 
 __all__ = [
-    "load_dataset", "Dataset", "Sample", "DatasetError", "TASKS", "ACCEPTED_LAYOUTS",
+    "load_dataset", "load_image", "Dataset", "Sample", "DatasetError", "TASKS", "ACCEPTED_LAYOUTS",
     "rle_decode", "rle_encode", "polygons_to_mask",
     "Augment", "augment", "random_flip", "random_scale_crop", "color_jitter",
     "resize_longest_side", "pad_to_square", "Letterbox", "letterbox", "unletterbox",

@@ -29,6 +29,7 @@ the in-memory cache).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -48,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
-    "TASKS", "DatasetError", "Dataset", "Sample", "load_dataset", "rle_decode", "rle_encode",
+    "TASKS", "DatasetError", "Dataset", "Sample", "load_dataset", "load_image", "rle_decode", "rle_encode",
     "polygons_to_mask", "ACCEPTED_LAYOUTS",
 ]
 
@@ -111,23 +112,15 @@ def _open_image(path: Path, max_pixels: int | None, *, load: bool = True) -> Ima
         raise _Bad("file not found")
     if path.stat().st_size == 0:
         raise _Bad("file is empty (0 bytes)")
-    with _PIL_LOCK, warnings.catch_warnings():
-        # We check the size ourselves (below, from the header), so PIL's warning is noise; PIL's
-        # hard decompression-bomb error stays on unless the caller allows more than it does.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # PIL's decompression-bomb guard stays on; only when the caller allows more pixels than PIL
+    # does is its limit raised to max_pixels, for this file, under a lock (it is a global).
+    raise_limit = bool(max_pixels and Image.MAX_IMAGE_PIXELS and max_pixels > Image.MAX_IMAGE_PIXELS)
+    with _PIL_LOCK if raise_limit else contextlib.nullcontext():
         old = Image.MAX_IMAGE_PIXELS
-        if max_pixels and old and max_pixels > old:
+        if raise_limit:
             Image.MAX_IMAGE_PIXELS = max_pixels
         try:
-            try:
-                im = Image.open(path)
-            except Image.DecompressionBombError as e:
-                raise _Bad(f"image is too large to open safely ({e}); downscale it") from None
-            except UnidentifiedImageError:
-                raise _Bad("not a readable image (the file is corrupt or not an image format: "
-                           "use PNG, JPEG, TIFF, BMP or WebP)") from None
-            except (OSError, ValueError, SyntaxError) as e:
-                raise _Bad(f"not a readable image ({e})") from None
+            im = _open_header(path)
             w, h = im.size
             if max_pixels and w * h > max_pixels:
                 im.close()
@@ -144,7 +137,24 @@ def _open_image(path: Path, max_pixels: int | None, *, load: bool = True) -> Ima
                     raise _Bad(f"image data is truncated or corrupt ({e})") from None
             return im
         finally:
-            Image.MAX_IMAGE_PIXELS = old
+            if raise_limit:
+                Image.MAX_IMAGE_PIXELS = old
+
+
+def _open_header(path: Path) -> Image.Image:
+    """Image.open reads only the header; nothing is decoded yet."""
+    try:
+        with warnings.catch_warnings():
+            # Sizes between PIL's limit and twice it only warn; our own check reports them.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise _Bad(f"image is too large to open safely ({e}); downscale it") from None
+    except UnidentifiedImageError:
+        raise _Bad("not a readable image (the file is corrupt or not an image format: "
+                   "use PNG, JPEG, TIFF, BMP or WebP)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise _Bad(f"not a readable image ({e})") from None
 
 
 def _header_size(path: Path, max_pixels: int | None) -> tuple[int, int]:
@@ -306,17 +316,41 @@ def rle_encode(mask: np.ndarray, *, compressed: bool = True) -> dict:
 def polygons_to_mask(polygons, height: int, width: int) -> np.ndarray:
     """COCO polygons (a list of flat [x1, y1, x2, y2, ...] lists) -> HxW uint8 0/1 mask.
 
-    COCO coordinates put pixel (i, j)'s area at [j, j+1] x [i, i+1]; OpenCV fills around pixel
-    centres, hence the half-pixel shift. Sub-pixel vertices keep 3 fractional bits.
+    COCO puts pixel (row i, column j) at the square [j, j+1] x [i, i+1]; a pixel is inside when
+    its centre (j + 0.5, i + 0.5) is inside a polygon (even-odd rule per polygon; polygons of one
+    annotation are united). Sub-pixel vertices are kept exactly (OpenCV's fillPoly would round
+    them and include both end pixels).
     """
     out = np.zeros((height, width), dtype=np.uint8)
-    shift = 3
-    pts = []
     for poly in polygons:
-        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2) - 0.5
-        pts.append(np.round(xy * (1 << shift)).astype(np.int32))
-    if pts:
-        cv2.fillPoly(out, pts, 1, lineType=cv2.LINE_8, shift=shift)
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        x0, y0 = xy[:, 0], xy[:, 1]
+        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+        keep = y0 != y1                                  # horizontal edges cross no row centre
+        x0, y0, x1, y1 = x0[keep], y0[keep], x1[keep], y1[keep]
+        if x0.size == 0:
+            continue
+        # rows whose centre i + 0.5 lies in [min(y), max(y)): each vertex is counted once
+        first = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, height).astype(np.int64)
+        stop = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, height).astype(np.int64)
+        n = np.maximum(stop - first, 0)
+        if n.sum() == 0:
+            continue
+        edge = np.repeat(np.arange(x0.size), n)
+        rows = first[edge] + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))
+        yc = rows + 0.5
+        xs = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+        order = np.lexsort((xs, rows))
+        rows, xs = rows[order], xs[order]
+        r = rows[0::2]
+        # columns whose centre j + 0.5 lies in [x_enter, x_leave)
+        c0 = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(np.int64)
+        c1 = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(np.int64)
+        top, bottom = int(r.min()), int(r.max()) + 1
+        diff = np.zeros((bottom - top, width + 1), dtype=np.int32)
+        np.add.at(diff, (r - top, c0), 1)
+        np.add.at(diff, (r - top, c1), -1)
+        out[top:bottom] |= (np.cumsum(diff[:, :width], axis=1) > 0).astype(np.uint8)
     return out
 
 
@@ -442,10 +476,6 @@ class Sample:
             return _binarize(values)
         return values.astype(np.uint8)
 
-    def _cache(self):
-        self._image = self._read_image()
-        self._mask = self._read_mask()
-
 
 class Dataset(Sequence):
     """A validated list of `Sample`s.
@@ -548,7 +578,7 @@ class Dataset(Sequence):
 
         holdout: None -> the given held-out folder if the dataset has one, else 0.3;
           a float in (0, 1) -> that fraction of the samples (rounded, at least 1, at most n-1);
-          an int -> that many samples; a list/tuple/set of stems -> exactly those;
+          an int (or a whole float >= 1, as a CLI passes it) -> that many samples; a list/tuple/set of stems -> exactly those;
           a path (str/Path) -> load that folder or zip with the same task as the held-out set;
           a Dataset -> use it as the held-out set.
         A fraction or count splits this dataset's own samples (a given held-out folder is then
@@ -579,6 +609,10 @@ class Dataset(Sequence):
         if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)):
             raise TypeError(f"holdout must be a fraction, a count, a list of stems, a path or a "
                             f"Dataset, not {type(holdout).__name__}")
+        if isinstance(holdout, (float, np.floating)) and holdout >= 1.0:
+            if float(holdout) != int(holdout):
+                raise ValueError(f"holdout must be a fraction below 1 or a whole count, got {holdout}")
+            holdout = int(holdout)          # a CLI's float option: 2.0 means two images
         if isinstance(holdout, (float, np.floating)):
             if not 0.0 < holdout < 1.0:
                 raise ValueError(f"holdout fraction must be between 0 and 1, got {holdout}")
@@ -961,7 +995,8 @@ class _Loader:
                      images_dir / PurePosixPath(fname.replace("\\", "/")).name]
             path = next((t for t in tries if t.is_file()), None)
             if path is None:
-                bad(f"image '{fname}' (id {iid}) not found in {self.name(images_dir) if images_dir != self.top else 'the dataset folder'}")
+                where = self.name(images_dir) + "/" if images_dir != self.top else "the dataset folder"
+                bad(f"image '{fname}' (id {iid}) not found in {where}")
                 continue
             listed.add(path.resolve())
             stem = path.stem
@@ -1122,6 +1157,8 @@ def _validate(cands: list[_Candidate], loader: _Loader, classes, ignore_index,
                     hint = ("the mask is all zero" if top == 0 else
                             f"its largest value is {top}; foreground must be > 127 in 0-255 masks "
                             f"or 1 in 0/1 masks")
+                    if 1 < top <= 127 and len(np.unique(values)) <= 32:
+                        hint += "; if the values are class ids, load it with task='openvocab'"
                     loader.problem(c.mask_name, f"empty mask: no foreground pixels ({hint})")
                     continue
                 if mask.all():
@@ -1138,13 +1175,16 @@ def _validate(cands: list[_Candidate], loader: _Loader, classes, ignore_index,
                     ign = f"; {ignore_index} = ignore" if ignore_index is not None else ""
                     jpeg = (" (JPEG compression changes pixel values: save label maps as PNG)"
                             if c.mask_path.suffix.lower() in (".jpg", ".jpeg") else "")
-                    loader.problem(c.mask_name, f"mask values {_fmt_values(wrong)} are not class ids "
+                    what = (f"mask value {wrong[0]} is not a class id" if len(wrong) == 1 else
+                            f"mask values {_fmt_values(wrong)} are not class ids")
+                    loader.problem(c.mask_name, f"{what} "
                                    f"(classes.json lists {len(classes)} classes, ids 0-{len(classes) - 1}"
                                    f"{ign}){jpeg}")
                     continue
                 mask = values.astype(np.uint8)
                 if ignore_index is not None and (mask == ignore_index).all():
-                    loader.problem(c.mask_name, f"every pixel is {ignore_index} (ignore): nothing is labelled")
+                    loader.problem(c.mask_name,
+                                   f"every pixel is {ignore_index} (ignore): nothing is labelled")
                     continue
         sample = Sample(c.stem, c.image_name, c.mask_name, h, w, task,
                         np.bincount(mask.reshape(-1), minlength=256).astype(np.int64),
@@ -1212,6 +1252,20 @@ def _no_dataset_message(folder: Path) -> str:
             hint = f" There is an {img.name}/ folder but no {mask_name}/ folder next to it."
             break
     return f"no dataset found ({_describe(folder)}).{hint} {ACCEPTED_LAYOUTS}"
+
+
+def load_image(path, *, max_pixels: int | None = 40_000_000, exif_transpose: bool = True) -> np.ndarray:
+    """One image file -> HxWx3 uint8 RGB, with the same checks and messages as load_dataset.
+
+    exif_transpose: apply the EXIF orientation (what photo viewers show), for prediction on a
+    single photo. Raises DatasetError (a ValueError) naming the file.
+    """
+    path = Path(path)
+    try:
+        im = _open_image(path, max_pixels)
+        return _to_rgb(ImageOps.exif_transpose(im) if exif_transpose else im)
+    except _Bad as e:
+        raise DatasetError([(str(path), str(e))], source=path.name) from None
 
 
 def _load_tree(top: Path, label: str, task: str, max_pixels, cache_bytes, storage) -> Dataset:
@@ -1298,7 +1352,8 @@ def _load_tree(top: Path, label: str, task: str, max_pixels, cache_bytes, storag
                 loader.problem(where, f"empty dataset: no image/mask pairs found ({_describe(folder)}). "
                                       f"{ACCEPTED_LAYOUTS}")
     if loader.problems:
-        raise DatasetError(loader.problems, source=label)
+        # grouped by file, so all of one image's problems read together
+        raise DatasetError(sorted(loader.problems, key=lambda p: p[0]), source=label)
 
     if task == "dichotomous":
         classes, ignore_index = ["background", "foreground"], None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -171,13 +172,9 @@ def _fine_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _value_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
     """(h, w) float32 smooth noise in about [0, 1], blobs about ``scale`` px across."""
-    gh = max(2, int(np.ceil(h / scale)) + 2)
-    gw = max(2, int(np.ceil(w / scale)) + 2)
-    grid = rng.random((gh, gw), dtype=np.float32)
-    big = cv2.resize(grid, (int(gw * scale), int(gh * scale)), interpolation=cv2.INTER_CUBIC)
-    oy = int(rng.integers(0, big.shape[0] - h + 1))
-    ox = int(rng.integers(0, big.shape[1] - w + 1))
-    return big[oy:oy + h, ox:ox + w]
+    grid = rng.random((max(2, int(np.ceil(h / scale)) + 1), max(2, int(np.ceil(w / scale)) + 1)),
+                      dtype=np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
 def _coords(h: int, w: int):
@@ -188,16 +185,19 @@ def _ramp(rng: np.random.Generator, h: int, w: int, angle: float | None = None) 
     """(h, w) float32 linear ramp from 0 to 1 along a random direction."""
     if angle is None:
         angle = rng.uniform(0, 2 * np.pi)
+    ca, sa = np.cos(angle), np.sin(angle)
+    corners = [x * ca + y * sa for x in (0, w - 1) for y in (0, h - 1)]   # u is linear
+    lo, hi = min(corners), max(corners)
+    k = 1.0 / max(hi - lo, 1e-6)
     yy, xx = _coords(h, w)
-    u = xx * np.float32(np.cos(angle)) + yy * np.float32(np.sin(angle))
-    lo, hi = float(u.min()), float(u.max())
-    return (u - lo) * np.float32(1.0 / max(hi - lo, 1e-6))
+    return xx * np.float32(ca * k) + (yy * np.float32(sa * k) - np.float32(lo * k))
 
 
 def _mix(c1, c2, t: np.ndarray) -> np.ndarray:
     c1 = np.asarray(c1, np.float32)
-    c2 = np.asarray(c2, np.float32)
-    return c1 + t[..., None] * (c2 - c1)
+    out = t[..., None] * (np.asarray(c2, np.float32) - c1)
+    out += c1
+    return out
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -528,7 +528,7 @@ class _Canvas:
     def finish(self, domain: str, background: str) -> Scene:
         if self.img.ndim == 2:
             self.img = np.repeat(self.img[..., None], 3, axis=2)
-        image = np.clip(self.img, 0, 255).astype(np.uint8)
+        image = np.clip(self.img, 0, 255, out=self.img).astype(np.uint8)
         keep = [i for i in range(1, len(self.areas)) if self.areas[i] > 0]
         masks = [self.label == i for i in keep]
         objects = [self.objects[i - 1] for i in keep]
@@ -551,10 +551,11 @@ def _sample_radii(rng, n, side, words=SIZES):
     return sorted(out, reverse=True)
 
 
-def _place_shapes(canvas: _Canvas, rng, shape_pool, radii, paint: Callable, fine=False,
-                  pad=2, margin=0.8, max_loss=0.35, min_inside=0.85):
-    """Place one object per radius (largest first); ``paint(isl, csl, m, index)`` fills pixels.
-    An object that does not fit shrinks, and is dropped after a few tries (the first always fits)."""
+def _place_shapes(canvas: _Canvas, rng, shape_pool, radii, fine=False, pad=2, margin=0.8,
+                  max_loss=0.35, min_inside=0.85):
+    """Claim room for one object per radius (largest first) and yield (shape, r, placement) for
+    the caller to paint before the next is placed. An object that does not fit shrinks, and is
+    dropped after a few tries (the first one always fits)."""
     side = min(canvas.h, canvas.w)
     for r in radii:
         shape = _pick(rng, shape_pool)
@@ -593,15 +594,13 @@ def _render_source(rng, h, w, max_objects, shapes, fine=False, domain="source") 
     params = _bg_params(bg, rng, s)
     img = _render_bg(bg, params, h, w, rng)
     canvas = _Canvas(img)
-    colours = _admissible_colours(params["colours"] + [img.mean((0, 1))])
+    colours = _admissible_colours(params["colours"] + [img[::8, ::8].mean((0, 1))])
     n = int(rng.integers(1, max_objects + 1))
     order = rng.permutation(len(colours))
     pad = int(np.ceil(4 * s)) + 2
-    state = {"i": 0}
-
-    def paint(isl, csl, m, shape, r):
-        i = state["i"]
-        state["i"] += 1
+    placements = _place_shapes(canvas, rng, shapes, _sample_radii(rng, n, min(h, w)), fine=fine,
+                               pad=pad)
+    for i, (shape, r, (isl, csl, m)) in enumerate(placements):
         name = colours[order[i % len(colours)]]
         texture = _pick(rng, TEXTURES)
         rgb = np.clip(np.array(COLOURS[name], np.float32) + rng.uniform(-15, 15, 3), 0, 255)
@@ -620,10 +619,6 @@ def _render_source(rng, h, w, max_objects, shapes, fine=False, domain="source") 
             alpha = cv2.GaussianBlur(m.astype(np.float32), (3, 3), 0.6)[..., None]
             view += (tex - view) * alpha
         canvas.objects.append(SceneObject(shape, name, texture, _size_word(r, min(h, w))))
-
-    for shape, r, (isl, csl, m) in _place_shapes(canvas, rng, shapes, _sample_radii(rng, n, min(h, w)),
-                                                 None, fine=fine, pad=pad):
-        paint(isl, csl, m, shape, r)
     return canvas.finish(domain, bg)
 
 
@@ -638,7 +633,7 @@ def _render_camouflage(rng, h, w, max_objects, shapes) -> Scene:
     canvas = _Canvas(_render_bg(bg, params, h, w, rng))
     n = int(rng.integers(1, max_objects + 1))
     for shape, r, (isl, csl, m) in _place_shapes(canvas, rng, shapes,
-                                                 _sample_radii(rng, n, min(h, w)), None, pad=4):
+                                                 _sample_radii(rng, n, min(h, w)), pad=4):
         bh, bw = m.shape
         # The same texture and palette with a new phase, shifted a little in brightness and hue.
         tex = _render_bg(bg, params, bh, bw, rng)
@@ -762,8 +757,7 @@ def _render_thin(rng, h, w, max_objects, shapes) -> Scene:
         full = _draw_width_layers(h, w, lines).astype(bool)
         if full.sum() < 20:
             continue
-        placed = canvas.place(full, h // 2, w // 2 if full.shape[1] % 2 else w // 2,
-                              max_loss=0.5, min_inside=0.0) if full.shape == (h, w) else None
+        placed = canvas.place(full, h // 2, w // 2, max_loss=0.5, min_inside=0.0)
         if placed is None:
             continue
         _, _, m = placed
@@ -786,7 +780,7 @@ def _render_grayscale(rng, h, w, max_objects, shapes) -> Scene:
     pool = [k for k in cells if shapes is None or k in shapes] or list(shapes)
     n = int(rng.integers(1, max_objects + 1))
     radii = _sample_radii(rng, n, min(h, w), words=("small", "small", "medium", "large"))
-    for shape, r, (isl, csl, m) in _place_shapes(canvas, rng, pool, radii, None, pad=2,
+    for shape, r, (isl, csl, m) in _place_shapes(canvas, rng, pool, radii, pad=2,
                                                  max_loss=0.25):
         bh, bw = m.shape
         contrast = rng.uniform(45, 110)
@@ -861,9 +855,10 @@ def make_scene(rng: np.random.Generator | int, size: int | tuple = 256, domain: 
     return DOMAINS[domain].render(rng, h, w, int(max_objects), pool)
 
 
-def _scene_rng(seed: int, index: int) -> np.random.Generator:
-    # Scene i depends only on (seed, i): a longer dataset starts with the shorter one.
-    return np.random.default_rng([int(seed), int(index)])
+def _scene_rng(domain: str, seed: int, index: int) -> np.random.Generator:
+    # Scene i depends only on (domain, seed, i): a longer dataset starts with the shorter one, and
+    # two domains with the same seed do not share layouts or palettes.
+    return np.random.default_rng([int(seed), int(index), zlib.crc32(domain.encode())])
 
 
 def make_dataset(domain: str = "source", n: int = 16, size: int | tuple | None = None,
@@ -871,7 +866,7 @@ def make_dataset(domain: str = "source", n: int = 16, size: int | tuple | None =
                  shapes: Sequence[str] | None = None) -> list:
     """``n`` scenes; ``size`` None takes the domain's default (1024 for highres-fine, else 256)."""
     size = DOMAINS[domain].default_size if size is None and domain in DOMAINS else size
-    return [make_scene(_scene_rng(seed, i), size, domain, max_objects, shapes) for i in range(n)]
+    return [make_scene(_scene_rng(domain, seed, i), size, domain, max_objects, shapes) for i in range(n)]
 
 
 def scene_stream(domain: str = "source", size: int | tuple | None = None, seed: int = 0,
@@ -880,7 +875,7 @@ def scene_stream(domain: str = "source", size: int | tuple | None = None, seed: 
     size = DOMAINS[domain].default_size if size is None and domain in DOMAINS else size
     i = start
     while True:
-        yield make_scene(_scene_rng(seed, i), size, domain, **kwargs)
+        yield make_scene(_scene_rng(domain, seed, i), size, domain, **kwargs)
         i += 1
 
 

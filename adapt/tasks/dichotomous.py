@@ -80,7 +80,7 @@ class DichotomousTask:
     def sample_prompt(self, prepared: Prepared, rng: np.random.Generator, mode: str) -> dict:
         if mode == "mixed":
             mode = ("box", "points", "none")[rng.integers(3)]
-        if mode == "none":
+        if mode == "none" or not bool((prepared.mask > 0).any()):  # an augmentation may crop the object away
             return {"box": self.whole_image_box(prepared)}
         if mode == "box":
             box = self.box_of(prepared.mask)
