@@ -44,7 +44,7 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     task: str = "dichotomous"
     backbone: str = "tiny-sam"
-    checkpoint: str | None = None  # base weights file; None: the bundled/official default
+    checkpoint: str | None = None  # base weights file or "random"; None: the bundled/official default
     method: str = "parser"
     method_options: dict = field(default_factory=dict)
     task_options: dict = field(default_factory=dict)
@@ -115,11 +115,9 @@ class Run:
         self.cfg = cfg
         self.device = cfg.resolved_device()
         torch.manual_seed(cfg.seed)
-        checkpoint = cfg.checkpoint
-        if checkpoint is None:
-            from adapt.weights import resolve_checkpoint
+        from adapt.weights import resolve_checkpoint
 
-            checkpoint = resolve_checkpoint(cfg.backbone)
+        checkpoint = resolve_checkpoint(cfg.backbone, cfg.checkpoint)  # "random": random init
         self.backbone = build_backbone(cfg.backbone, checkpoint=checkpoint, seed=cfg.seed)
         self.task = make_task(cfg.task, self.backbone, **cfg.task_options)
         self.handle = attach(self.backbone, cfg.method, **cfg.method_options)
@@ -147,6 +145,7 @@ class Run:
         self.handle.load_state_dict(state["adapter"])
         if self.optimizer and state["optimizer"]:
             self.optimizer.load_state_dict(state["optimizer"])
+            self.groups = self.optimizer.param_groups  # load_state_dict replaces the group dicts
         self.step = state["step"]
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -247,7 +248,7 @@ def download(url: str, dest: str | Path, sha256: str | None = None, expected_byt
         with os.fdopen(fd, "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
                 if isinstance(e, urllib.error.HTTPError):
                     reason = f"HTTP {e.code} {e.reason}"
                 else:
@@ -267,7 +268,7 @@ def download(url: str, dest: str | Path, sha256: str | None = None, expected_byt
                     while True:
                         try:
                             block = response.read(CHUNK)
-                        except (OSError, ValueError) as e:  # timeouts, resets, IncompleteRead
+                        except (http.client.HTTPException, OSError, ValueError) as e:  # IncompleteRead, timeouts
                             raise WeightsUnavailable(
                                 f"download of {url} broke off after {received} bytes: {e}. "
                                 f"{_place_by_hand(url, dest)} {_offline_hint()}") from e
@@ -282,6 +283,7 @@ def download(url: str, dest: str | Path, sha256: str | None = None, expected_byt
                         bar.update(len(block))
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(part, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
         if total is not None and received != total:
             raise WeightsUnavailable(f"download of {url} is incomplete: {received} of {total} bytes. "
                                      f"{_place_by_hand(url, dest)} {_offline_hint()}")

@@ -41,6 +41,7 @@ absolute numbers are printed too, but they depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -58,8 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `adapt` lives at the repo root
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from adapt.backbones import build_backbone  # noqa: E402
+from adapt.backbones import BACKBONES, build_backbone  # noqa: E402
 from adapt.methods import METHODS, attach  # noqa: E402
 
 # key (for --methods / --one), label in the table, method name, attach options
@@ -93,6 +95,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def quiet_gc():
+    """No automatic garbage collection inside timed code. A full collection over everything torch,
+    segment_anything and open_clip import takes ~0.25 s here, longer than a tiny-sam forward; after
+    gc.freeze() the explicit gc.collect() between measurements only walks new objects."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def count_flops(fn) -> int:
+    """Matmul/conv FLOPs (FlopCounterMode: mm, bmm, addmm, convolution, attention; element-wise
+    ops, norms and the optimizer are not counted) of one call: exact, unlike the timings."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 class Trainer:
     """One method attached to its own fresh backbone, with its optimizer, inputs and target."""
 
@@ -111,11 +136,19 @@ class Trainer:
         self.backbone.model.train()  # SAM has no dropout/batch-norm; train mode for form's sake
         self.times: list[float] = []
 
+    def loss(self) -> torch.Tensor:
+        return (self.backbone.forward(self.inputs) - self.target).pow(2).mean()
+
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        loss = (self.backbone.forward(self.inputs) - self.target).pow(2).mean()
-        loss.backward()
+        self.loss().backward()
         self.opt.step()
+
+    def step_flops(self) -> int:
+        """FLOPs of forward + backward (the optimizer step is element-wise and not counted)."""
+        flops = count_flops(lambda: self.loss().backward())
+        self.opt.zero_grad(set_to_none=True)
+        return flops
 
 
 # --- memory (one method per fresh subprocess) ---------------------------------------------------
@@ -164,7 +197,7 @@ def measure_memory_here(key: str, args, device: torch.device) -> dict:
     counts = t.handle.count()
     return {"key": key, "step_bytes": max(peak - base, 0), "peak_total_bytes": total, "before_bytes": base,
             "mem_steps": steps, "mem_how": how, "adapter_params": counts["adapter"],
-            "trainable_params": counts["trainable"]}
+            "trainable_params": counts["trainable"], "step_flops": t.step_flops()}
 
 
 def measure_memory(key: str, args) -> dict:
@@ -184,18 +217,18 @@ def measure_memory(key: str, args) -> dict:
 
 def time_training(keys: list[str], args, device: torch.device, log) -> dict[str, list[float]]:
     trainers = [Trainer(k, args, device) for k in keys]
-    for r in range(args.warmup + args.steps):
-        order = trainers[r % len(trainers):] + trainers[: r % len(trainers)]  # rotate the order
-        for t in order:
-            gc.collect()
-            sync(device)
-            start = args.clock_fn()
-            t.step()
-            sync(device)
-            if r >= args.warmup:
-                t.times.append(args.clock_fn() - start)
-        log(f"  train round {r + 1}/{args.warmup + args.steps}"
-            + (" (warm-up)" if r < args.warmup else ""))
+    with quiet_gc():
+        for r in range(args.warmup + args.steps):
+            order = trainers[r % len(trainers):] + trainers[: r % len(trainers)]  # rotate the order
+            for t in order:
+                gc.collect()  # cheap under quiet_gc: only objects made since it began
+                sync(device)
+                start = args.clock_fn()
+                t.step()
+                sync(device)
+                if r >= args.warmup:
+                    t.times.append(args.clock_fn() - start)
+            log(f"  train round {r + 1}/{args.warmup + args.steps}" + (" (warm-up)" if r < args.warmup else ""))
     times = {t.key: t.times for t in trainers}
     del trainers
     gc.collect()
@@ -241,20 +274,29 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
         handle.unmerge()
         merge_diff = (merged_out - unmerged_out).abs().max().item()
         moved = (unmerged_out - base.forward(inputs)).abs().max().item()
+        # Counted with grad mode on: FlopCounterMode's module tracker trips over SAM's prompt
+        # encoder under no_grad (it returns a view of a trainable weight that has no grad_fn).
+        with torch.enable_grad():
+            flops = {"base": count_flops(lambda: base.forward(inputs)),
+                     "unmerged": count_flops(lambda: adapted.forward(inputs))}
+            handle.merge()
+            flops["merged"] = count_flops(lambda: adapted.forward(inputs))
+            handle.unmerge()
         run(base), run(adapted)  # warm-up of both models
         times = {"base": [], "unmerged": [], "merged": []}
         kinds = list(times)
-        for r in range(args.infer_rounds):
-            for kind in kinds[r % 3:] + kinds[: r % 3]:  # rotate the order every round
-                gc.collect()
-                if kind == "base":
-                    times[kind].append(run(base))
-                elif kind == "unmerged":
-                    times[kind].append(run(adapted))
-                else:
-                    handle.merge()
-                    times[kind].append(run(adapted))
-                    handle.unmerge()
+        with quiet_gc():
+            for r in range(args.infer_rounds):
+                for kind in kinds[r % 3:] + kinds[: r % 3]:  # rotate the order every round
+                    gc.collect()  # cheap under quiet_gc: only objects made since it began
+                    if kind == "base":
+                        times[kind].append(run(base))
+                    elif kind == "unmerged":
+                        times[kind].append(run(adapted))
+                    else:
+                        handle.merge()
+                        times[kind].append(run(adapted))
+                        handle.unmerge()
     # Ratios are paired within a round (measured seconds apart), then the median over rounds.
     def ratio(kind: str) -> float:
         return statistics.median(a / b for a, b in zip(times[kind], times["base"]))
@@ -264,6 +306,8 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
             "infer_merged_s": statistics.median(times["merged"]),
             "merged_over_base": ratio("merged"), "unmerged_over_base": ratio("unmerged"),
             "merged_over_base_spread": _spread(times["merged"], times["base"]),
+            "infer_flops": flops, "merged_flops_over_base": flops["merged"] / flops["base"],
+            "unmerged_flops_over_base": flops["unmerged"] / flops["base"],
             "merge_max_abs_diff": merge_diff, "output_moved_from_base": moved,
             "fully_mergeable": METHODS[method].fully_mergeable}
 
@@ -305,25 +349,35 @@ def _ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def _with_spread(x: float | None, spread: list[float] | None) -> str:
+    return _ratio(x) if x is None or not spread else f"{x:.2f} [{spread[0]:.2f}, {spread[1]:.2f}]"
+
+
 def markdown(report: dict) -> str:
     lines = [
-        f"Backbone `{report['backbone']}`, batch {report['batch']}, {report['steps']} timed steps after {report['warmup']} "
-        f"warm-up (round-robin over the methods); inference: {report['infer_rounds']} interleaved rounds, "
-        f"fastest of {report['infer_repeat']} forwards each. Ratios are medians of per-round ratios.",
+        f"Backbone `{report['backbone']}`, batch {report['batch']}; training: {report['steps']} timed steps "
+        f"after {report['warmup']} warm-up, round-robin over the methods; inference: {report['infer_rounds']} "
+        f"interleaved rounds, fastest of {report['infer_repeat']} forwards each. Time ratios are medians "
+        "of per-round ratios [inter-quartile range]; FLOP ratios count matmuls/convolutions exactly.",
         "",
-        "| method | adapter params | trainable params | step time / full | step memory / full "
-        "| merged inference / base | unmerged inference / base | step time (ms) | step memory (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | adapter params | trainable params | step time / full | step memory / full | step FLOPs / full "
+        "| merged inference / base | unmerged inference / base | merged FLOPs / base | step time (ms) "
+        "| step memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     flagged = False
     for r in report["results"]:
-        merged = _ratio(r.get("merged_over_base"))
+        merged = _with_spread(r.get("merged_over_base"), r.get("merged_over_base_spread"))
+        merged_flops = _ratio(r.get("merged_flops_over_base"))
         if r.get("fully_mergeable") is False:
             merged += " †"
+            merged_flops += " †"
             flagged = True
         lines.append(
-            f"| {r['label']} | {r['adapter_params']:,} | {r['trainable_params']:,} | {_ratio(r['time_over_full'])} "
-            f"| {_ratio(r['memory_over_full'])} | {merged} | {_ratio(r.get('unmerged_over_base'))} "
+            f"| {r['label']} | {r['adapter_params']:,} | {r['trainable_params']:,} "
+            f"| {_with_spread(r['time_over_full'], r.get('time_over_full_spread'))} "
+            f"| {_ratio(r['memory_over_full'])} | {_ratio(r['flops_over_full'])} | {merged} "
+            f"| {_ratio(r.get('unmerged_over_base'))} | {merged_flops} "
             f"| {r['step_s'] * 1e3:.0f} | {r['step_bytes'] / MIB:.1f} |")
     lines.append("")
     if flagged:
@@ -333,7 +387,9 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ",
         f"Device: {report['device']}; torch {report['torch']}; {report['threads']} intra-op thread(s) "
         f"(torch.set_num_threads), 1 inter-op thread; times are {report['clock']}.  ",
-        f"Step memory: {report['mem_how']}, over {report['mem_steps']} steps, one fresh process per method.",
+        f"Step memory: {report['mem_how']}, over {report['mem_steps']} steps, one fresh process per method. "
+        "Step FLOPs: forward + backward (the optimizer update is element-wise and not counted). "
+        f"The run took {report['wall_s']:.0f} s.",
         "",
     ]
     return "\n".join(lines)
@@ -344,12 +400,13 @@ def markdown(report: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="tiny-sam", help="a SAM backbone (tiny-sam, sam-vit-b, ...)")
+    p.add_argument("--backbone", default="tiny-sam", choices=[n for n in BACKBONES if "sam" in n],
+                   help="a SAM backbone; the full-size ones are random-init (no download) (default tiny-sam)")
     p.add_argument("--batch", type=int, default=None, help="default 2; 1 for full-size SAM on CPU")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10; 2 full-size on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 20; 2 full-size on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3; 1 full-size on CPU)")
     p.add_argument("--infer-rounds", type=int, default=None,
-                   help="interleaved inference rounds (default 11; 3 full-size on CPU)")
+                   help="interleaved inference rounds (default 21; 3 full-size on CPU)")
     p.add_argument("--infer-repeat", type=int, default=2,
                    help="forwards per inference measurement, the fastest kept (default 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -369,9 +426,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     small = args.backbone.startswith("tiny-") or args.device == "cuda"
     args.batch = args.batch if args.batch is not None else (2 if small else 1)
-    args.steps = args.steps if args.steps is not None else (10 if small else 2)
+    args.steps = args.steps if args.steps is not None else (20 if small else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if small else 1)
-    args.infer_rounds = args.infer_rounds if args.infer_rounds is not None else (11 if small else 3)
+    args.infer_rounds = args.infer_rounds if args.infer_rounds is not None else (21 if small else 3)
     # One thread by default on CPU: on a shared machine, a second OpenMP thread that loses its core
     # to another process stalls every parallel region (steps measured 10-50x slower, with a huge
     # spread, when one busy process ran beside 2 threads on 2 cores); one thread only slows down.
@@ -440,6 +497,8 @@ def main(argv=None) -> int:
             "time_over_full_spread": _spread(train_times[k], full_times) if full_times else None,
             "step_bytes": m["step_bytes"], "peak_total_bytes": m["peak_total_bytes"],
             "memory_over_full": m["step_bytes"] / full_mem if full_mem else None,
+            "step_flops": m["step_flops"],
+            "flops_over_full": m["step_flops"] / memory["full"]["step_flops"] if "full" in memory else None,
             **inference[k],
         })
     any_mem = next(iter(memory.values()))

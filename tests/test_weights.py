@@ -150,6 +150,31 @@ def test_download_unreachable_and_missing(server, tmp_path):
     assert leftovers(dest.parent) == []
 
 
+class _TruncatingHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"only ten b")  # then the connection closes
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_broken_off_leaves_nothing(tmp_path):
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _TruncatingHandler)
+    thread = threading.Thread(target=httpd.handle_request, daemon=True)
+    thread.start()
+    dest = tmp_path / "out" / "model.bin"
+    try:
+        with pytest.raises(WeightsUnavailable, match="broke off|incomplete"):
+            weights.download(f"http://127.0.0.1:{httpd.server_address[1]}/m.bin", dest, progress=False, timeout=5)
+    finally:
+        thread.join(timeout=5)
+        httpd.server_close()
+    assert leftovers(dest.parent) == []
+
+
 def test_download_file_url(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"abc" * 100)
@@ -202,7 +227,8 @@ def test_resolve_falls_back_to_next_source_on_404(server, wdir, monkeypatch):
     (root / "open_clip_pytorch_model.bin").write_bytes(b"state dict")
     entry = weights.Checkpoint(
         "clip-vit-b-16", "clip",
-        ((f"{base}/open_clip_model.safetensors", "clip.safetensors"), (f"{base}/open_clip_pytorch_model.bin", "clip.bin")),
+        ((f"{base}/open_clip_model.safetensors", "clip.safetensors"),
+         (f"{base}/open_clip_pytorch_model.bin", "clip.bin")),
         sha256=None, bytes=None, description="test")
     monkeypatch.setattr(weights, "official", lambda name, pretrained=None: entry)
     path = weights.resolve_checkpoint("clip-vit-b-16", progress=False, timeout=5)

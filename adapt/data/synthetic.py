@@ -17,11 +17,13 @@ are deliberately unlike it and serve as few-shot adaptation targets:
                     small holes); 1024 px by default (``DOMAINS["highres-fine"].default_size``)
 
 A ``Scene`` keeps the instances (``masks`` + ``objects``, disjoint: a later object occludes earlier
-ones and no object loses more than about a third of itself), because prompted SAM training needs
-instances; ``semantic`` labels every pixel with a class id (``CLASSES``: 0 = background, then the
-shapes, then the thin-structure classes). ``write_folder`` exports a folder dataset: for the
-dichotomous task the mask is the union of all instances (the foreground), for openvocab an index
-PNG of class ids plus classes.json.
+ones, but none loses more than about a third of itself, half for thin structures), because
+prompted SAM training needs instances; ``semantic`` labels every pixel with a class id
+(``CLASSES``: 0 = background, then the shapes, then the thin-structure classes). Colour names are
+the drawn colour's (in camouflage and thin scenes, the nearest name in ``COLOURS``).
+``write_folder`` exports a folder dataset: for the dichotomous task the mask is the union of all
+instances (the foreground: nothing visible is ever labelled background), for openvocab an index
+PNG of class ids plus classes.json; both add meta.jsonl with captions, attributes and boxes.
 
 Class ids are global and stable across domains, so a model trained on one domain reads another.
 For open-vocabulary benchmarks ``SEEN_SHAPES`` (8) train the segmentation head and
@@ -66,12 +68,12 @@ SIZES = ("small", "medium", "large")
 TEXTURE_WORDS = {"solid": "", "stripes": "striped", "checks": "checkered", "dots": "dotted",
                  "gradient": "shaded", "noise": "speckled", "camouflage": "camouflaged"}
 BACKGROUND_WORDS = {"noise": "noisy", "gradient": "gradient", "stripes": "striped",
-                    "grass": "grassy", "wood": "wooden", "blotch": "camouflage",
+                    "grass": "grassy", "wood": "wooden", "blotch": "blotchy",
                     "fundus": "reddish", "paper": "pale", "dark": "dark",
                     "micro-dark": "dark grainy", "micro-bright": "bright grainy"}
 
 # Radius (half the extent) as a fraction of the shorter image side, per size word.
-_SIZE_RANGES = {"small": (0.05, 0.08), "medium": (0.095, 0.14), "large": (0.155, 0.22)}
+_SIZE_RANGES = {"small": (0.055, 0.09), "medium": (0.105, 0.16), "large": (0.18, 0.26)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,14 +192,30 @@ def _ramp(rng: np.random.Generator, h: int, w: int, angle: float | None = None) 
     lo, hi = min(corners), max(corners)
     k = 1.0 / max(hi - lo, 1e-6)
     yy, xx = _coords(h, w)
-    return xx * np.float32(ca * k) + (yy * np.float32(sa * k) - np.float32(lo * k))
+    u = xx * np.float32(ca * k) + (yy * np.float32(sa * k) - np.float32(lo * k))
+    return np.clip(u, 0, 1, out=u)
 
+
+# numpy broadcasting of an (H, W) plane against (H, W, 3) runs an inner loop of length 3 and is
+# ten times slower than working per plane, so colour images are built with cv2.merge/cvtColor.
 
 def _mix(c1, c2, t: np.ndarray) -> np.ndarray:
+    """(h, w, 3) float32: colour c1 where t = 0, c2 where t = 1."""
     c1 = np.asarray(c1, np.float32)
-    out = t[..., None] * (np.asarray(c2, np.float32) - c1)
-    out += c1
-    return out
+    d = np.asarray(c2, np.float32) - c1
+    return cv2.merge([t * d[k] + c1[k] for k in range(3)])
+
+
+def _rgb(plane: np.ndarray) -> np.ndarray:
+    """(h, w) -> (h, w, 3) float32, the plane repeated."""
+    return cv2.cvtColor(np.ascontiguousarray(plane, dtype=np.float32), cv2.COLOR_GRAY2RGB)
+
+
+def _blend(view: np.ndarray, top: np.ndarray, alpha: np.ndarray) -> None:
+    """In place: view = top * alpha + view * (1 - alpha), alpha an (h, w) plane."""
+    a = np.ascontiguousarray(alpha, dtype=np.float32)
+    view[...] = cv2.blendLinear(np.ascontiguousarray(top, dtype=np.float32),
+                                np.ascontiguousarray(view), a, 1 - a)
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -220,14 +238,7 @@ def _nearest_colour(rgb, names: Sequence[str] | None = None) -> str:
 
 def _size_word(r: float, side: int) -> str:
     rel = r / side
-    return "small" if rel < 0.0875 else "medium" if rel < 0.1475 else "large"
-
-
-def _extent_word(mask: np.ndarray) -> str:
-    """Size word for sprawling structures: by the extent of their bounding box."""
-    ys, xs = np.nonzero(mask)
-    rel = max(ys.max() - ys.min(), xs.max() - xs.min()) / max(mask.shape)
-    return "small" if rel < 0.4 else "medium" if rel < 0.7 else "large"
+    return "small" if rel < 0.0975 else "medium" if rel < 0.17 else "large"
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -259,8 +270,8 @@ def _bg_params(kind: str, rng: np.random.Generator, s: float) -> dict:
         colours = [_hsv(base + rng.uniform(-0.05, 0.05), sat + rng.uniform(-0.1, 0.1),
                         val + rng.uniform(-0.15, 0.15)) for _ in range(k)]
         return {"colours": colours, "scale": rng.uniform(18, 40) * s}
-    c1 = _hsv(rng.uniform(0, 1), rng.uniform(0.08, 0.45), rng.uniform(0.3, 0.85))
-    c2 = _hsv(rng.uniform(0, 1), rng.uniform(0.08, 0.45), rng.uniform(0.3, 0.85))
+    c1 = _hsv(rng.uniform(0, 1), rng.uniform(0.08, 0.38), rng.uniform(0.3, 0.85))
+    c2 = _hsv(rng.uniform(0, 1), rng.uniform(0.08, 0.38), rng.uniform(0.3, 0.85))
     if kind == "noise":
         return {"colours": [c1, c2], "scale": rng.uniform(20, 70) * s}
     if kind == "gradient":
@@ -315,12 +326,14 @@ def _render_bg(kind: str, p: dict, h: int, w: int, rng: np.random.Generator) -> 
         t = _value_noise(rng, h, w, p["scale"]) + 0.3 * _value_noise(rng, h, w, p["scale"] / 3)
         t = t / 1.3
         k = len(c)
-        levels = np.clip((t * k).astype(np.int32), 0, k - 1)
-        img = np.asarray(c, np.float32)[levels]
+        levels = np.clip(t * k, 0, k - 1).astype(np.uint8)
+        table = np.zeros((256, 3), np.uint8)
+        table[:k] = np.clip(np.asarray(c), 0, 255)
+        img = cv2.LUT(cv2.merge([levels] * 3), table[:, None, :]).astype(np.float32)
         grain = 5.0
     else:
         raise ValueError(f"unknown background {kind!r}")
-    img += (_fine_noise(rng, h, w) * np.float32(grain))[..., None]
+    img += _rgb(_fine_noise(rng, h, w) * np.float32(grain))
     return img
 
 
@@ -356,7 +369,7 @@ def _object_texture(kind: str, rng: np.random.Generator, h: int, w: int, c: np.n
         img = _mix(c, c2, np.clip(t - 0.2, 0, 1))
     else:
         raise ValueError(f"unknown texture {kind!r}")
-    img += (_fine_noise(rng, h, w) * np.float32(3.0))[..., None]
+    img += _rgb(_fine_noise(rng, h, w) * np.float32(3.0))
     return img
 
 
@@ -440,7 +453,8 @@ def _roughen(poly: np.ndarray, rng: np.random.Generator, r: float) -> np.ndarray
     for _ in range(3):
         cycles = max(3, round(total / rng.uniform(4, 24)))
         wave = np.sin(2 * np.pi * cycles * arc / total + rng.uniform(0, 2 * np.pi))
-        d += rng.uniform(0.5, 3.0) * amp_scale * np.sign(wave) * np.abs(wave) ** rng.uniform(0.4, 1.5)
+        sharp = np.sign(wave) * np.abs(wave) ** rng.uniform(0.4, 1.5)     # teeth or waves
+        d += rng.uniform(0.5, 3.0) * amp_scale * sharp
     d += rng.normal(0, 0.35, n)
     return q + normal * d[:, None]
 
@@ -527,8 +541,9 @@ class _Canvas:
 
     def finish(self, domain: str, background: str) -> Scene:
         if self.img.ndim == 2:
-            self.img = np.repeat(self.img[..., None], 3, axis=2)
-        image = np.clip(self.img, 0, 255, out=self.img).astype(np.uint8)
+            image = cv2.cvtColor(np.clip(self.img, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+        else:
+            image = np.clip(self.img, 0, 255, out=self.img).astype(np.uint8)
         keep = [i for i in range(1, len(self.areas)) if self.areas[i] > 0]
         masks = [self.label == i for i in keep]
         objects = [self.objects[i - 1] for i in keep]
@@ -579,7 +594,7 @@ def _place_shapes(canvas: _Canvas, rng, shape_pool, radii, fine=False, pad=2, ma
 # --------------------------------------------------------------------------------------------
 # Domains
 
-def _admissible_colours(palette, min_dist=80.0) -> list:
+def _admissible_colours(palette, min_dist=90.0) -> list:
     palette = np.asarray(palette, np.float32).reshape(-1, 3)
     names = list(COLOURS)
     table = np.array([COLOURS[n] for n in names], np.float32)
@@ -612,12 +627,11 @@ def _render_source(rng, h, w, max_objects, shapes, fine=False, domain="source") 
             sh = np.zeros(m.shape, np.float32)
             sh[dy:, dx:] = m[:bh - dy, :bw - dx]
             sh = cv2.GaussianBlur(sh, (0, 0), 1.5 * s)
-            view *= (1 - 0.45 * sh)[..., None]
+            view *= _rgb(1 - 0.45 * sh)
         if fine:                                             # keep 1-px detail crisp
             view[m] = tex[m]
         else:
-            alpha = cv2.GaussianBlur(m.astype(np.float32), (3, 3), 0.6)[..., None]
-            view += (tex - view) * alpha
+            _blend(view, tex, cv2.GaussianBlur(m.astype(np.float32), (3, 3), 0.6))
         canvas.objects.append(SceneObject(shape, name, texture, _size_word(r, min(h, w))))
     return canvas.finish(domain, bg)
 
@@ -641,7 +655,7 @@ def _render_camouflage(rng, h, w, max_objects, shapes) -> Scene:
         tex += shift.astype(np.float32)
         alpha = cv2.GaussianBlur(m.astype(np.float32), (0, 0), rng.uniform(0.8, 1.6) * s)
         view = canvas.img[isl]
-        view += (tex - view) * alpha[..., None]
+        _blend(view, tex, alpha)
         colour = _nearest_colour(tex[m].mean(0))
         canvas.objects.append(SceneObject(shape, colour, "camouflage", _size_word(r, min(h, w))))
     return canvas.finish("camouflage", bg)
@@ -673,27 +687,50 @@ def _vessel_tree(rng, h, w, s, max_width):
     if rng.random() < 0.4:                                   # a root inside, like an optic disc
         start = (rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h)
         heading = rng.uniform(0, 2 * np.pi)
-    stack = [(np.array(start, float), heading + rng.normal(0, 0.4), max_width, 0)]
+    stack = [(np.array(start, float), heading + rng.normal(0, 0.4), max_width, 0, -2)]
     step = 3.0 * s
+    # A coarse grid of which branch occupies each cell: a branch stops where it would come within
+    # about a cell of the tree (other than its parent, near its start), so branches do not pile up
+    # into blobs (real vessels rarely overlap themselves).
+    cell = max(4.0, step)
+    owner = np.full((int(h / cell) + 4, int(w / cell) + 4), -1, np.int16)
+    last_cell = np.array([owner.shape[1] - 2, owner.shape[0] - 2])        # (x, y)
+    skip = int(np.ceil(3 * cell / step)) + 1
     out = []
-    while stack and len(out) < 40:
-        p, ang, width, depth = stack.pop()
-        steps = int(rng.uniform(25, 70) * (0.75 ** depth) * (min(h, w) / 256) / (step / (3 * s)))
-        steps = max(steps, 6)
+    while stack and len(out) < 30:
+        p, ang, width, depth, parent = stack.pop()
+        steps = max(6, int(rng.uniform(25, 70) * 0.75 ** depth))
         angs = ang + np.cumsum(rng.normal(0, 0.12, steps))
-        xy = p + np.cumsum(np.stack([np.cos(angs), np.sin(angs)], 1) * step, 0)
-        xy = np.vstack([p, xy])
-        inside = (xy[:, 0] >= -2) & (xy[:, 0] <= w + 1) & (xy[:, 1] >= -2) & (xy[:, 1] <= h + 1)
-        stop = int(np.argmin(inside)) if not inside.all() else len(xy)
-        xy = xy[:max(stop, 2)]
+        xy = np.empty((steps + 1, 2))
+        xy[0] = p
+        xy[1:, 0] = np.cos(angs)
+        xy[1:, 1] = np.sin(angs)
+        xy[1:] *= step
+        np.cumsum(xy, 0, out=xy)
+        outside = (xy[:, 0] < -2) | (xy[:, 0] > w + 1) | (xy[:, 1] < -2) | (xy[:, 1] > h + 1)
+        if outside.any():
+            xy = xy[:int(outside.argmax())]
+        cells = (xy * (1 / cell)).astype(np.intp) + 2
+        np.minimum(np.maximum(cells, 1, out=cells), last_cell, out=cells)
+        own = owner[cells[:, 1], cells[:, 0]]
+        hit = own >= 0
+        hit[:skip] &= own[:skip] != parent
+        if hit.any():
+            xy = xy[:int(hit.argmax())]
+            cells = cells[:len(xy)]
+        if len(xy) < 2:
+            continue
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                owner[cells[:, 1] + dy, cells[:, 0] + dx] = len(out)
         out.append((xy, width))
         if depth < 5 and len(xy) > 6:
-            for j in sorted(rng.choice(np.arange(3, len(xy) - 1), size=min(int(rng.integers(1, 4)),
-                                                                            len(xy) - 4),
-                                       replace=False)):
-                child = max(1, width - int(rng.integers(0, 2)))
-                turn = rng.uniform(0.35, 1.0) * (1 if rng.random() < 0.5 else -1)
-                stack.append((xy[j], angs[min(j, len(angs) - 1)] + turn, child, depth + 1))
+            k = int(rng.integers(2, 5))
+            u = rng.random((k, 3))
+            for j, (uj, ut, us) in zip(rng.integers(3, len(xy) - 1, k), u):
+                turn = (0.35 + 0.65 * ut) * (1 if us < 0.5 else -1)
+                child = max(1, width - int(uj < 0.5))
+                stack.append((xy[j], angs[j - 1] + turn, child, depth + 1, len(out) - 1))
     return out
 
 
@@ -719,31 +756,39 @@ def _render_thin(rng, h, w, max_objects, shapes) -> Scene:
     yy, xx = _coords(h, w)
     haze = _value_noise(rng, h, w, rng.uniform(40, 90) * s) - 0.5
     if bg == "fundus":
-        base = np.array([rng.uniform(170, 215), rng.uniform(60, 100), rng.uniform(20, 45)], np.float32)
+        base = np.array([rng.uniform(170, 215), rng.uniform(60, 100), rng.uniform(20, 45)],
+                        np.float32)
         cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
-        r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / np.float32((0.75 * max(h, w)) ** 2)
-        light = np.clip(1.05 - 0.6 * r2 + 0.18 * haze, 0.2, 1.2)
-        img = base * light[..., None]
-        dy, dx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w    # an optic disc
-        disc = np.exp(-((yy - dy) ** 2 + (xx - dx) ** 2) / np.float32((0.06 * min(h, w)) ** 2))
-        img += disc[..., None] * np.array([50, 70, 40], np.float32)
+        k = np.float32(-0.6 / (0.75 * max(h, w)) ** 2)
+        light = ((yy - cy) ** 2 * k + np.float32(1.05)) + (xx - cx) ** 2 * k    # vignette
+        light += np.float32(0.18) * haze
+        img = _mix((0, 0, 0), base, np.clip(light, 0.2, 1.2, out=light))
+        sigma = 0.06 * min(h, w)                                              # an optic disc
+        dy, dx = int(rng.uniform(0.2, 0.8) * h), int(rng.uniform(0.2, 0.8) * w)
+        y0, y1 = max(0, dy - int(3 * sigma)), min(h, dy + int(3 * sigma))
+        x0, x1 = max(0, dx - int(3 * sigma)), min(w, dx + int(3 * sigma))
+        disc = np.exp(-((yy[y0:y1] - dy) ** 2 + (xx[:, x0:x1] - dx) ** 2) / np.float32(sigma ** 2))
+        img[y0:y1, x0:x1] += _mix((0, 0, 0), (50, 70, 40), disc)
         line_rgb = base * np.float32(rng.uniform(0.35, 0.55))
         grain = 4.0
     elif bg == "paper":
-        base = np.array(_hsv(rng.uniform(0.05, 0.15), rng.uniform(0.02, 0.15), rng.uniform(0.8, 0.93)))
+        base = _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.02, 0.15), rng.uniform(0.8, 0.93))
         img = _mix(base, base * 0.85, np.clip(haze + 0.5, 0, 1))
         line_rgb = np.array(COLOURS[_pick(rng, ("black", "blue", "gray", "red"))], np.float32)
         grain = 5.0
     else:
         base = np.full(3, rng.uniform(8, 35), np.float32)
-        img = base + (haze * 25)[..., None]
+        img = _mix(base, base + 25, haze)
         line_rgb = np.array(COLOURS[_pick(rng, ("white", "green", "yellow", "cyan"))], np.float32)
         grain = 6.0
-    img += (_fine_noise(rng, h, w) * np.float32(grain))[..., None]
+    img += _rgb(_fine_noise(rng, h, w) * np.float32(grain))
     canvas = _Canvas(img)
     pool = [k for k in THIN_SHAPES if shapes is None or k in shapes] or list(THIN_SHAPES)
     n = int(rng.integers(1, min(max_objects, 3) + 1))
-    for _ in range(n):
+    min_pixels = max(6, min(20, h * w // 1000))
+    for attempt in range(n + 8):                      # a few spare tries: never an empty scene
+        if len(canvas.objects) == n or (attempt >= n and canvas.objects):
+            break
         kind = _pick(rng, pool)
         max_width = int(rng.integers(1, 5))
         if kind == "curve":
@@ -753,19 +798,27 @@ def _render_thin(rng, h, w, max_objects, shapes) -> Scene:
                 lines.append((pts, max(1, max_width - int(rng.integers(0, 2)))))
                 p0 = pts[int(rng.integers(len(pts)))]      # the next curve starts on this one
         else:
-            lines = _vessel_tree(rng, h, w, s, max_width)
-        full = _draw_width_layers(h, w, lines).astype(bool)
-        if full.sum() < 20:
+            for _ in range(4):              # a root that soon leaves the image makes a stub
+                lines = _vessel_tree(rng, h, w, s, max_width)
+                if sum(len(xy) for xy, _ in lines) * 3 * s >= 0.8 * min(h, w):
+                    break
+        drawn = _draw_width_layers(h, w, lines)
+        x, y, bw, bh = cv2.boundingRect(drawn)
+        if cv2.countNonZero(drawn) < min_pixels:
             continue
-        placed = canvas.place(full, h // 2, w // 2, max_loss=0.5, min_inside=0.0)
+        # The structure sprawls over the whole image: claim it as a full-frame crop.
+        placed = canvas.place(drawn.view(bool), h // 2, w // 2, max_loss=0.5, min_inside=0.0)
         if placed is None:
             continue
-        _, _, m = placed
         rgb = np.clip(line_rgb + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
-        alpha = cv2.GaussianBlur(full.astype(np.float32), (3, 3), 0.6) * np.float32(rng.uniform(0.65, 0.95))
-        canvas.img += (rgb - canvas.img) * alpha[..., None]
-        colour = _nearest_colour(rgb)
-        canvas.objects.append(SceneObject(kind, colour, "solid", _extent_word(full)))
+        y0, y1, x0, x1 = max(0, y - 1), min(h, y + bh + 1), max(0, x - 1), min(w, x + bw + 1)
+        alpha = cv2.GaussianBlur(drawn[y0:y1, x0:x1].astype(np.float32), (3, 3), 0.6)
+        alpha *= np.float32(rng.uniform(0.65, 0.95))
+        view = canvas.img[y0:y1, x0:x1]
+        _blend(view, np.broadcast_to(rgb, view.shape), alpha)
+        size = "small" if max(bw, bh) < 0.4 * max(h, w) else \
+            "medium" if max(bw, bh) < 0.7 * max(h, w) else "large"
+        canvas.objects.append(SceneObject(kind, _nearest_colour(rgb), "solid", size))
     return canvas.finish("thin", bg)
 
 
@@ -866,7 +919,8 @@ def make_dataset(domain: str = "source", n: int = 16, size: int | tuple | None =
                  shapes: Sequence[str] | None = None) -> list:
     """``n`` scenes; ``size`` None takes the domain's default (1024 for highres-fine, else 256)."""
     size = DOMAINS[domain].default_size if size is None and domain in DOMAINS else size
-    return [make_scene(_scene_rng(domain, seed, i), size, domain, max_objects, shapes) for i in range(n)]
+    return [make_scene(_scene_rng(domain, seed, i), size, domain, max_objects, shapes)
+            for i in range(n)]
 
 
 def scene_stream(domain: str = "source", size: int | tuple | None = None, seed: int = 0,
@@ -975,7 +1029,8 @@ def write_folder(scenes: Sequence[Scene], out_dir, task: str = "dichotomous",
             stem = f"{start + i:05d}"
             cv2.imwrite(str(out / "images" / f"{stem}.png"), scene.image[..., ::-1])
             if task == "dichotomous":
-                cv2.imwrite(str(out / "masks" / f"{stem}.png"), scene.foreground.astype(np.uint8) * 255)
+                mask = scene.foreground.astype(np.uint8) * 255
+                cv2.imwrite(str(out / "masks" / f"{stem}.png"), mask)
             else:
                 mask = Image.fromarray(scene.semantic, mode="P")
                 mask.putpalette(palette)
@@ -988,5 +1043,6 @@ def write_folder(scenes: Sequence[Scene], out_dir, task: str = "dichotomous",
     if task == "openvocab":
         (out / "classes.json").write_text(json.dumps(list(CLASSES), indent=1) + "\n")
         (out / "splits.json").write_text(json.dumps(
-            {"seen": SEEN_SHAPES, "unseen": UNSEEN_SHAPES, "other": list(THIN_SHAPES)}, indent=1) + "\n")
+            {"seen": SEEN_SHAPES, "unseen": UNSEEN_SHAPES, "other": list(THIN_SHAPES)},
+            indent=1) + "\n")
     return out
