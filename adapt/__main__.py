@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-domains", nargs="*", default=["camouflage", "thin", "grayscale-noise"])
     p.add_argument("--out", default="weights")
-    p.set_defaults(func=cmd_pretrain, command_line="")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("params", help="count trainable parameters of a method on a backbone")
     p.add_argument("--backbone", required=True)

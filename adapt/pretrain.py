@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -158,9 +157,19 @@ def save_bundled(backbone, out_dir: Path, metrics: dict, command: str, seed: int
 
 
 def main(args) -> int:
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(args) -> int:
     torch.manual_seed(args.seed)
-    command = "python -m adapt " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["pretrain"] else args.command_line
+    command = (f"python -m adapt pretrain --backbone {args.backbone} --steps {args.steps} --batch-size {args.batch_size} "
+               f"--prompts-per-image {args.prompts_per_image} --warmup {args.warmup} --lr {args.lr:g} "
+               f"--seed {args.seed} --threads {args.threads} --out weights")
     if args.backbone == "tiny-sam":
         result = pretrain_sam(args)
     elif args.backbone == "tiny-clip":

@@ -2,18 +2,22 @@
 """Training-step cost and merged-inference cost of every SAM adaptation method, relative to `full`.
 
     .venv/bin/python bench/step_cost.py [--backbone tiny-sam] [--batch 2] [--steps N] [--warmup K]
-                                        [--device cpu|cuda] [--threads T] [--methods full,parser,...]
-                                        [--infer-rounds R] [--infer-repeat K] [--out FILE.md] [--json]
+                                        [--device cpu|cuda] [--threads T] [--clock auto|cpu|wall]
+                                        [--methods full,parser,...] [--infer-rounds R] [--infer-repeat K]
+                                        [--out FILE.md] [--json]
 
 What is measured, per method (a fresh backbone built with seed 0, the method attached, AdamW over
 `handle.trainable_groups()` with lr 1e-4 * lr_scale, MSE of `backbone.forward(inputs)` against a
 fixed random target):
 
-- step time: wall time of one training step (zero_grad, forward, loss, backward, optimizer step),
-  median over the timed steps after the warm-up steps. All methods are built up front and stepped
-  round-robin (one step of each per round, the order rotated every round), so a slow spell of
-  a noisy, shared machine hits every method alike instead of whichever was running at the time;
-  the ratio to `full` is the median over rounds of (step / full's step in the same round).
+- step time: the time of one training step (zero_grad, forward, loss, backward, optimizer step),
+  median over the timed steps after the warm-up steps. "Time" is this process's CPU time on
+  --device cpu with one thread (the default there; on a shared machine, wall time would also count
+  the time slices other processes take) and wall time otherwise (--clock picks). All methods are
+  built up front and stepped round-robin (one step of each per round, the order rotated every
+  round), so a slow spell of a noisy, shared machine hits every method alike instead of whichever
+  was running at the time; the ratio to `full` is the median over rounds of (step / full's step
+  in the same round).
 - step memory: how far memory rises above its level just before the first step (model, adapter,
   optimizer object, inputs and target already in place) during warm-up + a few steps, i.e. the
   activations kept for backward, the gradients, AdamW's state and temporaries. Each method runs in a
@@ -22,7 +26,8 @@ fixed random target):
   memory_allocated() at the reset. CPU (Linux): the peak resident set size VmHWM after resetting it
   through /proc/self/clear_refs ("5"), minus VmRSS at the reset; where that file cannot be written,
   ru_maxrss after the steps minus ru_maxrss before them (a lower bound if building the model ever
-  peaked higher than the steps do). The total peak (weights and, on CPU, the Python/torch runtime
+  peaked higher than the steps do). The subprocess runs with MALLOC_MMAP_THRESHOLD_=65536 so that
+  freed tensor memory leaves the RSS (see measure_memory). The total peak (weights and, on CPU, the Python/torch runtime
   included) is in the --json output as `peak_total_bytes`.
 - inference: eval mode, torch.no_grad, one forward of the batch, for the plain backbone (no method:
   "base"), the adapted model un-merged and the adapted model after handle.merge(). The adapter is
@@ -31,6 +36,10 @@ fixed random target):
   and merged/base, unmerged/base are medians over rounds of the per-round ratios. AdaptFormer-style
   methods cannot fold their non-linear branch into the base weights (handle.fully_mergeable is
   False), so their merged model still runs the branch: flagged in the table.
+- FLOPs: matmul/convolution FLOPs counted by torch.utils.flop_counter.FlopCounterMode, of one
+  training step's forward + backward and of one inference forward (base, un-merged, merged). They
+  are exact and machine-independent, which the timings on a noisy machine are not; element-wise
+  work (norms, activations, the optimizer update) is not in them.
 - threads: torch.set_num_threads(--threads) in this process and in every subprocess (default 1 on
   CPU, see parse_args), one inter-op thread.
 
@@ -207,7 +216,12 @@ def measure_memory(key: str, args) -> dict:
            "--device", args.device, "--threads", str(args.threads)]
     if args.mem_steps is not None:
         cmd += ["--mem-steps", str(args.mem_steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    # A fixed glibc mmap threshold (setting it switches off glibc's dynamic one) makes every buffer
+    # over 64 KiB its own mapping, unmapped when freed, so RSS follows the live tensors rather than
+    # whatever freed memory the heap happens to keep: the CPU step memory of a method then repeats
+    # to ~0.3 MiB between runs instead of ~3 MiB. Ignored by other C libraries.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory run for {key!r} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -306,6 +320,7 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
             "infer_merged_s": statistics.median(times["merged"]),
             "merged_over_base": ratio("merged"), "unmerged_over_base": ratio("unmerged"),
             "merged_over_base_spread": _spread(times["merged"], times["base"]),
+            "infer_times_s": times,
             "infer_flops": flops, "merged_flops_over_base": flops["merged"] / flops["base"],
             "unmerged_flops_over_base": flops["unmerged"] / flops["base"],
             "merge_max_abs_diff": merge_diff, "output_moved_from_base": moved,
@@ -387,7 +402,8 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`  ",
         f"Device: {report['device']}; torch {report['torch']}; {report['threads']} intra-op thread(s) "
         f"(torch.set_num_threads), 1 inter-op thread; times are {report['clock']}.  ",
-        f"Step memory: {report['mem_how']}, over {report['mem_steps']} steps, one fresh process per method. "
+        f"Step memory: {report['mem_how']}, over {report['mem_steps']} steps, one fresh process per method"
+        f"{' (MALLOC_MMAP_THRESHOLD_=65536)' if report['device'].startswith('cpu') else ''}. "
         "Step FLOPs: forward + backward (the optimizer update is element-wise and not counted). "
         f"The run took {report['wall_s']:.0f} s.",
         "",
@@ -399,7 +415,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog="What each number measures: this file's docstring and docs/benchmarks.md.")
     p.add_argument("--backbone", default="tiny-sam", choices=[n for n in BACKBONES if "sam" in n],
                    help="a SAM backbone; the full-size ones are random-init (no download) (default tiny-sam)")
     p.add_argument("--batch", type=int, default=None, help="default 2; 1 for full-size SAM on CPU")
@@ -505,7 +521,8 @@ def main(argv=None) -> int:
     report = {
         "command": command_line(), "device": device_description(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "backbone": args.backbone, "batch": args.batch,
-        "steps": args.steps, "warmup": args.warmup, "infer_rounds": args.infer_rounds, "infer_repeat": args.infer_repeat,
+        "steps": args.steps, "warmup": args.warmup,
+        "infer_rounds": args.infer_rounds, "infer_repeat": args.infer_repeat,
         "clock": "process CPU time (time.process_time)" if args.clock == "cpu" else "wall time (time.perf_counter)",
         "mem_how": any_mem["mem_how"], "mem_steps": any_mem["mem_steps"],
         "wall_s": round(time.perf_counter() - started, 1), "results": results,

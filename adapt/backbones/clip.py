@@ -10,16 +10,14 @@ import logging
 
 import torch
 
-import open_clip
-from open_clip.model import CLIP
-from open_clip.tokenizer import SimpleTokenizer
-
 from adapt.backbones import Backbone, load_into, load_json_config, load_state_dict_file
 
 _OPEN_CLIP_NAMES = {"clip-vit-b-16": "ViT-B-16", "clip-vit-l-14": "ViT-L-14"}
 
 
 def spec_for(name: str) -> dict:
+    import open_clip  # imported where needed: it costs ~3 s, and SAM-only work never needs it
+
     if name in _OPEN_CLIP_NAMES:
         cfg = open_clip.get_model_config(_OPEN_CLIP_NAMES[name])
         return {"family": "clip", "open_clip_name": _OPEN_CLIP_NAMES[name], **cfg}
@@ -27,6 +25,9 @@ def spec_for(name: str) -> dict:
 
 
 def build(name: str, checkpoint=None) -> Backbone:
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+
     spec = spec_for(name)
     cfg = {k: v for k, v in spec.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
     # open_clip logs a warning for every model built without pretrained weights; that is the point here.
@@ -43,14 +44,14 @@ def build(name: str, checkpoint=None) -> Backbone:
     return Backbone(name=name, family="clip", model=model, spec=spec, weights_id=weights_id, tokenizer=tokenizer)
 
 
-def attention_targets(model: CLIP):
+def attention_targets(model):
     """(tower, layer index, nn.MultiheadAttention) for every residual attention block of both towers."""
     for tower, transformer in (("text", model.transformer), ("image", model.visual.transformer)):
         for i, block in enumerate(transformer.resblocks):
             yield tower, i, block.attn
 
 
-def dense_image_features(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+def dense_image_features(model, images: torch.Tensor) -> torch.Tensor:
     """Per-patch embeddings in the joint image-text space, (B, embed_dim, h, w), L2-normalised.
 
     The patch tokens go through the same final LayerNorm and projection as the pooled class token,
@@ -68,7 +69,7 @@ def dense_image_features(model: CLIP, images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
-def text_embeddings(model: CLIP, tokenizer, classes: list[str], templates: list[str]) -> torch.Tensor:
+def text_embeddings(model, tokenizer, classes: list[str], templates: list[str]) -> torch.Tensor:
     """(K, embed_dim) L2-normalised class embeddings, averaged over prompt templates."""
     prompts = [t.format(c) for c in classes for t in templates]
     device = next(model.parameters()).device
