@@ -49,7 +49,7 @@ def _progress(total: int):
         elif kind == "eval":
             m = event["metrics"]
             bar.write(f"step {event['step']}: {event['model']} on held-out: " +
-                      ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
+                      ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)), file=sys.stderr)
         elif kind in ("done", "cancelled", "error"):
             bar.close()
 

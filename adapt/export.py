@@ -93,7 +93,8 @@ def save_adapter(handle: Handle, out_dir: str | Path, **info) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT, "method": handle.name})
+        # a single metadata key keeps the file byte-identical across runs (keys are written in hash order)
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": f"{FORMAT}/{handle.name}"})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(cfg))
         if out_dir.exists():

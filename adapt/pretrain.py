@@ -107,50 +107,67 @@ def evaluate_sam(backbone, domain: str = "source", n: int = 48, seed: int = 10_0
     return float(np.mean(ious))
 
 
-def pretrain_sam(args) -> dict:
-    backbone = build_backbone(args.backbone, seed=args.seed)
-    model = backbone.model
-    model.train()
-    params = [p for p in model.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    rng = np.random.default_rng(args.seed)
-    size = backbone.spec["img_size"]
+def fit(params, args, step_loss, weight_decay: float) -> float:
+    """The pretraining loop both tiny models share: AdamW, warm-up + cosine, gradient clipping, a log
+    line every `log_every` steps. `step_loss(step)` draws its batch and returns (loss, log text).
+    Returns the training time in seconds."""
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=weight_decay)
     start = time.time()
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
-        images, targets = _sam_batch(backbone, _scenes(rng, args.batch_size, size), rng, args.prompts_per_image)
-        loss, miou = _sam_loss(backbone, images, targets)
+        loss, text = step_loss(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             el = time.time() - start
-            print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} train-iou {miou:.3f} "
-                  f"{el:.0f}s eta {el / (step + 1) * (args.steps - step - 1):.0f}s", flush=True)
+            print(f"step {step + 1}/{args.steps} {text} {el:.0f}s eta {el / (step + 1) * (args.steps - step - 1):.0f}s",
+                  flush=True)
+    return round(time.time() - start, 1)
+
+
+def pretrain_sam(args) -> dict:
+    backbone = build_backbone(args.backbone, seed=args.seed)
+    model = backbone.model
+    model.train()
+    params = [p for p in model.parameters()]
+    rng = np.random.default_rng(args.seed)
+    size = backbone.spec["img_size"]
+
+    def step_loss(step):
+        images, targets = _sam_batch(backbone, _scenes(rng, args.batch_size, size), rng, args.prompts_per_image)
+        loss, miou = _sam_loss(backbone, images, targets)
+        return loss, f"loss {loss.item():.4f} train-iou {miou:.3f}"
+
+    seconds = fit(params, args, step_loss, weight_decay=0.01)
     metrics = {"source_heldout_box_iou": round(evaluate_sam(backbone, "source"), 4)}
     for domain in args.eval_domains:
         metrics[f"{domain}_heldout_box_iou"] = round(evaluate_sam(backbone, domain), 4)
-    metrics["train_seconds"] = round(time.time() - start, 1)
+    metrics["train_seconds"] = seconds
     return {"backbone": backbone, "metrics": metrics}
 
 
-def save_bundled(backbone, out_dir: Path, metrics: dict, command: str, seed: int) -> Path:
-    """Write <name>.safetensors (fp16 where lossless enough is not needed: fp32) + manifest entry."""
+def save_bundled(backbone, out_dir: Path, metrics: dict, command: str, seed: int,
+                 dtype: torch.dtype = torch.float32) -> Path:
+    """Write <name>.safetensors (floating tensors stored as `dtype`) and its manifest entry."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{backbone.name}.safetensors"
     tmp = path.with_suffix(".part")
-    state = {k: v.detach().contiguous().cpu() for k, v in backbone.model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"name": backbone.name, "command": command, "seed": str(seed)})
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+             for k, v in backbone.model.state_dict().items()}
+    # one metadata key: safetensors writes several keys in hash order, which would change the file's sha256
+    meta = json.dumps({"name": backbone.name, "command": command, "seed": seed}, sort_keys=True)
+    save_file(state, str(tmp), metadata={"adapt": meta})
     os.replace(tmp, path)
     manifest_path = out_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest[backbone.name] = {
         "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size, "command": command,
-        "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads(), "metrics": metrics,
+        "seed": seed, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "threads": torch.get_num_threads(), "metrics": metrics,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
@@ -178,6 +195,7 @@ def _main(args) -> int:
         result = pretrain_clip(args)
     else:
         raise ValueError(f"pretraining is for the bundled tiny backbones (tiny-sam, tiny-clip), not {args.backbone!r}")
-    path = save_bundled(result["backbone"], Path(args.out), result["metrics"], command, args.seed)
+    path = save_bundled(result["backbone"], Path(args.out), result["metrics"], command, args.seed,
+                        dtype=result.get("dtype", torch.float32))
     print(json.dumps({"file": str(path), "metrics": result["metrics"]}))
     return 0
