@@ -1,4 +1,4 @@
-"""Command line: python -m adapt {train,eval,predict,export,params,selfcheck,pretrain} ...
+"""Command line: python -m adapt {train,eval,predict,export,params,selfcheck,synth,pretrain} ...
 
     python -m adapt train --task dichotomous --backbone tiny-sam --method parser --data DIR --steps 200 --out runs/x
     python -m adapt eval --adapter runs/x/adapter --data DIR --json
@@ -6,6 +6,7 @@
     python -m adapt export --adapter runs/x/adapter --zip x.zip [--merged merged.safetensors]
     python -m adapt params --backbone sam-vit-b --method parser --option scope=conv --json
     python -m adapt selfcheck --json
+    python -m adapt synth --domain camouflage --n 10 --out data/camouflage
     python -m adapt pretrain --backbone tiny-sam --out weights/
 """
 
@@ -156,6 +157,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from adapt.data.synthetic import make_dataset, write_folder
+
+    out = write_folder(make_dataset(args.domain, n=args.n, size=args.size, seed=args.seed), args.out, task=args.task)
+    print(f"wrote {args.n} {args.domain} image/mask pairs to {out}")
+    return 0
+
+
 def cmd_pretrain(args) -> int:
     from adapt.pretrain import main as pretrain_main
 
@@ -252,6 +261,15 @@ def main(argv=None) -> int:
     p.add_argument("--merged", help="write base + adapter merged into one .safetensors")
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset folder (images/ + masks/)")
+    p.add_argument("--domain", default="camouflage")
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--task", default="dichotomous", choices=["dichotomous", "openvocab"])
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("pretrain", help="pretrain a bundled tiny backbone on synthetic scenes")
     p.add_argument("--backbone", required=True, choices=["tiny-sam", "tiny-clip"])
