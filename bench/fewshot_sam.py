@@ -50,8 +50,9 @@ def label(method, options):
 
 
 def run_one(domain, shots, method, options, args, heldout):
+    lr = args.full_lr if method == "full" else args.lr  # every weight at an adapter's lr would be a different experiment
     cfg = TrainConfig(task="dichotomous", backbone="tiny-sam", checkpoint=args.checkpoint, method=method,
-                      method_options=options, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      method_options=options, steps=args.steps, batch_size=args.batch_size, lr=lr,
                       head_lr=args.head_lr, warmup=max(1, args.steps // 10), seed=args.seed, device=args.device,
                       checkpoint_every=0)
     train_set = samples(domain, shots, seed=args.seed + shots, size=args.size)
@@ -97,10 +98,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="10 shots, 5 methods, fewer steps: < 5 min")
     p.add_argument("--domains", nargs="*", default=DOMAINS)
     p.add_argument("--shots", nargs="*", type=int, default=[5, 10, 20])
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--head-lr", type=float, default=3e-4)
+    p.add_argument("--full-lr", type=float, default=1e-4, help="lr of the backbone weights for `full`")
     p.add_argument("--heldout", type=int, default=24)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
                       f"{row['dice']:.3f}  ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
     command = "python bench/fewshot_sam.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (f"Command: `{command.strip()}` (torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"{args.steps} steps, batch {args.batch_size}, lr {args.lr:g} / head {args.head_lr:g})\n\n"
+            f"{args.steps} steps, batch {args.batch_size}, lr {args.lr:g} / head {args.head_lr:g} / full {args.full_lr:g})\n\n"
             f"{summary(rows)}\n\n{table(rows)}\n")
     if args.out:
         Path(args.out).write_text(text)

@@ -5,7 +5,7 @@ from adapt.backbones import build_backbone
 from adapt.methods import METHODS
 from adapt.tasks import attach_task_head
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # robust on a shared 2-core machine: OpenMP spin-waits badly when oversubscribed
 
 # (method, options) x the families it adapts: every configuration the library ships.
 CASES = []
