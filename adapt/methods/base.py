@@ -88,14 +88,16 @@ class Handle:
     def _attach(self) -> None:
         raise NotImplementedError
 
+    # Methods that edit the model keep their edits in `self.edits` (a WeightSpace or ModuleSwaps,
+    # both with merge / unmerge / remove); methods that edit nothing override these three.
     def _merge(self) -> None:
-        raise NotImplementedError
+        self.edits.merge()
 
     def _unmerge(self) -> None:
-        raise NotImplementedError
+        self.edits.unmerge()
 
     def _detach(self) -> None:
-        raise NotImplementedError
+        self.edits.remove()
 
     # --- helpers for subclasses -----------------------------------------------------------------
     def _add_adapter_param(self, p: nn.Parameter, coefficient: bool = False) -> nn.Parameter:
@@ -245,7 +247,7 @@ class ModuleSwaps:
             set_module(self.root, s.path, s.wrapper)
             s.merged = None
 
-    def restore(self) -> None:
+    def remove(self) -> None:
         for s in reversed(self.swaps):
             set_module(self.root, s.path, s.original)
         self.swaps.clear()
@@ -302,37 +304,19 @@ class WeightSpaceHandle(Handle):
     """A Handle whose method is a set of parametrizations (PARSER, H-CLIP, LoRA on CLIP)."""
 
     def _attach(self) -> None:
-        self.weights = WeightSpace()
+        self.weights = self.edits = WeightSpace()
         self._register_parametrizations()
 
     def _register_parametrizations(self) -> None:
         raise NotImplementedError
-
-    def _merge(self) -> None:
-        self.weights.merge()
-
-    def _unmerge(self) -> None:
-        self.weights.unmerge()
-
-    def _detach(self) -> None:
-        self.weights.remove()
 
 
 class SwapHandle(Handle):
     """A Handle whose method wraps modules (LoRA and AdaptFormer on SAM, COBOT)."""
 
     def _attach(self) -> None:
-        self.swaps = ModuleSwaps(self.model)
+        self.swaps = self.edits = ModuleSwaps(self.model)
         self._wrap_modules()
 
     def _wrap_modules(self) -> None:
         raise NotImplementedError
-
-    def _merge(self) -> None:
-        self.swaps.merge()
-
-    def _unmerge(self) -> None:
-        self.swaps.unmerge()
-
-    def _detach(self) -> None:
-        self.swaps.restore()
