@@ -92,13 +92,20 @@ def sam_mask_logits(sam: Sam, images: torch.Tensor, boxes: torch.Tensor | None =
     in that frame; points are (coords (B, N, 2), labels (B, N)). With neither, the whole image is
     the box (the prompt-free mode).
     """
-    embeddings = sam.image_encoder(images)
+    return sam_decode(sam, sam.image_encoder(images), boxes=boxes, points=points, multimask=multimask)
+
+
+def sam_decode(sam: Sam, embeddings: torch.Tensor, boxes: torch.Tensor | None = None,
+               points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               multimask: bool = False) -> torch.Tensor:
+    """Prompt encoder + mask decoder on image embeddings already computed (B, C, h, w): the cheap
+    part of SAM, what an interactive click costs once the embedding is cached."""
     if boxes is None and points is None:
         size = sam.image_encoder.img_size
-        boxes = images.new_tensor([0.0, 0.0, size - 1.0, size - 1.0]).expand(images.shape[0], 4)
+        boxes = embeddings.new_tensor([0.0, 0.0, size - 1.0, size - 1.0]).expand(embeddings.shape[0], 4)
     dense_pe = sam.prompt_encoder.get_dense_pe()
     out = []
-    for i in range(images.shape[0]):
+    for i in range(embeddings.shape[0]):
         sparse, dense = sam.prompt_encoder(
             points=None if points is None else (points[0][i : i + 1], points[1][i : i + 1]),
             boxes=None if boxes is None else boxes[i : i + 1],
