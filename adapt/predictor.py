@@ -13,9 +13,6 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from torch.nn import functional as F
-
-from adapt.backbones.sam import sam_decode
 
 
 def image_key(image: np.ndarray) -> str:
@@ -62,16 +59,5 @@ class InteractivePredictor:
         box: xyxy in source pixels; neither: the whole image (prompt-free).
         """
         prepared, embedding = self._embedding(image)
-        kwargs = {}
-        if box is not None:
-            kwargs["boxes"] = torch.as_tensor(box, dtype=torch.float32)[None].to(self.device) * prepared.scale
-        if points is not None and len(points):
-            coords = torch.as_tensor(np.asarray(points), dtype=torch.float32)[None] * prepared.scale
-            lab = torch.as_tensor(np.ones(len(points)) if labels is None else np.asarray(labels), dtype=torch.long)
-            kwargs["points"] = (coords.to(self.device), lab[None].to(self.device))
-        if not kwargs:
-            kwargs["boxes"] = self.task.whole_image_box(prepared)[None].to(self.device)
-        low = sam_decode(self.task.backbone.model, embedding, **kwargs)
-        size = self.task.size
-        logits = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-        return self.task.to_source(torch.sigmoid(logits), prepared)
+        prompt = self.task.source_prompt(prepared, box, points, labels)
+        return self.task.predict_embedded(prepared, embedding, prompt, self.device)

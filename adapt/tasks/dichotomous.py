@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from adapt.backbones.sam import sam_mask_logits
+from adapt.backbones.sam import sam_decode, sam_mask_logits
 
 PROMPTS = ("box", "points", "none", "mixed")
 
@@ -109,14 +109,40 @@ class DichotomousTask:
         else:  # one prompt kind per call: group by kind
             low = torch.cat([sam_mask_logits(sam, images[i : i + 1], **self._prompt_kwargs(p, device))
                              for i, p in enumerate(prompts)])
+        return self._upsampled(low)
+
+    def _upsampled(self, low: torch.Tensor) -> torch.Tensor:
+        """Low-resolution decoder logits (B, 1, h, w) -> (B, S, S) in the padded input frame."""
         return F.interpolate(low, size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0]
 
     @staticmethod
     def _prompt_kwargs(prompt: dict, device) -> dict:
+        kwargs = {}
         if "box" in prompt:
-            return {"boxes": prompt["box"][None].to(device)}
-        coords, labels = prompt["points"]
-        return {"points": (coords[None].to(device), labels[None].to(device))}
+            kwargs["boxes"] = prompt["box"][None].to(device)
+        if "points" in prompt:
+            coords, labels = prompt["points"]
+            kwargs["points"] = (coords[None].to(device), labels[None].to(device))
+        return kwargs
+
+    def source_prompt(self, prepared: Prepared, box=None, coords=None, labels=None) -> dict:
+        """A prompt given in source pixels, in the padded input frame: box xyxy and/or points (N, 2)
+        xy with labels (1 foreground, 0 background; all 1 when not given); neither: the whole image."""
+        prompt = {}
+        if box is not None:
+            prompt["box"] = torch.as_tensor(box, dtype=torch.float32) * prepared.scale
+        if coords is not None and len(coords):
+            labels = np.ones(len(coords)) if labels is None else labels
+            prompt["points"] = (torch.as_tensor(np.asarray(coords), dtype=torch.float32) * prepared.scale,
+                                torch.as_tensor(np.asarray(labels), dtype=torch.long))
+        return prompt or {"box": self.whole_image_box(prepared)}
+
+    @torch.no_grad()
+    def predict_embedded(self, prepared: Prepared, embedding: torch.Tensor, prompt: dict, device="cpu") -> np.ndarray:
+        """Foreground probability at the source resolution from an image embedding already computed:
+        only the prompt encoder and mask decoder run (what a cached click costs)."""
+        low = sam_decode(self.backbone.model, embedding, **self._prompt_kwargs(prompt, device))
+        return self.to_source(torch.sigmoid(self._upsampled(low)[0]), prepared)
 
     def loss(self, prepared: list[Prepared], rng: np.random.Generator, device) -> torch.Tensor:
         prompts = [self.sample_prompt(p, rng, self.prompt) for p in prepared]
@@ -133,16 +159,9 @@ class DichotomousTask:
         neither: prompt-free (the whole image as the box).
         """
         prepared = self.prepare(image)
-        if box is not None:
-            prompt = {"box": torch.as_tensor(box, dtype=torch.float32) * prepared.scale}
-        elif points is not None:
-            coords, labels = points
-            prompt = {"points": (torch.as_tensor(coords, dtype=torch.float32) * prepared.scale,
-                                 torch.as_tensor(labels, dtype=torch.long))}
-        else:
-            prompt = {"box": self.whole_image_box(prepared)}
-        logits = self._logits([prepared], [prompt], device)[0]
-        return self.to_source(torch.sigmoid(logits), prepared)
+        coords, labels = points if (box is None and points is not None) else (None, None)  # a box wins
+        embedding = self.backbone.model.image_encoder(prepared.image[None].to(device))
+        return self.predict_embedded(prepared, embedding, self.source_prompt(prepared, box, coords, labels), device)
 
     def to_source(self, prob: torch.Tensor, prepared: Prepared) -> np.ndarray:
         h, w = prepared.size
