@@ -53,6 +53,17 @@ def make_pairs(root, n=4, img_dir="images", mask_dir="masks", img_ext=".jpg", ma
     return root
 
 
+
+def zip_folder(src, zpath, prefix="", extra=()):
+    """Zip every file under `src` (names relative to it, after `prefix`), then the (name, bytes) in `extra`."""
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, prefix + p.relative_to(src).as_posix())
+        for name, data in extra:
+            zf.writestr(name, data)
+    return zpath
+
 def make_labelmaps(root, n=3, palette=False, classes=("background", "cell", "debris"), ignore=True):
     for i in range(n):
         _save(root / "images" / f"m{i}.png", _image(40, 40, i))
@@ -180,12 +191,7 @@ def test_lazy_dataset_pickles(tmp_path):
 
 def test_zip_with_wrapper_folder_leaves_nothing_behind(tmp_path, monkeypatch):
     src = make_pairs(tmp_path / "src" / "mydata", n=3)
-    zpath = tmp_path / "data.zip"
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for p in sorted(src.rglob("*")):
-            if p.is_file():
-                zf.write(p, "mydata/" + p.relative_to(src).as_posix())
-        zf.writestr("__MACOSX/mydata/._s0.jpg", b"junk")
+    zpath = zip_folder(src, tmp_path / "data.zip", prefix="mydata/", extra=[("__MACOSX/mydata/._s0.jpg", b"junk")])
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(formats.tempfile, "tempdir", str(scratch))
@@ -367,13 +373,7 @@ def test_unmatched_stems_and_duplicates(tmp_path):
 
 def test_zip_slip_refused_before_extracting(tmp_path, monkeypatch):
     src = make_pairs(tmp_path / "src", n=2)
-    zpath = tmp_path / "evil.zip"
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for p in sorted(src.rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(src).as_posix())
-        zf.writestr("../escape.txt", b"x")
-        zf.writestr("/etc/abs.txt", b"x")
+    zpath = zip_folder(src, tmp_path / "evil.zip", extra=[("../escape.txt", b"x"), ("/etc/abs.txt", b"x")])
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(formats.tempfile, "tempdir", str(scratch))
@@ -387,10 +387,7 @@ def test_zip_slip_refused_before_extracting(tmp_path, monkeypatch):
 def test_failed_zip_is_cleaned_up(tmp_path, monkeypatch):
     src = make_pairs(tmp_path / "src", n=2)
     (src / "images" / "s0.jpg").write_bytes(b"garbage")
-    zpath = tmp_path / "bad.zip"
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for p in sorted(src.rglob("*")):
-            zf.write(p, p.relative_to(src).as_posix())
+    zpath = zip_folder(src, tmp_path / "bad.zip")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(formats.tempfile, "tempdir", str(scratch))
