@@ -52,6 +52,13 @@ def make_pairs(root, n=4, img_dir="images", mask_dir="masks", img_ext=".jpg", ma
         _save(root / mask_dir / f"s{i}{mask_ext}", _disk_mask(h, w, r=6 + i) * scale)
     return root
 
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A private temporary folder for the loader, to check that nothing is left in it."""
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    monkeypatch.setattr(formats.tempfile, "tempdir", str(folder))
+    return folder
 
 
 def zip_folder(src, zpath, prefix="", extra=()):
@@ -189,12 +196,9 @@ def test_lazy_dataset_pickles(tmp_path):
     assert np.array_equal(copy[1].mask, ds[1].mask) and np.array_equal(copy[1].image, ds[1].image)
 
 
-def test_zip_with_wrapper_folder_leaves_nothing_behind(tmp_path, monkeypatch):
+def test_zip_with_wrapper_folder_leaves_nothing_behind(tmp_path, scratch):
     src = make_pairs(tmp_path / "src" / "mydata", n=3)
     zpath = zip_folder(src, tmp_path / "data.zip", prefix="mydata/", extra=[("__MACOSX/mydata/._s0.jpg", b"junk")])
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(formats.tempfile, "tempdir", str(scratch))
     ds = load_dataset(zpath)
     assert len(ds) == 3 and ds[0].image_file == "mydata/images/s0.jpg"
     assert list(scratch.iterdir()) == []          # all in memory: extracted copy removed at once
@@ -371,12 +375,9 @@ def test_unmatched_stems_and_duplicates(tmp_path):
     assert_problem(e, "images/s1", "share the name 's1'")
 
 
-def test_zip_slip_refused_before_extracting(tmp_path, monkeypatch):
+def test_zip_slip_refused_before_extracting(tmp_path, scratch):
     src = make_pairs(tmp_path / "src", n=2)
     zpath = zip_folder(src, tmp_path / "evil.zip", extra=[("../escape.txt", b"x"), ("/etc/abs.txt", b"x")])
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(formats.tempfile, "tempdir", str(scratch))
     with pytest.raises(DatasetError) as e:
         load_dataset(zpath)
     assert_problem(e, "../escape.txt", "outside the dataset folder")
@@ -384,13 +385,10 @@ def test_zip_slip_refused_before_extracting(tmp_path, monkeypatch):
     assert list(scratch.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
 
 
-def test_failed_zip_is_cleaned_up(tmp_path, monkeypatch):
+def test_failed_zip_is_cleaned_up(tmp_path, scratch):
     src = make_pairs(tmp_path / "src", n=2)
     (src / "images" / "s0.jpg").write_bytes(b"garbage")
     zpath = zip_folder(src, tmp_path / "bad.zip")
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(formats.tempfile, "tempdir", str(scratch))
     with pytest.raises(DatasetError) as e:
         load_dataset(zpath)
     assert_problem(e, "images/s0.jpg", "not a readable image")
