@@ -2,7 +2,8 @@
 
     python -m adapt train --task dichotomous --backbone tiny-sam --method parser --data DIR --steps 200 --out runs/x
     python -m adapt eval --adapter runs/x/adapter --data DIR --json
-    python -m adapt predict --adapter runs/x/adapter --image photo.jpg --out mask.png
+    python -m adapt predict --adapter runs/x/adapter --image photo.jpg --out mask.png --all
+    python -m adapt predict --backbone tiny-clip --image street.png --classes "sky,road,car" --out labels.png
     python -m adapt export --adapter runs/x/adapter --zip x.zip [--merged merged.safetensors]
     python -m adapt params --backbone sam-vit-b --method parser --option scope=conv --json
     python -m adapt selfcheck --json
@@ -118,24 +119,55 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    import numpy as np
-    from PIL import Image
+def _points(text: str | None):
+    """"x,y[,label];x,y[,label]" (label 1 foreground, 0 background; default 1) -> (coords, labels)."""
+    if not text:
+        return None
+    coords, labels = [], []
+    for part in text.split(";"):
+        values = [float(v) for v in part.split(",")]
+        if len(values) not in (2, 3):
+            raise ValueError(f"--points expects x,y or x,y,label separated by ';', got {part!r}")
+        coords.append(values[:2])
+        labels.append(int(values[2]) if len(values) == 3 else 1)
+    return coords, labels
 
+
+def cmd_predict(args) -> int:
     from adapt.data import load_image
-    from adapt.export import load_adapter
+    from adapt.render import write_outputs
     from adapt.train import make_task
 
-    handle = load_adapter(args.adapter, checkpoint=args.checkpoint)
-    handle.merge()
-    task = make_task(handle.info.get("task") or "dichotomous", handle.backbone)
+    if args.adapter:
+        from adapt.export import load_adapter
+
+        handle = load_adapter(args.adapter, checkpoint=args.checkpoint)
+        handle.merge()
+        backbone, task_name = handle.backbone, handle.info.get("task") or args.task
+        if args.task and args.task != task_name:
+            raise ValueError(f"the adapter was trained for the {task_name} task, not {args.task}")
+    else:  # the frozen base model (zero-shot)
+        from adapt.backbones import build_backbone
+        from adapt.tasks import attach_task_head
+        from adapt.weights import resolve_checkpoint
+
+        if not args.backbone:
+            raise ValueError("give --adapter DIR, or --backbone NAME to predict with the frozen model")
+        backbone = build_backbone(args.backbone, checkpoint=resolve_checkpoint(args.backbone, args.checkpoint))
+        attach_task_head(backbone)
+        task_name = args.task or ("openvocab" if backbone.family == "clip" else "dichotomous")
+    backbone.model.eval()
+    task = make_task(task_name, backbone)
     image = load_image(args.image)
-    box = [float(v) for v in args.box.split(",")] if args.box else None
-    prob = task.predict(image, box=box)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(((prob > 0.5) * 255).astype(np.uint8)).save(out)
-    print(f"wrote {out} ({prob.shape[1]}x{prob.shape[0]})")
+    request = {"box": [float(v) for v in args.box.split(",")] if args.box else None,
+               "points": _points(args.points),
+               "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+               "refine": args.refine}
+    outputs = task.predict_outputs(image, **{k: v for k, v in request.items() if v is not None})
+    written = write_outputs(outputs if args.all else {"main": outputs["main"]}, args.out)
+    h, w = outputs["main"].shape[:2]
+    for path in written:
+        print(f"wrote {path} ({w}x{h})")
     return 0
 
 
@@ -247,11 +279,20 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict a mask for one image")
-    p.add_argument("--adapter", required=True)
+    p = sub.add_parser("predict", help="predict one image: a mask (dichotomous) or a label map (openvocab)")
+    p.add_argument("--adapter", help="adapter folder or zip (default: the frozen --backbone)")
+    p.add_argument("--backbone", help="with no adapter: predict with this frozen backbone (zero-shot)")
+    p.add_argument("--task", choices=["dichotomous", "openvocab"], help="default: the adapter's task")
     p.add_argument("--image", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--box", help="x0,y0,x1,y1 in image pixels (default: the whole image)")
+    p.add_argument("--out", required=True, help="PNG: the binary mask, or the colour label map")
+    p.add_argument("--all", action="store_true",
+                   help="also write OUT_<name>.png for every other output (alpha, cutout, overlay, legend, ...)")
+    p.add_argument("--box", help="dichotomous: x0,y0,x1,y1 in image pixels (default: prompt-free)")
+    p.add_argument("--points", help="dichotomous: clicks 'x,y[,label];...' (label 1 foreground, 0 background)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="dichotomous: refine the boundary with high-resolution crops (default: when larger "
+                        "than the model's input)")
+    p.add_argument("--classes", help='openvocab: comma-separated class names, e.g. "sky,road,car"')
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_predict)
 

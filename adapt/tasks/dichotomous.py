@@ -163,6 +163,17 @@ class DichotomousTask:
         embedding = self.backbone.model.image_encoder(prepared.image[None].to(device))
         return self.predict_embedded(prepared, embedding, self.source_prompt(prepared, box, coords, labels), device)
 
+    def predict_outputs(self, image: np.ndarray, box=None, points=None, refine=None, device="cpu") -> dict:
+        """What a user downloads, all at the source resolution: "main" the binary mask (0/255),
+        "alpha" the soft mask, "cutout" RGBA with the background removed, "overlay" for preview."""
+        from adapt.render import cutout, overlay
+
+        prob = self.predict(image, box=box, points=points, device=device)
+        return {"main": ((prob > 0.5) * 255).astype(np.uint8),
+                "alpha": np.round(prob * 255).astype(np.uint8),
+                "cutout": cutout(image, prob),
+                "overlay": overlay(image, prob)}
+
     def to_source(self, prob: torch.Tensor, prepared: Prepared) -> np.ndarray:
         h, w = prepared.size
         nh, nw = round(h * prepared.scale), round(w * prepared.scale)

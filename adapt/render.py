@@ -1,0 +1,156 @@
+"""Pictures people look at: colour label maps with a legend, overlays, cut-outs, and atomic PNG writes.
+
+The one place where predictions become images; the CLI and the app both call it.
+
+    colorize(labels, palette(len(classes)))          # (H, W) ids -> (H, W, 3) uint8
+    legend(classes, palette(len(classes)))           # a small swatch + name image
+    overlay(image, labels_or_mask, colors)           # blend over the photo, outlines drawn
+    cutout(image, alpha)                             # RGBA with the background transparent
+    save_png(array, path)                            # atomic: a temp file then rename
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def palette(n: int, ignore_color=(0, 0, 0)) -> np.ndarray:
+    """n distinct colours (uint8 (n, 3)): golden-ratio hues, alternating lightness, deterministic."""
+    colors = []
+    for i in range(n):
+        h = (i * 0.618033988749895) % 1.0
+        l, s = (0.5, 0.75) if i % 2 == 0 else (0.62, 0.65)
+        colors.append([round(255 * c) for c in colorsys.hls_to_rgb(h, l, s)])
+    return np.asarray(colors, dtype=np.uint8).reshape(n, 3)
+
+
+def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int | None = 255,
+             ignore_color=(0, 0, 0)) -> np.ndarray:
+    """Class-id map (H, W) -> RGB (H, W, 3); ids outside the palette (or ignore_index) get ignore_color."""
+    labels = np.asarray(labels)
+    table = np.zeros((max(256, int(labels.max(initial=0)) + 1), 3), dtype=np.uint8)
+    table[:] = ignore_color
+    table[: len(colors)] = colors
+    if ignore_index is not None and ignore_index < len(table):
+        table[ignore_index] = ignore_color
+    return table[labels.astype(np.int64)]
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without sized default fonts
+        return ImageFont.load_default()
+
+
+def legend(classes: list[str], colors: np.ndarray, fractions: list[float] | None = None,
+           row_height: int = 22, width: int = 260) -> np.ndarray:
+    """An RGB image listing each class next to its colour swatch (and its pixel share if given)."""
+    if len(classes) == 0:
+        raise ValueError("a legend needs at least one class")
+    img = Image.new("RGB", (width, row_height * len(classes) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font = _font(max(10, row_height - 8))
+    for i, name in enumerate(classes):
+        y = 4 + i * row_height
+        draw.rectangle([6, y + 3, 6 + row_height - 6, y + row_height - 3], fill=tuple(int(c) for c in colors[i]),
+                       outline=(60, 60, 60))
+        text = name if fractions is None else f"{name}  {100 * fractions[i]:.1f}%"
+        draw.text((row_height + 8, y + 3), text, fill=(20, 20, 20), font=font)
+    return np.asarray(img)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray | None = None, alpha: float = 0.5,
+            outline: bool = True, skip: tuple[int, ...] = ()) -> np.ndarray:
+    """Blend a label map (or a binary / soft mask) over an RGB image, with region outlines.
+
+    labels: (H, W) ints (class ids, coloured by `colors`) or a mask (bool / float in [0, 1],
+    drawn in one colour with its soft value as opacity). Ids in `skip` (e.g. background) stay clear.
+    """
+    image = np.asarray(image)
+    if image.shape[:2] != labels.shape[:2]:
+        raise ValueError(f"overlay: image is {image.shape[1]}x{image.shape[0]} but the labels are "
+                         f"{labels.shape[1]}x{labels.shape[0]}")
+    base = image[..., :3].astype(np.float32)
+    if labels.dtype == bool or np.issubdtype(labels.dtype, np.floating):
+        weight = np.clip(labels.astype(np.float32), 0, 1)[..., None] * alpha
+        color = np.asarray((30, 144, 255) if colors is None else colors[0], np.float32)
+        out = base * (1 - weight) + color * weight
+        edges = _edges(labels.astype(np.float32) > 0.5) if outline else None
+        out = out.astype(np.uint8)
+        if edges is not None:
+            out[edges] = (255, 255, 255)
+        return out
+    if colors is None:
+        colors = palette(int(labels.max(initial=0)) + 1)
+    painted = colorize(labels, colors, ignore_index=None).astype(np.float32)
+    keep = np.isin(labels, list(skip)) | (labels >= len(colors))
+    weight = np.where(keep, 0.0, alpha)[..., None]
+    out = (base * (1 - weight) + painted * weight).astype(np.uint8)
+    if outline:
+        out[_edges(labels)] = (255, 255, 255)
+    return out
+
+
+def _edges(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour has another label."""
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, dtype=bool)
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    return edge
+
+
+def cutout(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGBA (H, W, 4) uint8: the photo with alpha (float [0, 1] or bool / 0-255 mask) as opacity."""
+    image = np.asarray(image)[..., :3]
+    if image.shape[:2] != alpha.shape[:2]:
+        raise ValueError(f"cutout: image is {image.shape[1]}x{image.shape[0]} but the alpha is "
+                         f"{alpha.shape[1]}x{alpha.shape[0]}")
+    if alpha.dtype == np.uint8:
+        a = alpha
+    else:
+        a = np.round(np.clip(alpha.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+    return np.dstack([image.astype(np.uint8), a])
+
+
+def side_by_side(*images: np.ndarray, gap: int = 6) -> np.ndarray:
+    """RGB images in a row at a common height (for before/after previews)."""
+    h = max(im.shape[0] for im in images)
+    parts = []
+    for im in images:
+        im = im[..., :3] if im.ndim == 3 else np.dstack([im] * 3)
+        if im.shape[0] != h:
+            im = cv2.resize(im, (round(im.shape[1] * h / im.shape[0]), h), interpolation=cv2.INTER_AREA)
+        parts += [im, np.full((h, gap, 3), 255, np.uint8)]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    """Write a PNG atomically (no half-written file on failure); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_outputs(outputs: dict[str, np.ndarray], out: str | Path) -> list[Path]:
+    """A task's named outputs as PNGs: the "main" one at `out`, each other at <stem>_<name>.png."""
+    out = Path(out)
+    written = []
+    for name, array in outputs.items():
+        path = out if name == "main" else out.with_name(f"{out.stem}_{name}.png")
+        written.append(save_png(array, path))
+    return written
