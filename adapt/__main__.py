@@ -1,6 +1,7 @@
 """Command line: python -m adapt {train,eval,predict,export,params,selfcheck,synth,pretrain} ...
 
     python -m adapt train --task dichotomous --backbone tiny-sam --method parser --data DIR --steps 200 --out runs/x
+    python -m adapt train --task openvocab --backbone tiny-clip --method hclip --data DIR --out runs/y
     python -m adapt eval --adapter runs/x/adapter --data DIR --json
     python -m adapt predict --adapter runs/x/adapter --image photo.jpg --out mask.png --all
     python -m adapt predict --backbone tiny-clip --image street.png --classes "sky,road,car" --out labels.png
@@ -65,7 +66,10 @@ def cmd_train(args) -> int:
 
     dataset = load_dataset(args.data, task=args.task)
     train_set, heldout = dataset.split(holdout=args.holdout, seed=args.seed)
-    task_options = {"prompt": args.prompt} if args.task == "dichotomous" else {}
+    if args.task == "dichotomous":
+        task_options = {"prompt": args.prompt}
+    else:
+        task_options = {"classes": dataset.classes, "ignore_index": dataset.ignore_index}
     cfg = TrainConfig(task=args.task, backbone=args.backbone, checkpoint=args.checkpoint, method=args.method,
                       method_options=_parse_options(args.option), task_options=task_options, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, seed=args.seed,
@@ -80,7 +84,8 @@ def cmd_train(args) -> int:
     metrics.update({f"adapted_{k}": v for k, v in (summary["adapted"] or {}).items()})
     data = {"source": str(args.data), "train_images": len(train_set), "heldout_images": len(heldout),
             "heldout_stems": ", ".join(s.stem for s in heldout), "steps": args.steps}
-    adapter = save_adapter(run.handle, out / "adapter", task=args.task, metrics=metrics, data=data)
+    adapter = save_adapter(run.handle, out / "adapter", task=args.task, metrics=metrics, data=data,
+                           classes=dataset.classes if args.task == "openvocab" else None)
     report = {"adapter": str(adapter), "frozen": summary["frozen"], "adapted": summary["adapted"],
               "counts": summary["counts"], "seconds": summary["seconds"]}
     print(json.dumps(report, indent=1) if args.json else _side_by_side(summary["frozen"], summary["adapted"], adapter))
@@ -102,12 +107,16 @@ def cmd_eval(args) -> int:
     from adapt.export import base_backbone, load_adapter, read_adapter
     from adapt.train import make_task
 
-    dataset = load_dataset(args.data, task=args.task)
-    samples = list(dataset)
     cfg, _ = read_adapter(args.adapter)
+    task_name = cfg.get("task") or args.task or "dichotomous"
+    dataset = load_dataset(args.data, task=task_name)
+    samples = list(dataset)
     backbone = base_backbone(cfg, args.checkpoint)
-    options = {"prompt": args.prompt} if args.prompt else {}
-    task = make_task(cfg.get("task") or args.task, backbone, **options)
+    if task_name == "openvocab":
+        options = {"classes": dataset.classes, "ignore_index": dataset.ignore_index}
+    else:
+        options = {"prompt": args.prompt} if args.prompt else {}
+    task = make_task(task_name, backbone, **options)
     frozen = task.evaluate(samples)  # before the adapter (and its trained head) is loaded
     load_adapter(args.adapter, backbone=backbone)
     backbone.model.eval()
@@ -144,6 +153,7 @@ def cmd_predict(args) -> int:
         handle = load_adapter(args.adapter, checkpoint=args.checkpoint)
         handle.merge()
         backbone, task_name = handle.backbone, handle.info.get("task") or args.task
+        classes = handle.info.get("classes")
         if args.task and args.task != task_name:
             raise ValueError(f"the adapter was trained for the {task_name} task, not {args.task}")
     else:  # the frozen base model (zero-shot)
@@ -155,9 +165,9 @@ def cmd_predict(args) -> int:
             raise ValueError("give --adapter DIR, or --backbone NAME to predict with the frozen model")
         backbone = build_backbone(args.backbone, checkpoint=resolve_checkpoint(args.backbone, args.checkpoint))
         attach_task_head(backbone)
-        task_name = args.task or ("openvocab" if backbone.family == "clip" else "dichotomous")
+        task_name, classes = args.task or ("openvocab" if backbone.family == "clip" else "dichotomous"), None
     backbone.model.eval()
-    task = make_task(task_name, backbone)
+    task = make_task(task_name, backbone, **({"classes": classes} if task_name == "openvocab" else {}))
     image = load_image(args.image)
     request = {"box": [float(v) for v in args.box.split(",")] if args.box else None,
                "points": _points(args.points),
@@ -249,7 +259,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="adapt a backbone to a dataset; writes OUT/adapter")
-    p.add_argument("--task", default="dichotomous", choices=["dichotomous"])
+    p.add_argument("--task", default="dichotomous", choices=["dichotomous", "openvocab"])
     p.add_argument("--backbone", default="tiny-sam")
     p.add_argument("--checkpoint", help="base weights file (default: bundled or official weights)")
     p.add_argument("--method", default="parser")
@@ -257,7 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset folder or zip")
     p.add_argument("--holdout", type=float, default=None,
                    help="held-out fraction, or count if >= 1 (default: the dataset's val/ folder, else 0.3)")
-    p.add_argument("--prompt", default="box", choices=["box", "points", "none", "mixed"])
+    p.add_argument("--prompt", default="box", choices=["box", "points", "none", "mixed"],
+                   help="dichotomous: the prompt trained with ('none' = prompt-free)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -273,7 +284,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("eval", help="frozen and adapted scores side by side on a dataset")
     p.add_argument("--adapter", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--task", default="dichotomous")
+    p.add_argument("--task", choices=["dichotomous", "openvocab"], help="default: the adapter's task")
     p.add_argument("--prompt", choices=["box", "points", "none"])
     p.add_argument("--checkpoint")
     p.add_argument("--json", action="store_true")

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from adapt.backbones import build_backbone
-from adapt.backbones.clip import dense_image_features
+from adapt.backbones.clip import dense_image_features, image_normalization
 
 TEMPLATE = "a photo of a {}."
 
@@ -42,11 +42,6 @@ def _patch_labels(scenes, grid: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([s.semantic[np.ix_(centres, centres)] for s in scenes])).long()
 
 
-def _norm_stats(model):
-    visual = model.visual
-    mean = torch.tensor(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
-    std = torch.tensor(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
-    return mean, std
 
 
 def _step_losses(backbone, scenes, class_tokens, mean, std):
@@ -79,7 +74,7 @@ def evaluate_clip(backbone, domain: str = "source", n: int = 64, seed: int = 20_
     rng = np.random.default_rng(seed)
     size = backbone.spec["vision_cfg"]["image_size"]
     scenes = [make_scene(rng, size=size, domain=domain) for _ in range(n)]
-    mean, std = _norm_stats(model)
+    mean, std = image_normalization(backbone)
     class_tokens = backbone.tokenizer([TEMPLATE.format(c) for c in class_names()])
     contrastive, dense_loss, logits = _step_losses(backbone, scenes, class_tokens, mean, std)
     images = _images(scenes, mean, std)
@@ -105,7 +100,7 @@ def pretrain_clip(args) -> dict:
     params = list(model.parameters())
     rng = np.random.default_rng(args.seed)
     size = backbone.spec["vision_cfg"]["image_size"]
-    mean, std = _norm_stats(model)
+    mean, std = image_normalization(backbone)
     class_tokens = backbone.tokenizer([TEMPLATE.format(c) for c in class_names()])
 
     def step_loss(step):

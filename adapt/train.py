@@ -81,7 +81,11 @@ def make_task(name: str, backbone, **options):
         from adapt.tasks.dichotomous import DichotomousTask
 
         return DichotomousTask(backbone, **options)
-    raise ValueError(f"unknown task {name!r}; this version trains: dichotomous")
+    if name == "openvocab":
+        from adapt.tasks.openvocab import OpenVocabTask
+
+        return OpenVocabTask(backbone, **options)
+    raise ValueError(f"unknown task {name!r}; choose dichotomous or openvocab")
 
 
 class EventLog:
@@ -158,7 +162,7 @@ def _batch(samples, step: int, cfg: TrainConfig, task) -> tuple[list, np.random.
         if cfg.augment:
             from adapt.data.augment import augment
 
-            image, mask = augment(image, mask, rng)
+            image, mask = augment(image, mask, rng, **getattr(task, "augment_options", {}))
         prepared.append(task.prepare(image, mask))
     return prepared, rng
 

@@ -7,6 +7,7 @@ built with the same class and the real BPE tokenizer (only its context length is
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -29,6 +30,7 @@ def build(name: str, checkpoint=None) -> Backbone:
     from open_clip.tokenizer import SimpleTokenizer
 
     spec = spec_for(name)
+    spec.update(_official_settings(name, checkpoint))
     cfg = {k: v for k, v in spec.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
     # open_clip logs a warning for every model built without pretrained weights; that is the point here.
     logging.getLogger().disabled, previous = True, logging.getLogger().disabled
@@ -42,6 +44,40 @@ def build(name: str, checkpoint=None) -> Backbone:
         load_into(model, state, checkpoint)
     tokenizer = SimpleTokenizer(context_length=spec["text_cfg"].get("context_length", 77))
     return Backbone(name=name, family="clip", model=model, spec=spec, weights_id=weights_id, tokenizer=tokenizer)
+
+
+def _official_settings(name: str, checkpoint) -> dict:
+    """QuickGELU and the image normalisation of an official open_clip checkpoint, read from the
+    registry by the file name adapt.weights gives it (open_clip_<model>_<tag>.*). OpenAI's weights
+    were trained with QuickGELU; loading them into GELU succeeds silently and gives wrong features."""
+    if checkpoint is None or name not in _OPEN_CLIP_NAMES:
+        return {}
+    prefix = f"open_clip_{_OPEN_CLIP_NAMES[name]}_"
+    stem = os.path.basename(str(checkpoint)).split(".")[0]
+    if not stem.startswith(prefix):
+        return {}
+    from adapt.weights import clip_checkpoint
+
+    try:
+        entry = clip_checkpoint(name, stem[len(prefix):])
+    except ValueError:
+        return {}
+    out = {"quick_gelu": entry.quick_gelu}
+    if entry.mean and entry.std:
+        out["image_mean"], out["image_std"] = list(entry.mean), list(entry.std)
+    return out
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def image_normalization(backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) the backbone's image tower expects, as (3,) tensors on [0, 1] pixel values."""
+    spec = backbone.spec if hasattr(backbone, "spec") else {}
+    mean = spec.get("image_mean") or getattr(getattr(backbone, "model", backbone).visual, "image_mean", None)
+    std = spec.get("image_std") or getattr(getattr(backbone, "model", backbone).visual, "image_std", None)
+    return torch.tensor(mean or OPENAI_MEAN), torch.tensor(std or OPENAI_STD)
 
 
 def attention_targets(model):

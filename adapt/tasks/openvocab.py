@@ -2,15 +2,33 @@
 
 The head sees CLIP only through a cosine cost volume between dense patch embeddings and class text
 embeddings, so it works for any list of class names, including ones never labelled.
+
+Geometry: the image is resized so its shorter side is the model's input size (the scale CLIP was
+trained at); a square result is one pass, anything else is covered by overlapping model-size
+windows whose logits are averaged (sliding-window inference). Training samples are letterboxed
+(longest side -> input size, padding = ignore index).
+
+Background is explicit: "background" is a class (prepended when the user's list lacks it), and an
+optional `threshold` turns pixels whose best class probability is below it into background.
+Loss: per-class binary cross-entropy on one-hot targets, pixels at the ignore index excluded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-DEFAULT_TEMPLATES = ["a photo of a {} in the scene."]
+from adapt.backbones.clip import dense_image_features, image_normalization, text_embeddings
+
+# The paper's template and the one tiny-clip was pretrained with, averaged (a prompt ensemble).
+DEFAULT_TEMPLATES = ["a photo of a {} in the scene.", "a photo of a {}."]
+BACKGROUND = "background"
+IGNORE_INDEX = 255
 
 
 class _ResConv(nn.Module):
@@ -62,3 +80,212 @@ class CostVolumeHead(nn.Module):
 def head_for(backbone) -> CostVolumeHead:
     """The open-vocabulary head sized for a CLIP backbone."""
     return CostVolumeHead(backbone.spec["embed_dim"], hidden=64 if backbone.spec["embed_dim"] >= 256 else 32)
+
+
+@dataclass
+class Prepared:
+    image: torch.Tensor  # (3, S, S) normalised, letterboxed
+    labels: torch.Tensor  # (S, S) long class ids, ignore index on padding and unlabelled pixels
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows of `window` px covering [0, length), the last one flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+class OpenVocabTask:
+    name = "openvocab"
+
+    def __init__(self, backbone, classes: list[str] | None = None, templates: list[str] | None = None,
+                 ignore_index: int = IGNORE_INDEX, threshold: float | None = None, overlap: float = 1 / 3,
+                 window_batch: int = 4):
+        if backbone.family != "clip":
+            raise ValueError(f"the open-vocabulary task runs on CLIP backbones, not {backbone.name!r}")
+        if not backbone.heads:
+            from adapt.tasks import attach_task_head
+
+            attach_task_head(backbone)
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        self.backbone = backbone
+        self.head = backbone.heads[0]
+        self.classes = list(classes) if classes else None
+        self.templates = list(templates or DEFAULT_TEMPLATES)
+        self.ignore_index = ignore_index
+        self.threshold = threshold
+        self.size = backbone.spec["vision_cfg"]["image_size"]
+        self.stride = max(1, round(self.size * (1 - overlap)))
+        self.window_batch = window_batch
+        self.mean, self.std = image_normalization(backbone)
+        self.augment_options = {"mask_fill": ignore_index}  # crops pad labels with "ignore"
+
+    # --- classes and text -----------------------------------------------------------------------
+    def vocabulary(self, classes: list[str] | None = None) -> list[str]:
+        """The classes predicted: the given list (or the training classes) with background first."""
+        classes = [c.strip() for c in (classes or self.classes or []) if c and c.strip()]
+        if not classes:
+            raise ValueError("name at least one class to segment, e.g. classes=['sky', 'road', 'car']")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"class names must be distinct: {classes}")
+        return classes if BACKGROUND in classes else [BACKGROUND] + classes
+
+    def text_features(self, classes: list[str]) -> torch.Tensor:
+        return text_embeddings(self.backbone.model, self.backbone.tokenizer, classes, self.templates)
+
+    # --- geometry -------------------------------------------------------------------------------
+    def _normalise(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> Prepared:
+        """Letterbox for training: longest side -> input size, padding labelled ignore."""
+        h, w = image.shape[:2]
+        scale = self.size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        x = torch.zeros(3, self.size, self.size)
+        x[:, :nh, :nw] = self._normalise(resized)
+        labels = torch.full((self.size, self.size), self.ignore_index, dtype=torch.long)
+        if mask is not None:
+            small = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
+            labels[:nh, :nw] = torch.from_numpy(small).long()
+        return Prepared(x, labels)
+
+    def working_size(self, h: int, w: int) -> tuple[int, int]:
+        """(h, w) after resizing the shorter side to the model's input size."""
+        scale = self.size / min(h, w)
+        return max(self.size, round(h * scale)), max(self.size, round(w * scale))
+
+    def windows(self, h: int, w: int) -> list[tuple[int, int]]:
+        """(y, x) offsets of the model-size windows covering an (h, w) working image."""
+        return [(y, x) for y in window_starts(h, self.size, self.stride) for x in window_starts(w, self.size, self.stride)]
+
+    # --- model calls ----------------------------------------------------------------------------
+    def logits(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images, (K, D) class embeddings -> (B, K, S, S) logits."""
+        patches = dense_image_features(self.backbone.model, images)
+        return self.head(patches, texts, size=images.shape[-2:])
+
+    def loss(self, prepared: list[Prepared], rng: np.random.Generator, device) -> torch.Tensor:
+        classes = self.vocabulary()
+        images = torch.stack([p.image for p in prepared]).to(device)
+        labels = torch.stack([p.labels for p in prepared]).to(device)
+        logits = self.logits(images, self.text_features(classes))  # text tower in the graph: H-CLIP adapts it
+        return per_class_bce(logits, labels, self.ignore_index)
+
+    @torch.no_grad()
+    def class_scores(self, image: np.ndarray, classes: list[str], device="cpu") -> torch.Tensor:
+        """Per-class probabilities (K, h, w) at the working resolution (shorter side = input size),
+        averaged over overlapping windows."""
+        h, w = image.shape[:2]
+        wh, ww = self.working_size(h, w)
+        resized = cv2.resize(image, (ww, wh), interpolation=cv2.INTER_AREA if wh < h else cv2.INTER_LINEAR)
+        x = self._normalise(resized)
+        texts = self.text_features(classes)
+        total = torch.zeros(len(classes), wh, ww)
+        count = torch.zeros(1, wh, ww)
+        offsets = self.windows(wh, ww)
+        s = self.size
+        for i in range(0, len(offsets), self.window_batch):
+            batch = offsets[i : i + self.window_batch]
+            crops = torch.stack([x[:, y : y + s, x0 : x0 + s] for y, x0 in batch]).to(device)
+            probs = torch.sigmoid(self.logits(crops, texts).float()).cpu()
+            for (y, x0), p in zip(batch, probs):
+                total[:, y : y + s, x0 : x0 + s] += p
+                count[:, y : y + s, x0 : x0 + s] += 1
+        return total / count
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, classes: list[str] | None = None, device="cpu",
+                threshold: float | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(labels (H, W) uint8 ids into the returned class list, classes, confidence (H, W) float32),
+        at the source resolution. Upsampling is done in row bands so a large photo never needs a
+        K x H x W array."""
+        classes = self.vocabulary(classes)
+        if len(classes) > 255:
+            raise ValueError(f"at most 255 classes at once, got {len(classes)}")
+        scores = self.class_scores(image, classes, device)
+        threshold = self.threshold if threshold is None else threshold
+        h, w = image.shape[:2]
+        labels = np.zeros((h, w), np.uint8)
+        confidence = np.zeros((h, w), np.float32)
+        band = max(1, (1 << 22) // max(1, len(classes) * w))
+        sy = scores.shape[1] / h
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            # the source rows y0..y1 map to working rows [y0*sy, y1*sy); take them with a margin
+            a, b = max(0, int(y0 * sy) - 2), min(scores.shape[1], int(np.ceil(y1 * sy)) + 2)
+            part = F.interpolate(scores[None, :, a:b], size=(round((b - a) / sy), w), mode="bilinear",
+                                 align_corners=False)[0]
+            off = round(a / sy)
+            rows = part[:, y0 - off : y0 - off + (y1 - y0)]
+            if rows.shape[1] < y1 - y0:  # rounding at the bottom edge
+                rows = F.pad(rows, (0, 0, 0, y1 - y0 - rows.shape[1]), mode="replicate")
+            best, idx = rows.max(0)
+            if threshold is not None:
+                idx = torch.where(best < threshold, torch.zeros_like(idx), idx)
+            labels[y0:y1] = idx.numpy().astype(np.uint8)
+            confidence[y0:y1] = best.numpy()
+        return labels, classes, confidence
+
+    def predict_outputs(self, image: np.ndarray, classes: list[str] | None = None, threshold: float | None = None,
+                        device="cpu", **_) -> dict:
+        """What a user downloads: "main" the colour label map, "index" the class-id PNG, "legend"
+        (with each class's share of the image), "overlay", and "mask_<class>" per class present."""
+        from adapt.render import colorize, legend, overlay, palette
+
+        labels, classes, _ = self.predict(image, classes, device=device, threshold=threshold)
+        colors = palette(len(classes))
+        share = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
+        out = {"main": colorize(labels, colors), "index": labels,
+               "legend": legend(classes, colors, fractions=list(share)),
+               "overlay": overlay(image, labels, colors, skip=(0,))}
+        for k, name in enumerate(classes):
+            if k and share[k] > 0:
+                out[f"mask_{_safe(name)}"] = ((labels == k) * 255).astype(np.uint8)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, samples, device="cpu", classes: list[str] | None = None, dis: bool = True) -> dict:
+        """mIoU over the classes (background included), pixel accuracy and per-class IoU, from one
+        confusion matrix accumulated over every held-out pixel (not a mean of per-image scores).
+        `classes` must list the dataset's classes in id order (default: the training classes)."""
+        from adapt.metrics import ConfusionMatrix
+
+        classes = list(classes or self.classes or [])
+        if not classes:
+            raise ValueError("evaluation needs the dataset's class list")
+        vocab = self.vocabulary(classes)
+        shift = len(vocab) - len(classes)  # 1 when "background" was prepended to the dataset's classes
+        cm = ConfusionMatrix(len(vocab), ignore_index=self.ignore_index)
+        for s in samples:
+            pred, _, _ = self.predict(s.image, classes, device=device)
+            gt = s.mask.astype(np.int64)
+            if shift:
+                gt = np.where(gt == self.ignore_index, gt, gt + shift)
+            cm.update(pred, gt)
+        ious = cm.iou_per_class()
+        out = {"miou": cm.miou(), "pixel_acc": cm.pixel_accuracy()}
+        out.update({f"iou/{c}": float(ious[k]) for k, c in enumerate(vocab) if not np.isnan(ious[k])})
+        self.last_confusion = cm
+        return out
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name.strip())[:40] or "class"
+
+
+def per_class_bce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean binary cross-entropy of every class's logit map against its one-hot target, over the
+    pixels whose label is not `ignore_index` (B, K, H, W logits; B, H, W labels)."""
+    k = logits.shape[1]
+    valid = labels != ignore_index
+    if labels[valid].numel() and int(labels[valid].max()) >= k:
+        raise ValueError(f"a label id {int(labels[valid].max())} is outside the {k} classes")
+    target = F.one_hot(torch.where(valid, labels, 0), k).permute(0, 3, 1, 2).float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    weight = valid[:, None].float()
+    return (bce * weight).sum() / (weight.sum() * k).clamp_min(1)
