@@ -1,10 +1,39 @@
-"""What the UI asks of the library, as plain functions (also usable from gradio_client)."""
+"""What the UI and the API ask of the library and the job store, as plain functions.
+
+Every user-facing failure is a `UserError` whose message says what to do; the UI shows it in the
+page and gradio_client receives it as the error text.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from dataclasses import asdict
 from functools import lru_cache
+from pathlib import Path
 
-from adapt.methods import METHODS
+import numpy as np
+
+from adapt.methods import METHODS, methods_for
+from app.config import Limits, Paths
+from app.jobs import FINISHED, JobStore, new_token
+from app.progress import read_progress
+
+TASK_FAMILY = {"dichotomous": "sam", "openvocab": "clip"}
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+class UserError(ValueError):
+    """Something the user can fix; the message says what."""
+
+
+# --- methods and backbones ------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=64)
@@ -18,18 +47,491 @@ def _count(backbone: str, method: str) -> dict:
     with torch.device("meta"):  # shapes only: instant, no memory
         bb = build_backbone(backbone)
         attach_task_head(bb)
-        return attach(bb, method).describe()
+        info = attach(bb, method).describe()
+        info["spec"] = bb.spec
+        return info
 
 
 def describe_method(backbone: str, method: str) -> tuple[str, dict]:
     if method not in METHODS:
         return f"Unknown method {method!r}.", {}
     try:
-        info = _count(backbone, method)
+        info = dict(_count(backbone, method))
     except ValueError as e:
         return f"**{method}** cannot be used here: {e}", {}
+    info.pop("spec", None)
     text = (f"**{method}**: {METHODS[method].summary}\n\n"
             f"Trains **{info['adapter']:,}** adapter parameters "
             f"({100 * info['adapter'] / info['base']:.3f}% of {backbone}), "
             f"**{info['trainable']:,}** with the task head.")
     return text, info
+
+
+def backbone_family(name: str) -> str:
+    return "clip" if "clip" in name else "sam"
+
+
+def backbones_for(task: str) -> list[str]:
+    from adapt.backbones import BACKBONES
+
+    family = TASK_FAMILY[task]
+    names = [n for n in BACKBONES if backbone_family(n) == family]
+    return sorted(names, key=lambda n: (not n.startswith("tiny"), n))  # bundled first
+
+
+def backbone_status(name: str) -> str:
+    from adapt.weights import available
+
+    info = available(name)
+    if info["ready"]:
+        return f"`{name}`: {info['message']}."
+    if info["downloadable"]:
+        return f"`{name}`: {info['message']}. Click *Download weights* (or train: the worker downloads them)."
+    return f"`{name}`: {info['message'] or 'no weights available'}."
+
+
+def download_weights(name: str) -> str:
+    """Fetch an official checkpoint (tqdm progress, which the UI mirrors); the message says where."""
+    from adapt.weights import WeightsUnavailable, resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(name, download=True, progress=True)
+    except (WeightsUnavailable, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    return f"`{name}` weights ready: {path}"
+
+
+@lru_cache(maxsize=None)
+def task_available(task: str) -> bool:
+    """Whether this version of the library can train and predict the task (openvocab arrives later)."""
+    import torch
+
+    from adapt.backbones import build_backbone
+    from adapt.tasks import attach_task_head
+    from adapt.train import make_task
+
+    try:
+        with torch.device("meta"):
+            bb = build_backbone("tiny-sam" if task == "dichotomous" else "tiny-clip")
+            attach_task_head(bb)
+            make_task(task, bb)
+        return True
+    except Exception:
+        return False
+
+
+def estimate_memory(backbone: str, method: str, batch_size: int, device: str = "auto") -> str:
+    """A rough training-memory estimate: weights, trainable state (AdamW: 4 copies in fp32) and
+    saved activations of the image encoder (bf16 on a GPU, fp32 on the CPU)."""
+    try:
+        info = _count(backbone, method)
+    except ValueError as e:
+        return f"Cannot estimate: {e}"
+    spec = info["spec"]
+    if backbone_family(backbone) == "sam":
+        tokens = (spec["img_size"] // spec["patch_size"]) ** 2
+        width, depth = spec["encoder_embed_dim"], spec["encoder_depth"]
+    else:
+        v = spec["vision_cfg"]
+        tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
+        width, depth = v["width"], v["layers"]
+    gpu = _has_gpu() if device == "auto" else device.startswith("cuda")
+    act_bytes = 2 if gpu else 4
+    weights = info["base"] * 4 + info["trainable"] * 16
+    full = info["adapter"] > 0.5 * info["base"]
+    per_block = tokens * width * (24 if full or info["adapter"] else 4) * act_bytes
+    activations = batch_size * depth * per_block
+    total = (weights + activations) * 1.2  # allocator and workspace slack
+    where = "GPU memory" if gpu else "RAM (no GPU: training runs on the CPU)"
+    return (f"Estimated {where}: **{_fmt_bytes(total)}** (weights {_fmt_bytes(info['base'] * 4)}, "
+            f"optimizer state {_fmt_bytes(info['trainable'] * 12)}, activations {_fmt_bytes(activations)} "
+            f"at batch {batch_size}). A rough guide, not a promise.")
+
+
+@lru_cache(maxsize=1)
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+# --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
+
+
+def check_owner(owner: str | None) -> str:
+    if not owner or not TOKEN_RE.match(owner):
+        raise UserError("missing or malformed owner token: the page makes one for each browser; API clients "
+                        "pass any random string of 16-128 letters, digits, '-' or '_' (e.g. secrets.token_urlsafe())")
+    return owner
+
+
+def _copy_atomic(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{new_token()[:6]}.part")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """Zip a dataset folder atomically (relative paths only)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{new_token()[:6]}.part")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    z.write(path, path.relative_to(folder).as_posix())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def summarize(dataset) -> str:
+    s = dataset.summary()
+    lines = [f"**{s['count']} image/mask pairs** ({s['task']}), "
+             f"{s['width'][0]}-{s['width'][1]} x {s['height'][0]}-{s['height'][1]} px"]
+    if s["task"] == "openvocab":
+        lines.append("classes: " + ", ".join(s["classes"]))
+    else:
+        lines.append(f"mean foreground fraction {s['foreground_fraction_mean']:.2f}")
+    if s["given_heldout"]:
+        lines.append(f"held-out folder with {s['given_heldout']} pairs")
+    if s["skipped"]:
+        lines.append("skipped: " + "; ".join(s["skipped"][:5]))
+    return "\n\n".join(lines)
+
+
+class Studio:
+    """The app's state on disk: the job store, uploaded datasets and adapters, and a small cache
+    of loaded models for prediction."""
+
+    def __init__(self, paths: Paths, limits: Limits | None = None):
+        self.paths = paths.ensure()
+        self.limits = limits or Limits.from_env()
+        self.store = JobStore(paths.db)
+        self._models: OrderedDict[tuple, object] = OrderedDict()
+        self._models_lock = threading.Lock()
+
+    # --- datasets ------------------------------------------------------------------------------
+    def load_checked(self, path: Path, task: str):
+        from adapt.data import DatasetError, load_dataset
+
+        try:
+            dataset = load_dataset(path, task=task, max_pixels=self.limits.max_pixels)
+        except DatasetError as e:
+            raise UserError(str(e)) from None
+        n = len(dataset) + (len(dataset.given_heldout) if dataset.given_heldout else 0)
+        if n > self.limits.max_images:
+            raise UserError(f"the dataset has {n} image/mask pairs; this studio takes at most {self.limits.max_images}")
+        if len(dataset) < 2 and not dataset.given_heldout:
+            raise UserError(f"the dataset has {len(dataset)} image/mask pair(s); it needs at least 2 (one to train "
+                            "on and one held out to score frozen vs adapted)")
+        return dataset
+
+    def stage_upload(self, owner: str, task: str, zip_file: str | None = None, images=(), masks=(),
+                     classes: str = "") -> tuple[Path, str]:
+        """Validate uploaded pairs (a zip, or image files + mask files paired by name) and keep
+        them as one dataset zip; returns (zip path, summary). Nothing is kept on failure."""
+        check_owner(owner)
+        if task not in TASK_FAMILY:
+            raise UserError(f"unknown task {task!r}")
+        dest = self.paths.uploads / owner / f"dataset-{new_token()[:12]}.zip"
+        if zip_file:
+            if images or masks:
+                raise UserError("give either a zip or image and mask files, not both")
+            dataset = self.load_checked(Path(zip_file), task)
+            summary = summarize(dataset)
+            dataset.close()
+            return _copy_atomic(Path(zip_file), dest), summary
+        if not images or not masks:
+            raise UserError("upload a dataset zip, or image files and mask files (same names, e.g. cat.jpg + cat.png)")
+        with tempfile.TemporaryDirectory(dir=self.paths.uploads) as tmp:
+            folder = Path(tmp) / "dataset"
+            for kind, files in (("images", images), ("masks", masks)):
+                (folder / kind).mkdir(parents=True)
+                for f in files:
+                    name = Path(f).name
+                    if (folder / kind / name).exists():
+                        raise UserError(f"two {kind} files are named {name}")
+                    shutil.copyfile(f, folder / kind / name)
+            if task == "openvocab":
+                (folder / "classes.json").write_text(json.dumps(parse_classes(classes, background=True)))
+            dataset = self.load_checked(folder, task)
+            summary = summarize(dataset)
+            dataset.close()
+            return zip_folder(folder, dest), summary
+
+    # --- jobs ----------------------------------------------------------------------------------
+    def submit(self, owner: str, dataset_zip: str | None, task: str, backbone: str, method: str, steps: int,
+               lr: float, head_lr: float, batch_size: int = 2, seed: int = 0, options: dict | None = None) -> str:
+        from adapt.train import TrainConfig
+
+        check_owner(owner)
+        if not dataset_zip:
+            raise UserError("no dataset: upload pairs or label images in the Data tab first (or pass a dataset zip)")
+        if task not in TASK_FAMILY:
+            raise UserError(f"unknown task {task!r}; choose dichotomous or openvocab")
+        if not task_available(task):
+            raise UserError(f"the {task} task is not available in this version of the library")
+        if backbone not in backbones_for(task):
+            raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(backbones_for(task))}")
+        if method not in methods_for(TASK_FAMILY[task]):
+            raise UserError(f"{method!r} does not apply to {backbone}; choose one of "
+                            f"{', '.join(methods_for(TASK_FAMILY[task]))}")
+        steps, batch_size = int(steps), int(batch_size)
+        if not 1 <= steps <= self.limits.max_steps:
+            raise UserError(f"steps must be between 1 and {self.limits.max_steps}")
+        if not 1 <= batch_size <= 64:
+            raise UserError("batch size must be between 1 and 64")
+        if not (0 < float(lr) <= 1 and 0 <= float(head_lr) <= 1):
+            raise UserError("learning rates must be positive and at most 1")
+        dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
+        dataset.close()
+        every = max(1, steps // 8)
+        cfg = TrainConfig(task=task, backbone=backbone, method=method, method_options=dict(options or {}),
+                          task_options={"prompt": "box"} if task == "dichotomous" else {}, steps=steps,
+                          batch_size=batch_size, lr=float(lr), head_lr=float(head_lr), seed=int(seed),
+                          warmup=min(10, max(1, steps // 10)), eval_every=every, checkpoint_every=every)
+        job_id = new_token()
+        data = _copy_atomic(Path(dataset_zip), self.paths.job_dir(job_id) / "data.zip")
+        self.store.submit(owner, {"train": asdict(cfg), "data_name": Path(dataset_zip).name}, str(data), job_id=job_id)
+        return job_id
+
+    def job(self, owner: str, job_id: str) -> dict:
+        check_owner(owner)
+        job = self.store.get((job_id or "").strip(), owner)
+        if job is None:
+            raise UserError("no such job for this browser (job ids are private to the browser that started them)")
+        return job
+
+    def status(self, owner: str, job_id: str) -> dict:
+        """Everything a client needs to follow a job (JSON-serialisable)."""
+        job = self.job(owner, job_id)
+        out = self.paths.job_dir(job["id"])
+        progress = read_progress(out)
+        result = {"job": job["id"], "status": job["status"], "error": job["error"], "note": job["note"],
+                  "task": job["config"]["train"]["task"], "backbone": job["config"]["train"]["backbone"],
+                  "method": job["config"]["train"]["method"], "steps": job["config"]["train"]["steps"],
+                  "step": progress.step, "loss": progress.last_loss, "eta_s": progress.eta_s,
+                  "frozen": progress.frozen, "adapted": progress.adapted, "created": job["created"],
+                  "adapter_ready": job["status"] == "done" and (out / "adapter.zip").exists()}
+        if job["status"] == "queued":
+            result["queue_position"] = self.store.queue_position(job["id"])
+        return result
+
+    def jobs(self, owner: str) -> list[dict]:
+        check_owner(owner)
+        return [{"job": j["id"], "status": j["status"], "method": j["config"]["train"]["method"],
+                 "backbone": j["config"]["train"]["backbone"], "created": j["created"]}
+                for j in self.store.list(owner)]
+
+    def cancel(self, owner: str, job_id: str) -> str:
+        job = self.job(owner, job_id)
+        if job["status"] in FINISHED:
+            return f"job {job['id']} has already finished ({job['status']})"
+        status = self.store.cancel(job["id"], owner)
+        return "cancelled" if status == "cancelled" else "cancelling: the worker stops after its current step"
+
+    # --- adapters ------------------------------------------------------------------------------
+    def adapter_zip(self, owner: str, job_id: str) -> Path:
+        job = self.job(owner, job_id)
+        path = self.paths.job_dir(job["id"]) / "adapter.zip"
+        if job["status"] != "done" or not path.exists():
+            raise UserError(f"job {job['id']} has no adapter yet (status: {job['status']})")
+        return path
+
+    def merged_checkpoint(self, owner: str, job_id: str) -> Path:
+        """Base model + adapter folded into one .safetensors file (made once, then kept)."""
+        from safetensors.torch import save_file
+
+        folder = self.adapter_zip(owner, job_id).parent
+        dest = folder / "merged.safetensors"
+        if not dest.exists():
+            handle = self._load_handle(folder / "adapter")
+            handle.merge()
+            state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
+            tmp = dest.with_name(f".{dest.name}.part")
+            save_file(state, str(tmp), metadata={"merged_from": folder.name, "method": handle.name})
+            os.replace(tmp, dest)
+        return dest
+
+    def upload_adapter(self, owner: str, zip_path: str) -> tuple[str, str]:
+        """Check an adapter zip (safetensors only, never pickle) and keep it; returns (ref, description)."""
+        from adapt.export import AdapterError, read_adapter
+
+        check_owner(owner)
+        if not zip_path:
+            raise UserError("choose an adapter .zip to load")
+        try:
+            cfg, tensors = read_adapter(Path(zip_path))
+        except (AdapterError, zipfile.BadZipFile, OSError) as e:
+            raise UserError(f"not a usable adapter: {e}") from None
+        ref = f"upload-{new_token()[:16]}"
+        _copy_atomic(Path(zip_path), self.paths.uploads / owner / "adapters" / f"{ref}.zip")
+        return ref, describe_adapter(cfg, len(tensors))
+
+    def adapters(self, owner: str) -> list[tuple[str, str]]:
+        """(label, ref) of every adapter this browser can use: finished jobs and uploaded zips."""
+        from adapt.export import read_adapter
+
+        check_owner(owner)
+        out = []
+        for j in self.store.list(owner):
+            if j["status"] == "done":
+                t = j["config"]["train"]
+                out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
+        folder = self.paths.uploads / owner / "adapters"
+        for path in sorted(folder.glob("upload-*.zip")) if folder.exists() else []:
+            try:
+                cfg, _ = read_adapter(path)
+                out.append((f"uploaded: {cfg['method']} on {cfg['base_model']['name']} ({cfg.get('task')})", path.stem))
+            except Exception:
+                continue
+        return out
+
+    def _adapter_path(self, owner: str, ref: str) -> Path:
+        ref = (ref or "").strip()
+        if ref.startswith("upload-"):
+            path = self.paths.uploads / owner / "adapters" / f"{ref}.zip"
+            if not re.fullmatch(r"upload-[A-Za-z0-9_-]+", ref) or not path.exists():
+                raise UserError(f"no uploaded adapter {ref!r} for this browser")
+            return path
+        self.adapter_zip(owner, ref)
+        return self.paths.job_dir(ref) / "adapter"
+
+    # --- prediction ----------------------------------------------------------------------------
+    def _load_handle(self, path: Path):
+        from adapt.export import load_adapter
+
+        return load_adapter(path)
+
+    def model(self, owner: str, adapter_ref: str | None, backbone: str, task: str):
+        """(task object, description) for an adapter, or the frozen backbone when none is chosen."""
+        from adapt.train import make_task
+
+        if adapter_ref:
+            path = self._adapter_path(owner, adapter_ref)
+            key = ("adapter", str(path))
+        else:
+            if backbone not in backbones_for(task):
+                raise UserError(f"{backbone!r} is not a backbone for {task}")
+            key = ("frozen", backbone, task)
+        with self._models_lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            if adapter_ref:
+                from adapt.export import AdapterError
+
+                try:
+                    handle = self._load_handle(path)
+                except (AdapterError, ValueError, RuntimeError) as e:
+                    raise UserError(str(e)) from None
+                handle.merge()
+                info = handle.info
+                backbone_obj = handle.backbone
+                task_name = info.get("task") or task
+                desc = describe_adapter(info)
+            else:
+                from adapt.backbones import build_backbone
+                from adapt.tasks import attach_task_head
+                from adapt.weights import WeightsUnavailable, resolve_checkpoint
+
+                try:
+                    backbone_obj = build_backbone(backbone, checkpoint=resolve_checkpoint(backbone, download=False))
+                except WeightsUnavailable as e:
+                    raise UserError(str(e)) from None
+                attach_task_head(backbone_obj)
+                task_name, desc = task, f"frozen `{backbone}` (no adapter)"
+            backbone_obj.model.eval()
+            entry = (make_task(task_name, backbone_obj), desc)
+            self._models[key] = entry
+            while len(self._models) > 3:
+                self._models.popitem(last=False)
+            return entry
+
+    def load_image(self, path: str | None) -> np.ndarray:
+        from adapt.data import DatasetError, load_image
+
+        if not path:
+            raise UserError("upload an image first")
+        try:
+            return load_image(path, max_pixels=self.limits.max_pixels)
+        except DatasetError as e:
+            raise UserError(f"{Path(path).name}: {e.problems[0][1] if e.problems else e}") from None
+
+    def predict(self, owner: str, image_path: str, adapter_ref: str, backbone: str, task: str,
+                classes: str = "", clicks: str = "") -> tuple[dict, str]:
+        """The task's named outputs at the image's full resolution, and a line about the model used."""
+        check_owner(owner)
+        image = self.load_image(image_path)
+        task_obj, desc = self.model(owner, adapter_ref, backbone, task)
+        request = {}
+        if task_obj.name == "openvocab":
+            names = parse_classes(classes, background=False)
+            if not names:
+                raise UserError("give the class names to look for, separated by commas (e.g. sky, road, car)")
+            request["classes"] = names
+        else:
+            points = parse_clicks(clicks)
+            if points is not None:
+                request["points"] = points
+        import torch
+
+        with torch.no_grad():
+            outputs = task_obj.predict_outputs(image, **request)
+        h, w = outputs["main"].shape[:2]
+        return outputs, f"{desc}; output {w}x{h} px (the input's resolution)"
+
+
+def describe_adapter(cfg: dict, n_tensors: int | None = None) -> str:
+    counts = cfg.get("counts") or {}
+    metrics = cfg.get("metrics") or {}
+    text = (f"`{cfg['method']}` adapter on `{cfg['base_model']['name']}` for {cfg.get('task') or 'an unknown task'}"
+            f" ({counts.get('adapter', 0):,} adapter parameters)")
+    if "adapted_iou" in metrics and "frozen_iou" in metrics:
+        text += f"; held-out IoU {metrics['frozen_iou']:.3f} frozen -> {metrics['adapted_iou']:.3f} adapted"
+    return text
+
+
+def parse_classes(text: str, background: bool) -> list[str]:
+    names = [c.strip() for c in (text or "").split(",") if c.strip()]
+    if len(set(n.lower() for n in names)) != len(names):
+        raise UserError("class names repeat; give each class once")
+    if background and (not names or names[0].lower() != "background"):
+        names = ["background"] + [n for n in names if n.lower() != "background"]
+    return names
+
+
+def parse_clicks(text: str):
+    """"x,y,label; x,y,label" (label 1 foreground, 0 background) -> (coords, labels) or None."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    coords, labels = [], []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            values = [float(v) for v in part.split(",")]
+        except ValueError:
+            raise UserError(f"clicks are 'x,y,label' separated by ';', got {part!r}") from None
+        if len(values) not in (2, 3):
+            raise UserError(f"clicks are 'x,y,label' separated by ';', got {part!r}")
+        coords.append(values[:2])
+        labels.append(int(values[2]) if len(values) == 3 else 1)
+    return np.asarray(coords, dtype=np.float32), np.asarray(labels, dtype=np.int64)

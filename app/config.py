@@ -1,0 +1,89 @@
+"""Where the studio keeps its files, and the limits on what users may upload (all from the environment).
+
+    ADAPT_STUDIO_DIR     jobs database, job folders, uploads (default: /data/studio when /data is a
+                         writable persistent volume, as on a Space, else ./studio)
+    ADAPT_MAX_UPLOAD_MB  largest single upload (default 200)
+    ADAPT_MAX_PIXELS     largest image, in pixels, checked from the file header (default 40 M)
+    ADAPT_MAX_IMAGES     most image/mask pairs in one dataset (default 500)
+    ADAPT_MAX_STEPS      most training steps one job may ask for (default 20000)
+    ADAPT_WORKER_THREADS torch threads in each worker (default: all cores)
+    ADAPT_WORKERS        worker processes (default: one per GPU, one when there is none)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def default_root() -> Path:
+    if os.environ.get("ADAPT_STUDIO_DIR"):
+        return Path(os.environ["ADAPT_STUDIO_DIR"]).expanduser()
+    if os.environ.get("ADAPT_JOBS_DIR"):  # the Dockerfile's older name for the same folder
+        return Path(os.environ["ADAPT_JOBS_DIR"]).expanduser()
+    data = Path("/data")
+    if data.is_dir() and os.access(data, os.W_OK):
+        return data / "studio"
+    return Path("studio").resolve()
+
+
+@dataclass(frozen=True)
+class Limits:
+    upload_mb: int = 200
+    max_pixels: int = 40_000_000
+    max_images: int = 500
+    max_steps: int = 20_000
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        return cls(upload_mb=_int("ADAPT_MAX_UPLOAD_MB", cls.upload_mb),
+                   max_pixels=_int("ADAPT_MAX_PIXELS", cls.max_pixels),
+                   max_images=_int("ADAPT_MAX_IMAGES", cls.max_images),
+                   max_steps=_int("ADAPT_MAX_STEPS", cls.max_steps))
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "jobs.sqlite"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs / job_id
+
+    def ensure(self) -> "Paths":
+        for p in (self.root, self.jobs, self.uploads, self.logs):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def browser_secret(self) -> str:
+        """The key BrowserState encrypts with: kept on disk so a restarted app still reads what
+        browsers stored (their owner token and job id)."""
+        path = self.root / "browser-secret"
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+            tmp.write_text(secrets.token_urlsafe(32))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        return path.read_text().strip()

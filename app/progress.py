@@ -1,0 +1,84 @@
+"""A job's progress, read from the events.jsonl its trainer writes (one JSON object per line)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EVENTS = "events.jsonl"
+LOG_LINES = 40
+
+
+@dataclass
+class Progress:
+    steps: list = field(default_factory=list)       # (step, loss)
+    evals: list = field(default_factory=list)       # (step, model, metrics)
+    log: list = field(default_factory=list)         # human-readable lines
+    step: int = 0
+    eta_s: float | None = None
+    last_loss: float | None = None
+    frozen: dict | None = None
+    adapted: dict | None = None
+    signature: tuple = ()                           # changes whenever the file does
+
+    def curves(self) -> dict:
+        """Rows for the loss and held-out metric plots."""
+        loss = [{"step": s, "loss": v} for s, v in self.steps]
+        metric = [{"step": s, "value": float(m[k]), "metric": f"{k} ({model})"}
+                  for s, model, m in self.evals for k in ("iou", "dice", "miou", "accuracy")
+                  if isinstance(m.get(k), (int, float))]
+        return {"loss": loss, "metric": metric}
+
+
+def _line(event: dict) -> str | None:
+    kind = event.get("type")
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
+    if kind == "start":
+        return (f"{stamp} start: {event.get('train')} training / {event.get('heldout')} held-out images on "
+                f"{event.get('device')}, {event.get('counts', {}).get('trainable', 0):,} trainable parameters")
+    if kind == "step":
+        return f"{stamp} step {event['step']}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, eta {event.get('eta_s', 0):.0f} s"
+    if kind == "eval":
+        m = event.get("metrics", {})
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+        return f"{stamp} held-out ({event.get('model')}) at step {event['step']}: {scores}"
+    if kind in ("done", "cancelled", "resumed", "error"):
+        extra = event.get("message") or (f"at step {event.get('step')}" if "step" in event else "")
+        return f"{stamp} {kind} {extra}".rstrip()
+    return None
+
+
+def read_progress(folder: Path) -> Progress:
+    path = Path(folder) / EVENTS
+    p = Progress()
+    try:
+        st = path.stat()
+    except OSError:
+        return p
+    p.signature = (st.st_size, st.st_mtime_ns)
+    with open(path) as f:
+        for raw in f:
+            try:
+                event = json.loads(raw)
+            except json.JSONDecodeError:  # the line being written right now
+                continue
+            kind = event.get("type")
+            if kind == "step":
+                p.steps.append((event["step"], event["loss"]))
+                p.step, p.eta_s, p.last_loss = event["step"], event.get("eta_s"), event["loss"]
+            elif kind == "eval":
+                p.evals.append((event["step"], event.get("model"), event.get("metrics", {})))
+                if event.get("model") == "frozen":
+                    p.frozen = event.get("metrics")
+            elif kind in ("done", "resumed"):
+                p.step = event.get("step", p.step)
+                if kind == "done":
+                    p.adapted, p.eta_s = event.get("adapted"), 0
+            line = _line(event)
+            if line:
+                p.log.append(line)
+    if len(p.log) > LOG_LINES:
+        p.log = p.log[:1] + ["..."] + p.log[-(LOG_LINES - 2):]
+    return p

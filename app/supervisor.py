@@ -1,0 +1,163 @@
+"""Keeps the worker processes alive: one per GPU (one on the CPU when there is none).
+
+On start it puts jobs interrupted by the last shutdown back in the queue, then starts the workers.
+A thread watches them: when one exits while holding a job, that job is marked failed with the exit
+status and the last lines of the worker's log, and a fresh worker takes its place. A worker whose
+job's heartbeat stops (a hang) is killed and handled the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.config import Paths
+from app.jobs import JobStore, new_token
+
+REPO = Path(__file__).resolve().parent.parent
+HEARTBEAT_TIMEOUT_S = float(os.environ.get("ADAPT_HEARTBEAT_TIMEOUT", "300"))
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
+        return f"the worker process was killed by {name}{hint}"
+    return f"the worker process exited with status {code}"
+
+
+def log_tail(path: Path, start: int, lines: int = 6) -> str:
+    """The last lines the worker wrote since `start` (a byte offset)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read()[-4000:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)
+
+
+@dataclass
+class Slot:
+    index: int
+    gpu: int | None
+    proc: subprocess.Popen | None = None
+    worker_id: str = ""
+    log_path: Path | None = None
+    log_start: int = 0
+    started: float = 0.0
+    crashes: list = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, paths: Paths, workers: int | None = None, poll_s: float = 0.5):
+        self.paths = paths.ensure()
+        self.store = JobStore(paths.db)
+        gpus = gpu_count()
+        n = workers or int(os.environ.get("ADAPT_WORKERS") or 0) or max(1, gpus)
+        self.slots = [Slot(i, i % gpus if gpus else None) for i in range(n)]
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    # --- life cycle ----------------------------------------------------------------------------
+    def start(self) -> "Supervisor":
+        requeued = self.store.requeue_interrupted()
+        if requeued:
+            print(f"requeued {len(requeued)} interrupted job(s); they resume from their checkpoints", flush=True)
+        for slot in self.slots:
+            self._spawn(slot)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 20) -> None:
+        """Ask the workers to stop (their jobs checkpoint and go back to the queue), then make sure."""
+        self._stop.set()
+        with self._lock:
+            for slot in self.slots:
+                if slot.proc and slot.proc.poll() is None:
+                    slot.proc.terminate()
+            deadline = time.time() + timeout
+            for slot in self.slots:
+                if slot.proc:
+                    try:
+                        slot.proc.wait(max(0.1, deadline - time.time()))
+                    except subprocess.TimeoutExpired:
+                        slot.proc.kill()
+                        slot.proc.wait()
+
+    def worker_pids(self) -> list[int]:
+        return [s.proc.pid for s in self.slots if s.proc and s.proc.poll() is None]
+
+    # --- workers -------------------------------------------------------------------------------
+    def _spawn(self, slot: Slot) -> None:
+        env = dict(os.environ)
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        slot.worker_id = f"w{slot.index}-{new_token()[:10]}"
+        slot.log_path = self.paths.logs / f"worker-{slot.index}.log"
+        with open(slot.log_path, "ab") as log:
+            slot.log_start = log.tell()
+            slot.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.worker", "--root", str(self.paths.root), "--worker-id", slot.worker_id],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env)
+        slot.started = time.time()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                for slot in self.slots:
+                    try:
+                        self._check(slot)
+                    except Exception as e:  # the supervisor must outlive anything odd
+                        print(f"supervisor: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+    def _check(self, slot: Slot) -> None:
+        code = slot.proc.poll()
+        if code is None:
+            self._check_heartbeat(slot)
+            return
+        reason = describe_exit(code)
+        tail = log_tail(slot.log_path, slot.log_start)
+        error = reason + (f". Last output:\n{tail}" if tail else "")
+        failed = self.store.fail_worker_jobs(slot.worker_id, error)
+        print(f"supervisor: {reason}; failed job(s) {failed}; starting a new worker", file=sys.stderr, flush=True)
+        now = time.time()
+        slot.crashes = [t for t in slot.crashes if now - t < 60] + [now]
+        if len(slot.crashes) >= 5:  # crashing at start-up: do not spin, try again later
+            slot.crashes = []
+            self._stop.wait(30)
+        self._spawn(slot)
+
+    def _check_heartbeat(self, slot: Slot) -> None:
+        row = self.store.running_job(slot.worker_id)
+        if row and row["heartbeat"] and time.time() - row["heartbeat"] > HEARTBEAT_TIMEOUT_S:
+            print(f"supervisor: job {row['id']} has had no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s; "
+                  "killing its worker", file=sys.stderr, flush=True)
+            slot.proc.kill()
+            slot.proc.wait()
+            self.store.fail_worker_jobs(slot.worker_id, f"the worker stopped responding (no heartbeat for "
+                                                        f"{HEARTBEAT_TIMEOUT_S:.0f} s) and was stopped")

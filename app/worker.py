@@ -1,0 +1,169 @@
+"""The training worker: a separate process that takes jobs from the job store one at a time.
+
+    python -m app.worker --root STUDIO_DIR --worker-id ID
+
+For each job it loads the job's dataset, calls `adapt.train.train` with the job's folder as the
+output (events.jsonl, checkpoint.pt; resumed when one is there), renders previews of held-out
+images as training goes, and at the end writes the adapter folder, its zip and result.json.
+Training errors mark the job failed with their message; a process that dies is noticed by the
+app's supervisor, which marks the job failed with the exit status. On SIGTERM (the app stopping)
+the run stops at the next step, saves its checkpoint and goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+HEARTBEAT_S = 2.0
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the app that started us dies (even by SIGKILL)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class Heartbeat:
+    """Beats the job's heartbeat from a thread (a slow step must not look like a hang) and
+    watches its cancel flag."""
+
+    def __init__(self, store, job_id: str, worker: str):
+        self.store, self.job_id, self.worker = store, job_id, worker
+        self.cancelled = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._done.wait(HEARTBEAT_S):
+            try:
+                if self.store.beat(self.job_id, self.worker):
+                    self.cancelled.set()
+            except Exception:  # a locked database for a moment: try again next beat
+                pass
+
+    def __enter__(self):
+        if self.store.beat(self.job_id, self.worker):
+            self.cancelled.set()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join(timeout=5)
+
+
+def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max_pixels: int) -> str:
+    """Run one claimed job to its end; returns the status it was left in."""
+    from adapt.data import load_dataset
+    from adapt.export import save_adapter, zip_adapter
+    from adapt.train import TrainConfig, train
+    from app.preview import Previewer
+
+    out = paths.job_dir(job["id"])
+    out.mkdir(parents=True, exist_ok=True)
+    spec = job["config"]
+    cfg = TrainConfig(**spec["train"])
+    with Heartbeat(store, job["id"], worker) as beat:
+        dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
+        train_set, heldout = dataset.split(holdout=spec.get("holdout"), seed=cfg.seed)
+        previewer = Previewer(cfg, list(heldout), dataset.classes)
+        if not (out / "before.png").exists():
+            previewer.render_frozen(out / "before.png")
+
+        def echo(event):
+            if event["type"] == "eval" and event.get("model") == "adapted" and event["step"] < cfg.steps:
+                previewer.render_checkpoint(out / "checkpoint.pt", out / "preview.png")
+
+        summary = train(cfg, list(train_set), list(heldout), out, resume=True,
+                        should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(), echo=echo)
+        run = summary.pop("run")
+        if summary["status"] == "cancelled":
+            if beat.cancelled.is_set():
+                store.finish(job["id"], "cancelled", worker=worker)
+                return "cancelled"
+            store.finish(job["id"], "queued", worker=worker, note="stopped with the app; resumes from its checkpoint")
+            return "queued"
+        metrics = {f"frozen_{k}": v for k, v in (summary["frozen"] or {}).items()}
+        metrics.update({f"adapted_{k}": v for k, v in (summary["adapted"] or {}).items()})
+        data = {"source": spec.get("data_name", "uploaded dataset"), "train_images": len(train_set),
+                "heldout_images": len(heldout), "heldout_stems": ", ".join(s.stem for s in heldout),
+                "steps": cfg.steps}
+        classes = dataset.classes if cfg.task == "openvocab" else None
+        adapter = save_adapter(run.handle, out / "adapter", task=cfg.task, classes=classes, metrics=metrics, data=data)
+        zip_adapter(adapter, out / "adapter.zip")
+        previewer.render_handle(run.handle, out / "after.png")
+        write_json(out / "result.json", {k: v for k, v in summary.items()})
+    store.finish(job["id"], "done", worker=worker)
+    return "done"
+
+
+def user_message(e: BaseException) -> str:
+    """What the job page shows: our own errors speak for themselves; others get their type."""
+    from adapt.data import DatasetError
+    from adapt.export import AdapterError
+    from adapt.train import TrainingError
+    from adapt.weights import WeightsUnavailable
+
+    if isinstance(e, (DatasetError, TrainingError, WeightsUnavailable, AdapterError)):
+        return str(e)
+    if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+        return f"out of memory: {e}. Try a smaller batch size, a smaller backbone or a lighter method."
+    return f"{type(e).__name__}: {e}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.worker")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--poll", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    shutdown = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: shutdown.set())
+    signal.signal(signal.SIGINT, lambda *_: shutdown.set())
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("ADAPT_WORKER_THREADS") or os.cpu_count() or 1))
+    from app.config import Limits, Paths
+    from app.jobs import JobStore
+
+    paths = Paths(Path(args.root)).ensure()
+    store = JobStore(paths.db)
+    limits = Limits.from_env()
+    print(f"worker {args.worker_id} (pid {os.getpid()}) ready", flush=True)
+    while not shutdown.is_set():
+        job = store.claim(args.worker_id, os.getpid())
+        if job is None:
+            shutdown.wait(args.poll)
+            continue
+        print(f"job {job['id']}: started (attempt {job['attempts']})", flush=True)
+        try:
+            status = run_job(store, paths, job, args.worker_id, shutdown, limits.max_pixels)
+        except Exception as e:  # the job failed, the worker lives on
+            traceback.print_exc()
+            status = "failed"
+            store.finish(job["id"], "failed", error=user_message(e), worker=args.worker_id)
+        print(f"job {job['id']}: {status}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
