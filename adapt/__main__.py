@@ -334,6 +334,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-domains", nargs="*", default=["camouflage", "thin", "grayscale-noise"])
+    p.add_argument("--init", help="tiny-clip: start from this checkpoint instead of random init")
+    p.add_argument("--dense-weight", type=float, default=1.0, help="tiny-clip: weight of the dense patch loss")
+    p.add_argument("--object-weight", type=float, default=0.5,
+                   help="tiny-clip: share of the dense loss on object patches (the rest on background)")
     p.add_argument("--out", default="weights")
     p.set_defaults(func=cmd_pretrain)
 

@@ -187,6 +187,9 @@ def _main(args) -> int:
     command = (f"python -m adapt pretrain --backbone {args.backbone} --steps {args.steps} --batch-size {args.batch_size} "
                f"--prompts-per-image {args.prompts_per_image} --warmup {args.warmup} --lr {args.lr:g} "
                f"--seed {args.seed} --threads {args.threads} --out weights")
+    if args.backbone == "tiny-clip" and (args.init or args.dense_weight != 1.0 or args.object_weight != 0.5):
+        command += (f" --dense-weight {args.dense_weight:g} --object-weight {args.object_weight:g}"
+                    + (f" --init {args.init}" if args.init else ""))
     if args.backbone == "tiny-sam":
         result = pretrain_sam(args)
     elif args.backbone == "tiny-clip":

@@ -44,7 +44,7 @@ def _patch_labels(scenes, grid: int) -> torch.Tensor:
 
 
 
-def _step_losses(backbone, scenes, class_tokens, mean, std):
+def _step_losses(backbone, scenes, class_tokens, mean, std, object_weight: float = 0.5):
     model = backbone.model
     images = _images(scenes, mean, std)
     captions = backbone.tokenizer([s.caption for s in scenes])
@@ -60,7 +60,7 @@ def _step_losses(backbone, scenes, class_tokens, mean, std):
     labels = _patch_labels(scenes, dense.shape[-1])
     per_patch = F.cross_entropy(patch_logits, labels, reduction="none")
     fg = labels > 0  # objects cover ~10% of patches: weigh them as much as the background
-    dense_loss = 0.5 * (per_patch[fg].mean() if fg.any() else 0.0) + 0.5 * per_patch[~fg].mean()
+    dense_loss = object_weight * (per_patch[fg].mean() if fg.any() else 0.0) + (1 - object_weight) * per_patch[~fg].mean()
     return contrastive, dense_loss, logits
 
 
@@ -94,7 +94,8 @@ def pretrain_clip(args) -> dict:
     from adapt.data.synthetic import make_scene
     from adapt.pretrain import fit
 
-    backbone = build_backbone("tiny-clip", seed=args.seed)
+    init = getattr(args, "init", None)  # continue from a checkpoint (e.g. the bundled file)
+    backbone = build_backbone("tiny-clip", checkpoint=init, seed=args.seed)
     model = backbone.model
     model.train()
     params = list(model.parameters())
@@ -105,8 +106,10 @@ def pretrain_clip(args) -> dict:
 
     def step_loss(step):
         scenes = [make_scene(rng, size=size, domain="source") for _ in range(args.batch_size)]
-        contrastive, dense_loss, _ = _step_losses(backbone, scenes, class_tokens, mean, std)
-        return contrastive + dense_loss, f"contrastive {contrastive.item():.3f} dense {dense_loss.item():.3f}"
+        contrastive, dense_loss, _ = _step_losses(backbone, scenes, class_tokens, mean, std,
+                                                  getattr(args, "object_weight", 0.5))
+        loss = contrastive + getattr(args, "dense_weight", 1.0) * dense_loss
+        return loss, f"contrastive {contrastive.item():.3f} dense {dense_loss.item():.3f}"
 
     train_seconds = fit(params, args, step_loss, weight_decay=0.05)
     metrics = bundled_metrics(backbone, args.eval_domains)

@@ -217,3 +217,14 @@ def test_hclip_training_keeps_text_tower_energy(tmp_path, options):
     assert delta > 1e-4  # the image tower did train
     if options.get("orthogonal") != "both":
         assert hyperspherical_energy(image_w) != pytest.approx(hyperspherical_energy(image_ref), rel=1e-6)
+
+
+def test_balanced_bce_does_not_reward_all_background():
+    labels = torch.zeros(1, 20, 20, dtype=torch.long)
+    labels[0, :2, :2] = 1  # a small object: 1% of the pixels
+    all_background = torch.stack([torch.full((20, 20), 6.0), torch.full((20, 20), -6.0)])[None]
+    correct = torch.where(torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).bool(), 6.0, -6.0)
+    plain = per_class_bce(all_background, labels, balanced=False)
+    balanced = per_class_bce(all_background, labels)
+    assert plain < 0.2 and balanced > 2.0  # plain BCE barely notices the missed object; balanced does
+    assert per_class_bce(correct.float(), labels) < 0.01
