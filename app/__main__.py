@@ -1,18 +1,41 @@
-"""python -m app: start the studio. Binds to 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise."""
+"""python -m app: start the studio (the page, its API and the training workers).
+
+Binds to 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise; files live under ADAPT_STUDIO_DIR
+(see app/config.py). Stopping the app stops the workers; their jobs resume at the next start.
+"""
 
 import os
+import signal
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the app works offline
 
-from app.ui import build  # noqa: E402
-
 
 def main() -> None:
-    demo = build()
-    demo.queue().launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-    )
+    import torch
+
+    from app.config import Limits, Paths, default_root
+    from app.service import Studio
+    from app.supervisor import Supervisor
+    from app.ui import CSS, build
+
+    torch.set_num_threads(int(os.environ.get("ADAPT_APP_THREADS") or min(2, os.cpu_count() or 1)))
+    paths = Paths(default_root()).ensure()
+    limits = Limits.from_env()
+    studio = Studio(paths, limits)
+    supervisor = Supervisor(paths).start()
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"studio folder: {paths.root}; workers: {supervisor.worker_pids()}", flush=True)
+    try:
+        build(studio).queue(default_concurrency_limit=4).launch(
+            server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+            max_file_size=f"{limits.upload_mb}mb", css=CSS, footer_links=["api"])
+    finally:
+        supervisor.stop()
 
 
 if __name__ == "__main__":

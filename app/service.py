@@ -300,9 +300,11 @@ class Studio:
             raise UserError("learning rates must be positive and at most 1")
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
         dataset.close()
+        task_options = ({"prompt": "box"} if task == "dichotomous" else
+                        {"classes": dataset.classes, "ignore_index": dataset.ignore_index})
         every = max(1, steps // 8)
         cfg = TrainConfig(task=task, backbone=backbone, method=method, method_options=dict(options or {}),
-                          task_options={"prompt": "box"} if task == "dichotomous" else {}, steps=steps,
+                          task_options=task_options, steps=steps,
                           batch_size=batch_size, lr=float(lr), head_lr=float(head_lr), seed=int(seed),
                           warmup=min(10, max(1, steps // 10)), eval_every=every, checkpoint_every=every)
         job_id = new_token()
@@ -457,7 +459,8 @@ class Studio:
                 attach_task_head(backbone_obj)
                 task_name, desc = task, f"frozen `{backbone}` (no adapter)"
             backbone_obj.model.eval()
-            entry = (make_task(task_name, backbone_obj), desc)
+            options = {"classes": info.get("classes")} if adapter_ref and task_name == "openvocab" else {}
+            entry = (make_task(task_name, backbone_obj, **options), desc)
             self._models[key] = entry
             while len(self._models) > 3:
                 self._models.popitem(last=False)
@@ -481,7 +484,7 @@ class Studio:
         task_obj, desc = self.model(owner, adapter_ref, backbone, task)
         request = {}
         if task_obj.name == "openvocab":
-            names = parse_classes(classes, background=False)
+            names = parse_classes(classes, background=False) or list(task_obj.classes or [])
             if not names:
                 raise UserError("give the class names to look for, separated by commas (e.g. sky, road, car)")
             request["classes"] = names

@@ -1,35 +1,647 @@
-"""Gradio UI. For now: the method explorer (what each method trains, and how much of it)."""
+"""The studio's page: Data -> Train -> Progress -> Preview -> Adapters (+ the method explorer).
+
+Only layout and wiring live here; every action is a call into app.service (or app.labelling).
+Events that make up the public API are named (api_name); the rest are private. The browser keeps
+an owner token and the current job id (BrowserState, and the job id in the URL as ?job=), so a
+reload or a second tab re-attaches to the running job.
+"""
 
 from __future__ import annotations
 
+import functools
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
 import gradio as gr
+import numpy as np
+import pandas as pd
 
 from adapt.backbones import BACKBONES
 from adapt.methods import METHODS, methods_for
-from app.service import describe_method
+from app import labelling
+from app.config import Paths, default_root
+from app.jobs import new_token
+from app.progress import read_progress
+from app.service import (TASK_FAMILY, Studio, UserError, backbone_status, backbones_for, check_owner,
+                         describe_method, download_weights, estimate_memory, parse_classes, task_available)
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
+TASKS = [("Dichotomous (SAM: one foreground mask)", "dichotomous"),
+         ("Open-vocabulary (CLIP: label map of named classes)", "openvocab")]
+URL_JS = """(job) => { const u = new URL(window.location.href);
+  if (job) { u.searchParams.set('job', job); } else { u.searchParams.delete('job'); }
+  window.history.replaceState(null, '', u); return job; }"""
+CSS = ".studio-msg p {margin: 0.2em 0}"
 
 
-def build() -> gr.Blocks:
+def user_errors(fn):
+    """Show a UserError as a message in the page (and as the API's error text)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+    return wrapped
+
+
+def outbox(path: Path, name: str) -> str:
+    """A copy of a file for the browser to download, under the temp folder gradio may serve from
+    (the studio folder itself is never exposed)."""
+    folder = Path(tempfile.gettempdir()) / "adapt-studio-downloads"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*/*"):
+        if time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    dest = Path(tempfile.mkdtemp(dir=folder)) / name
+    shutil.copyfile(path, dest)
+    return str(dest)
+
+
+def read_rgb(path: Path) -> np.ndarray | None:
+    image = cv2.imread(str(path)) if path.exists() else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def examples() -> list[str]:
+    return sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg")) if EXAMPLES.exists() else []
+
+
+def _example(path: str | None) -> str | None:
+    """Only the bundled example images can be opened by name."""
+    return path if path in examples() else None
+
+
+def build(studio: Studio | None = None) -> gr.Blocks:
+    studio = studio or Studio(Paths(default_root()))
+    secret = studio.paths.browser_secret()
     with gr.Blocks(title="Segmentation adaptation studio") as demo:
+        saved_owner = gr.BrowserState(None, storage_key="adapt-studio-owner", secret=secret)
+        saved_job = gr.BrowserState("", storage_key="adapt-studio-job", secret=secret)
+        owner = gr.Textbox(label="owner", elem_id="owner", visible=False)  # the browser's token; an API input
         gr.Markdown("# Segmentation adaptation studio\n"
-                    "Adapt SAM or CLIP to your images with parameter-efficient methods "
-                    "(PARSER, COBOT, H-CLIP, LoRA, AdaptFormer).")
-        with gr.Tab("Methods"):
-            with gr.Row():
-                backbone = gr.Dropdown(list(BACKBONES), value="sam-vit-b", label="Backbone")
-                method = gr.Dropdown(methods_for("sam"), value="parser", label="Method")
-            summary = gr.Markdown()
-            counts = gr.JSON(label="Parameter counts")
+                    "Label or upload a few images, adapt SAM or CLIP with a parameter-efficient method in the "
+                    "background, compare frozen vs adapted on held-out images, download the adapter.")
+        task = gr.Radio(TASKS, value="dichotomous", label="Task", elem_id="task")
+        with gr.Tabs() as tabs:
+            data = _data_tab(studio, owner, task)
+            train = _train_tab(studio, owner, task, data, tabs)
+            progress = _progress_tab(studio, owner, train["job"])
+            preview = _preview_tab(studio, owner, task)
+            adapters = _adapters_tab(studio, owner, preview)
+            _methods_tab()
+        _api(studio)
 
-            def on_backbone(name):
-                family = "sam" if name.startswith(("sam", "tiny-sam")) else "clip"
-                choices = methods_for(family)
-                return gr.Dropdown(choices=choices, value=choices[0])
+        def on_load(stored_owner, stored_job, request: gr.Request):
+            ok = isinstance(stored_owner, str) and bool(stored_owner) and _valid(stored_owner)
+            token = stored_owner if ok else new_token()
+            job = (request.query_params.get("job") if request else None) or stored_job or ""
+            return token, token, job
 
-            backbone.change(on_backbone, backbone, method)
-            for trigger in (backbone.change, method.change, demo.load):
-                trigger(describe_method, [backbone, method], [summary, counts], api_name=False)
+        demo.load(on_load, [saved_owner, saved_job], [owner, saved_owner, train["job"]],
+                  api_visibility="private").then(
+            lambda o: (_job_choices(studio, o),) + adapters["lists"](o), owner,
+            [progress["jobs"], adapters["chosen"], preview["adapter"]], api_visibility="private")
+        train["job"].change(lambda j: j, train["job"], saved_job, api_visibility="private")
+        train["job"].change(None, train["job"], None, js=URL_JS, api_visibility="private")
+        task.change(lambda t: _on_task(t), task,
+                    [data["classes"], data["lab_class"], train["backbone"], preview["classes"], preview["backbone"]],
+                    api_visibility="private")
+    demo.studio = studio
     return demo
+
+
+def _valid(token: str) -> bool:
+    try:
+        check_owner(token)
+        return True
+    except UserError:
+        return False
+
+
+def _on_task(task: str):
+    openvocab = task == "openvocab"
+    names = backbones_for(task)
+    return (gr.Textbox(visible=openvocab), gr.Dropdown(visible=openvocab),
+            gr.Dropdown(choices=names, value=names[0]), gr.Textbox(visible=openvocab),
+            gr.Dropdown(choices=names, value=names[0]))
+
+
+def _job_choices(studio: Studio, owner: str):
+    try:
+        jobs = studio.jobs(owner)
+    except UserError:
+        jobs = []
+    choices = [(f"{time.strftime('%m-%d %H:%M', time.localtime(j['created']))} {j['method']} on {j['backbone']}: "
+                f"{j['status']}", j["job"]) for j in jobs]
+    return gr.Dropdown(choices=choices, value=None)
+
+
+def _adapter_choices(studio: Studio, owner: str, value: str = ""):
+    try:
+        items = studio.adapters(owner)
+    except UserError:
+        items = []
+    return gr.Dropdown(choices=[("none: the frozen backbone", "")] + items, value=value)
+
+
+# --- Data ----------------------------------------------------------------------------------------
+
+
+def _data_tab(studio: Studio, owner, task) -> dict:
+    with gr.Tab("1. Data", id="data"):
+        classes = gr.Textbox(label="Class names (open-vocabulary), comma-separated; background is class 0",
+                             placeholder="background, cell, debris", visible=False, elem_id="classes")
+        with gr.Row():
+            with gr.Column(scale=1):
+                gr.Markdown("### Upload image/mask pairs\nA zip (images/ + masks/, COCO JSON, ...) or the files: "
+                            "masks share their image's name (cat.jpg + cat.png).")
+                up_zip = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="upload-zip")
+                up_images = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="upload-images")
+                up_masks = gr.File(label="Masks", file_count="multiple", file_types=["image"], elem_id="upload-masks")
+                check = gr.Button("Check and use these pairs", elem_id="check-data")
+            with gr.Column(scale=2):
+                gr.Markdown("### Or label by clicking\nGreen dots: object, red dots: background, or two clicks "
+                            "for a box; SAM proposes the mask (blue). *Add region* keeps it.")
+                with gr.Row():
+                    lab_file = gr.File(label="Image to label", file_types=["image"], elem_id="label-file", scale=2)
+                    lab_example = gr.Dropdown([(Path(p).stem, p) for p in examples()], label="or an example",
+                                              value=None, elem_id="label-example", scale=1)
+                lab_view = gr.Image(label="Click on the image", interactive=False, elem_id="label-view",
+                                    format="png", height=420)
+                with gr.Row():
+                    mode = gr.Radio(list(labelling.MODES), value=labelling.MODES[0], label="Click adds", scale=2)
+                    lab_class = gr.Dropdown(["object"], label="Class of the region", visible=False, scale=1)
+                    lab_model = gr.Dropdown(backbones_for("dichotomous"), value="tiny-sam", label="Click model", scale=1)
+                with gr.Row():
+                    undo = gr.Button("Undo click", size="sm")
+                    clear = gr.Button("Clear clicks", size="sm")
+                    add = gr.Button("Add region", size="sm", elem_id="add-region")
+                    save = gr.Button("Save pair to set", variant="primary", size="sm", elem_id="save-pair")
+                with gr.Accordion("Brush fix-ups", open=False):
+                    gr.Markdown("Paint green to add to the current class, red to erase; then *Apply brush*.")
+                    brush = gr.ImageEditor(label="Brush", type="numpy", sources=(), transforms=(), layers=False,
+                                           brush=gr.Brush(colors=[labelling.BRUSH_ADD, labelling.BRUSH_ERASE],
+                                                          default_color=labelling.BRUSH_ADD, color_mode="fixed"),
+                                           format="png")
+                    with gr.Row():
+                        brush_open = gr.Button("Edit the current image with the brush", size="sm")
+                        brush_apply = gr.Button("Apply brush", size="sm")
+        data_msg = gr.Markdown(elem_id="data-msg", elem_classes="studio-msg")
+        lab_gallery = gr.Gallery(label="Labelled set", columns=8, height=200, elem_id="label-gallery")
+        with gr.Row():
+            use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
+            set_zip = gr.DownloadButton("Download the labelled set (zip)", elem_id="download-set")
+            clear_set = gr.Button("Empty the labelled set", variant="stop", size="sm")
+        lab_state = gr.State(None)
+
+    # one labelled set per browser, a standard dataset folder
+    def set_dir(o):
+        return studio.paths.uploads / check_owner(o) / "labelset"
+
+    def n_classes(t, names):
+        return len(_classes(t, names))
+
+    @user_errors
+    def open_image(o, path, t, names):
+        if not path:
+            return gr.skip(), gr.skip(), gr.skip()
+        check_owner(o)
+        state = labelling.new_state(studio.load_image(path), Path(path).name)
+        return state, labelling.render(state, n_classes(t, names)), f"Labelling **{Path(path).name}**."
+
+    def on_click(o, state, m, model, t, names, evt: gr.SelectData):
+        if state is None:
+            return gr.skip(), gr.skip()
+        labelling.click(state, evt.index[0], evt.index[1], m)
+        labelling.propose(state, model)
+        return state, labelling.render(state, n_classes(t, names))
+
+    def edit(action):
+        def run(state, model, t, names, lab):
+            if state is None:
+                return gr.skip(), gr.skip()
+            if action == "undo":
+                labelling.propose(labelling.undo(state), model)
+            elif action == "clear":
+                labelling.clear_clicks(state)
+            else:
+                labelling.add_region(state, _class_id(t, names, lab))
+            return state, labelling.render(state, n_classes(t, names))
+        return run
+
+    def open_brush(state, t, names):
+        if state is None:
+            return gr.skip()
+        return {"background": labelling.render(state, n_classes(t, names), clicks=False), "layers": [], "composite": None}
+
+    def apply(state, value, t, names, lab):
+        if state is None or not value or not value.get("layers"):
+            return gr.skip(), gr.skip()
+        labelling.apply_brush(state, value["layers"][0], _class_id(t, names, lab))
+        return state, labelling.render(state, n_classes(t, names))
+
+    @user_errors
+    def save_pair(o, state, t, names, lab):
+        if state is None:
+            raise UserError("open an image to label first")
+        try:
+            stem = labelling.save_pair(state, set_dir(o), t, _classes(t, names), _class_id(t, names, lab))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return state, labelling.render(state, n_classes(t, names)), labelling.gallery(set_dir(o), t), \
+            f"Saved **{stem}** to the labelled set."
+
+    @user_errors
+    def use_labelled(o, t):
+        folder = set_dir(o)
+        if not (folder / "images").exists():
+            raise UserError("the labelled set is empty: label and save at least two images")
+        dest, summary = studio.stage_upload(o, t, zip_file=str(_zip_set(studio, o)))
+        return str(dest), f"Labelled set checked and ready to train on.\n\n{summary}", gr.Tabs(selected="train")
+
+    @user_errors
+    def download_set(o):
+        return outbox(_zip_set(studio, o), "labelled-set.zip")
+
+    def empty_set(o, t):
+        shutil.rmtree(set_dir(o), ignore_errors=True)
+        return [], "The labelled set is empty."
+
+    ctx = [lab_model, task, classes]
+    lab_file.upload(open_image, [owner, lab_file, task, classes], [lab_state, lab_view, data_msg], api_visibility="private")
+    lab_example.input(lambda o, p, t, n: open_image(o, _example(p), t, n), [owner, lab_example, task, classes],
+                      [lab_state, lab_view, data_msg], api_visibility="private")
+    lab_view.select(on_click, [owner, lab_state, mode, *ctx], [lab_state, lab_view], api_visibility="private")
+    for button, action in ((undo, "undo"), (clear, "clear"), (add, "add")):
+        button.click(edit(action), [lab_state, *ctx, lab_class], [lab_state, lab_view], api_visibility="private")
+    brush_open.click(open_brush, [lab_state, task, classes], brush, api_visibility="private")
+    brush_apply.click(apply, [lab_state, brush, task, classes, lab_class], [lab_state, lab_view], api_visibility="private")
+    save.click(save_pair, [owner, lab_state, task, classes, lab_class], [lab_state, lab_view, lab_gallery, data_msg],
+               api_visibility="private")
+    set_zip.click(download_set, owner, set_zip, api_visibility="private")
+    clear_set.click(empty_set, [owner, task], [lab_gallery, data_msg], api_visibility="private")
+    classes.change(lambda t, n: gr.Dropdown(choices=_classes(t, n)[1:] or ["object"]), [task, classes], lab_class,
+                   api_visibility="private")
+    return {"classes": classes, "lab_class": lab_class, "check": check, "use_set": use_set, "msg": data_msg,
+            "zip": up_zip, "images": up_images, "masks": up_masks, "owner": owner, "use_labelled": use_labelled}
+
+
+def _classes(task: str, names: str) -> list[str]:
+    if task != "openvocab":
+        return ["background", "foreground"]
+    try:
+        return parse_classes(names, background=True)
+    except UserError:
+        return ["background"]
+
+
+def _class_id(task: str, names: str, chosen: str | None) -> int:
+    classes = _classes(task, names)
+    if task != "openvocab":
+        return 1
+    if chosen in classes[1:]:
+        return classes.index(chosen)
+    if len(classes) < 2:
+        raise UserError("name the classes first (the box above the upload), e.g. background, cell, debris")
+    return 1
+
+
+def _zip_set(studio: Studio, owner: str) -> Path:
+    from app.service import zip_folder
+
+    folder = studio.paths.uploads / check_owner(owner) / "labelset"
+    if not (folder / "images").exists():
+        raise UserError("the labelled set is empty")
+    return zip_folder(folder, studio.paths.uploads / owner / "labelset.zip")
+
+
+# --- Train ---------------------------------------------------------------------------------------
+
+
+def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
+    with gr.Tab("2. Train", id="train"):
+        with gr.Row():
+            backbone = gr.Dropdown(backbones_for("dichotomous"), value="tiny-sam", label="Backbone", elem_id="backbone",
+                                   allow_custom_value=True)  # the API may name any backbone; submit() checks it
+            method = gr.Dropdown(methods_for("sam"), value="parser", label="Method", elem_id="method",
+                                 allow_custom_value=True)
+        with gr.Row():
+            weights_md = gr.Markdown(backbone_status("tiny-sam"), elem_classes="studio-msg")
+            fetch = gr.Button("Download weights", size="sm", scale=0)
+        method_md = gr.Markdown(describe_method("tiny-sam", "parser")[0], elem_id="method-info")
+        with gr.Row():
+            steps = gr.Number(100, label="Steps", precision=0, minimum=1, elem_id="steps")
+            batch = gr.Number(2, label="Batch size", precision=0, minimum=1, elem_id="batch")
+            lr = gr.Number(1e-3, label="Learning rate (adapter)", elem_id="lr")
+            head_lr = gr.Number(1e-4, label="Learning rate (head)", elem_id="head-lr")
+        memory_md = gr.Markdown(estimate_memory("tiny-sam", "parser", 2), elem_id="memory")
+        dataset = gr.File(label="Training data: a checked dataset zip (from the Data tab, or upload one)",
+                          file_types=[".zip"], elem_id="dataset")
+        train = gr.Button("Train", variant="primary", elem_id="train")
+        train_msg = gr.Markdown(elem_id="train-msg", elem_classes="studio-msg")
+        job = gr.Textbox(label="job", visible=False)
+
+    def check_data(owner, task, dataset_zip, images, masks, classes):
+        """Validate uploaded pairs; a bad upload is a message that stays in the page (and the API's error)."""
+        try:
+            dest, summary = studio.stage_upload(owner, task, zip_file=dataset_zip, images=images or (),
+                                                masks=masks or (), classes=classes)
+        except UserError as e:
+            return None, f"**Cannot use this upload.**\n\n```\n{e}\n```", gr.skip()
+        return str(dest), f"Checked: ready to train.\n\n{summary}", gr.Tabs(selected="train")
+
+    @user_errors
+    def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size):
+        job_id = studio.submit(owner, dataset, task, backbone, method, steps or 0, lr or 0, head_lr or 0,
+                               batch_size or 0)
+        return job_id, f"Job `{job_id}` queued."
+
+    def on_backbone(bb, t):
+        family = TASK_FAMILY.get(t, "sam")
+        choices = methods_for(family)
+        return backbone_status(bb), gr.Dropdown(choices=choices, value=choices[0])
+
+    @user_errors
+    def fetch_weights(bb, progress=gr.Progress(track_tqdm=True)):
+        return download_weights(bb)
+
+    data["check"].click(check_data, [owner, task, data["zip"], data["images"], data["masks"], data["classes"]],
+                        [dataset, data["msg"], tabs], api_name="check_data")
+    data["use_set"].click(data["use_labelled"], [owner, task], [dataset, data["msg"], tabs], api_visibility="private")
+    backbone.change(on_backbone, [backbone, task], [weights_md, method], api_visibility="private")
+    fetch.click(fetch_weights, backbone, weights_md, api_visibility="private")
+    for trigger in (backbone.change, method.change, batch.change):
+        trigger(lambda bb, m: describe_method(bb, m)[0], [backbone, method], method_md, api_visibility="private")
+        trigger(estimate_memory, [backbone, method, batch], memory_md, api_visibility="private")
+    train.click(submit, [owner, dataset, task, backbone, method, steps, lr, head_lr, batch], [job, train_msg],
+                api_name="train").success(lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private")
+    return {"job": job, "backbone": backbone}
+
+
+# --- Progress ------------------------------------------------------------------------------------
+
+
+def _progress_tab(studio: Studio, owner, job) -> dict:
+    with gr.Tab("3. Progress", id="progress"):
+        with gr.Row():
+            jobs = gr.Dropdown([], label="My jobs", elem_id="jobs", scale=3)
+            job_view = gr.Textbox(label="Job id", elem_id="job-id", scale=3)
+            cancel = gr.Button("Cancel job", variant="stop", scale=1, elem_id="cancel")
+        status_md = gr.Markdown("No job yet: start one in the Train tab.", elem_id="job-status")
+        with gr.Row():
+            loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-plot")
+            metric_plot = gr.LinePlot(x="step", y="value", color="metric", title="Held-out metrics", height=260)
+        with gr.Row():
+            preview = gr.Image(label="Held-out images: truth | prediction (refreshes as training goes)",
+                               interactive=False, format="png", elem_id="preview")
+            slider = gr.ImageSlider(label="Before (frozen) / after (adapted)", format="png", elem_id="before-after")
+        scores = gr.Markdown(elem_id="scores")
+        log = gr.Textbox(label="Log", lines=8, max_lines=12, elem_id="log")
+        with gr.Row():
+            merged = gr.Checkbox(False, label="merged checkpoint (base + adapter in one .safetensors) instead of the adapter zip")
+            get = gr.Button("Download", elem_id="download")
+            out_file = gr.File(label="Download", elem_id="download-file")
+        seen = gr.State(None)
+        timer = gr.Timer(1.5)
+
+    def refresh(o, job_id, last):
+        if not job_id or not _valid(o or ""):
+            return (None,) + (gr.skip(),) * 8
+        try:
+            s = studio.status(o, job_id)
+        except UserError as e:
+            return (None, f"**{e}**") + (gr.skip(),) * 7
+        folder = studio.paths.job_dir(s["job"])
+        p = read_progress(folder)
+        files = tuple((folder / n).stat().st_mtime_ns if (folder / n).exists() else 0
+                      for n in ("preview.png", "before.png", "after.png"))
+        signature = (s["job"], s["status"], s["error"], p.signature, files)
+        if signature == last:
+            return (last,) + (gr.skip(),) * 8
+        curves = p.curves()
+        loss_df = pd.DataFrame(curves["loss"], columns=["step", "loss"])
+        metric_df = pd.DataFrame(curves["metric"], columns=["step", "value", "metric"])
+        before, after = read_rgb(folder / "before.png"), read_rgb(folder / "after.png")
+        shown = read_rgb(folder / "after.png") if after is not None else read_rgb(folder / "preview.png")
+        return (signature, _status_text(s), loss_df, metric_df, shown if shown is not None else before,
+                (before, after) if before is not None and after is not None else None,
+                _scores(s["frozen"], s["adapted"]), "\n".join(p.log), s["job"])
+
+    @user_errors
+    def do_cancel(owner, job):
+        return studio.cancel(owner, job)
+
+    @user_errors
+    def download(owner, job, merged):
+        if merged:
+            return outbox(studio.merged_checkpoint(owner, job), f"merged-{job[:8]}.safetensors")
+        return outbox(studio.adapter_zip(owner, job), f"adapter-{job[:8]}.zip")
+
+    outputs = [seen, status_md, loss_plot, metric_plot, preview, slider, scores, log, job_view]
+    timer.tick(refresh, [owner, job, seen], outputs, api_visibility="private", show_progress="hidden")
+    job.change(refresh, [owner, job, gr.State(None)], outputs, api_visibility="private")
+    jobs.input(lambda j: j, jobs, job, api_visibility="private")
+    job_view.submit(lambda j: j.strip(), job_view, job, api_visibility="private")
+    job.change(lambda o: _job_choices(studio, o), owner, jobs, api_visibility="private")
+    cancel.click(do_cancel, [owner, job_view], status_md, api_name="cancel")
+    get.click(download, [owner, job_view, merged], out_file, api_name="download")
+    return {"jobs": jobs}
+
+
+def _status_text(s: dict) -> str:
+    head = f"**Job `{s['job']}`**: {s['method']} on {s['backbone']} ({s['task']}): **{s['status']}**"
+    if s["status"] == "queued":
+        head += f", {s.get('queue_position', 0)} job(s) ahead"
+    if s["step"]:
+        head += f"; step {s['step']} / {s['steps']}"
+    if s["loss"] is not None:
+        head += f", loss {s['loss']:.4f}"
+    if s["status"] == "running" and s["eta_s"] is not None:
+        head += f", about {s['eta_s']:.0f} s left"
+    if s["note"] and s["status"] in ("queued", "running"):
+        head += f"\n\n_{s['note']}_"
+    if s["error"]:
+        head += f"\n\n**Error:**\n```\n{s['error']}\n```"
+    if s["adapter_ready"]:
+        head += "\n\nThe adapter is ready: *Download* below, or try it in the Preview tab."
+    return head
+
+
+def _scores(frozen: dict | None, adapted: dict | None) -> str:
+    if not frozen:
+        return ""
+    keys = [k for k, v in frozen.items() if isinstance(v, float)][:8]
+    rows = ["| held-out | frozen | adapted |", "|---|---|---|"]
+    for k in keys:
+        a = adapted.get(k) if adapted else None
+        rows.append(f"| {k} | {frozen[k]:.4f} | {a:.4f} |" if isinstance(a, float) else f"| {k} | {frozen[k]:.4f} | |")
+    return "\n".join(rows)
+
+
+# --- Preview -------------------------------------------------------------------------------------
+
+
+def _preview_tab(studio: Studio, owner, task) -> dict:
+    with gr.Tab("4. Preview", id="preview"):
+        with gr.Row():
+            with gr.Column():
+                with gr.Row():
+                    image = gr.File(label="Image (any size up to the pixel limit)", file_types=["image"],
+                                    elem_id="predict-image", scale=2)
+                    example = gr.Dropdown([(Path(p).stem, p) for p in examples()], label="or an example", scale=1,
+                                          elem_id="predict-example")
+                view = gr.Image(label="Optional: click to add points (dichotomous)", interactive=False,
+                                format="png", height=320, elem_id="predict-view")
+                with gr.Row():
+                    mode = gr.Radio(["foreground point", "background point"], value="foreground point", label="Click adds")
+                    clicks = gr.Textbox(label="clicks", placeholder="x,y,label; ... (label 1 object, 0 background)",
+                                        elem_id="clicks")
+                adapter = gr.Dropdown([("none: the frozen backbone", "")], value="", label="adapter",
+                                      allow_custom_value=True, elem_id="adapter")
+                backbone = gr.Dropdown(backbones_for("dichotomous"), value="tiny-sam", allow_custom_value=True,
+                                       label="backbone (used when no adapter is chosen)", elem_id="predict-backbone")
+                classes = gr.Textbox(label="classes", placeholder="sky, road, car", visible=False, elem_id="predict-classes")
+                run = gr.Button("Predict", variant="primary", elem_id="predict")
+            with gr.Column():
+                main = gr.Image(label="Mask / label map (full resolution)", format="png", elem_id="predict-main")
+                extra = gr.Image(label="Cut-out / legend", format="png", image_mode=None, elem_id="predict-extra")
+                over = gr.Image(label="Overlay", format="png", elem_id="predict-overlay")
+                info = gr.Markdown(elem_id="predict-info")
+        scale = gr.State(1.0)
+
+    @user_errors
+    def show(path):
+        if not path:
+            return gr.skip(), gr.skip(), gr.skip()
+        img = studio.load_image(path)
+        s = min(1.0, labelling.DISPLAY / max(img.shape[:2]))
+        shown = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
+        return shown, s, ""
+
+    def pick(path):
+        path = _example(path)
+        return (path,) + show(path)
+
+    def add_click(text, m, s, evt: gr.SelectData):
+        x, y = evt.index[0] / s, evt.index[1] / s
+        part = f"{x:.0f},{y:.0f},{1 if m.startswith('foreground') else 0}"
+        return f"{text}; {part}" if text and text.strip() else part
+
+    @user_errors
+    def predict(owner, image, adapter, backbone, task, classes, clicks):
+        outputs, desc = studio.predict(owner, image, adapter, backbone, task, classes, clicks)
+        second = outputs.get("cutout", outputs.get("legend"))
+        return outputs["main"], second, outputs["overlay"], desc
+
+    image.upload(show, image, [view, scale, clicks], api_visibility="private")
+    example.input(pick, example, [image, view, scale, clicks], api_visibility="private")
+    view.select(add_click, [clicks, mode, scale], clicks, api_visibility="private")
+    run.click(predict, [owner, image, adapter, backbone, task, classes, clicks], [main, extra, over, info],
+              api_name="predict")
+    return {"adapter": adapter, "classes": classes, "backbone": backbone}
+
+
+# --- Adapters ------------------------------------------------------------------------------------
+
+
+def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
+    with gr.Tab("5. Adapters", id="adapters"):
+        gr.Markdown("Your finished adapters (and any you load) can be downloaded, and used in the Preview tab. "
+                    "An adapter zip holds adapter_config.json, adapter_model.safetensors and a model card; "
+                    "nothing in it is ever unpickled.")
+        with gr.Row():
+            chosen = gr.Dropdown([], label="My adapters", elem_id="my-adapters", scale=3)
+            refresh = gr.Button("Refresh", size="sm", scale=0)
+        with gr.Row():
+            as_zip = gr.Button("Adapter zip")
+            as_merged = gr.Button("Merged checkpoint (.safetensors)")
+        out_file = gr.File(label="Download", elem_id="adapter-file")
+        upload = gr.File(label="Load an adapter zip", file_types=[".zip"], elem_id="adapter-upload")
+        load = gr.Button("Load adapter", elem_id="load-adapter")
+        msg = gr.Markdown(elem_id="adapter-msg", elem_classes="studio-msg")
+        loaded = gr.Textbox(label="adapter", visible=False)
+
+    @user_errors
+    def get(o, ref, merged):
+        if not ref:
+            raise UserError("choose an adapter first")
+        if ref.startswith("upload-"):
+            if merged:
+                raise UserError("merged checkpoints are made from your own training jobs")
+            return outbox(studio._adapter_path(o, ref), f"{ref}.zip")
+        return outbox(studio.merged_checkpoint(o, ref), f"merged-{ref[:8]}.safetensors") if merged else \
+            outbox(studio.adapter_zip(o, ref), f"adapter-{ref[:8]}.zip")
+
+    @user_errors
+    def load_adapter(owner, adapter_zip):
+        ref, desc = studio.upload_adapter(owner, adapter_zip)
+        return ref, f"Loaded {desc}. It is now in the adapter lists (Preview tab)."
+
+    def lists(owner):
+        items = studio.adapters(owner) if _valid(owner or "") else []
+        return gr.Dropdown(choices=items, value=None), _adapter_choices(studio, owner)
+
+    refresh.click(lists, owner, [chosen, preview["adapter"]], api_visibility="private")
+    as_zip.click(lambda o, r: get(o, r, False), [owner, chosen], out_file, api_visibility="private")
+    as_merged.click(lambda o, r: get(o, r, True), [owner, chosen], out_file, api_visibility="private")
+    load.click(load_adapter, [owner, upload], [loaded, msg], api_name="load_adapter").success(
+        lambda o, v: (gr.Dropdown(choices=studio.adapters(o), value=v), _adapter_choices(studio, o, v)),
+        [owner, loaded], [chosen, preview["adapter"]], api_visibility="private")
+    return {"chosen": chosen, "lists": lists}
+
+
+# --- Methods (the explorer) ----------------------------------------------------------------------
+
+
+def _methods_tab() -> None:
+    with gr.Tab("Methods", id="methods"):
+        with gr.Row():
+            backbone = gr.Dropdown(list(BACKBONES), value="sam-vit-b", label="Backbone")
+            method = gr.Dropdown(methods_for("sam"), value="parser", label="Method")
+        summary = gr.Markdown(describe_method("sam-vit-b", "parser")[0])
+        counts = gr.JSON(describe_method("sam-vit-b", "parser")[1], label="Parameter counts")
+
+        def on_backbone(name):
+            family = "sam" if "sam" in name else "clip"
+            choices = methods_for(family)
+            return gr.Dropdown(choices=choices, value=choices[0])
+
+        backbone.change(on_backbone, backbone, method, api_visibility="private")
+        for trigger in (backbone.change, method.change):
+            trigger(describe_method, [backbone, method], [summary, counts], api_visibility="private")
+
+
+# --- API-only endpoints --------------------------------------------------------------------------
+
+
+def _api(studio: Studio) -> None:
+    def status(owner: str, job: str) -> dict:
+        """A job's state: status, step / steps, loss, eta_s, frozen and adapted held-out metrics, error."""
+        try:
+            return studio.status(owner, job)
+        except UserError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    def jobs(owner: str) -> list:
+        """This owner's jobs, newest first."""
+        try:
+            return studio.jobs(owner)
+        except UserError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    def tasks() -> dict:
+        """Which tasks this server can train, with their backbones and methods."""
+        return {t: {"available": task_available(t), "backbones": backbones_for(t),
+                    "methods": methods_for(TASK_FAMILY[t])} for t in TASK_FAMILY}
+
+    gr.api(status, api_name="status")
+    gr.api(jobs, api_name="jobs")
+    gr.api(tasks, api_name="tasks")
 
 
 __all__ = ["build", "METHODS"]

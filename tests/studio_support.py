@@ -1,0 +1,153 @@
+"""Helpers for the studio tests: launch the app as a real process, make datasets and bad uploads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OWNER = "test-owner-" + "a" * 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    """`python -m app` in its own process group (so a test can kill it with its workers at once)."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = Path(root), port or free_port()
+        self.proc = None
+        self.log_path = self.root.parent / f"app-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 120) -> "App":
+        env = dict(os.environ, ADAPT_STUDIO_DIR=str(self.root), GRADIO_SERVER_PORT=str(self.port),
+                   GRADIO_SERVER_NAME="127.0.0.1", OMP_NUM_THREADS="1", ADAPT_WORKER_THREADS="1",
+                   ADAPT_APP_THREADS="1", ADAPT_WORKERS="1", PYTHONPATH=str(REPO))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"the app did not start in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.crash()
+
+    def crash(self) -> None:
+        """SIGKILL the app and its workers together, as a machine or container dying would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def job_row(self, job_id: str) -> dict:
+        with sqlite3.connect(self.root / "jobs.sqlite", timeout=30) as db:
+            db.row_factory = sqlite3.Row
+            return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+
+def dataset_zip(folder: Path, n: int = 4, size: int = 80, task: str = "dichotomous", seed: int = 1) -> Path:
+    from adapt.data.synthetic import make_dataset, write_folder
+
+    data = write_folder(make_dataset("camouflage" if task == "dichotomous" else "source", n=n, size=size, seed=seed),
+                        folder / f"data-{task}-{n}-{size}", task=task)
+    return zip_tree(data, folder / f"{data.name}.zip")
+
+
+def zip_tree(folder: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(dest, "w") as z:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(folder).as_posix())
+    return dest
+
+
+def huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A valid grayscale PNG of width x height black pixels (a few hundred KB: it compresses)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)
+    body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def bad_uploads(folder: Path) -> dict[str, tuple[list, list, str]]:
+    """name -> (image files, mask files, the words the message must contain)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for sub in ("good", "masks", "bad_masks", "corrupt", "huge"):
+        (folder / sub).mkdir(exist_ok=True)
+    ok = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 10:40] = 255
+    for stem in ("a", "b"):
+        Image.fromarray(ok).save(folder / "good" / f"{stem}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"{stem}.png")
+    Image.fromarray(mask).save(folder / "bad_masks" / "a.png")
+    Image.fromarray(mask[:32, :48]).save(folder / "bad_masks" / "b.png")     # not the image's size
+    (folder / "corrupt" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    huge_png(folder / "huge" / "a.png")
+    good, masks = [folder / "good" / "a.png", folder / "good" / "b.png"], sorted((folder / "masks").glob("*.png"))
+    return {
+        "corrupt": ([folder / "corrupt" / "a.png", good[1]], masks, "corrupt"),
+        "mismatched sizes": (good, sorted((folder / "bad_masks").glob("*.png")), "48x32"),
+        "huge": ([folder / "huge" / "a.png", good[1]], masks, "too large"),
+    }
+
+
+def slip_zip(path: Path) -> Path:
+    """A zip with an entry that climbs out of the folder it is extracted into."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images/a.png", b"x")
+        z.writestr("../../evil.txt", b"owned")
+    return path
+
+
+def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}; last: {last}")

@@ -1,0 +1,155 @@
+"""The studio through its public API (gradio_client) against a launched app with a real worker:
+train -> poll -> predict -> download -> load the adapter; cancel; bad uploads; a worker killed
+mid-job; the whole app killed and restarted (interrupted and queued jobs resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio_support import OWNER, App, bad_uploads, dataset_zip, slip_zip, wait_for
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+FINISHED = ("done", "failed", "cancelled")
+EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "camouflage.jpg"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("studio-api")
+
+
+@pytest.fixture(scope="module")
+def app(workdir):
+    app = App(workdir / "studio").start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def data(workdir):
+    return dataset_zip(workdir, n=4, size=80)
+
+
+def train(client, data, steps=6, owner=OWNER, **kw):
+    job, message = client.predict(owner, handle_file(str(data)), kw.get("task", "dichotomous"),
+                                  kw.get("backbone", "tiny-sam"), kw.get("method", "parser"), steps, 1e-3, 1e-4, 2,
+                                  api_name="/train")
+    assert job in message
+    return job
+
+
+def status(client, job, owner=OWNER):
+    return client.predict(owner, job, api_name="/status")
+
+
+def wait_finished(client, job, timeout=180):
+    return wait_for(lambda: (s := status(client, job)) and s["status"] in FINISHED and s, timeout, what=f"job {job}")
+
+
+def test_train_poll_predict_download_and_load(client, data, workdir):
+    job = train(client, data)
+    assert len(job) >= 20  # secrets.token_urlsafe(16): unguessable
+    s = wait_finished(client, job)
+    assert s["status"] == "done", s
+    assert s["step"] == 6 and s["adapter_ready"]
+    assert set(s["frozen"]) >= {"iou", "dice"} and set(s["adapted"]) >= {"iou", "dice"}
+    assert any(j["job"] == job for j in client.predict(OWNER, api_name="/jobs"))
+
+    # predict with the adapter, two clicks, at the image's full resolution
+    main, extra, overlay, info = client.predict(OWNER, handle_file(str(EXAMPLE)), job, "tiny-sam", "dichotomous", "",
+                                                "150,150,1; 10,10,0", api_name="/predict")
+    width, height = Image.open(EXAMPLE).size
+    assert np.asarray(Image.open(main)).shape[:2] == (height, width)
+    assert np.asarray(Image.open(extra)).shape == (height, width, 4)  # the cut-out keeps an alpha channel
+    assert "parser" in info
+
+    # download the adapter zip, load it back, predict with the loaded copy
+    path = client.predict(OWNER, job, False, api_name="/download")
+    with zipfile.ZipFile(path) as z:
+        assert set(z.namelist()) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+        assert json.loads(z.read("adapter_config.json"))["method"] == "parser"
+    ref, message = client.predict(OWNER, handle_file(path), api_name="/load_adapter")
+    assert ref.startswith("upload-") and "parser" in message
+    main2, *_ = client.predict(OWNER, handle_file(str(EXAMPLE)), ref, "tiny-sam", "dichotomous", "",
+                               "150,150,1; 10,10,0", api_name="/predict")
+    assert np.array_equal(np.asarray(Image.open(main2)), np.asarray(Image.open(main)))
+
+    merged = client.predict(OWNER, job, True, api_name="/download")
+    assert merged.endswith(".safetensors") and os.path.getsize(merged) > 100_000
+
+
+def test_jobs_are_private(client, data):
+    job = client.predict(OWNER, api_name="/jobs")[0]["job"]
+    with pytest.raises(Exception, match="no such job"):
+        status(client, job, owner="someone-else-" + "b" * 20)
+    assert client.predict("someone-else-" + "b" * 20, api_name="/jobs") == []
+    with pytest.raises(Exception, match="owner token"):
+        client.predict("short", api_name="/jobs")
+
+
+def test_cancel(client, data):
+    job = train(client, data, steps=5000)
+    wait_for(lambda: status(client, job)["step"] >= 1, 120, what="the first step")
+    assert "cancel" in client.predict(OWNER, job, api_name="/cancel")
+    s = wait_finished(client, job, timeout=60)
+    assert s["status"] == "cancelled" and s["step"] < 5000
+
+
+def test_bad_uploads_get_clear_messages(client, data, workdir):
+    for name, (images, masks, words) in bad_uploads(workdir / "bad").items():
+        dataset, message = client.predict(OWNER, "dichotomous", None, [handle_file(str(p)) for p in images],
+                                          [handle_file(str(p)) for p in masks], "", api_name="/check_data")
+        assert dataset is None and "Cannot use this upload" in message and words in message, (name, message)
+    dataset, message = client.predict(OWNER, "dichotomous", handle_file(str(slip_zip(workdir / "slip.zip"))), [], [], "",
+                                      api_name="/check_data")
+    assert dataset is None and "outside the dataset folder" in message
+    assert not (workdir / "evil.txt").exists()
+    with pytest.raises(Exception, match="outside the dataset folder"):
+        train(client, workdir / "slip.zip")
+    # a good upload still works afterwards, and nothing was queued for the bad ones
+    dataset, message = client.predict(OWNER, "dichotomous", handle_file(str(data)), [], [], "", api_name="/check_data")
+    assert dataset and "ready to train" in message
+
+
+def test_worker_killed_mid_job_marks_it_failed_and_the_app_goes_on(app, client, data):
+    job = train(client, data, steps=5000)
+    wait_for(lambda: status(client, job)["step"] >= 1, 120, what="the first step")
+    os.kill(app.job_row(job)["pid"], signal.SIGKILL)
+    s = wait_finished(client, job, timeout=60)
+    assert s["status"] == "failed" and "SIGKILL" in s["error"], s
+    # the supervisor started a fresh worker: the next job runs
+    again = train(client, data, steps=2)
+    assert wait_finished(client, again)["status"] == "done"
+
+
+def test_restart_resumes_interrupted_and_queued_jobs(app, client, data):
+    first = train(client, data, steps=40)       # checkpoints every 5 steps
+    second = train(client, data, steps=2)       # waits in the queue behind it
+    wait_for(lambda: status(client, first)["step"] >= 12, 180, what="a few checkpoints")
+    assert status(client, second)["status"] == "queued"
+    app.crash()                                  # app and worker die at once: nothing is cleaned up
+    assert app.job_row(first)["status"] == "running"
+    app.start()
+    restarted = Client(app.url, verbose=False)
+    assert wait_finished(restarted, first)["status"] == "done"
+    assert wait_finished(restarted, second)["status"] == "done"
+    events = [json.loads(line) for line in (app.root / "jobs" / first / "events.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e["type"] == "resumed"]
+    assert resumed and resumed[0]["step"] >= 10  # from its last checkpoint, not from the start
+    steps = [e["step"] for e in events if e["type"] == "step"]
+    assert steps[-1] == 40
