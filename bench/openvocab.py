@@ -10,7 +10,9 @@ the same trainer, steps and head; the held-out set draws all 12 shapes and is sc
 vocabulary (background + 12 shapes), from one confusion matrix over all its pixels. Reported per
 method: seen mIoU (8 shapes), unseen mIoU (4 shapes), their harmonic mean, background IoU,
 trainable parameters (adapter alone / with the head), training wall time, and the text tower's
-hyperspherical-energy drift: mean over its W_q, W_k, W_v, W_o of |HE(after) - HE(before)| / HE(before).
+hyperspherical-energy drift: mean over its W_q, W_k, W_v, W_o of |HE(after) - HE(before)| / HE(before),
+and what the text tower now says about the classes: the unseen classes' embedding shift (mean
+1 - cos to their frozen embeddings) and the relative change of the 13 x 13 class similarity matrix.
 "frozen" is zero-shot CLIP with the untrained head (it ranks classes by raw cosine cost).
 """
 
@@ -40,11 +42,11 @@ UNSEEN_IDS = list(range(1 + len(SEEN_SHAPES), len(VOCAB)))
 METHODS = [
     ("frozen (zero-shot)", "frozen", {}, 0.0),
     ("frozen + head", "decoder", {}, 0.0),
-    ("lora-clip", "lora-clip", {}, 1e-3),
-    ("hclip, no DCRC", "hclip", {"dcrc": False}, 1e-3),
-    ("hclip", "hclip", {}, 1e-3),
-    ("hclip, orthogonal both towers", "hclip", {"orthogonal": "both"}, 1e-3),
-    ("full fine-tuning", "full", {}, 1e-4),
+    ("lora-clip", "lora-clip", {}, 3e-3),
+    ("hclip, no DCRC", "hclip", {"dcrc": False}, 3e-3),
+    ("hclip", "hclip", {}, 3e-3),
+    ("hclip, orthogonal both towers", "hclip", {"orthogonal": "both"}, 3e-3),
+    ("full fine-tuning", "full", {}, 3e-4),
 ]
 
 
@@ -61,7 +63,21 @@ def text_energies(model) -> dict[str, float]:
     return {k: hyperspherical_energy(w) for k, w in text_tower_weights(model).items()}
 
 
-def run_one(label, method, options, lr, args, train_set, heldout, reference_he) -> dict:
+def text_structure(task) -> torch.Tensor:
+    """Class text embeddings (VOCAB x D) as the task's text tower gives them now."""
+    with torch.no_grad():
+        return task.text_features(VOCAB).cpu()
+
+
+def text_shift(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float]:
+    """(mean 1 - cos of the unseen classes' embeddings, relative change of the class Gram matrix)."""
+    unseen = [VOCAB.index(c) for c in UNSEEN_SHAPES]
+    shift = float((1 - (before[unseen] * after[unseen]).sum(-1)).mean())
+    g0, g1 = before @ before.t(), after @ after.t()
+    return shift, float((g1 - g0).norm() / g0.norm())
+
+
+def run_one(label, method, options, lr, args, train_set, heldout, reference_he, reference_text) -> dict:
     cfg = TrainConfig(task="openvocab", backbone="tiny-clip", checkpoint=args.checkpoint, method=method,
                       method_options=options, task_options={"classes": TRAIN_CLASSES}, steps=args.steps,
                       batch_size=args.batch_size, lr=lr or args.lr, head_lr=args.head_lr,
@@ -77,12 +93,14 @@ def run_one(label, method, options, lr, args, train_set, heldout, reference_he) 
     he = text_energies(run.backbone.model)
     drift = float(np.mean([abs(he[k] - reference_he[k]) / reference_he[k] for k in he]))
     seen, unseen = cm.miou(SEEN_IDS), cm.miou(UNSEEN_IDS)
+    shift, gram = text_shift(reference_text, text_structure(run.task))
     counts = summary["counts"]
     return {"method": label, "name": method, "options": options, "lr": lr if method not in ("frozen", "decoder") else None,
             "seen_miou": seen, "unseen_miou": unseen, "hiou": harmonic_iou(seen, unseen),
             "background_iou": scores.get("iou/background", float("nan")), "pixel_acc": scores["pixel_acc"],
             "adapter_params": counts["adapter"], "trainable_params": counts["trainable"],
             "seconds": round(seconds, 1) if method != "frozen" else 0.0, "text_he_drift": drift,
+            "unseen_text_shift": shift, "text_gram_drift": gram,
             "per_class": {c: scores.get(f"iou/{c}") for c in VOCAB}}
 
 
@@ -96,14 +114,15 @@ def markdown(rows: list[dict], args) -> str:
         "scored with the full 13-class vocabulary from one confusion matrix.",
         "",
         "| method | CLIP-side lr | seen mIoU | unseen mIoU | hIoU | background IoU | adapter params | with head | "
-        "train s | text HE drift |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "train s | text HE drift | unseen text shift | text Gram drift |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lr = "–" if r["lr"] is None else f"{r['lr']:g}"
         lines.append(f"| {r['method']} | {lr} | {r['seen_miou']:.3f} | {r['unseen_miou']:.3f} | {r['hiou']:.3f} | "
                      f"{r['background_iou']:.3f} | {r['adapter_params']:,} | {r['trainable_params']:,} | "
-                     f"{r['seconds']:.0f} | {r['text_he_drift']:.1e} |")
+                     f"{r['seconds']:.0f} | {r['text_he_drift']:.1e} | {r['unseen_text_shift']:.1e} | "
+                     f"{r['text_gram_drift']:.1e} |")
     lines += ["", "Per-class IoU on the unseen shapes: " + "; ".join(
         f"{r['method']}: " + ", ".join(f"{c} {r['per_class'][c] or 0:.2f}" for c in UNSEEN_SHAPES) for r in rows), ""]
     return "\n".join(lines)
@@ -136,12 +155,16 @@ def main(argv=None) -> int:
     from adapt.backbones import build_backbone
     from adapt.weights import resolve_checkpoint
 
-    reference_he = text_energies(build_backbone("tiny-clip", checkpoint=resolve_checkpoint("tiny-clip", args.checkpoint)).model)
+    from adapt.tasks.openvocab import OpenVocabTask
+
+    reference = build_backbone("tiny-clip", checkpoint=resolve_checkpoint("tiny-clip", args.checkpoint))
+    reference_he = text_energies(reference.model)
+    reference_text = text_structure(OpenVocabTask(reference, classes=TRAIN_CLASSES))
     rows = []
     for label, method, options, lr in METHODS:
         if args.methods and label not in args.methods and method not in args.methods:
             continue
-        row = run_one(label, method, options, lr, args, train_set, heldout, reference_he)
+        row = run_one(label, method, options, lr, args, train_set, heldout, reference_he, reference_text)
         rows.append(row)
         print(f"{label:<32} seen {row['seen_miou']:.3f} unseen {row['unseen_miou']:.3f} hIoU {row['hiou']:.3f} "
               f"drift {row['text_he_drift']:.1e} {row['seconds']:.0f}s", file=sys.stderr, flush=True)
