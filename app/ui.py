@@ -90,9 +90,12 @@ def build(studio: Studio | None = None) -> gr.Blocks:
         with gr.Tabs() as tabs:
             data = _data_tab(studio, owner, task)
             train = _train_tab(studio, owner, task, data, tabs)
-            progress = _progress_tab(studio, owner, train["job"])
+            with gr.Tab("3. Progress", id="progress"):
+                progress_area = gr.Column()
             preview = _preview_tab(studio, owner, task)
             adapters = _adapters_tab(studio, owner, preview)
+            with progress_area:
+                progress = _progress_tab(studio, owner, train["job"], preview["adapter"])
             _methods_tab()
         _api(studio)
 
@@ -104,7 +107,7 @@ def build(studio: Studio | None = None) -> gr.Blocks:
 
         demo.load(on_load, [saved_owner, saved_job], [owner, saved_owner, train["job"]],
                   api_visibility="private").then(
-            lambda o: (_job_choices(studio, o),) + adapters["lists"](o), owner,
+            lambda o, j: (_job_choices(studio, o),) + adapters["lists"](o, j), [owner, train["job"]],
             [progress["jobs"], adapters["chosen"], preview["adapter"]], api_visibility="private")
         train["job"].change(lambda j: j, train["job"], saved_job, api_visibility="private")
         train["job"].change(None, train["job"], None, js=URL_JS, api_visibility="private")
@@ -160,9 +163,9 @@ def _data_tab(studio: Studio, owner, task) -> dict:
             with gr.Column(scale=1):
                 gr.Markdown("### Upload image/mask pairs\nA zip (images/ + masks/, COCO JSON, ...) or the files: "
                             "masks share their image's name (cat.jpg + cat.png).")
-                up_zip = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="upload-zip")
-                up_images = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="upload-images")
-                up_masks = gr.File(label="Masks", file_count="multiple", file_types=["image"], elem_id="upload-masks")
+                up_zip = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="upload-zip", height=140)
+                up_images = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="upload-images", height=140)
+                up_masks = gr.File(label="Masks", file_count="multiple", file_types=["image"], elem_id="upload-masks", height=140)
                 check = gr.Button("Check and use these pairs", elem_id="check-data")
             with gr.Column(scale=2):
                 gr.Markdown("### Or label by clicking\nGreen dots: object, red dots: background, or two clicks "
@@ -192,7 +195,8 @@ def _data_tab(studio: Studio, owner, task) -> dict:
                         brush_open = gr.Button("Edit the current image with the brush", size="sm")
                         brush_apply = gr.Button("Apply brush", size="sm")
         data_msg = gr.Markdown(elem_id="data-msg", elem_classes="studio-msg")
-        lab_gallery = gr.Gallery(label="Labelled set", columns=8, height=200, elem_id="label-gallery")
+        lab_gallery = gr.Gallery(label="Labelled set", columns=8, height="auto", allow_preview=False,
+                                 object_fit="contain", elem_id="label-gallery")
         with gr.Row():
             use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
             set_zip = gr.DownloadButton("Download the labelled set (zip)", elem_id="download-set")
@@ -386,8 +390,9 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
 # --- Progress ------------------------------------------------------------------------------------
 
 
-def _progress_tab(studio: Studio, owner, job) -> dict:
-    with gr.Tab("3. Progress", id="progress"):
+def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
+    # laid out inside the Progress tab (built after the Preview tab, whose adapter list it updates)
+    with gr.Column():
         with gr.Row():
             jobs = gr.Dropdown([], label="My jobs", elem_id="jobs", scale=3)
             job_view = gr.Textbox(label="Job id", elem_id="job-id", scale=3)
@@ -411,26 +416,29 @@ def _progress_tab(studio: Studio, owner, job) -> dict:
 
     def refresh(o, job_id, last):
         if not job_id or not _valid(o or ""):
-            return (None,) + (gr.skip(),) * 8
+            return (None,) + (gr.skip(),) * 9
         try:
             s = studio.status(o, job_id)
         except UserError as e:
-            return (None, f"**{e}**") + (gr.skip(),) * 7
+            return (None, f"**{e}**") + (gr.skip(),) * 8
         folder = studio.paths.job_dir(s["job"])
         p = read_progress(folder)
         files = tuple((folder / n).stat().st_mtime_ns if (folder / n).exists() else 0
                       for n in ("preview.png", "before.png", "after.png"))
         signature = (s["job"], s["status"], s["error"], p.signature, files)
         if signature == last:
-            return (last,) + (gr.skip(),) * 8
+            return (last,) + (gr.skip(),) * 9
         curves = p.curves()
-        loss_df = pd.DataFrame(curves["loss"], columns=["step", "loss"])
-        metric_df = pd.DataFrame(curves["metric"], columns=["step", "value", "metric"])
+        # explicit dtypes: an empty frame would otherwise make the plot's axes categorical
+        loss_df = pd.DataFrame(curves["loss"], columns=["step", "loss"]).astype({"step": int, "loss": float})
+        metric_df = pd.DataFrame(curves["metric"], columns=["step", "value", "metric"]).astype(
+            {"step": int, "value": float, "metric": str})
         before, after = read_rgb(folder / "before.png"), read_rgb(folder / "after.png")
         shown = read_rgb(folder / "after.png") if after is not None else read_rgb(folder / "preview.png")
         return (signature, _status_text(s), loss_df, metric_df, shown if shown is not None else before,
                 (before, after) if before is not None and after is not None else None,
-                _scores(s["frozen"], s["adapted"]), "\n".join(p.log), s["job"])
+                _scores(s["frozen"], s["adapted"]), "\n".join(p.log), s["job"],
+                _adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip())
 
     @user_errors
     def do_cancel(owner, job):
@@ -442,7 +450,7 @@ def _progress_tab(studio: Studio, owner, job) -> dict:
             return outbox(studio.merged_checkpoint(owner, job), f"merged-{job[:8]}.safetensors")
         return outbox(studio.adapter_zip(owner, job), f"adapter-{job[:8]}.zip")
 
-    outputs = [seen, status_md, loss_plot, metric_plot, preview, slider, scores, log, job_view]
+    outputs = [seen, status_md, loss_plot, metric_plot, preview, slider, scores, log, job_view, adapter_choice]
     timer.tick(refresh, [owner, job, seen], outputs, api_visibility="private", show_progress="hidden")
     job.change(refresh, [owner, job, gr.State(None)], outputs, api_visibility="private")
     jobs.input(lambda j: j, jobs, job, api_visibility="private")
@@ -582,9 +590,11 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
         ref, desc = studio.upload_adapter(owner, adapter_zip)
         return ref, f"Loaded {desc}. It is now in the adapter lists (Preview tab)."
 
-    def lists(owner):
+    def lists(owner, job=""):
+        """Both adapter lists; the current job's adapter is chosen when it has one."""
         items = studio.adapters(owner) if _valid(owner or "") else []
-        return gr.Dropdown(choices=items, value=None), _adapter_choices(studio, owner)
+        value = job if job in [ref for _, ref in items] else ""
+        return gr.Dropdown(choices=items, value=value or None), _adapter_choices(studio, owner, value)
 
     refresh.click(lists, owner, [chosen, preview["adapter"]], api_visibility="private")
     as_zip.click(lambda o, r: get(o, r, False), [owner, chosen], out_file, api_visibility="private")

@@ -1,0 +1,149 @@
+"""The studio in a real browser (Debian's Chromium driven by Playwright): the whole loop by clicking.
+
+Upload pairs and see a bad upload refused in the page; label an image by clicking (SAM's proposal)
+and save it to the labelled set; train on the tiny model and watch it finish; reload the page and
+see it re-attach to the job; predict at full resolution; download the adapter zip and load it back.
+A screenshot of each tab is saved to $STUDIO_SCREENSHOTS (`make screenshots` writes docs/img/).
+
+Skipped, with the reason, only when Chromium or Playwright is missing outside CI; in CI (CI=true)
+their absence is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from studio_support import App, dataset_zip, slip_zip
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "shapes.jpg"
+T = 60_000  # ms
+
+
+def _need(ok: bool, reason: str):
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI must run the browser test: .ci/run installs it)")
+        pytest.skip(reason)
+
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover
+    sync_playwright = None
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    _need(sync_playwright is not None, "playwright is not installed (pip install -r requirements.txt)")
+    _need(CHROMIUM is not None, "chromium is not installed (apt-get install chromium)")
+    workdir = tmp_path_factory.mktemp("studio-browser")
+    app = App(workdir / "studio").start()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = browser.new_context(viewport={"width": 1360, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(T)
+        page.workdir = workdir
+        page.goto(app.url)
+        expect(page.locator("#task")).to_be_visible()
+        yield page
+        browser.close()
+    app.stop()
+
+
+def tab(page, name: str):
+    page.get_by_role("tab", name=re.compile(name)).click()
+
+
+def upload(page, elem_id: str, files):
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(files)
+
+
+def test_data_tab_refuses_a_bad_upload_then_takes_a_good_one(page, shots):
+    upload(page, "upload-zip", str(slip_zip(page.workdir / "slip.zip")))
+    page.locator("#check-data").click()
+    expect(page.locator("#data-msg")).to_contain_text("Cannot use this upload")
+    expect(page.locator("#data-msg")).to_contain_text("outside the dataset folder")
+    page.locator("#upload-zip").get_by_role("button", name=re.compile("Clear|Remove", re.I)).first.click()
+    upload(page, "upload-zip", str(dataset_zip(page.workdir, n=4, size=80)))
+    page.locator("#check-data").click()
+    expect(page.get_by_role("tab", name=re.compile("Train"))).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#dataset")).to_contain_text(".zip")
+
+
+def test_label_by_clicking(page, shots):
+    tab(page, "Data")
+    upload(page, "label-file", str(EXAMPLE))
+    view = page.locator("#label-view img")
+    expect(view).to_be_visible()
+    box = view.bounding_box()
+    before = view.get_attribute("src")
+    view.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
+    expect(view).not_to_have_attribute("src", before)  # SAM's proposal is drawn
+    page.locator("#save-pair").click()
+    expect(page.locator("#data-msg")).to_contain_text("Saved")
+    expect(page.locator("#label-gallery img").first).to_be_visible()
+    page.screenshot(path=str(shots / "studio-data.png"), full_page=True)
+
+
+def test_train_watch_and_reattach(page, shots):
+    tab(page, "Train")
+    page.locator("#steps input").fill("6")
+    page.locator("#steps input").press("Tab")
+    expect(page.locator("#method-info")).to_contain_text("adapter parameters")
+    page.screenshot(path=str(shots / "studio-train.png"), full_page=True)
+    page.locator("#train").click()
+    expect(page.get_by_role("tab", name=re.compile("Progress"))).to_have_attribute("aria-selected", "true")
+    status = page.locator("#job-status")
+    expect(status).to_contain_text("done", timeout=180_000)
+    expect(page.locator("#scores")).to_contain_text("adapted")
+    job = re.search(r"[?&]job=([A-Za-z0-9_-]+)", page.url).group(1)
+    page.screenshot(path=str(shots / "studio-progress.png"), full_page=True)
+    page.reload()  # a reload re-attaches by the job id kept in the URL and the browser
+    tab(page, "Progress")
+    expect(page.locator("#job-status")).to_contain_text(job)
+    expect(page.locator("#job-status")).to_contain_text("done")
+
+
+def test_preview_and_adapters(page, shots):
+    tab(page, "Preview")
+    upload(page, "predict-image", str(EXAMPLE))
+    view = page.locator("#predict-view img")
+    expect(view).to_be_visible()
+    box = view.bounding_box()
+    view.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
+    expect(page.locator("#clicks textarea, #clicks input").first).to_have_value(re.compile(r"\d+,\d+,1"))
+    expect(page.locator("#adapter input")).to_have_value(re.compile("job"))  # the finished job's adapter is chosen
+    page.locator("#predict").click()
+    expect(page.locator("#predict-info")).to_contain_text("resolution")
+    expect(page.locator("#predict-main img")).to_be_visible()
+    page.screenshot(path=str(shots / "studio-preview.png"), full_page=True)
+
+    tab(page, "Progress")
+    page.locator("#download").click()
+    link = page.locator("#download-file a").first
+    expect(link).to_be_visible()
+    with page.expect_download() as info:
+        link.click()
+    zip_path = page.workdir / "adapter.zip"
+    info.value.save_as(zip_path)
+    tab(page, "Adapters")
+    upload(page, "adapter-upload", str(zip_path))
+    page.locator("#load-adapter").click()
+    expect(page.locator("#adapter-msg")).to_contain_text("Loaded")
+    page.screenshot(path=str(shots / "studio-adapters.png"), full_page=True)
