@@ -19,7 +19,11 @@ RUN pip install -r requirements.txt
 
 COPY --chown=user . .
 USER user
-# Official checkpoints are cached in persistent storage when the Space has it (/data).
-ENV ADAPT_WEIGHTS_DIR=/home/user/app/weights
+# Jobs, uploads and adapters live in the studio folder; official checkpoints are cached beside
+# the bundled ones (bundled ones are always found in the image). With persistent storage (a Space's /data), both go there and survive restarts.
+ENV ADAPT_WEIGHTS_DIR=/home/user/app/weights \
+    ADAPT_STUDIO_DIR=/home/user/app/studio \
+    ADAPT_MAX_UPLOAD_MB=200 \
+    ADAPT_MAX_PIXELS=40000000
 EXPOSE 7860
-CMD ["sh", "-c", "if [ -d /data ] && [ -w /data ]; then export ADAPT_WEIGHTS_DIR=/data/weights ADAPT_JOBS_DIR=/data/jobs; fi; exec python -m app"]
+CMD ["sh", "-c", "if [ -d /data ] && [ -w /data ]; then export ADAPT_WEIGHTS_DIR=/data/weights ADAPT_STUDIO_DIR=/data/studio; fi; exec python -m app"]

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: install run test test-all selfcheck bench clean
+.PHONY: install run test test-all test-studio screenshots selfcheck bench clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the studio alone: job store, API against a launched app, and the page in headless chromium
+test-studio: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_app.py tests/test_studio_jobs.py tests/test_studio_api.py tests/test_browser_studio.py
+
+# screenshots of every tab for the README (docs/img/studio-*.png), taken by the browser test
+screenshots: $(STAMP)
+	OMP_NUM_THREADS=1 STUDIO_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/test_browser_studio.py
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
