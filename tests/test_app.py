@@ -13,8 +13,11 @@ def test_describe_method_refuses_wrong_family():
     assert info == {} and "cannot be used" in text
 
 
-def test_ui_builds():
+def test_ui_builds_with_named_api(tmp_path):
+    from app.config import Paths
+    from app.service import Studio
     from app.ui import build
 
-    demo = build()
-    assert demo is not None
+    demo = build(Studio(Paths(tmp_path / "studio")))
+    names = {d.api_name for d in demo.fns.values() if getattr(d, "api_visibility", "public") == "public"}
+    assert {"train", "status", "cancel", "predict", "download", "load_adapter", "check_data", "jobs"} <= names

@@ -1,0 +1,155 @@
+"""The studio's parts without a server: job store, progress reader, click labelling, upload checks."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from app.config import Paths
+from app.jobs import JobStore
+from app.progress import read_progress
+from app.service import Studio, UserError, check_owner, estimate_memory, parse_clicks
+from studio_support import OWNER, bad_uploads, dataset_zip, slip_zip
+
+
+@pytest.fixture
+def store(tmp_path):
+    return JobStore(tmp_path / "jobs.sqlite")
+
+
+def test_jobs_belong_to_their_owner_and_ids_are_unguessable(store):
+    a = store.submit("owner-a", {"x": 1}, "data.zip")
+    b = store.submit("owner-b", {"x": 2}, "data.zip")
+    assert len(a) >= 22 and a != b
+    assert store.get(a, "owner-a")["config"] == {"x": 1}
+    assert store.get(a, "owner-b") is None
+    assert [j["id"] for j in store.list("owner-a")] == [a]
+    assert store.cancel(a, "owner-b") is None and store.get(a, "owner-a")["status"] == "queued"
+
+
+def test_claims_are_atomic_across_workers(tmp_path):
+    path = tmp_path / "jobs.sqlite"
+    ids = {JobStore(path).submit("o", {}, "d") for _ in range(20)}
+    claimed, lock = [], threading.Lock()
+
+    def work(name):
+        store = JobStore(path)  # its own connections, as a separate process would have
+        while (job := store.claim(name, 0)) is not None:
+            with lock:
+                claimed.append(job["id"])
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids)  # every job exactly once
+
+
+def test_cancel_queued_at_once_running_by_flag(store):
+    queued = store.submit("o", {}, "d")
+    assert store.cancel(queued, "o") == "cancelled"
+    running = store.submit("o", {}, "d")
+    assert store.claim("w1", 1)["id"] == running
+    assert not store.beat(running, "w1")
+    assert store.cancel(running, "o") == "running"
+    assert store.beat(running, "w1")  # the worker sees the flag at its next beat
+    store.finish(running, "cancelled", worker="w1")
+    assert store.get(running, "o")["status"] == "cancelled"
+
+
+def test_only_the_holding_worker_finishes_and_restarts_requeue(store):
+    job = store.submit("o", {}, "d")
+    store.claim("old", 1)
+    assert store.requeue_interrupted() == [job]       # the app restarted
+    assert store.get(job, "o")["status"] == "queued"
+    store.claim("new", 2)
+    store.finish(job, "queued", worker="old")           # a stale worker changes nothing
+    assert store.get(job, "o")["status"] == "running"
+    assert store.fail_worker_jobs("new", "killed") == [job]
+    got = store.get(job, "o")
+    assert got["status"] == "failed" and got["error"] == "killed" and got["attempts"] == 2
+
+
+def test_progress_skips_a_half_written_line(tmp_path):
+    events = [{"type": "start", "time": 0, "train": 3, "heldout": 1, "device": "cpu", "counts": {"trainable": 5}},
+              {"type": "eval", "time": 0, "step": 0, "model": "frozen", "metrics": {"iou": 0.1, "dice": 0.2}},
+              {"type": "step", "time": 1, "step": 1, "loss": 0.5, "lr": 1e-3, "eta_s": 3.0}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"type": "st')
+    p = read_progress(tmp_path)
+    assert p.step == 1 and p.last_loss == 0.5 and p.eta_s == 3.0 and p.frozen["iou"] == 0.1
+    curves = p.curves()
+    assert curves["loss"] == [{"step": 1, "loss": 0.5}] and len(curves["metric"]) == 2
+    assert read_progress(tmp_path / "missing").step == 0
+
+
+def test_owner_tokens_and_clicks_are_checked():
+    assert check_owner(OWNER) == OWNER
+    for bad in ("", None, "short", "x" * 20 + "/../"):
+        with pytest.raises(UserError):
+            check_owner(bad)
+    coords, labels = parse_clicks("10,20,1; 30.5,40,0")
+    assert coords.tolist() == [[10, 20], [30.5, 40]] and labels.tolist() == [1, 0]
+    assert parse_clicks(" ") is None
+    with pytest.raises(UserError):
+        parse_clicks("1,2,3,4")
+
+
+def test_memory_estimate_names_the_device():
+    text = estimate_memory("sam-vit-b", "parser", 2)
+    assert "Estimated" in text and ("MB" in text or "GB" in text)
+
+
+def test_uploads_are_checked_before_anything_is_kept(tmp_path):
+    studio = Studio(Paths(tmp_path / "studio"))
+    for name, (images, masks, words) in bad_uploads(tmp_path / "bad").items():
+        with pytest.raises(UserError, match=words):
+            studio.stage_upload(OWNER, "dichotomous", images=[str(p) for p in images], masks=[str(p) for p in masks])
+    with pytest.raises(UserError, match="outside the dataset folder"):
+        studio.stage_upload(OWNER, "dichotomous", zip_file=str(slip_zip(tmp_path / "slip.zip")))
+    assert not list((studio.paths.uploads / OWNER).glob("*.zip"))  # nothing half-kept
+    dest, summary = studio.stage_upload(OWNER, "dichotomous", zip_file=str(dataset_zip(tmp_path, n=3, size=64)))
+    assert dest.exists() and "3 image/mask pairs" in summary
+    with pytest.raises(UserError, match="not a backbone"):
+        studio.submit(OWNER, str(dest), "dichotomous", "tiny-clip", "parser", 5, 1e-3, 1e-4)
+    with pytest.raises(UserError, match="steps"):
+        studio.submit(OWNER, str(dest), "dichotomous", "tiny-sam", "parser", 10**9, 1e-3, 1e-4)
+    assert studio.store.list(OWNER) == []
+
+
+def test_click_labelling_makes_a_valid_dataset(tmp_path, monkeypatch):
+    from adapt.data import load_dataset
+    from app import labelling
+
+    image = np.zeros((400, 1000, 3), np.uint8)
+    state = labelling.new_state(image, "photo one.jpg")
+    assert state["scale"] == pytest.approx(labelling.DISPLAY / 1000)
+    labelling.click(state, 100, 50, "foreground point")
+    assert state["points"] == [[pytest.approx(100 / state["scale"]), pytest.approx(50 / state["scale"]), 1]]
+    labelling.click(state, 10, 10, "box (two clicks)")
+    labelling.click(state, 200, 100, "box (two clicks)")
+    assert state["box"][2] == pytest.approx(200 / state["scale"])
+    state["proposal"] = np.zeros((400, 1000), bool)
+    state["proposal"][100:200, 100:300] = True
+    labelling.add_region(state, 2)
+    assert state["labels"].max() == 2 and state["points"] == [] and state["proposal"] is None
+    layer = np.zeros((307, 768, 4), np.uint8)
+    layer[:, :20] = (255, 0, 0, 255)     # red: erase
+    layer[:20, 700:] = (0, 255, 0, 255)  # green: paint
+    labelling.apply_brush(state, layer, 1)
+    assert (state["labels"][:, :20] == 0).all() and (state["labels"][:10, 950:] == 1).all()
+    assert labelling.render(state, 3).shape[1] == labelling.DISPLAY
+
+    folder = tmp_path / "set"
+    for name in ("a.png", "a.png"):
+        state = labelling.new_state(np.full((64, 80, 3), 90, np.uint8), name)
+        state["labels"][10:30, 10:30] = 1
+        labelling.save_pair(state, folder, "dichotomous", ["background", "foreground"])
+    dataset = load_dataset(folder, task="dichotomous")
+    assert dataset.stems == ["a", "a_2"] and dataset[0].mask.max() == 1
+    assert len(labelling.gallery(folder, "dichotomous")) == 2
+    with pytest.raises(ValueError, match="nothing is labelled"):
+        labelling.save_pair(labelling.new_state(np.zeros((8, 8, 3), np.uint8), "b"), folder, "dichotomous", [])
