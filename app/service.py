@@ -505,8 +505,10 @@ def describe_adapter(cfg: dict, n_tensors: int | None = None) -> str:
     metrics = cfg.get("metrics") or {}
     text = (f"`{cfg['method']}` adapter on `{cfg['base_model']['name']}` for {cfg.get('task') or 'an unknown task'}"
             f" ({counts.get('adapter', 0):,} adapter parameters)")
-    if "adapted_iou" in metrics and "frozen_iou" in metrics:
-        text += f"; held-out IoU {metrics['frozen_iou']:.3f} frozen -> {metrics['adapted_iou']:.3f} adapted"
+    for key, name in (("iou", "IoU"), ("miou", "mIoU")):
+        if f"adapted_{key}" in metrics and f"frozen_{key}" in metrics:
+            text += (f"; held-out {name} {metrics[f'frozen_{key}']:.3f} frozen -> "
+                     f"{metrics[f'adapted_{key}']:.3f} adapted")
     return text
 
 

@@ -126,6 +126,20 @@ def test_bad_uploads_get_clear_messages(client, data, workdir):
     assert dataset and "ready to train" in message
 
 
+def test_open_vocabulary_train_and_predict_label_map(client, workdir):
+    data = dataset_zip(workdir, n=4, size=96, task="openvocab")
+    job = train(client, data, steps=4, task="openvocab", backbone="tiny-clip", method="hclip")
+    s = wait_finished(client, job)
+    assert s["status"] == "done", s
+    assert "miou" in s["frozen"] and "miou" in s["adapted"]
+    main, legend, overlay, info = client.predict(OWNER, handle_file(str(EXAMPLE)), job, "tiny-clip", "openvocab",
+                                                 "circle, square, heart", "", api_name="/predict")
+    width, height = Image.open(EXAMPLE).size
+    assert np.asarray(Image.open(main)).shape == (height, width, 3)       # colour label map, full resolution
+    assert np.asarray(Image.open(legend)).shape[1] > 100                  # the legend
+    assert "hclip" in info
+
+
 def test_worker_killed_mid_job_marks_it_failed_and_the_app_goes_on(app, client, data):
     job = train(client, data, steps=5000)
     wait_for(lambda: status(client, job)["step"] >= 1, 120, what="the first step")
@@ -153,3 +167,4 @@ def test_restart_resumes_interrupted_and_queued_jobs(app, client, data):
     assert resumed and resumed[0]["step"] >= 10  # from its last checkpoint, not from the start
     steps = [e["step"] for e in events if e["type"] == "step"]
     assert steps[-1] == 40
+
