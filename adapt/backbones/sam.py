@@ -85,21 +85,27 @@ def build(name: str, checkpoint=None) -> Backbone:
 
 def sam_mask_logits(sam: Sam, images: torch.Tensor, boxes: torch.Tensor | None = None,
                     points: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    multimask: bool = False) -> torch.Tensor:
+                    multimask: bool = False, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Low-resolution mask logits (B, 1 or 3, h, w) for preprocessed images and one prompt each.
 
     `images` are normalised and padded to the encoder size (Sam.preprocess); boxes are (B, 4) xyxy
     in that frame; points are (coords (B, N, 2), labels (B, N)). With neither, the whole image is
-    the box (the prompt-free mode).
+    the box (the prompt-free mode). masks: optional (B, 1, 4h, 4w) low-resolution logits of an
+    earlier prediction (SAM's mask_input).
     """
-    return sam_decode(sam, sam.image_encoder(images), boxes=boxes, points=points, multimask=multimask)
+    return sam_decode(sam, sam.image_encoder(images), boxes=boxes, points=points, multimask=multimask,
+                      masks=masks)
 
 
 def sam_decode(sam: Sam, embeddings: torch.Tensor, boxes: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None,
-               multimask: bool = False) -> torch.Tensor:
+               multimask: bool = False, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Prompt encoder + mask decoder on image embeddings already computed (B, C, h, w): the cheap
-    part of SAM, what an interactive click costs once the embedding is cached."""
+    part of SAM, what an interactive click costs once the embedding is cached.
+
+    masks: (B, 1, 4h, 4w) low-resolution logits of an earlier prediction, SAM's mask_input (the
+    decoder's own output size); only meaningful for a prompt encoder trained with mask inputs.
+    """
     if boxes is None and points is None:
         size = sam.image_encoder.img_size
         boxes = embeddings.new_tensor([0.0, 0.0, size - 1.0, size - 1.0]).expand(embeddings.shape[0], 4)
@@ -109,7 +115,7 @@ def sam_decode(sam: Sam, embeddings: torch.Tensor, boxes: torch.Tensor | None = 
         sparse, dense = sam.prompt_encoder(
             points=None if points is None else (points[0][i : i + 1], points[1][i : i + 1]),
             boxes=None if boxes is None else boxes[i : i + 1],
-            masks=None,
+            masks=None if masks is None else masks[i : i + 1],
         )
         logits, _ = sam.mask_decoder(
             image_embeddings=embeddings[i : i + 1],
