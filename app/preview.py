@@ -45,6 +45,13 @@ def truth_overlay(task: str, image: np.ndarray, mask: np.ndarray, n_classes: int
     return overlay(image, mask > 0)
 
 
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    """Images one above the other on white, 6 px apart."""
+    width = max(im.shape[1] for im in images)
+    padded = [np.pad(im[..., :3], ((0, 6), (0, width - im.shape[1]), (0, 0)), constant_values=255) for im in images]
+    return np.concatenate(padded, axis=0)[:-6]
+
+
 class Previewer:
     def __init__(self, cfg, samples, classes: list[str]):
         self.cfg, self.classes = cfg, list(classes)
@@ -73,15 +80,16 @@ class Previewer:
 
         if not self.samples:
             return None
-        rows = []
+        rows, predictions = [], []
         for s in self.samples:
             image, mask = s.image, s.mask
             outputs = task.predict_outputs(image, **request_for(self.cfg.task, mask, self.classes))
+            predictions.append(_fit(outputs["overlay"]))
             rows.append(side_by_side(_fit(truth_overlay(self.cfg.task, image, mask, len(self.classes))),
-                                     _fit(outputs["overlay"])))
-        width = max(r.shape[1] for r in rows)
-        rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-        return save_png(np.concatenate(rows, axis=0), path)
+                                     predictions[-1]))
+        # <name>_pred.png: the predictions alone, for the before/after slider
+        save_png(_stack(predictions), path.with_name(f"{path.stem}_pred.png"))
+        return save_png(_stack(rows), path)
 
     def render_frozen(self, path: Path) -> Path | None:
         task, _ = self._build()

@@ -26,8 +26,8 @@ class Progress:
     def curves(self) -> dict:
         """Rows for the loss and held-out metric plots."""
         loss = [{"step": s, "loss": v} for s, v in self.steps]
-        metric = [{"step": s, "value": float(m[k]), "metric": f"{k} ({model})"}
-                  for s, model, m in self.evals for k in ("iou", "dice", "miou", "accuracy")
+        metric = [{"step": s, "score": float(m[k]), "series": f"{k} {model}"}
+                  for s, model, m in self.evals for k in ("iou", "dice", "miou", "pixel_acc")
                   if isinstance(m.get(k), (int, float))]
         return {"loss": loss, "metric": metric}
 

@@ -36,6 +36,10 @@ URL_JS = """(job) => { const u = new URL(window.location.href);
   if (job) { u.searchParams.set('job', job); } else { u.searchParams.delete('job'); }
   window.history.replaceState(null, '', u); return job; }"""
 CSS = ".studio-msg p {margin: 0.2em 0}"
+# fixed up front: a plot first drawn with no data would otherwise keep an empty colour legend
+SERIES_COLORS = {f"{k} {m}": c for k, pair in {"iou": ("#1f77b4", "#9ecae1"), "dice": ("#ff7f0e", "#fdd0a2"),
+                                              "miou": ("#2ca02c", "#a1d99b"), "pixel_acc": ("#9467bd", "#dadaeb")}.items()
+                 for m, c in zip(("adapted", "frozen"), pair)}
 
 
 def user_errors(fn):
@@ -107,7 +111,7 @@ def build(studio: Studio | None = None) -> gr.Blocks:
 
         demo.load(on_load, [saved_owner, saved_job], [owner, saved_owner, train["job"]],
                   api_visibility="private").then(
-            lambda o, j: (_job_choices(studio, o),) + adapters["lists"](o, j), [owner, train["job"]],
+            lambda o, j: (_job_choices(studio, o, j),) + adapters["lists"](o, j), [owner, train["job"]],
             [progress["jobs"], adapters["chosen"], preview["adapter"]], api_visibility="private")
         train["job"].change(lambda j: j, train["job"], saved_job, api_visibility="private")
         train["job"].change(None, train["job"], None, js=URL_JS, api_visibility="private")
@@ -134,14 +138,14 @@ def _on_task(task: str):
             gr.Dropdown(choices=names, value=names[0]))
 
 
-def _job_choices(studio: Studio, owner: str):
+def _job_choices(studio: Studio, owner: str, current: str = ""):
     try:
         jobs = studio.jobs(owner)
     except UserError:
         jobs = []
     choices = [(f"{time.strftime('%m-%d %H:%M', time.localtime(j['created']))} {j['method']} on {j['backbone']}: "
                 f"{j['status']}", j["job"]) for j in jobs]
-    return gr.Dropdown(choices=choices, value=None)
+    return gr.Dropdown(choices=choices, value=current if current in [j["job"] for j in jobs] else None)
 
 
 def _adapter_choices(studio: Studio, owner: str, value: str = ""):
@@ -400,10 +404,11 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
         status_md = gr.Markdown("No job yet: start one in the Train tab.", elem_id="job-status")
         with gr.Row():
             loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-plot")
-            metric_plot = gr.LinePlot(x="step", y="value", color="metric", title="Held-out metrics", height=260)
+            metric_plot = gr.LinePlot(x="step", y="score", color="series", title="Held-out metrics", height=260,
+                                      color_map=SERIES_COLORS, elem_id="metric-plot")
         with gr.Row():
             preview = gr.Image(label="Held-out images: truth | prediction (refreshes as training goes)",
-                               interactive=False, format="png", elem_id="preview")
+                               interactive=False, format="png", height=360, elem_id="preview")
             slider = gr.ImageSlider(label="Before (frozen) / after (adapted)", format="png", elem_id="before-after")
         scores = gr.Markdown(elem_id="scores")
         log = gr.Textbox(label="Log", lines=8, max_lines=12, elem_id="log")
@@ -416,29 +421,32 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
 
     def refresh(o, job_id, last):
         if not job_id or not _valid(o or ""):
-            return (None,) + (gr.skip(),) * 9
+            return (None,) + (gr.skip(),) * 10
         try:
             s = studio.status(o, job_id)
         except UserError as e:
-            return (None, f"**{e}**") + (gr.skip(),) * 8
+            return (None, f"**{e}**") + (gr.skip(),) * 9
         folder = studio.paths.job_dir(s["job"])
         p = read_progress(folder)
         files = tuple((folder / n).stat().st_mtime_ns if (folder / n).exists() else 0
                       for n in ("preview.png", "before.png", "after.png"))
         signature = (s["job"], s["status"], s["error"], p.signature, files)
         if signature == last:
-            return (last,) + (gr.skip(),) * 9
+            return (last,) + (gr.skip(),) * 10
         curves = p.curves()
-        # explicit dtypes: an empty frame would otherwise make the plot's axes categorical
+        # explicit dtypes, so that the axes are quantitative
         loss_df = pd.DataFrame(curves["loss"], columns=["step", "loss"]).astype({"step": int, "loss": float})
-        metric_df = pd.DataFrame(curves["metric"], columns=["step", "value", "metric"]).astype(
-            {"step": int, "value": float, "metric": str})
-        before, after = read_rgb(folder / "before.png"), read_rgb(folder / "after.png")
-        shown = read_rgb(folder / "after.png") if after is not None else read_rgb(folder / "preview.png")
-        return (signature, _status_text(s), loss_df, metric_df, shown if shown is not None else before,
+        metric_df = pd.DataFrame(curves["metric"], columns=["step", "score", "series"]).astype(
+            {"step": int, "score": float, "series": str})
+        shown = next((im for im in map(read_rgb, (folder / n for n in ("after.png", "preview.png", "before.png")))
+                      if im is not None), None)
+        before, after = read_rgb(folder / "before_pred.png"), read_rgb(folder / "after_pred.png")
+        # no rows: None, not an empty frame (gradio's plot never recovers from an empty one)
+        return (signature, _status_text(s), loss_df if len(loss_df) else None, metric_df if len(metric_df) else None, shown,
                 (before, after) if before is not None and after is not None else None,
                 _scores(s["frozen"], s["adapted"]), "\n".join(p.log), s["job"],
-                _adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip())
+                _adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
+                _job_choices(studio, o, s["job"]))
 
     @user_errors
     def do_cancel(owner, job):
@@ -450,12 +458,12 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
             return outbox(studio.merged_checkpoint(owner, job), f"merged-{job[:8]}.safetensors")
         return outbox(studio.adapter_zip(owner, job), f"adapter-{job[:8]}.zip")
 
-    outputs = [seen, status_md, loss_plot, metric_plot, preview, slider, scores, log, job_view, adapter_choice]
+    outputs = [seen, status_md, loss_plot, metric_plot, preview, slider, scores, log, job_view, adapter_choice, jobs]
     timer.tick(refresh, [owner, job, seen], outputs, api_visibility="private", show_progress="hidden")
     job.change(refresh, [owner, job, gr.State(None)], outputs, api_visibility="private")
     jobs.input(lambda j: j, jobs, job, api_visibility="private")
     job_view.submit(lambda j: j.strip(), job_view, job, api_visibility="private")
-    job.change(lambda o: _job_choices(studio, o), owner, jobs, api_visibility="private")
+    job.change(lambda o, j: _job_choices(studio, o, j), [owner, job], jobs, api_visibility="private")
     cancel.click(do_cancel, [owner, job_view], status_md, api_name="cancel")
     get.click(download, [owner, job_view, merged], out_file, api_name="download")
     return {"jobs": jobs}

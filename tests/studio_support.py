@@ -79,11 +79,13 @@ class App:
             return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
 
-def dataset_zip(folder: Path, n: int = 4, size: int = 80, task: str = "dichotomous", seed: int = 1) -> Path:
+def dataset_zip(folder: Path, n: int = 4, size: int = 80, task: str = "dichotomous", seed: int = 1,
+                domain: str | None = None) -> Path:
     from adapt.data.synthetic import make_dataset, write_folder
 
-    data = write_folder(make_dataset("camouflage" if task == "dichotomous" else "source", n=n, size=size, seed=seed),
-                        folder / f"data-{task}-{n}-{size}", task=task)
+    domain = domain or ("camouflage" if task == "dichotomous" else "source")
+    data = write_folder(make_dataset(domain, n=n, size=size, seed=seed), folder / f"data-{task}-{domain}-{n}-{size}",
+                        task=task)
     return zip_tree(data, folder / f"{data.name}.zip")
 
 

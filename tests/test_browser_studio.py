@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from studio_support import App, dataset_zip, slip_zip
+from studio_support import App, bad_uploads, dataset_zip, slip_zip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -61,6 +61,8 @@ def page(tmp_path_factory):
         page.workdir = workdir
         page.goto(app.url)
         expect(page.locator("#task")).to_be_visible()
+        # the page has made this browser's owner token (kept in localStorage) before anything is clicked
+        page.wait_for_function("() => !!window.localStorage.getItem('adapt-studio-owner')")
         yield page
         browser.close()
     app.stop()
@@ -80,7 +82,15 @@ def test_data_tab_refuses_a_bad_upload_then_takes_a_good_one(page, shots):
     expect(page.locator("#data-msg")).to_contain_text("Cannot use this upload")
     expect(page.locator("#data-msg")).to_contain_text("outside the dataset folder")
     page.locator("#upload-zip").get_by_role("button", name=re.compile("Clear|Remove", re.I)).first.click()
-    upload(page, "upload-zip", str(dataset_zip(page.workdir, n=4, size=80)))
+    for name, (images, masks, words) in bad_uploads(page.workdir / "bad").items():
+        upload(page, "upload-images", [str(p) for p in images])
+        upload(page, "upload-masks", [str(p) for p in masks])
+        page.locator("#check-data").click()
+        expect(page.locator("#data-msg")).to_contain_text(words)
+        expect(page.locator("#data-msg")).to_contain_text("Cannot use this upload")
+        for elem in ("upload-images", "upload-masks"):
+            page.locator(f"#{elem}").get_by_role("button", name=re.compile("Clear|Remove", re.I)).first.click()
+    upload(page, "upload-zip", str(dataset_zip(page.workdir, n=6, size=128, domain="source")))
     page.locator("#check-data").click()
     expect(page.get_by_role("tab", name=re.compile("Train"))).to_have_attribute("aria-selected", "true")
     expect(page.locator("#dataset")).to_contain_text(".zip")
@@ -122,6 +132,9 @@ def test_train_watch_and_reattach(page, shots):
 
 def test_preview_and_adapters(page, shots):
     tab(page, "Preview")
+    upload(page, "predict-image", str(page.workdir / "bad" / "huge" / "a.png"))  # 20000 x 20000
+    expect(page.get_by_text(re.compile("too large")).first).to_be_visible()
+    page.locator("#predict-image").get_by_role("button", name=re.compile("Clear|Remove", re.I)).first.click()
     upload(page, "predict-image", str(EXAMPLE))
     view = page.locator("#predict-view img")
     expect(view).to_be_visible()

@@ -82,7 +82,7 @@ def test_progress_skips_a_half_written_line(tmp_path):
     p = read_progress(tmp_path)
     assert p.step == 1 and p.last_loss == 0.5 and p.eta_s == 3.0 and p.frozen["iou"] == 0.1
     curves = p.curves()
-    assert curves["loss"] == [{"step": 1, "loss": 0.5}] and len(curves["metric"]) == 2
+    assert curves["loss"] == [{"step": 1, "loss": 0.5}] and len(curves["metric"]) == 2 and curves["metric"][0]["score"] == 0.1
     assert read_progress(tmp_path / "missing").step == 0
 
 
