@@ -199,7 +199,7 @@ def _data_tab(studio: Studio, owner, task) -> dict:
                         brush_open = gr.Button("Edit the current image with the brush", size="sm")
                         brush_apply = gr.Button("Apply brush", size="sm")
         data_msg = gr.Markdown(elem_id="data-msg", elem_classes="studio-msg")
-        lab_gallery = gr.Gallery(label="Labelled set", columns=8, height="auto", allow_preview=False,
+        lab_gallery = gr.Gallery(label="Labelled set", columns=8, height=220, allow_preview=False, fit_columns=False,
                                  object_fit="contain", elem_id="label-gallery")
         with gr.Row():
             use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
