@@ -6,7 +6,8 @@ structures. The refinement here runs the model again on crops of the source imag
 resolution, only where the coarse map is uncertain, and blends the crops back without seams:
 
 1. ``plan_crops``: the uncertain band (coarse probability strictly between ``low`` and ``high``,
-   grown by ``margin`` source pixels) is found on a reduced copy of the map; crops of side ``side``
+   and the 0.5 contour, grown by ``margin`` source pixels; a confident interior stays out of it, as a
+   crop inside a uniform region has no context to tell foreground from background) is found on a reduced copy of the map; crops of side ``side``
    sit on a regular grid with at least 50% overlap; every grid crop touching the band is chosen.
    If more than ``max_crops`` would be chosen, the crops grow (x1.25) until they fit: the cost is
    bounded, the zoom is what the budget allows.
@@ -14,7 +15,9 @@ resolution, only where the coarse map is uncertain, and blends the crops back wi
    ``predict(boxes) -> [prob]`` (so the blending is testable without a model), and accumulated with
    raised-cosine weights that fall to zero at crop edges inside the image (not at the image's own
    border, where there is no neighbour to hand over to). Where crops overlap at 50%, the weights
-   sum to one; the blend is the weighted mean.
+   sum to one; the blend is the weighted mean. A crop whose gross shape contradicts the coarse map
+   (``crop_trust``: a crop sees less context and can lose the object) is weighed down to nothing;
+   the coarse map then stays, reached smoothly like any other uncovered place.
 3. The refined map replaces the coarse one through a transition weight that is the product of the
    crop coverage (the weight sum, saturating) and a feathered band mask, both continuous, so the
    result has no step at crop borders nor at the edge of the refined band.
@@ -45,12 +48,13 @@ class RefineConfig:
     zoom: float = 4.0          # crops see the source this many times finer than the global pass...
     min_side: int = 0          # ...but a crop is never smaller than this (the model's input size)
     overlap: float = 0.5       # at least this fraction of a crop is shared with its grid neighbour
-    low: float = 0.05          # the band: coarse probability in (low, high) ...
-    high: float = 0.95
+    low: float = 0.2           # the band: coarse probability in (low, high) or on the 0.5 contour ...
+    high: float = 0.8
     margin: int = 0            # ... grown by this many source pixels (0: a quarter of a crop)
     max_crops: int = 32        # crops grow until no more than this many are needed
     batch: int = 4             # crops predicted (and held in memory) at once
     band_only: bool = True     # False: crops replace the coarse map wherever they cover it
+    trust: bool = True         # weigh each crop by how well its coarse shape agrees (crop_trust)
 
 
 @dataclass
@@ -106,6 +110,9 @@ def uncertain_band(coarse: np.ndarray, low: float, high: float, margin: float) -
     """The uncertain band on a reduced grid (bool) and the reduction factor (source px per cell)."""
     small, f = _reduced(coarse)
     band = (small > low) & (small < high)
+    fg = small > 0.5  # the 0.5 contour itself, however sharp the map is there
+    band[:, 1:] |= fg[:, 1:] != fg[:, :-1]
+    band[1:, :] |= fg[1:, :] != fg[:-1, :]
     if band.any() and not band.all():  # grow by `margin`: within that distance of a band cell
         band = cv2.distanceTransform((~band).astype(np.uint8), cv2.DIST_L2, 5) <= max(1.0, margin / f)
     return band, f
@@ -174,6 +181,22 @@ class BandFeather:
                          interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def crop_trust(prob: np.ndarray, coarse: np.ndarray, cells: int = 16) -> float:
+    """How far a crop's prediction may be trusted, in [0, 1]: refinement should change details,
+    not the shape. Both maps are area-averaged to `cells` x `cells` and thresholded, which removes
+    fine structure (hairs, thin lines) and keeps the gross shape; an IoU of the two shapes of 0.7 or
+    more gives full trust, 0.3 or less none. Where neither has much foreground (under 3% of the
+    cells) there is no shape to disagree about: full trust."""
+    size = (min(cells, prob.shape[1]), min(cells, prob.shape[0]))
+    a = cv2.resize(np.asarray(prob, np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    b = cv2.resize(np.asarray(coarse, np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    union = np.count_nonzero(a | b)
+    if union < 0.03 * a.size:
+        return 1.0
+    iou = np.count_nonzero(a & b) / union
+    return float(_smoothstep(np.asarray((iou - 0.3) / 0.4)))
+
+
 def refine(coarse: np.ndarray, predict: Callable[[Sequence[Box]], Sequence[np.ndarray]], model_size: int,
            cfg: RefineConfig | None = None, plan: CropPlan | None = None,
            inplace: bool = False) -> tuple[np.ndarray, CropPlan]:
@@ -228,6 +251,8 @@ def refine(coarse: np.ndarray, predict: Callable[[Sequence[Box]], Sequence[np.nd
             if np.shape(prob) != (y1 - y0, x1 - x0):
                 raise ValueError(f"crop {box}: predicted {np.shape(prob)}, expected {(y1 - y0, x1 - x0)}")
             w = crop_window(box, coarse.shape)
+            if cfg.trust:
+                w *= crop_trust(prob, coarse[y0:y1, x0:x1])
             num[y0 - top : y1 - top, x0 - rx0 : x1 - rx0] += w * prob
             den[y0 - top : y1 - top, x0 - rx0 : x1 - rx0] += w
         del probs

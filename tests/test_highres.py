@@ -41,7 +41,8 @@ def test_smooth_crops_come_back_without_a_step_at_crop_borders():
             out.append(smooth(yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]) + biases[(y0, x0, y1, x1)])
         return out
 
-    out, plan = refine(coarse, predict, 256)
+    blend_only = RefineConfig(trust=False)  # the blending alone (crop_trust has its own test)
+    out, plan = refine(coarse, predict, 256, blend_only)
     assert len(plan.boxes) == plan.grid > 4  # every crop chosen: the whole map is uncertain
     spread = max(biases.values()) - min(biases.values())
     assert spread > 0.05  # pasting the crops side by side would leave steps this tall
@@ -54,14 +55,15 @@ def test_smooth_crops_come_back_without_a_step_at_crop_borders():
             if 0 < y < H:
                 assert np.abs(out[y, x0:x1] - out[y - 1, x0:x1]).max() < max_step(truth) + 0.003
 
-    exact, _ = refine(coarse, lambda boxes: [smooth(yy[a:c, b:d], xx[a:c, b:d]) for a, b, c, d in boxes], 256)
+    exact, _ = refine(coarse, lambda boxes: [smooth(yy[a:c, b:d], xx[a:c, b:d]) for a, b, c, d in boxes], 256,
+                      blend_only)
     np.testing.assert_allclose(exact, truth, atol=1e-5)  # crops that agree are reproduced exactly
 
 
 def test_refined_band_fades_into_the_coarse_map():
     coarse = soft_disk(900, 1100, r=300, width=25)
     out, plan = refine(coarse, lambda boxes: [np.full((c - a, d - b), 0.3, np.float32) for a, b, c, d in boxes],
-                       256, RefineConfig(zoom=4))
+                       256, RefineConfig(zoom=4, trust=False))
     assert plan.boxes and 0 < plan.band_fraction < 1
     assert out[450, 550] == pytest.approx(coarse[450, 550])  # the confident centre keeps the coarse value
     assert out[0, 0] == pytest.approx(coarse[0, 0])
@@ -74,7 +76,7 @@ def test_refined_band_fades_into_the_coarse_map():
 def test_band_only_false_trusts_crops_everywhere_they_cover():
     coarse = soft_disk(700, 700, r=200, width=400)  # uncertain everywhere
     out, plan = refine(coarse, lambda boxes: [np.full((c - a, d - b), 0.3, np.float32) for a, b, c, d in boxes],
-                       256, RefineConfig(zoom=4, band_only=False))
+                       256, RefineConfig(zoom=4, band_only=False, trust=False))
     assert len(plan.boxes) == plan.grid
     np.testing.assert_allclose(out, 0.3, atol=1e-5)
 
@@ -101,6 +103,30 @@ def test_a_tight_budget_grows_the_crops():
     free = plan_crops(coarse, 256, RefineConfig(max_crops=1000))
     tight = plan_crops(coarse, 256, RefineConfig(max_crops=8))
     assert len(tight.boxes) <= 8 < len(free.boxes) and tight.side > free.side
+
+
+def test_crops_that_lose_the_shape_are_not_trusted():
+    coarse = soft_disk(1000, 1000, r=300, width=8)
+    lost, plan = refine(coarse, lambda boxes: [np.zeros((c - a, d - b), np.float32) for a, b, c, d in boxes], 256)
+    assert plan.boxes
+    np.testing.assert_allclose(lost, coarse, atol=1e-6)  # every crop contradicts the coarse shape
+
+    def hairs(boxes):  # the coarse shape, sharpened, plus 2-px lines the coarse map never saw
+        out = []
+        for a, b, c, d in boxes:
+            p = (coarse[a:c, b:d] > 0.5).astype(np.float32)
+            p[::40, :] = np.maximum(p[::40, :], 1.0)
+            p[1::40, :] = np.maximum(p[1::40, :], 1.0)
+            out.append(p)
+        return out
+
+    detailed, _ = refine(coarse, hairs, 256)
+    rows = np.zeros((1000, 1000), bool)
+    rows[::40] = True
+    rows[1::40] = True
+    assert ((detailed > 0.5) == (coarse > 0.5))[~rows].mean() > 0.999  # the shape kept...
+    ring = np.abs(np.hypot(np.arange(1000)[:, None] - 500, np.arange(1000)[None] - 500) - 330) < 10
+    assert (detailed[ring & rows] > 0.5).mean() > 0.9  # ...and the hairs near it added
 
 
 def test_nothing_to_refine():

@@ -6,8 +6,15 @@ upsampled to the padded frame, the padding is cropped and the result resized to 
 
 Training prompts: the ground-truth box with each side moved by U[0, jitter) px (jitter given at
 SAM's 1024-px scale and rescaled to the encoder size), points sampled inside the mask, the whole
-image as the box (the prompt-free mode), or a mix. Evaluation uses the exact box (no jitter), or
-the whole image in the prompt-free mode. Loss: BCE + soft Dice on the upsampled logits, padding
+image as the box (the prompt-free mode), a mix of these, or "clicks": the prompt-free mode where
+half the time one to three clicks (foreground inside the mask, background outside) come with the
+whole-image box, so that clicks can correct a prompt-free mask. Evaluation uses the exact box (no
+jitter), or the whole image in the prompt-free modes.
+
+Prediction at full resolution (``predict`` / ``predict_outputs``): one global pass at the encoder
+size, then, for images larger than that, the uncertain band of the result is refined with
+overlapping crops at a higher resolution (adapt.highres), each crop prompted with the box of the
+coarse mask inside it (or the whole crop where it has none) and the clicks that fall inside it. Loss: BCE + soft Dice on the upsampled logits, padding
 excluded (soft Dice: the official remote-sensing script's thresholded Dice has no gradient).
 """
 
@@ -21,8 +28,9 @@ import torch
 from torch.nn import functional as F
 
 from adapt.backbones.sam import sam_decode, sam_mask_logits
+from adapt.highres import Box, CropPlan, RefineConfig, refine as refine_crops
 
-PROMPTS = ("box", "points", "none", "mixed")
+PROMPTS = ("box", "points", "none", "mixed", "clicks")
 
 
 @dataclass
@@ -80,6 +88,8 @@ class DichotomousTask:
     def sample_prompt(self, prepared: Prepared, rng: np.random.Generator, mode: str) -> dict:
         if mode == "mixed":
             mode = ("box", "points", "none")[rng.integers(3)]
+        if mode == "clicks":
+            return self._sample_clicks(prepared, rng)
         if mode == "none" or not bool((prepared.mask > 0).any()):  # an augmentation may crop the object away
             return {"box": self.whole_image_box(prepared)}
         if mode == "box":
@@ -92,8 +102,26 @@ class DichotomousTask:
         coords = torch.stack([xs[idx], ys[idx]], dim=1).float()
         return {"points": (coords, torch.ones(self.num_points, dtype=torch.long))}
 
+    def _sample_clicks(self, prepared: Prepared, rng: np.random.Generator) -> dict:
+        """The whole-image box, and half the time 1-3 clicks: each foreground (a pixel of the mask)
+        or background (a valid pixel outside it) with equal odds, as a user correcting a mask would."""
+        prompt = {"box": self.whole_image_box(prepared)}
+        if rng.random() < 0.5:
+            return prompt
+        inside = torch.nonzero(prepared.mask > 0)
+        outside = torch.nonzero((prepared.mask == 0) & prepared.valid)
+        coords, labels = [], []
+        for _ in range(int(rng.integers(1, 4))):
+            positive = bool(rng.random() < 0.5) if len(inside) and len(outside) else bool(len(inside))
+            pool = inside if positive else outside
+            y, x = pool[int(rng.integers(len(pool)))].tolist()
+            coords.append([float(x), float(y)])
+            labels.append(int(positive))
+        prompt["points"] = (torch.tensor(coords), torch.tensor(labels, dtype=torch.long))
+        return prompt
+
     def eval_prompt(self, prepared: Prepared) -> dict:
-        if self.prompt == "none":
+        if self.prompt in ("none", "clicks"):
             return {"box": self.whole_image_box(prepared)}
         if self.prompt == "points":
             return self.sample_prompt(prepared, np.random.default_rng(0), "points")
@@ -104,7 +132,7 @@ class DichotomousTask:
         """(B, S, S) logits in the padded input frame."""
         images = torch.stack([p.image for p in prepared]).to(device)
         sam = self.backbone.model
-        if all("box" in p for p in prompts):
+        if all(set(p) == {"box"} for p in prompts):
             low = sam_mask_logits(sam, images, boxes=torch.stack([p["box"] for p in prompts]).to(device))
         else:  # one prompt kind per call: group by kind
             low = torch.cat([sam_mask_logits(sam, images[i : i + 1], **self._prompt_kwargs(p, device))
@@ -123,26 +151,45 @@ class DichotomousTask:
         if "points" in prompt:
             coords, labels = prompt["points"]
             kwargs["points"] = (coords[None].to(device), labels[None].to(device))
+        if prompt.get("mask") is not None:
+            kwargs["masks"] = prompt["mask"].reshape(1, 1, *prompt["mask"].shape[-2:]).to(device)
         return kwargs
 
-    def source_prompt(self, prepared: Prepared, box=None, coords=None, labels=None) -> dict:
+    def source_prompt(self, prepared: Prepared, box=None, coords=None, labels=None, whole_box: bool = False,
+                      mask_input: torch.Tensor | None = None) -> dict:
         """A prompt given in source pixels, in the padded input frame: box xyxy and/or points (N, 2)
-        xy with labels (1 foreground, 0 background; all 1 when not given); neither: the whole image."""
+        xy with labels (1 foreground, 0 background; all 1 when not given); neither: the whole image.
+
+        whole_box: clicks come with the whole-image box (a prompt-free mask corrected by clicks);
+        mask_input: the low-resolution logits of an earlier prediction on the same image (SAM's
+        mask_input; only useful with a prompt encoder trained on mask inputs, see sam_decode).
+        """
         prompt = {}
         if box is not None:
             prompt["box"] = torch.as_tensor(box, dtype=torch.float32) * prepared.scale
+        elif whole_box:
+            prompt["box"] = self.whole_image_box(prepared)
         if coords is not None and len(coords):
             labels = np.ones(len(coords)) if labels is None else labels
-            prompt["points"] = (torch.as_tensor(np.asarray(coords), dtype=torch.float32) * prepared.scale,
-                                torch.as_tensor(np.asarray(labels), dtype=torch.long))
-        return prompt or {"box": self.whole_image_box(prepared)}
+            prompt["points"] = (torch.as_tensor(np.asarray(coords), dtype=torch.float32).reshape(-1, 2) * prepared.scale,
+                                torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1))
+        prompt = prompt or {"box": self.whole_image_box(prepared)}
+        if mask_input is not None:
+            prompt["mask"] = mask_input
+        return prompt
 
     @torch.no_grad()
-    def predict_embedded(self, prepared: Prepared, embedding: torch.Tensor, prompt: dict, device="cpu") -> np.ndarray:
-        """Foreground probability at the source resolution from an image embedding already computed:
-        only the prompt encoder and mask decoder run (what a cached click costs)."""
+    def decode_embedded(self, prepared: Prepared, embedding: torch.Tensor, prompt: dict,
+                        device="cpu") -> tuple[np.ndarray, torch.Tensor]:
+        """(probability at the source resolution, low-resolution logits (1, 1, h, w)) from an image
+        embedding already computed: only the prompt encoder and mask decoder run (what a cached
+        click costs). The logits can go back in as the next click's mask_input."""
         low = sam_decode(self.backbone.model, embedding, **self._prompt_kwargs(prompt, device))
-        return self.to_source(torch.sigmoid(self._upsampled(low)[0]), prepared)
+        return self.to_source(torch.sigmoid(self._upsampled(low)[0]), prepared), low
+
+    def predict_embedded(self, prepared: Prepared, embedding: torch.Tensor, prompt: dict, device="cpu") -> np.ndarray:
+        """Foreground probability at the source resolution from an image embedding already computed."""
+        return self.decode_embedded(prepared, embedding, prompt, device)[0]
 
     def loss(self, prepared: list[Prepared], rng: np.random.Generator, device) -> torch.Tensor:
         prompts = [self.sample_prompt(p, rng, self.prompt) for p in prepared]
@@ -151,28 +198,90 @@ class DichotomousTask:
         valid = torch.stack([p.valid for p in prepared]).to(device).float()
         return bce_dice_loss(logits, target, valid)
 
+    def should_refine(self, shape: tuple[int, int]) -> bool:
+        """Refinement pays off once the global pass has to shrink the image noticeably."""
+        return max(shape[:2]) > 1.25 * self.size
+
     @torch.no_grad()
-    def predict(self, image: np.ndarray, box=None, points=None, device="cpu") -> np.ndarray:
+    def predict(self, image: np.ndarray, box=None, points=None, refine: bool | None = None, device="cpu",
+                whole_box: bool = False, config: RefineConfig | None = None) -> np.ndarray:
         """Foreground probability (H, W) float32 at the source resolution.
 
-        box: xyxy in source pixels; points: (coords (N, 2) xy in source pixels, labels (N,));
-        neither: prompt-free (the whole image as the box).
+        box: xyxy in source pixels; points: (coords (N, 2) xy in source pixels, labels (N,)), alone,
+        with the box, or with the whole-image box (whole_box); neither: prompt-free (the whole image
+        as the box). refine: crop refinement of the uncertain band at a higher resolution (True,
+        False, or None: when the image is larger than the encoder input, see should_refine).
         """
-        prepared = self.prepare(image)
-        coords, labels = points if (box is None and points is not None) else (None, None)  # a box wins
-        embedding = self.backbone.model.image_encoder(prepared.image[None].to(device))
-        return self.predict_embedded(prepared, embedding, self.source_prompt(prepared, box, coords, labels), device)
+        return self.predict_refined(image, box, points, refine, device, whole_box, config)[0]
 
-    def predict_outputs(self, image: np.ndarray, box=None, points=None, refine=None, device="cpu") -> dict:
+    @torch.no_grad()
+    def predict_refined(self, image: np.ndarray, box=None, points=None, refine: bool | None = None,
+                        device="cpu", whole_box: bool = False,
+                        config: RefineConfig | None = None) -> tuple[np.ndarray, CropPlan | None]:
+        """`predict`, also returning the crop plan (None when not refined)."""
+        prepared = self.prepare(image)
+        coords, labels = points if points is not None else (None, None)
+        embedding = self.backbone.model.image_encoder(prepared.image[None].to(device))
+        prompt = self.source_prompt(prepared, box, coords, labels, whole_box=whole_box)
+        coarse = self.predict_embedded(prepared, embedding, prompt, device)
+        del embedding, prepared
+        if not (self.should_refine(image.shape) if refine is None else refine):
+            return coarse, None
+        config = config or RefineConfig()
+        predict_crops = self.crop_predictor(image, coarse, coords, labels, device=device)
+        return refine_crops(coarse, predict_crops, self.size, config, inplace=True)
+
+    def crop_predictor(self, image: np.ndarray, coarse: np.ndarray, coords=None, labels=None, device="cpu",
+                       prompt: str = "box"):
+        """predict(boxes) -> [probability (y1 - y0, x1 - x0)] for crops (y0, x0, y1, x1) of `image`.
+
+        Each crop is encoded at the encoder size (one batch per call) and prompted with the box of
+        the coarse mask inside it, grown by 2% of the crop side (prompt "box"; the whole crop where
+        the coarse mask has nothing, or always with prompt "none"), plus the clicks inside it.
+        """
+        if prompt not in ("box", "none"):
+            raise ValueError(f"crop prompt must be 'box' or 'none', not {prompt!r}")
+        coords = None if coords is None else np.asarray(coords, dtype=np.float32).reshape(-1, 2)
+        labels = None if coords is None else (np.ones(len(coords)) if labels is None else np.asarray(labels))
+        sam = self.backbone.model
+
+        def predict(boxes: list[Box]) -> list[np.ndarray]:
+            prepared = [self.prepare(np.ascontiguousarray(image[y0:y1, x0:x1])) for y0, x0, y1, x1 in boxes]
+            embeddings = sam.image_encoder(torch.stack([p.image for p in prepared]).to(device))
+            out = []
+            for i, ((y0, x0, y1, x1), p) in enumerate(zip(boxes, prepared)):
+                crop_box = None
+                if prompt == "box":
+                    ys, xs = np.nonzero(coarse[y0:y1, x0:x1] > 0.5)
+                    if len(ys):
+                        grow = 0.02 * max(y1 - y0, x1 - x0)
+                        crop_box = [max(0.0, xs.min() - grow), max(0.0, ys.min() - grow),
+                                    min(x1 - x0 - 1.0, xs.max() + grow), min(y1 - y0 - 1.0, ys.max() + grow)]
+                inside = None
+                if coords is not None:
+                    keep = (coords[:, 0] >= x0) & (coords[:, 0] < x1) & (coords[:, 1] >= y0) & (coords[:, 1] < y1)
+                    inside = (coords[keep] - [x0, y0], labels[keep]) if keep.any() else None
+                crop_prompt = self.source_prompt(p, crop_box, *(inside or (None, None)), whole_box=True)
+                out.append(self.predict_embedded(p, embeddings[i : i + 1], crop_prompt, device))
+            return out
+
+        return predict
+
+    def predict_outputs(self, image: np.ndarray, box=None, points=None, refine=None, device="cpu",
+                        whole_box: bool = False, config: RefineConfig | None = None) -> dict:
         """What a user downloads, all at the source resolution: "main" the binary mask (0/255),
-        "alpha" the soft mask, "cutout" RGBA with the background removed, "overlay" for preview."""
+        "alpha" the soft mask (0-255), "cutout" RGBA with the background removed, "overlay" for
+        preview. refine None: refined when the image is larger than the encoder input."""
         from adapt.render import cutout, overlay
 
-        prob = self.predict(image, box=box, points=points, device=device)
-        return {"main": ((prob > 0.5) * 255).astype(np.uint8),
-                "alpha": np.round(prob * 255).astype(np.uint8),
-                "cutout": cutout(image, prob),
-                "overlay": overlay(image, prob)}
+        prob = self.predict(image, box=box, points=points, refine=refine, device=device, whole_box=whole_box,
+                            config=config)
+        alpha = np.round(prob * 255).astype(np.uint8)
+        del prob
+        return {"main": np.where(alpha > 127, 255, 0).astype(np.uint8),
+                "alpha": alpha,
+                "cutout": cutout(image, alpha),
+                "overlay": overlay(image, alpha.astype(np.float32) / 255)}
 
     def to_source(self, prob: torch.Tensor, prepared: Prepared) -> np.ndarray:
         h, w = prepared.size
