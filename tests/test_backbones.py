@@ -75,3 +75,12 @@ def test_pickled_code_is_not_executed(tmp_path):
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         build_backbone("tiny-sam", checkpoint=path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_official_openai_clip_checkpoints_get_quick_gelu():
+    from adapt.backbones.clip import _official_settings
+
+    openai = _official_settings("clip-vit-b-16", "/w/open_clip_ViT-B-16_openai.bin")
+    laion = _official_settings("clip-vit-b-16", "/w/open_clip_ViT-B-16_laion2b_s34b_b88k.safetensors")
+    assert openai["quick_gelu"] is True and laion["quick_gelu"] is False
+    assert _official_settings("clip-vit-b-16", "/w/mine.pt") == {} and _official_settings("tiny-clip", "x") == {}
