@@ -62,3 +62,27 @@ def test_image_key_depends_on_content_and_shape():
     assert image_key(x) != image_key(y)
     with pytest.raises(ValueError, match="at least one image"):
         InteractivePredictor(None, capacity=0)
+
+
+def test_clicks_on_the_prompt_free_mask_reuse_the_embedding(task):
+    (image,) = images(1)
+    predictor = InteractivePredictor(task)
+    free = predictor.predict(image)
+    clicked = predictor.predict(image, points=[[70, 45]], labels=[1], whole_box=True)
+    corrected = predictor.predict(image, points=[[70, 45], [5, 5]], labels=[1, 0], whole_box=True)
+    assert predictor.misses == 1 and predictor.hits == 2  # one encoder run for three masks
+    assert not np.allclose(free, clicked) and not np.allclose(clicked, corrected)
+    prepared = task.prepare(image)
+    expected = task.predict(image, points=([[70, 45]], [1]), whole_box=True, refine=False)
+    np.testing.assert_allclose(clicked, expected, atol=1e-5)
+    assert prepared.size == free.shape
+
+
+def test_previous_logits_go_back_in_as_mask_input(task):
+    (image,) = images(1)
+    predictor = InteractivePredictor(task)
+    first = predictor.predict(image, points=[[70, 45]], labels=[1], whole_box=True)
+    again = predictor.predict(image, points=[[70, 45]], labels=[1], whole_box=True)
+    with_previous = predictor.predict(image, points=[[70, 45]], labels=[1], whole_box=True, use_previous=True)
+    np.testing.assert_allclose(first, again)
+    assert not np.allclose(with_previous, again) and predictor.misses == 1
