@@ -34,8 +34,8 @@ Boxes are ``(y0, x0, y1, x1)`` in source pixels, end-exclusive.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np

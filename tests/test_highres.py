@@ -1,5 +1,6 @@
 """Crop refinement (adapt.highres) with fake predictors: plans, seam-free blending, bounded memory."""
 
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -149,7 +150,7 @@ def test_predictions_of_the_wrong_size_are_refused():
 def test_windows_sum_to_one_inside_and_stay_flat_at_the_image_border():
     assert grid_starts(100, 100) == [0] and grid_starts(1000, 256)[-1] == 1000 - 256
     starts = grid_starts(1024, 256, overlap=0.5)
-    assert all(b - a <= 128 for a, b in zip(starts, starts[1:]))
+    assert all(b - a <= 128 for a, b in itertools.pairwise(starts))
     total = np.zeros(1024)
     for s in starts:
         total[s : s + 256] += crop_window((0, s, 1, s + 256), (1, 1024))[0]

@@ -9,13 +9,14 @@ SAM's 1024-px scale and rescaled to the encoder size), points sampled inside the
 image as the box (the prompt-free mode), a mix of these, or "clicks": the prompt-free mode where
 half the time one to three clicks (foreground inside the mask, background outside) come with the
 whole-image box, so that clicks can correct a prompt-free mask. Evaluation uses the exact box (no
-jitter), or the whole image in the prompt-free modes.
+jitter), or the whole image in the prompt-free modes. Loss: BCE + soft Dice on the upsampled
+logits, padding excluded (soft Dice: the official remote-sensing script's thresholded Dice has no
+gradient).
 
 Prediction at full resolution (``predict`` / ``predict_outputs``): one global pass at the encoder
 size, then, for images larger than that, the uncertain band of the result is refined with
 overlapping crops at a higher resolution (adapt.highres), each crop prompted with the box of the
-coarse mask inside it (or the whole crop where it has none) and the clicks that fall inside it. Loss: BCE + soft Dice on the upsampled logits, padding
-excluded (soft Dice: the official remote-sensing script's thresholded Dice has no gradient).
+coarse mask inside it (or the whole crop where it has none) and the clicks that fall inside it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import torch
 from torch.nn import functional as F
 
 from adapt.backbones.sam import sam_decode, sam_mask_logits
-from adapt.highres import Box, CropPlan, RefineConfig, refine as refine_crops
+from adapt.highres import Box, CropPlan, RefineConfig
+from adapt.highres import refine as refine_crops
 
 PROMPTS = ("box", "points", "none", "mixed", "clicks")
 
