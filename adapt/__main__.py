@@ -267,8 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="dataset folder or zip")
     p.add_argument("--holdout", type=float, default=None,
                    help="held-out fraction, or count if >= 1 (default: the dataset's val/ folder, else 0.3)")
-    p.add_argument("--prompt", default="box", choices=["box", "points", "none", "mixed"],
-                   help="dichotomous: the prompt trained with ('none' = prompt-free)")
+    p.add_argument("--prompt", default="box", choices=["box", "points", "none", "mixed", "clicks"],
+                   help="dichotomous: the prompt trained with ('none' = prompt-free; 'clicks' = prompt-free "
+                        "plus random clicks, so clicks can refine the prompt-free mask)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -285,7 +286,7 @@ def main(argv=None) -> int:
     p.add_argument("--adapter", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--task", choices=["dichotomous", "openvocab"], help="default: the adapter's task")
-    p.add_argument("--prompt", choices=["box", "points", "none"])
+    p.add_argument("--prompt", choices=["box", "points", "none", "clicks"])
     p.add_argument("--checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -67,34 +67,39 @@ def legend(classes: list[str], colors: np.ndarray, fractions: list[float] | None
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray | None = None, alpha: float = 0.5,
-            outline: bool = True, skip: tuple[int, ...] = ()) -> np.ndarray:
+            outline: bool = True, skip: tuple[int, ...] = (), band: int = 256) -> np.ndarray:
     """Blend a label map (or a binary / soft mask) over an RGB image, with region outlines.
 
     labels: (H, W) ints (class ids, coloured by `colors`) or a mask (bool / float in [0, 1],
     drawn in one colour with its soft value as opacity). Ids in `skip` (e.g. background) stay clear.
+    Blending runs in bands of `band` rows, so a 12-megapixel photo needs no full-size float copy.
     """
     image = np.asarray(image)
     if image.shape[:2] != labels.shape[:2]:
         raise ValueError(f"overlay: image is {image.shape[1]}x{image.shape[0]} but the labels are "
                          f"{labels.shape[1]}x{labels.shape[0]}")
-    base = image[..., :3].astype(np.float32)
-    if labels.dtype == bool or np.issubdtype(labels.dtype, np.floating):
-        weight = np.clip(labels.astype(np.float32), 0, 1)[..., None] * alpha
-        color = np.asarray((30, 144, 255) if colors is None else colors[0], np.float32)
-        out = base * (1 - weight) + color * weight
-        edges = _edges(labels.astype(np.float32) > 0.5) if outline else None
-        out = out.astype(np.uint8)
-        if edges is not None:
-            out[edges] = (255, 255, 255)
-        return out
-    if colors is None:
-        colors = palette(int(labels.max(initial=0)) + 1)
-    painted = colorize(labels, colors, ignore_index=None).astype(np.float32)
-    keep = np.isin(labels, list(skip)) | (labels >= len(colors))
-    weight = np.where(keep, 0.0, alpha)[..., None]
-    out = (base * (1 - weight) + painted * weight).astype(np.uint8)
-    if outline:
-        out[_edges(labels)] = (255, 255, 255)
+    soft = labels.dtype == bool or np.issubdtype(labels.dtype, np.floating)
+    if soft:
+        color_table = np.asarray([(30, 144, 255) if colors is None else colors[0]], np.float32)
+        edges = _edges(labels > 0.5) if outline else None
+    else:
+        colors = palette(int(labels.max(initial=0)) + 1) if colors is None else colors
+        edges = _edges(labels) if outline else None
+    out = np.empty(image.shape[:2] + (3,), np.uint8)
+    for y0 in range(0, image.shape[0], band):
+        rows = slice(y0, y0 + band)
+        base = image[rows, :, :3].astype(np.float32)
+        lab = labels[rows]
+        if soft:
+            weight = np.clip(lab.astype(np.float32), 0, 1)[..., None] * alpha
+            painted = color_table[0]
+        else:
+            painted = colorize(lab, colors, ignore_index=None).astype(np.float32)
+            keep = np.isin(lab, list(skip)) | (lab >= len(colors))
+            weight = np.where(keep, 0.0, alpha).astype(np.float32)[..., None]
+        out[rows] = (base * (1 - weight) + painted * weight).astype(np.uint8)
+    if edges is not None:
+        out[edges] = (255, 255, 255)
     return out
 
 

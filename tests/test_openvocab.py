@@ -228,3 +228,16 @@ def test_balanced_bce_does_not_reward_all_background():
     balanced = per_class_bce(all_background, labels)
     assert plain < 0.2 and balanced > 2.0  # plain BCE barely notices the missed object; balanced does
     assert per_class_bce(correct.float(), labels) < 0.01
+
+
+def test_overlay_in_row_bands_equals_one_pass():
+    from adapt.render import overlay
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (301, 97, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, (301, 97)).astype(np.uint8)
+    soft = rng.random((301, 97)).astype(np.float32)
+    assert np.array_equal(overlay(image, labels, skip=(0,), band=7), overlay(image, labels, skip=(0,), band=10**6))
+    assert np.array_equal(overlay(image, soft, band=7), overlay(image, soft, band=10**6))
+    with pytest.raises(ValueError, match="labels are"):
+        overlay(image, labels[:-1])
