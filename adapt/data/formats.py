@@ -103,7 +103,7 @@ class _Bad(Exception):
 # ----------------------------------------------------------------------------------------------
 # Reading images safely
 
-_PIL_LOCK = threading.Lock()
+_PIL_LOCK = threading.RLock()
 
 
 def _open_image(path: Path, max_pixels: int | None, *, load: bool = True) -> Image.Image:
@@ -148,8 +148,16 @@ def _open_header(path: Path) -> Image.Image:
             # Sizes between PIL's limit and twice it only warn; our own check reports them.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise _Bad(f"image is too large to open safely ({e}); downscale it") from None
+    except Image.DecompressionBombError:
+        limit = Image.MAX_IMAGE_PIXELS
+        with _PIL_LOCK:  # read the size from the header alone (nothing is decoded), guard off briefly
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+        raise _Bad(f"{w}x{h} = {w * h / 1e6:.1f} megapixels is too large to open safely; downscale it") from None
     except UnidentifiedImageError:
         raise _Bad("not a readable image (the file is corrupt or not an image format: "
                    "use PNG, JPEG, TIFF, BMP or WebP)") from None
