@@ -145,6 +145,9 @@ def test_preview_and_adapters(page, shots):
     page.locator("#predict").click()
     expect(page.locator("#predict-info")).to_contain_text("resolution")
     expect(page.locator("#predict-main img")).to_be_visible()
+    for close in page.locator(".toast-close").all():  # the earlier "too large" message: seen, dismissed
+        close.click()
+    expect(page.locator(".toast-close")).to_have_count(0)
     page.screenshot(path=str(shots / "studio-preview.png"), full_page=True)
 
     tab(page, "Progress")
