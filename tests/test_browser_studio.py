@@ -163,3 +163,22 @@ def test_preview_and_adapters(page, shots):
     page.locator("#load-adapter").click()
     expect(page.locator("#adapter-msg")).to_contain_text("Loaded")
     page.screenshot(path=str(shots / "studio-adapters.png"), full_page=True)
+
+
+def test_open_vocabulary_preview(page, shots):
+    """Zero-shot label map from typed class names with the frozen tiny-clip, legend beside it."""
+    tab(page, "Preview")
+    page.locator("#task").get_by_text(re.compile("Open-vocabulary")).click()
+    expect(page.locator("#predict-classes")).to_be_visible()
+    expect(page.locator("#predict-backbone input")).to_have_value("tiny-clip")
+    page.locator("#adapter input").click()
+    page.get_by_role("option", name=re.compile("none")).click()
+    page.locator("#predict-classes textarea, #predict-classes input").first.fill("yellow object, cyan object")
+    clear = page.locator("#predict-image").get_by_role("button", name=re.compile("Clear|Remove", re.I))
+    if clear.count():  # the image of the previous test is still there
+        clear.first.click()
+    upload(page, "predict-image", str(EXAMPLE))
+    page.locator("#predict").click()
+    expect(page.locator("#predict-info")).to_contain_text("tiny-clip")
+    expect(page.locator("#predict-extra img")).to_be_visible()  # the legend
+    page.screenshot(path=str(shots / "studio-openvocab.png"), full_page=True)

@@ -10,7 +10,7 @@ import torch
 
 from adapt.render import legend, palette
 from adapt.tasks.openvocab import (
-    BACKGROUND, CostVolumeHead, OpenVocabTask, per_class_bce, window_starts,
+    BACKGROUND, CostVolumeHead, OpenVocabTask, class_colors, per_class_bce, window_starts,
 )
 from tests.conftest import tiny_backbone
 
@@ -153,7 +153,8 @@ def test_outputs_label_map_legend_and_masks(task):
     for name, m in out.items():
         if name.startswith("mask_"):
             assert m.shape == (140, 110) and set(np.unique(m)) <= {0, 255}
-    colors = palette(3)
+    colors = class_colors([BACKGROUND, "circle", "square"])
+    assert tuple(colors[0]) == (48, 48, 48) and len({tuple(c) for c in colors}) == 3
     ids = np.unique(out["index"])
     main_colors = {tuple(c) for c in out["main"].reshape(-1, 3)}
     assert main_colors == {tuple(colors[i]) for i in ids}  # the map uses exactly the legend's colours

@@ -237,10 +237,10 @@ class OpenVocabTask:
                         device="cpu", **_) -> dict:
         """What a user downloads: "main" the colour label map, "index" the class-id PNG, "legend"
         (with each class's share of the image), "overlay", and "mask_<class>" per class present."""
-        from adapt.render import colorize, legend, overlay, palette
+        from adapt.render import colorize, legend, overlay
 
         labels, classes, _ = self.predict(image, classes, device=device, threshold=threshold)
-        colors = palette(len(classes))
+        colors = class_colors(classes)
         share = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
         out = {"main": colorize(labels, colors), "index": labels,
                "legend": legend(classes, colors, fractions=list(share)),
@@ -274,6 +274,17 @@ class OpenVocabTask:
         out.update({f"iou/{c}": float(ious[k]) for k, c in enumerate(vocab) if not np.isnan(ious[k])})
         self.last_confusion = cm
         return out
+
+
+def class_colors(classes: list[str]) -> np.ndarray:
+    """The label map's colours: distinct hues per class, background a neutral dark grey."""
+    from adapt.render import palette
+
+    colors = palette(len(classes))
+    for k, name in enumerate(classes):
+        if name == BACKGROUND:
+            colors[k] = (48, 48, 48)
+    return colors
 
 
 def _safe(name: str) -> str:
