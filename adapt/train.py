@@ -112,19 +112,25 @@ def _step_rng(seed: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, step])
 
 
+def build_model(cfg: TrainConfig):
+    """(backbone, task, method handle) exactly as a run builds them, seeded so that heads and
+    adapters initialise identically wherever this is called (the trainer, the studio's previews)."""
+    torch.manual_seed(cfg.seed)
+    from adapt.weights import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(cfg.backbone, cfg.checkpoint)  # "random": random init
+    backbone = build_backbone(cfg.backbone, checkpoint=checkpoint, seed=cfg.seed)
+    task = make_task(cfg.task, backbone, **cfg.task_options)
+    return backbone, task, attach(backbone, cfg.method, **cfg.method_options)
+
+
 class Run:
     """Everything a training run holds: backbone + method handle + task + optimizer."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.device = cfg.resolved_device()
-        torch.manual_seed(cfg.seed)
-        from adapt.weights import resolve_checkpoint
-
-        checkpoint = resolve_checkpoint(cfg.backbone, cfg.checkpoint)  # "random": random init
-        self.backbone = build_backbone(cfg.backbone, checkpoint=checkpoint, seed=cfg.seed)
-        self.task = make_task(cfg.task, self.backbone, **cfg.task_options)
-        self.handle = attach(self.backbone, cfg.method, **cfg.method_options)
+        self.backbone, self.task, self.handle = build_model(cfg)
         self.backbone.model.to(self.device)
         for head in self.backbone.heads:
             head.to(self.device)

@@ -61,16 +61,9 @@ class Previewer:
     def _build(self):
         """The same backbone, task and method as the trainer's Run, on the CPU."""
         if self._task is None:
-            from adapt.backbones import build_backbone
-            from adapt.methods import attach
-            from adapt.train import make_task
-            from adapt.weights import resolve_checkpoint
+            from adapt.train import build_model
 
-            torch.manual_seed(self.cfg.seed)
-            checkpoint = resolve_checkpoint(self.cfg.backbone, self.cfg.checkpoint)
-            backbone = build_backbone(self.cfg.backbone, checkpoint=checkpoint, seed=self.cfg.seed)
-            self._task = make_task(self.cfg.task, backbone, **self.cfg.task_options)
-            self._handle = attach(backbone, self.cfg.method, **self.cfg.method_options)
+            backbone, self._task, self._handle = build_model(self.cfg)
             backbone.model.eval()
         return self._task, self._handle
 
