@@ -145,29 +145,13 @@ def _points(text: str | None):
 def cmd_predict(args) -> int:
     from adapt.data import load_image
     from adapt.render import write_outputs
-    from adapt.train import make_task
+    from adapt.tasks import inference_task
 
-    if args.adapter:
-        from adapt.export import load_adapter
-
-        handle = load_adapter(args.adapter, checkpoint=args.checkpoint)
-        handle.merge()
-        backbone, task_name = handle.backbone, handle.info.get("task") or args.task
-        classes = handle.info.get("classes")
-        if args.task and args.task != task_name:
-            raise ValueError(f"the adapter was trained for the {task_name} task, not {args.task}")
-    else:  # the frozen base model (zero-shot)
-        from adapt.backbones import build_backbone
-        from adapt.tasks import attach_task_head
-        from adapt.weights import resolve_checkpoint
-
-        if not args.backbone:
-            raise ValueError("give --adapter DIR, or --backbone NAME to predict with the frozen model")
-        backbone = build_backbone(args.backbone, checkpoint=resolve_checkpoint(args.backbone, args.checkpoint))
-        attach_task_head(backbone)
-        task_name, classes = args.task or ("openvocab" if backbone.family == "clip" else "dichotomous"), None
-    backbone.model.eval()
-    task = make_task(task_name, backbone, **({"classes": classes} if task_name == "openvocab" else {}))
+    if not args.adapter and not args.backbone:
+        raise ValueError("give --adapter DIR, or --backbone NAME to predict with the frozen model")
+    task, _ = inference_task(args.adapter, args.backbone, args.task, args.checkpoint)
+    if args.adapter and args.task and args.task != task.name:
+        raise ValueError(f"the adapter was trained for the {task.name} task, not {args.task}")
     image = load_image(args.image)
     request = {"box": [float(v) for v in args.box.split(",")] if args.box else None,
                "points": _points(args.points),

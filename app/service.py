@@ -362,7 +362,9 @@ class Studio:
         folder = self.adapter_zip(owner, job_id).parent
         dest = folder / "merged.safetensors"
         if not dest.exists():
-            handle = self._load_handle(folder / "adapter")
+            from adapt.export import load_adapter
+
+            handle = load_adapter(folder / "adapter")
             handle.merge()
             state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
             tmp = dest.with_name(f".{dest.name}.part")
@@ -415,15 +417,8 @@ class Studio:
         return self.paths.job_dir(ref) / "adapter"
 
     # --- prediction ----------------------------------------------------------------------------
-    def _load_handle(self, path: Path):
-        from adapt.export import load_adapter
-
-        return load_adapter(path)
-
     def model(self, owner: str, adapter_ref: str | None, backbone: str, task: str):
         """(task object, description) for an adapter, or the frozen backbone when none is chosen."""
-        from adapt.train import make_task
-
         if adapter_ref:
             path = self._adapter_path(owner, adapter_ref)
             key = ("adapter", str(path))
@@ -435,32 +430,25 @@ class Studio:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
+            from adapt.tasks import inference_task
+
             if adapter_ref:
                 from adapt.export import AdapterError
 
-                try:
-                    handle = self._load_handle(path)
+                try:  # WeightsUnavailable (base weights missing) is a RuntimeError
+                    task_obj, info = inference_task(adapter=path, task=task)
                 except (AdapterError, ValueError, RuntimeError) as e:
                     raise UserError(str(e)) from None
-                handle.merge()
-                info = handle.info
-                backbone_obj = handle.backbone
-                task_name = info.get("task") or task
                 desc = describe_adapter(info)
             else:
-                from adapt.backbones import build_backbone
-                from adapt.tasks import attach_task_head
-                from adapt.weights import WeightsUnavailable, resolve_checkpoint
+                from adapt.weights import WeightsUnavailable
 
                 try:
-                    backbone_obj = build_backbone(backbone, checkpoint=resolve_checkpoint(backbone, download=False))
+                    task_obj, _ = inference_task(backbone=backbone, task=task, download=False)
                 except WeightsUnavailable as e:
                     raise UserError(str(e)) from None
-                attach_task_head(backbone_obj)
-                task_name, desc = task, f"frozen `{backbone}` (no adapter)"
-            backbone_obj.model.eval()
-            options = {"classes": info.get("classes")} if adapter_ref and task_name == "openvocab" else {}
-            entry = (make_task(task_name, backbone_obj, **options), desc)
+                desc = f"frozen `{backbone}` (no adapter)"
+            entry = (task_obj, desc)
             self._models[key] = entry
             while len(self._models) > 3:
                 self._models.popitem(last=False)
