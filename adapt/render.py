@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-def palette(n: int, ignore_color=(0, 0, 0)) -> np.ndarray:
+def palette(n: int) -> np.ndarray:
     """n distinct colours (uint8 (n, 3)): golden-ratio hues, alternating lightness, deterministic."""
     colors = []
     for i in range(n):

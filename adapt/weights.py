@@ -151,6 +151,26 @@ def clip_tags(backbone_name: str) -> list[str]:
     return [default, *others]
 
 
+def _clip_stem(model: str, tag: str) -> str:
+    """The file name (without suffix) an official open_clip checkpoint is downloaded to."""
+    return f"open_clip_{model}_{tag}"
+
+
+def clip_checkpoint_for_file(backbone_name: str, path) -> Checkpoint | None:
+    """The registry entry of a file downloaded by :func:`clip_checkpoint` (read back from its
+    name), or None for any other file."""
+    if backbone_name not in CLIP_MODELS:
+        return None
+    prefix = _clip_stem(CLIP_MODELS[backbone_name][0], "")
+    stem = Path(str(path)).name.split(".")[0]
+    if not stem.startswith(prefix):
+        return None
+    try:
+        return clip_checkpoint(backbone_name, stem[len(prefix):])
+    except ValueError:
+        return None
+
+
 @lru_cache(maxsize=None)
 def clip_checkpoint(backbone_name: str, pretrained: str | None = None) -> Checkpoint:
     """The open_clip checkpoint for a CLIP backbone and pretrained tag (default tag if None).
@@ -179,7 +199,7 @@ def clip_checkpoint(backbone_name: str, pretrained: str | None = None) -> Checkp
     repo, fname = hub.rstrip("/"), ""
     if not hub.endswith("/"):  # 'org/repo/file' form names the file itself
         repo, fname = os.path.split(hub)
-    stem = f"open_clip_{model}_{tag}"
+    stem = _clip_stem(model, tag)
     if fname:
         suffix = Path(fname).suffix or ".bin"
         sources = ((f"https://huggingface.co/{repo}/resolve/main/{fname}", stem + suffix),)

@@ -7,7 +7,6 @@ built with the same class and the real BPE tokenizer (only its context length is
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
@@ -47,20 +46,15 @@ def build(name: str, checkpoint=None) -> Backbone:
 
 
 def _official_settings(name: str, checkpoint) -> dict:
-    """QuickGELU and the image normalisation of an official open_clip checkpoint, read from the
-    registry by the file name adapt.weights gives it (open_clip_<model>_<tag>.*). OpenAI's weights
-    were trained with QuickGELU; loading them into GELU succeeds silently and gives wrong features."""
-    if checkpoint is None or name not in _OPEN_CLIP_NAMES:
+    """QuickGELU and the image normalisation of an official open_clip checkpoint, from the registry
+    entry adapt.weights finds for its file. OpenAI's weights were trained with QuickGELU; loading
+    them into GELU succeeds silently and gives wrong features."""
+    if checkpoint is None:
         return {}
-    prefix = f"open_clip_{_OPEN_CLIP_NAMES[name]}_"
-    stem = os.path.basename(str(checkpoint)).split(".")[0]
-    if not stem.startswith(prefix):
-        return {}
-    from adapt.weights import clip_checkpoint
+    from adapt.weights import clip_checkpoint_for_file
 
-    try:
-        entry = clip_checkpoint(name, stem[len(prefix):])
-    except ValueError:
+    entry = clip_checkpoint_for_file(name, checkpoint)
+    if entry is None:
         return {}
     out = {"quick_gelu": entry.quick_gelu}
     if entry.mean and entry.std:
