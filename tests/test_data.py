@@ -14,11 +14,20 @@ import torch
 from PIL import Image
 
 from adapt.data import (
-    Augment, DatasetError, letterbox, load_dataset, load_image, pad_to_square, resize_longest_side,
-    rle_decode, rle_encode, unletterbox,
+    Augment,
+    DatasetError,
+    archive,
+    coco,
+    letterbox,
+    load_dataset,
+    load_image,
+    pad_to_square,
+    resize_longest_side,
+    rle_decode,
+    rle_encode,
+    unletterbox,
 )
-from adapt.data import formats
-
+from adapt.data.dataset import Dataset
 
 # ------------------------------------------------------------------------------------------------
 # Builders
@@ -57,7 +66,7 @@ def scratch(tmp_path, monkeypatch):
     """A private temporary folder for the loader, to check that nothing is left in it."""
     folder = tmp_path / "scratch"
     folder.mkdir()
-    monkeypatch.setattr(formats.tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(archive.tempfile, "tempdir", str(folder))
     return folder
 
 
@@ -263,9 +272,9 @@ def test_rle_decode_known_strings():
     # Hand-worked pycocotools encoding of counts [30, 2, 40, 5]: 30 -> "n0" (bit 0x10 of a last
     # group is the sign, so 30 needs a second group), 2 -> "2", 40 -> "X1" (two 5-bit groups),
     # and from the fourth count on the difference to the count two back is stored: 5 - 2 -> "3".
-    assert formats._rle_counts_from_string("n02X13") == [30, 2, 40, 5]
-    assert formats._rle_counts_from_string("34") == [3, 4]
-    assert formats._rle_counts_from_string("0M") == [0, -3]     # sign bit: "M" is -3
+    assert coco._rle_counts_from_string("n02X13") == [30, 2, 40, 5]
+    assert coco._rle_counts_from_string("34") == [3, 4]
+    assert coco._rle_counts_from_string("0M") == [0, -3]     # sign bit: "M" is -3
     assert rle_encode(rle_decode({"size": [7, 11], "counts": [30, 2, 40, 5]}))["counts"] == "n02X13"
     m = rle_decode({"size": [7, 11], "counts": "n02X13"})
     flat = m.T.reshape(-1)
@@ -511,8 +520,18 @@ def test_split_deterministic_and_never_empty(tmp_path):
 def test_split_with_separate_folder(tmp_path):
     ds = load_dataset(make_pairs(tmp_path / "a", n=3))
     make_pairs(tmp_path / "b", n=2)
-    train, held = ds.split(tmp_path / "b")
+    train, held = ds.split(load_dataset(tmp_path / "b", task=ds.task))
     assert (len(train), len(held)) == (3, 2)
+
+
+def test_split_refuses_a_path(tmp_path):
+    ds = load_dataset(make_pairs(tmp_path / "a", n=3))
+    make_pairs(tmp_path / "b", n=2)
+    for path in (tmp_path / "b", str(tmp_path / "b")):
+        with pytest.raises(TypeError, match=r"is a path; load it with load_dataset\(path, "
+                                            r"task='dichotomous'\) first and pass the Dataset"):
+            ds.split(path)
+    assert isinstance(ds.split(load_dataset(tmp_path / "b"))[1], Dataset)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,10 +8,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.data.synthetic import (CLASSES, COLOURS, DOMAINS, SEEN_SHAPES, SHAPES, TEXTURE_WORDS,
-                                  TEXTURES, THIN_SHAPES, UNSEEN_SHAPES, Scene, SceneObject,
-                                  caption_for, class_names, make_dataset, make_scene,
-                                  object_contrast, scene_stream, write_folder)
+from adapt.data.synthetic import (
+    CLASSES,
+    COLOURS,
+    DOMAINS,
+    SEEN_SHAPES,
+    SHAPES,
+    TEXTURE_WORDS,
+    TEXTURES,
+    THIN_SHAPES,
+    UNSEEN_SHAPES,
+    Scene,
+    SceneObject,
+    caption_for,
+    class_names,
+    make_dataset,
+    make_scene,
+    object_contrast,
+    scene_stream,
+    write_folder,
+)
 
 SIZE = 128   # small scenes keep the suite fast; the generator scales its textures with the size
 
@@ -204,7 +220,7 @@ def test_write_folder_openvocab(tmp_path, datasets):
 
 @pytest.mark.parametrize("task", ["dichotomous", "openvocab"])
 def test_written_folder_loads_with_the_dataset_reader(tmp_path, datasets, task):
-    from adapt.data.formats import load_dataset
+    from adapt.data.loading import load_dataset
 
     scenes = datasets["source"][:2] + datasets["grayscale-noise"][:1]
     ds = load_dataset(write_folder(scenes, tmp_path / task, task=task), task=task)
