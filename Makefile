@@ -2,15 +2,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+REQUIREMENTS := requirements.txt requirements-test.txt pyproject.toml
+STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: install run test test-all test-studio screenshots selfcheck bench clean
+.PHONY: install run test lint format test-all test-studio screenshots selfcheck bench clean
 
-$(STAMP): requirements.txt
+# one environment for running and testing: the pinned requirements, then this package (editable,
+# built with the environment's own setuptools: no isolated build pulls anything else in)
+$(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -21,6 +25,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff: lint rules and formatting (settings in pyproject.toml); `make format` applies the formatting
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 # the studio alone: job store, API against a launched app, and the page in headless chromium
 test-studio: $(STAMP)
