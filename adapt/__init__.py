@@ -7,5 +7,5 @@ No UI code lives here.
 
 __version__ = "0.1.0"
 
-from adapt.backbones import Backbone, build_backbone, BACKBONES  # noqa: E402,F401
-from adapt.methods import attach, METHODS, Handle  # noqa: E402,F401
+from adapt.backbones import BACKBONES, Backbone, build_backbone  # noqa: E402,F401
+from adapt.methods import METHODS, Handle, attach  # noqa: E402,F401

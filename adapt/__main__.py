@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+# The CLI's --task choices; adapt.tasks.TASKS is the registry (a test keeps the two equal). Not
+# imported from there so that `--help` starts without torch.
+TASK_NAMES = ["dichotomous", "openvocab"]
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -61,31 +64,21 @@ def _progress(total: int):
 
 def cmd_train(args) -> int:
     from adapt.data import load_dataset
-    from adapt.export import save_adapter
-    from adapt.train import TrainConfig, train
+    from adapt.pipeline import train_adapter
+    from adapt.train import TrainConfig
 
     dataset = load_dataset(args.data, task=args.task)
-    train_set, heldout = dataset.split(holdout=args.holdout, seed=args.seed)
-    if args.task == "dichotomous":
-        task_options = {"prompt": args.prompt}
-    else:
-        task_options = {"classes": dataset.classes, "ignore_index": dataset.ignore_index}
+    task_options = {"prompt": args.prompt} if args.task == "dichotomous" else {}
     cfg = TrainConfig(task=args.task, backbone=args.backbone, checkpoint=args.checkpoint, method=args.method,
                       method_options=_parse_options(args.option), task_options=task_options, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, seed=args.seed,
                       eval_every=args.eval_every, device=args.device)
-    out = Path(args.out)
-    summary = train(cfg, list(train_set), list(heldout), out, resume=args.resume, echo=_progress(args.steps))
-    run = summary.pop("run")
+    summary = train_adapter(cfg, dataset, args.out, holdout=args.holdout, source=str(args.data), resume=args.resume,
+                            echo=_progress(args.steps))
     if summary["status"] != "done":
         print(f"training {summary['status']} at step {summary['step']}; resume with --resume", file=sys.stderr)
         return 1
-    metrics = {f"frozen_{k}": v for k, v in (summary["frozen"] or {}).items()}
-    metrics.update({f"adapted_{k}": v for k, v in (summary["adapted"] or {}).items()})
-    data = {"source": str(args.data), "train_images": len(train_set), "heldout_images": len(heldout),
-            "heldout_stems": ", ".join(s.stem for s in heldout), "steps": args.steps}
-    adapter = save_adapter(run.handle, out / "adapter", task=args.task, metrics=metrics, data=data,
-                           classes=dataset.classes if args.task == "openvocab" else None)
+    adapter = summary["adapter"]
     report = {"adapter": str(adapter), "frozen": summary["frozen"], "adapted": summary["adapted"],
               "counts": summary["counts"], "seconds": summary["seconds"]}
     print(json.dumps(report, indent=1) if args.json else _side_by_side(summary["frozen"], summary["adapted"], adapter))
@@ -104,48 +97,22 @@ def _side_by_side(frozen: dict | None, adapted: dict | None, adapter=None) -> st
 
 def cmd_eval(args) -> int:
     from adapt.data import load_dataset
-    from adapt.export import base_backbone, load_adapter, read_adapter
-    from adapt.train import make_task
+    from adapt.export import read_adapter
+    from adapt.pipeline import evaluate_adapter
 
     cfg, _ = read_adapter(args.adapter)
-    task_name = cfg.get("task") or args.task or "dichotomous"
-    dataset = load_dataset(args.data, task=task_name)
-    samples = list(dataset)
-    backbone = base_backbone(cfg, args.checkpoint)
-    if task_name == "openvocab":
-        options = {"classes": dataset.classes, "ignore_index": dataset.ignore_index}
-    else:
-        options = {"prompt": args.prompt} if args.prompt else {}
-    task = make_task(task_name, backbone, **options)
-    frozen = task.evaluate(samples)  # before the adapter (and its trained head) is loaded
-    load_adapter(args.adapter, backbone=backbone)
-    backbone.model.eval()
-    adapted = task.evaluate(samples)
-    if args.json:
-        print(json.dumps({"images": len(samples), "frozen": frozen, "adapted": adapted}))
-    else:
-        print(_side_by_side(frozen, adapted))
+    dataset = load_dataset(args.data, task=cfg.get("task") or args.task or "dichotomous")
+    result = evaluate_adapter(args.adapter, dataset, task=args.task, checkpoint=args.checkpoint,
+                              **({"prompt": args.prompt} if args.prompt else {}))
+    print(json.dumps(result) if args.json else _side_by_side(result["frozen"], result["adapted"]))
     return 0
-
-
-def _points(text: str | None):
-    """"x,y[,label];x,y[,label]" (label 1 foreground, 0 background; default 1) -> (coords, labels)."""
-    if not text:
-        return None
-    coords, labels = [], []
-    for part in text.split(";"):
-        values = [float(v) for v in part.split(",")]
-        if len(values) not in (2, 3):
-            raise ValueError(f"--points expects x,y or x,y,label separated by ';', got {part!r}")
-        coords.append(values[:2])
-        labels.append(int(values[2]) if len(values) == 3 else 1)
-    return coords, labels
 
 
 def cmd_predict(args) -> int:
     from adapt.data import load_image
+    from adapt.pipeline import inference_task
     from adapt.render import write_outputs
-    from adapt.tasks import inference_task
+    from adapt.tasks.dichotomous import parse_points
 
     if not args.adapter and not args.backbone:
         raise ValueError("give --adapter DIR, or --backbone NAME to predict with the frozen model")
@@ -154,7 +121,7 @@ def cmd_predict(args) -> int:
         raise ValueError(f"the adapter was trained for the {task.name} task, not {args.task}")
     image = load_image(args.image)
     request = {"box": [float(v) for v in args.box.split(",")] if args.box else None,
-               "points": _points(args.points),
+               "points": parse_points(args.points),
                "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
                "refine": args.refine}
     outputs = task.predict_outputs(image, **{k: v for k, v in request.items() if v is not None})
@@ -166,18 +133,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from adapt.export import load_adapter, zip_adapter
+    from adapt.export import save_merged, zip_adapter
 
     if args.zip:
         print(f"wrote {zip_adapter(args.adapter, args.zip)}")
     if args.merged:
-        from safetensors.torch import save_file
-
-        handle = load_adapter(args.adapter, checkpoint=args.checkpoint)
-        handle.merge()
-        state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
-        save_file(state, args.merged, metadata={"merged_from": str(args.adapter), "method": handle.name})
-        print(f"wrote {args.merged}")
+        print(f"wrote {save_merged(args.adapter, args.merged, checkpoint=args.checkpoint)}")
     if not (args.zip or args.merged):
         raise ValueError("export needs --zip FILE and/or --merged FILE")
     return 0
@@ -198,19 +159,9 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_params(args) -> int:
-    import torch
+    from adapt.pipeline import count_params
 
-    from adapt.backbones import build_backbone
-    from adapt.methods import attach
-    from adapt.tasks import attach_task_head
-
-    # Shapes are all a count needs: build on the meta device (no memory, no SVD, instant).
-    with torch.device("meta"):
-        backbone = build_backbone(args.backbone)
-        attach_task_head(backbone)
-        handle = attach(backbone, args.method, **_parse_options(args.option))
-    info = handle.describe()
-    info["adapter_percent_of_base"] = round(100.0 * info["adapter"] / info["base"], 4)
+    info = count_params(args.backbone, args.method, **_parse_options(args.option))
     if args.json:
         print(json.dumps(info))
     else:
@@ -228,11 +179,9 @@ def cmd_selfcheck(args) -> int:
         print(json.dumps({"ok": ok, "results": results}, indent=1))
     else:
         for r in results:
-            extra = ""
-            if "text_he_max_rel_change" in r:
-                extra = f"  text HE rel change {r['text_he_max_rel_change']:.2e}, image moved {r['image_weight_rel_change']:.2e}"
+            extra = "".join(f"  {k} {r[k]:.2e}" for k in r["method_checks"])
             opts = ",".join(f"{k}={v}" for k, v in r["options"].items())
-            print(f"{'ok  ' if passes(r) else 'FAIL'} {r['method']:<18} {opts:<16} {r['backbone']:<10} "
+            print(f"{'ok  ' if passes(r) else 'FAIL'} {r['method']:<18} {opts:<24} {r['backbone']:<10} "
                   f"step0 {r['step0_max_abs_diff']:.1e}  merge {r['merge_max_abs_diff']:.1e}{extra}")
     return 0 if ok else 1
 
@@ -243,7 +192,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="adapt a backbone to a dataset; writes OUT/adapter")
-    p.add_argument("--task", default="dichotomous", choices=["dichotomous", "openvocab"])
+    p.add_argument("--task", default="dichotomous", choices=TASK_NAMES)
     p.add_argument("--backbone", default="tiny-sam")
     p.add_argument("--checkpoint", help="base weights file (default: bundled or official weights)")
     p.add_argument("--method", default="parser")
@@ -262,14 +211,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="frozen and adapted scores side by side on a dataset")
     p.add_argument("--adapter", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--task", choices=["dichotomous", "openvocab"], help="default: the adapter's task")
+    p.add_argument("--task", choices=TASK_NAMES, help="default: the adapter's task")
     p.add_argument("--prompt", choices=["box", "points", "none", "clicks"])
     p.add_argument("--checkpoint")
     p.add_argument("--json", action="store_true")
@@ -278,7 +227,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("predict", help="predict one image: a mask (dichotomous) or a label map (openvocab)")
     p.add_argument("--adapter", help="adapter folder or zip (default: the frozen --backbone)")
     p.add_argument("--backbone", help="with no adapter: predict with this frozen backbone (zero-shot)")
-    p.add_argument("--task", choices=["dichotomous", "openvocab"], help="default: the adapter's task")
+    p.add_argument("--task", choices=TASK_NAMES, help="default: the adapter's task")
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="PNG: the binary mask, or the colour label map")
     p.add_argument("--all", action="store_true",
@@ -304,7 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--task", default="dichotomous", choices=["dichotomous", "openvocab"])
+    p.add_argument("--task", default="dichotomous", choices=TASK_NAMES)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_synth)
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 import adapt
 from adapt.backbones import Backbone, build_backbone
+from adapt.files import atomic_folder, atomic_path
 from adapt.methods import Handle, attach
+from adapt.tasks import attach_task_head
+from adapt.weights import resolve_checkpoint
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -50,7 +52,7 @@ def adapter_config(handle: Handle, task: str | None = None, classes: list[str] |
         "counts": handle.count(),
         "metrics": metrics or {},
         "data": data or {},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -90,29 +92,19 @@ def save_adapter(handle: Handle, out_dir: str | Path, **info) -> Path:
     out_dir = Path(out_dir)
     cfg = adapter_config(handle, **info)
     tensors = {k: v.cpu() for k, v in handle.state_dict().items()}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         # a single metadata key keeps the file byte-identical across runs (keys are written in hash order)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": f"{FORMAT}/{handle.name}"})
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(cfg))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
 def zip_adapter(folder: str | Path, zip_path: str | Path) -> Path:
     folder, zip_path = Path(folder), Path(zip_path)
-    tmp = zip_path.with_suffix(zip_path.suffix + ".part")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
             z.write(folder / name, name)
-    os.replace(tmp, zip_path)
     return zip_path
 
 
@@ -179,8 +171,6 @@ def base_backbone(cfg: dict, checkpoint: str | Path | None = None) -> Backbone:
     name = cfg["base_model"]["name"]
     if checkpoint is None and cfg["base_model"]["weights_id"] == "random-init":
         return build_backbone(name)
-    from adapt.weights import resolve_checkpoint
-
     return build_backbone(name, checkpoint=resolve_checkpoint(name, checkpoint))
 
 
@@ -191,11 +181,20 @@ def load_adapter(path: str | Path, backbone: Backbone | None = None, method: str
     if backbone is None:
         backbone = base_backbone(cfg, checkpoint)
     check_compatible(cfg, backbone, method)
-    if cfg.get("task") == "openvocab" or backbone.family == "clip":
-        from adapt.tasks import attach_task_head
-
-        attach_task_head(backbone)
+    attach_task_head(backbone)
     handle = attach(backbone, cfg["method"], **cfg["config"])
     handle.load_state_dict(tensors)
     handle.info = cfg
     return handle
+
+
+def save_merged(adapter: str | Path, dest: str | Path, checkpoint: str | Path | None = None,
+                source: str | None = None) -> Path:
+    """Base model + adapter folded into one .safetensors file of plain weights (atomically);
+    `source` names the adapter in the file's metadata (default: its path)."""
+    handle = load_adapter(adapter, checkpoint=checkpoint)
+    handle.merge()
+    state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
+    with atomic_path(dest) as tmp:
+        save_file(state, str(tmp), metadata={"merged_from": source or str(adapter), "method": handle.name})
+    return Path(dest)

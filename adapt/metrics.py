@@ -296,7 +296,7 @@ class ConfusionMatrix:
                                  + (f" (ignore_index is {self.ignore_index})" if what == "ground truth" else ""))
         self.matrix += np.bincount(g * k + p, minlength=k * k).reshape(k, k)
 
-    def __iadd__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
         if other.num_classes != self.num_classes:
             raise ValueError("cannot add confusion matrices with different numbers of classes")
         self.matrix += other.matrix

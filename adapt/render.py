@@ -12,12 +12,13 @@ The one place where predictions become images; the CLI and the app both call it.
 from __future__ import annotations
 
 import colorsys
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from adapt.files import atomic_path
 
 
 def palette(n: int) -> np.ndarray:
@@ -25,8 +26,8 @@ def palette(n: int) -> np.ndarray:
     colors = []
     for i in range(n):
         h = (i * 0.618033988749895) % 1.0
-        l, s = (0.5, 0.75) if i % 2 == 0 else (0.62, 0.65)
-        colors.append([round(255 * c) for c in colorsys.hls_to_rgb(h, l, s)])
+        lightness, s = (0.5, 0.75) if i % 2 == 0 else (0.62, 0.65)
+        colors.append([round(255 * c) for c in colorsys.hls_to_rgb(h, lightness, s)])
     return np.asarray(colors, dtype=np.uint8).reshape(n, 3)
 
 
@@ -140,14 +141,8 @@ def side_by_side(*images: np.ndarray, gap: int = 6) -> np.ndarray:
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write a PNG atomically (no half-written file on failure); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

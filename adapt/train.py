@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from adapt.backbones import build_backbone
+from adapt.data.augment import augment
+from adapt.files import atomic_path
 from adapt.methods import attach
+from adapt.tasks import Task, make_task
+from adapt.weights import resolve_checkpoint
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EVENTS_NAME = "events.jsonl"
@@ -76,16 +79,17 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_task(name: str, backbone, **options):
-    if name == "dichotomous":
-        from adapt.tasks.dichotomous import DichotomousTask
+@dataclass
+class Evaluated:
+    """What `train(on_eval=...)` sees after a held-out evaluation: when, which model, its scores,
+    and the live run (task, handle, device) with the samples it was scored on."""
 
-        return DichotomousTask(backbone, **options)
-    if name == "openvocab":
-        from adapt.tasks.openvocab import OpenVocabTask
-
-        return OpenVocabTask(backbone, **options)
-    raise ValueError(f"unknown task {name!r}; choose dichotomous or openvocab")
+    step: int
+    model: str  # "frozen" | "adapted"
+    final: bool  # the frozen score or the last adapted one (not an intermediate)
+    metrics: dict
+    run: Run
+    samples: list
 
 
 class EventLog:
@@ -103,9 +107,8 @@ class EventLog:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _step_rng(seed: int, step: int) -> np.random.Generator:
@@ -116,8 +119,6 @@ def build_model(cfg: TrainConfig):
     """(backbone, task, method handle) exactly as a run builds them, seeded so that heads and
     adapters initialise identically wherever this is called (the trainer, the studio's previews)."""
     torch.manual_seed(cfg.seed)
-    from adapt.weights import resolve_checkpoint
-
     checkpoint = resolve_checkpoint(cfg.backbone, cfg.checkpoint)  # "random": random init
     backbone = build_backbone(cfg.backbone, checkpoint=checkpoint, seed=cfg.seed)
     task = make_task(cfg.task, backbone, **cfg.task_options)
@@ -159,26 +160,27 @@ class Run:
         self.step = state["step"]
 
 
-def _batch(samples, step: int, cfg: TrainConfig, task) -> tuple[list, np.random.Generator]:
+def _batch(samples, step: int, cfg: TrainConfig, task: Task) -> tuple[list, np.random.Generator]:
     rng = _step_rng(cfg.seed, step)
     idx = rng.choice(len(samples), size=cfg.batch_size, replace=len(samples) < cfg.batch_size)
     prepared = []
     for i in idx:
         image, mask = samples[i].image, samples[i].mask
         if cfg.augment:
-            from adapt.data.augment import augment
-
-            image, mask = augment(image, mask, rng, **getattr(task, "augment_options", {}))
+            image, mask = augment(image, mask, rng, **task.augment_options)
         prepared.append(task.prepare(image, mask))
     return prepared, rng
 
 
 def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path | None = None,
           resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
-          echo: Callable[[dict], None] | None = None) -> dict:
+          echo: Callable[[dict], None] | None = None,
+          on_eval: Callable[[Evaluated], None] | None = None) -> dict:
     """Train, evaluate frozen vs adapted on the held-out samples, return a summary dict.
 
-    With `out_dir`, events, checkpoints and (by the caller, via adapt.export) the adapter go there.
+    With `out_dir`, events and checkpoints go there (the adapter is saved by the caller,
+    adapt.pipeline.train_adapter). `on_eval` sees the live model after every held-out evaluation
+    (the studio renders its previews from it, without a second copy of the model).
     """
     if not train_samples:
         raise TrainingError("no training samples")
@@ -198,10 +200,20 @@ def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path 
         log("start", config=asdict(cfg), counts=run.handle.count(), train=len(train_samples),
             heldout=len(heldout_samples), device=str(run.device))
     model = run.backbone.model
-    if frozen_metrics is None and heldout_samples:
+
+    def evaluate(which: str, final: bool = True) -> dict:
+        """Score the held-out samples now ("frozen" before the first step, "adapted" after);
+        DIS metrics only on the final scores (they cost ~0.5 s a 1024^2 image)."""
+        step = 0 if which == "frozen" else run.step
         model.eval()
-        frozen_metrics = run.task.evaluate(heldout_samples, device=run.device)
-        log("eval", step=0, split="heldout", model="frozen", metrics=frozen_metrics)
+        metrics = run.task.evaluate(heldout_samples, device=run.device, dis=final)
+        log("eval", step=step, split="heldout", model=which, metrics=metrics)
+        if on_eval is not None:
+            on_eval(Evaluated(step, which, final, metrics, run, list(heldout_samples)))
+        return metrics
+
+    if frozen_metrics is None and heldout_samples:
+        frozen_metrics = evaluate("frozen")
 
     def save_checkpoint():
         if ckpt_path is not None:
@@ -241,15 +253,12 @@ def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path 
         if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < cfg.steps:
             save_checkpoint()
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps and heldout_samples:
-            model.eval()
-            log("eval", step=run.step, split="heldout", model="adapted",
-                metrics=run.task.evaluate(heldout_samples, device=run.device, dis=False))
+            evaluate("adapted", final=False)
     adapted_metrics = None
     if status == "done":
         model.eval()
         if heldout_samples:
-            adapted_metrics = run.task.evaluate(heldout_samples, device=run.device)
-            log("eval", step=run.step, split="heldout", model="adapted", metrics=adapted_metrics)
+            adapted_metrics = evaluate("adapted")
         save_checkpoint()
     summary = {"status": status, "step": run.step, "frozen": frozen_metrics, "adapted": adapted_metrics,
                "counts": run.handle.count(), "seconds": round(time.time() - started, 2)}

@@ -37,13 +37,14 @@ import http.client
 import json
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+
+from adapt.backbones.catalog import CATALOG, Checkpoint
+from adapt.files import atomic_path, format_bytes, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,72 +63,15 @@ class ChecksumMismatch(WeightsUnavailable):
     """A file's sha256 (or size) is not the expected one."""
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """One official checkpoint.
-
-    ``sources`` are ``(url, file name)`` pairs tried in order: the first that the server has is
-    downloaded and saved under its file name in :func:`weights_dir`; a cached copy under any of
-    the names counts. ``sha256``/``bytes`` are ``None`` where no published value is known (then
-    only what the server announces is checked).
-    """
-
-    name: str  # backbone name, as adapt.backbones knows it
-    family: str  # "sam" | "clip"
-    sources: tuple[tuple[str, str], ...]
-    sha256: str | None
-    bytes: int | None
-    description: str
-    # CLIP only: open_clip architecture and pretrained tag, and what building it needs.
-    open_clip_model: str | None = None
-    pretrained: str | None = None
-    # OpenAI's CLIP weights were trained with QuickGELU (x * sigmoid(1.702 x)); open_clip's plain
-    # "ViT-B-16"/"ViT-L-14" configs use nn.GELU. GELU has no parameters, so loading the weights
-    # into the wrong activation succeeds silently and gives wrong features: the builder must pass
-    # quick_gelu=True to CLIP(...) when this is set.
-    quick_gelu: bool = False
-    mean: tuple[float, ...] | None = None  # image normalisation the weights expect
-    std: tuple[float, ...] | None = None
-
-    @property
-    def url(self) -> str:
-        return self.sources[0][0]
-
-    @property
-    def file(self) -> str:
-        return self.sources[0][1]
-
-
-_SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
-
-# Meta's SAM release (github.com/facebookresearch/segment-anything#model-checkpoints). Meta does not
-# print checksums on that page; these sha256 values and sizes are the ones independent public
-# projects verify downloads against, e.g. the pooch registry in
-# computational-cell-analytics/micro-sam (micro_sam/util.py), which checks every download of these
-# three URLs, and many download manifests that record the same sha256 with these byte counts
-# (vit_b's size also matches the Content-Length in a published wget log of the download).
-SAM_CHECKPOINTS: dict[str, Checkpoint] = {
-    "sam-vit-b": Checkpoint(
-        "sam-vit-b", "sam", ((_SAM_BASE + "sam_vit_b_01ec64.pth", "sam_vit_b_01ec64.pth"),),
-        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", bytes=375_042_383,
-        description="SAM ViT-B (Meta, Apache-2.0)"),
-    "sam-vit-l": Checkpoint(
-        "sam-vit-l", "sam", ((_SAM_BASE + "sam_vit_l_0b3195.pth", "sam_vit_l_0b3195.pth"),),
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", bytes=1_249_524_607,
-        description="SAM ViT-L (Meta, Apache-2.0)"),
-    "sam-vit-h": Checkpoint(
-        "sam-vit-h", "sam", ((_SAM_BASE + "sam_vit_h_4b8939.pth", "sam_vit_h_4b8939.pth"),),
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", bytes=2_564_550_879,
-        description="SAM ViT-H (Meta, Apache-2.0)"),
-}
+# The registry is a view of the backbone catalog (adapt/backbones/catalog.py), where each backbone
+# is declared once with its checkpoint or open_clip tags.
+SAM_CHECKPOINTS: dict[str, Checkpoint] = {n: e.checkpoint for n, e in CATALOG.items() if e.checkpoint is not None}
 
 # Backbone name -> (open_clip architecture, default pretrained tag, other tags offered).
 CLIP_MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "clip-vit-b-16": ("ViT-B-16", "openai", ("laion2b_s34b_b88k",)),
-    "clip-vit-l-14": ("ViT-L-14", "openai", ("laion2b_s32b_b82k",)),
-}
+    n: (e.arch["open_clip_name"], e.pretrained[0], tuple(e.pretrained[1:])) for n, e in CATALOG.items() if e.pretrained}
 
-BUNDLED = ("tiny-sam", "tiny-clip")
+BUNDLED = tuple(n for n, e in CATALOG.items() if e.bundled)
 
 # open_clip's own names for the files in a Hugging Face repo (open_clip.constants): it prefers the
 # safetensors file and falls back to the pickled state dict, and so do we.
@@ -171,7 +115,7 @@ def clip_checkpoint_for_file(backbone_name: str, path) -> Checkpoint | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def clip_checkpoint(backbone_name: str, pretrained: str | None = None) -> Checkpoint:
     """The open_clip checkpoint for a CLIP backbone and pretrained tag (default tag if None).
 
@@ -227,14 +171,6 @@ def official(backbone_name: str, pretrained: str | None = None) -> Checkpoint:
 # hashing and download
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _offline_hint() -> str:
     return ("The bundled tiny models (tiny-sam, tiny-clip) work offline, and any backbone can be built "
             "with random weights (checkpoint='random').")
@@ -259,51 +195,46 @@ def download(url: str, dest: str | Path, sha256: str | None = None, expected_byt
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, part_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    part = Path(part_name)
     h = hashlib.sha256()
     received = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-                if isinstance(e, urllib.error.HTTPError):
-                    reason = f"HTTP {e.code} {e.reason}"
-                else:
-                    reason = getattr(e, "reason", None) or e
-                raise WeightsUnavailable(f"could not download {url}: {reason}. {_place_by_hand(url, dest)} "
-                                         f"{_offline_hint()}") from e
-            with response:
-                length = response.headers.get("Content-Length")
-                announced = int(length) if length and length.isdigit() else None
-                if expected_bytes is not None and announced is not None and announced != expected_bytes:
-                    raise ChecksumMismatch(f"{url} announces {announced} bytes but {dest.name} should have "
-                                           f"{expected_bytes}; not downloading it. {_place_by_hand(url, dest)}")
-                total = expected_bytes if expected_bytes is not None else announced
-                limit = total  # never accept more than the expected/announced size
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                          disable=not progress, leave=False) as bar:
-                    while True:
-                        try:
-                            block = response.read(CHUNK)
-                        except (http.client.HTTPException, OSError, ValueError) as e:  # IncompleteRead, timeouts
-                            raise WeightsUnavailable(
-                                f"download of {url} broke off after {received} bytes: {e}. "
-                                f"{_place_by_hand(url, dest)} {_offline_hint()}") from e
-                        if not block:
-                            break
-                        received += len(block)
-                        if limit is not None and received > limit:
-                            raise ChecksumMismatch(f"{url} sent more than the expected {limit} bytes for "
-                                                   f"{dest.name}; download discarded")
-                        h.update(block)
-                        out.write(block)
-                        bar.update(len(block))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(part, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+    with atomic_path(dest, mode=0o644) as part, open(part, "wb") as out:
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            if isinstance(e, urllib.error.HTTPError):
+                reason = f"HTTP {e.code} {e.reason}"
+            else:
+                reason = getattr(e, "reason", None) or e
+            raise WeightsUnavailable(f"could not download {url}: {reason}. {_place_by_hand(url, dest)} "
+                                     f"{_offline_hint()}") from e
+        with response:
+            length = response.headers.get("Content-Length")
+            announced = int(length) if length and length.isdigit() else None
+            if expected_bytes is not None and announced is not None and announced != expected_bytes:
+                raise ChecksumMismatch(f"{url} announces {announced} bytes but {dest.name} should have "
+                                       f"{expected_bytes}; not downloading it. {_place_by_hand(url, dest)}")
+            total = expected_bytes if expected_bytes is not None else announced
+            limit = total  # never accept more than the expected/announced size
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                      disable=not progress, leave=False) as bar:
+                while True:
+                    try:
+                        block = response.read(CHUNK)
+                    except (http.client.HTTPException, OSError, ValueError) as e:  # IncompleteRead, timeouts
+                        raise WeightsUnavailable(
+                            f"download of {url} broke off after {received} bytes: {e}. "
+                            f"{_place_by_hand(url, dest)} {_offline_hint()}") from e
+                    if not block:
+                        break
+                    received += len(block)
+                    if limit is not None and received > limit:
+                        raise ChecksumMismatch(f"{url} sent more than the expected {limit} bytes for "
+                                               f"{dest.name}; download discarded")
+                    h.update(block)
+                    out.write(block)
+                    bar.update(len(block))
+        out.flush()
+        os.fsync(out.fileno())
         if total is not None and received != total:
             raise WeightsUnavailable(f"download of {url} is incomplete: {received} of {total} bytes. "
                                      f"{_place_by_hand(url, dest)} {_offline_hint()}")
@@ -311,10 +242,6 @@ def download(url: str, dest: str | Path, sha256: str | None = None, expected_byt
         if sha256 is not None and digest != sha256.lower():
             raise ChecksumMismatch(f"sha256 mismatch for {dest.name} downloaded from {url}: expected {sha256.lower()}, "
                                    f"got {digest}; the download was discarded")
-        os.replace(part, dest)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
     _write_stamp(dest, digest)
     return dest
 
@@ -337,8 +264,7 @@ def _stamp_path(path: Path) -> Path:
 def _write_stamp(path: Path, digest: str) -> None:
     st = path.stat()
     try:
-        _stamp_path(path).parent.mkdir(exist_ok=True)
-        _stamp_path(path).write_text(json.dumps({"sha256": digest, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}))
+        write_json(_stamp_path(path), {"sha256": digest, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}, indent=None)
     except OSError:  # read-only folder: fine, it is only a cache
         pass
 
@@ -544,20 +470,10 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
                 downloadable=True, url=entry.url, bytes=size, sha256=entry.sha256, ready=cached is not None,
                 description=entry.description,
                 message=(f"downloaded: {path}" if cached else
-                         f"not downloaded; {_fmt_bytes(size)} from {urllib.parse.urlparse(entry.url).netloc}"))
+                         f"not downloaded; {format_bytes(size)} from {urllib.parse.urlparse(entry.url).netloc}"))
     if entry.family == "clip":
         info.update(pretrained=entry.pretrained, quick_gelu=entry.quick_gelu, mean=entry.mean, std=entry.std)
     return info
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"  # pragma: no cover
 
 
 def with_sources(entry: Checkpoint, *sources: tuple[str, str]) -> Checkpoint:

@@ -4,6 +4,7 @@ Binds to 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise; files live under AD
 (see app/config.py). Stopping the app stops the workers; their jobs resume at the next start.
 """
 
+import logging
 import os
 import signal
 
@@ -18,6 +19,7 @@ def main() -> None:
     from app.supervisor import Supervisor
     from app.ui import CSS, build
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(int(os.environ.get("ADAPT_APP_THREADS") or min(2, os.cpu_count() or 1)))
     paths = Paths(default_root()).ensure()
     limits = Limits.from_env()
@@ -28,7 +30,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"studio folder: {paths.root}; workers: {supervisor.worker_pids()}", flush=True)
+    logging.getLogger("app").info("studio folder: %s; workers: %s", paths.root, supervisor.worker_pids())
     try:
         build(studio).queue(default_concurrency_limit=4).launch(
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -17,6 +17,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapt.files import write_text
+from adapt.pipeline import ADAPTER_DIR
+from adapt.train import CHECKPOINT_NAME, EVENTS_NAME
+
 
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -26,8 +30,6 @@ def _int(name: str, default: int) -> int:
 def default_root() -> Path:
     if os.environ.get("ADAPT_STUDIO_DIR"):
         return Path(os.environ["ADAPT_STUDIO_DIR"]).expanduser()
-    if os.environ.get("ADAPT_JOBS_DIR"):  # the Dockerfile's older name for the same folder
-        return Path(os.environ["ADAPT_JOBS_DIR"]).expanduser()
     data = Path("/data")
     if data.is_dir() and os.access(data, os.W_OK):
         return data / "studio"
@@ -42,7 +44,7 @@ class Limits:
     max_steps: int = 20_000
 
     @classmethod
-    def from_env(cls) -> "Limits":
+    def from_env(cls) -> Limits:
         return cls(upload_mb=_int("ADAPT_MAX_UPLOAD_MB", cls.upload_mb),
                    max_pixels=_int("ADAPT_MAX_PIXELS", cls.max_pixels),
                    max_images=_int("ADAPT_MAX_IMAGES", cls.max_images),
@@ -72,7 +74,24 @@ class Paths:
     def job_dir(self, job_id: str) -> Path:
         return self.jobs / job_id
 
-    def ensure(self) -> "Paths":
+    def job_files(self, job_id: str) -> JobFiles:
+        return JobFiles(self.job_dir(job_id))
+
+    def owner_uploads(self, owner: str) -> Path:
+        """An owner's uploads: checked dataset zips, loaded adapters, the labelled set."""
+        return self.uploads / owner
+
+    def uploaded_adapters(self, owner: str) -> Path:
+        return self.owner_uploads(owner) / "adapters"
+
+    def labelled_set(self, owner: str) -> Path:
+        """The owner's click-labelled pairs, a standard images/ + masks/ dataset folder."""
+        return self.owner_uploads(owner) / "labelset"
+
+    def labelled_set_zip(self, owner: str) -> Path:
+        return self.owner_uploads(owner) / "labelset.zip"
+
+    def ensure(self) -> Paths:
         for p in (self.root, self.jobs, self.uploads, self.logs):
             p.mkdir(parents=True, exist_ok=True)
         return self
@@ -82,8 +101,30 @@ class Paths:
         browsers stored (their owner token and job id)."""
         path = self.root / "browser-secret"
         if not path.exists():
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-            tmp.write_text(secrets.token_urlsafe(32))
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
+            write_text(path, secrets.token_urlsafe(32), mode=0o600)
         return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """Every file in one job's folder, named here once. The trainer's and the adapter's own names
+    (events, checkpoint, adapter folder) come from the library that writes them."""
+
+    folder: Path
+
+    data_zip = property(lambda self: self.folder / "data.zip")  # the job's copy of its dataset
+    events = property(lambda self: self.folder / EVENTS_NAME)  # one JSON event per line
+    checkpoint = property(lambda self: self.folder / CHECKPOINT_NAME)  # resumes an interrupted job
+    adapter = property(lambda self: self.folder / ADAPTER_DIR)  # the adapter folder
+    adapter_zip = property(lambda self: self.folder / "adapter.zip")  # what Download gives
+    merged = property(lambda self: self.folder / "merged.safetensors")  # made on first request
+    result = property(lambda self: self.folder / "result.json")  # the trainer's summary
+    # held-out previews (ground truth | prediction): frozen, latest, final
+    before = property(lambda self: self.folder / "before.png")
+    preview = property(lambda self: self.folder / "preview.png")
+    after = property(lambda self: self.folder / "after.png")
+
+    @staticmethod
+    def predictions(picture: Path) -> Path:
+        """The predictions-only strip beside a preview picture (the before/after slider's halves)."""
+        return picture.with_name(f"{picture.stem}_pred.png")

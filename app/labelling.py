@@ -159,6 +159,7 @@ def _stem(name: str, folder: Path) -> str:
 
 def save_pair(state: dict, folder: Path, task: str, classes: list[str], class_id: int = 1) -> str:
     """Write image + mask (dichotomous 0/255, openvocab class ids + classes.json); returns the stem."""
+    from adapt.files import write_text
     from adapt.render import save_png
 
     if state["proposal"] is not None:  # a proposal not yet added counts as the region
@@ -171,7 +172,7 @@ def save_pair(state: dict, folder: Path, task: str, classes: list[str], class_id
     save_png(state["image"], folder / "images" / f"{stem}.png")
     save_png(mask, folder / "masks" / f"{stem}.png")
     if task == "openvocab":
-        (folder / "classes.json").write_text(json.dumps(classes))
+        write_text(folder / "classes.json", json.dumps(classes))
     return stem
 
 

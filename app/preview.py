@@ -1,9 +1,8 @@
 """Held-out previews while a job trains: ground truth beside the model's prediction, as one PNG.
 
-The trainer owns its model, so the worker keeps a second copy of the backbone + method (on the
-CPU) and loads the adapter tensors of the latest checkpoint into it whenever the trainer reports
-a held-out evaluation. The frozen model's preview ("before") and the final one ("after") feed the
-before/after slider.
+The trainer hands its live model to `Previewer` after every held-out evaluation (train's
+`on_eval`), right after scoring, while the model is in eval mode. The frozen model's preview
+("before") and the final one ("after") feed the before/after slider.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+from app.config import JobFiles
 
 MAX_IMAGES = 3
 TILE = 256  # longest side of each picture in the preview
@@ -53,50 +54,34 @@ def _stack(images: list[np.ndarray]) -> np.ndarray:
 
 
 class Previewer:
-    def __init__(self, cfg, samples, classes: list[str]):
-        self.cfg, self.classes = cfg, list(classes)
-        self.samples = list(samples)[:MAX_IMAGES]
-        self._task = self._handle = None
+    """The trainer's `on_eval` hook for a job: after each held-out evaluation it renders the first
+    held-out images with the live model (no second copy, nothing reloaded from disk): the frozen
+    model into "before", intermediate scores into "preview", the final model into "after"."""
 
-    def _build(self):
-        """The same backbone, task and method as the trainer's Run, on the CPU."""
-        if self._task is None:
-            from adapt.train import build_model
+    def __init__(self, files: JobFiles, task: str, classes: list[str]):
+        self.files, self.task, self.classes = files, task, list(classes)
 
-            backbone, self._task, self._handle = build_model(self.cfg)
-            backbone.model.eval()
-        return self._task, self._handle
+    def __call__(self, evaluated) -> Path | None:
+        if evaluated.model == "frozen":
+            picture = self.files.before
+        else:
+            picture = self.files.after if evaluated.final else self.files.preview
+        return self.render(evaluated.run.task, evaluated.samples, picture, device=evaluated.run.device)
 
     @torch.no_grad()
-    def _render(self, task, path: Path) -> Path | None:
+    def render(self, task, samples, path: Path, device="cpu") -> Path | None:
+        """Truth | prediction rows for up to MAX_IMAGES samples, and the predictions alone beside it."""
         from adapt.render import save_png, side_by_side
 
-        if not self.samples:
+        samples = list(samples)[:MAX_IMAGES]
+        if not samples:
             return None
         rows, predictions = [], []
-        for s in self.samples:
+        for s in samples:
             image, mask = s.image, s.mask
-            outputs = task.predict_outputs(image, **request_for(self.cfg.task, mask, self.classes))
+            outputs = task.predict_outputs(image, device=device, **request_for(self.task, mask, self.classes))
             predictions.append(_fit(outputs["overlay"]))
-            rows.append(side_by_side(_fit(truth_overlay(self.cfg.task, image, mask, len(self.classes))),
+            rows.append(side_by_side(_fit(truth_overlay(self.task, image, mask, len(self.classes))),
                                      predictions[-1]))
-        # <name>_pred.png: the predictions alone, for the before/after slider
-        save_png(_stack(predictions), path.with_name(f"{path.stem}_pred.png"))
+        save_png(_stack(predictions), JobFiles.predictions(path))
         return save_png(_stack(rows), path)
-
-    def render_frozen(self, path: Path) -> Path | None:
-        task, _ = self._build()
-        return self._render(task, path)
-
-    def render_checkpoint(self, checkpoint: Path, path: Path) -> Path | None:
-        if not checkpoint.exists():
-            return None
-        task, handle = self._build()
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        handle.load_state_dict(state["adapter"])
-        return self._render(task, path)
-
-    def render_handle(self, trained, path: Path) -> Path | None:
-        task, handle = self._build()
-        handle.load_state_dict({k: v.cpu() for k, v in trained.state_dict().items()})
-        return self._render(task, path)

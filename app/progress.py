@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EVENTS = "events.jsonl"
+from app.config import JobFiles
+
 LOG_LINES = 40
 
 
@@ -51,7 +52,8 @@ def _line(event: dict) -> str | None:
 
 
 def read_progress(folder: Path) -> Progress:
-    path = Path(folder) / EVENTS
+    """The progress of the job whose folder this is (an empty Progress when nothing is written yet)."""
+    path = JobFiles(Path(folder)).events
     p = Progress()
     try:
         st = path.stat()

@@ -7,7 +7,6 @@ page and gradio_client receives it as the error text.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -20,12 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from adapt.backbones import BACKBONES, family_of
+from adapt.files import atomic_path, copy_file, format_bytes
 from adapt.methods import METHODS, methods_for
+from adapt.tasks import TASKS
+from adapt.tasks.dichotomous import parse_points
 from app.config import Limits, Paths
 from app.jobs import FINISHED, JobStore, new_token
 from app.progress import read_progress
 
-TASK_FAMILY = {"dichotomous": "sam", "openvocab": "clip"}
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 
@@ -38,18 +40,9 @@ class UserError(ValueError):
 
 @lru_cache(maxsize=64)
 def _count(backbone: str, method: str) -> dict:
-    import torch
+    from adapt.pipeline import count_params
 
-    from adapt.backbones import build_backbone
-    from adapt.methods import attach
-    from adapt.tasks import attach_task_head
-
-    with torch.device("meta"):  # shapes only: instant, no memory
-        bb = build_backbone(backbone)
-        attach_task_head(bb)
-        info = attach(bb, method).describe()
-        info["spec"] = bb.spec
-        return info
+    return count_params(backbone, method)
 
 
 def describe_method(backbone: str, method: str) -> tuple[str, dict]:
@@ -59,7 +52,6 @@ def describe_method(backbone: str, method: str) -> tuple[str, dict]:
         info = dict(_count(backbone, method))
     except ValueError as e:
         return f"**{method}** cannot be used here: {e}", {}
-    info.pop("spec", None)
     text = (f"**{method}**: {METHODS[method].summary}\n\n"
             f"Trains **{info['adapter']:,}** adapter parameters "
             f"({100 * info['adapter'] / info['base']:.3f}% of {backbone}), "
@@ -67,16 +59,16 @@ def describe_method(backbone: str, method: str) -> tuple[str, dict]:
     return text, info
 
 
-def backbone_family(name: str) -> str:
-    return "clip" if "clip" in name else "sam"
+def family_for_task(task: str) -> str:
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose {' or '.join(TASKS)}")
+    return TASKS[task].family
 
 
 def backbones_for(task: str) -> list[str]:
-    from adapt.backbones import BACKBONES
-
-    family = TASK_FAMILY[task]
-    names = [n for n in BACKBONES if backbone_family(n) == family]
-    return sorted(names, key=lambda n: (not n.startswith("tiny"), n))  # bundled first
+    family = family_for_task(task)
+    names = [n for n in BACKBONES if family_of(n) == family]
+    return sorted(names, key=lambda n: (not BACKBONES[n].bundled, n))  # bundled first
 
 
 def backbone_status(name: str) -> str:
@@ -101,40 +93,15 @@ def download_weights(name: str) -> str:
     return f"`{name}` weights ready: {path}"
 
 
-@lru_cache(maxsize=None)
-def task_available(task: str) -> bool:
-    """Whether this version of the library can train and predict the task (openvocab arrives later)."""
-    import torch
-
-    from adapt.backbones import build_backbone
-    from adapt.tasks import attach_task_head
-    from adapt.train import make_task
-
-    try:
-        with torch.device("meta"):
-            bb = build_backbone("tiny-sam" if task == "dichotomous" else "tiny-clip")
-            attach_task_head(bb)
-            make_task(task, bb)
-        return True
-    except Exception:
-        return False
-
-
 def estimate_memory(backbone: str, method: str, batch_size: int, device: str = "auto") -> str:
     """A rough training-memory estimate: weights, trainable state (AdamW: 4 copies in fp32) and
     saved activations of the image encoder (bf16 on a GPU, fp32 on the CPU)."""
     try:
         info = _count(backbone, method)
+        shape = _encoder_shape(backbone)
     except ValueError as e:
         return f"Cannot estimate: {e}"
-    spec = info["spec"]
-    if backbone_family(backbone) == "sam":
-        tokens = (spec["img_size"] // spec["patch_size"]) ** 2
-        width, depth = spec["encoder_embed_dim"], spec["encoder_depth"]
-    else:
-        v = spec["vision_cfg"]
-        tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
-        width, depth = v["width"], v["layers"]
+    tokens, width, depth = shape["tokens"], shape["width"], shape["depth"]
     gpu = _has_gpu() if device == "auto" else device.startswith("cuda")
     act_bytes = 2 if gpu else 4
     weights = info["base"] * 4 + info["trainable"] * 16
@@ -143,9 +110,16 @@ def estimate_memory(backbone: str, method: str, batch_size: int, device: str = "
     activations = batch_size * depth * per_block
     total = (weights + activations) * 1.2  # allocator and workspace slack
     where = "GPU memory" if gpu else "RAM (no GPU: training runs on the CPU)"
-    return (f"Estimated {where}: **{_fmt_bytes(total)}** (weights {_fmt_bytes(info['base'] * 4)}, "
-            f"optimizer state {_fmt_bytes(info['trainable'] * 12)}, activations {_fmt_bytes(activations)} "
+    return (f"Estimated {where}: **{format_bytes(total)}** (weights {format_bytes(info['base'] * 4)}, "
+            f"optimizer state {format_bytes(info['trainable'] * 12)}, activations {format_bytes(activations)} "
             f"at batch {batch_size}). A rough guide, not a promise.")
+
+
+@lru_cache(maxsize=16)
+def _encoder_shape(backbone: str) -> dict:
+    from adapt.pipeline import encoder_shape
+
+    return encoder_shape(backbone)
 
 
 @lru_cache(maxsize=1)
@@ -153,14 +127,6 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 # --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
@@ -173,29 +139,12 @@ def check_owner(owner: str | None) -> str:
     return owner
 
 
-def _copy_atomic(src: Path, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{new_token()[:6]}.part")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
 def zip_folder(folder: Path, dest: Path) -> Path:
     """Zip a dataset folder atomically (relative paths only)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{new_token()[:6]}.part")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    z.write(path, path.relative_to(folder).as_posix())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(folder).as_posix())
     return dest
 
 
@@ -246,16 +195,15 @@ class Studio:
         """Validate uploaded pairs (a zip, or image files + mask files paired by name) and keep
         them as one dataset zip; returns (zip path, summary). Nothing is kept on failure."""
         check_owner(owner)
-        if task not in TASK_FAMILY:
-            raise UserError(f"unknown task {task!r}")
-        dest = self.paths.uploads / owner / f"dataset-{new_token()[:12]}.zip"
+        family_for_task(task)  # a known task
+        dest = self.paths.owner_uploads(owner) / f"dataset-{new_token()[:12]}.zip"
         if zip_file:
             if images or masks:
                 raise UserError("give either a zip or image and mask files, not both")
             dataset = self.load_checked(Path(zip_file), task)
             summary = summarize(dataset)
             dataset.close()
-            return _copy_atomic(Path(zip_file), dest), summary
+            return copy_file(Path(zip_file), dest), summary
         if not images or not masks:
             raise UserError("upload a dataset zip, or image files and mask files (same names, e.g. cat.jpg + cat.png)")
         with tempfile.TemporaryDirectory(dir=self.paths.uploads) as tmp:
@@ -277,20 +225,17 @@ class Studio:
     # --- jobs ----------------------------------------------------------------------------------
     def submit(self, owner: str, dataset_zip: str | None, task: str, backbone: str, method: str, steps: int,
                lr: float, head_lr: float, batch_size: int = 2, seed: int = 0, options: dict | None = None) -> str:
+        from adapt.pipeline import configure
         from adapt.train import TrainConfig
 
         check_owner(owner)
         if not dataset_zip:
             raise UserError("no dataset: upload pairs or label images in the Data tab first (or pass a dataset zip)")
-        if task not in TASK_FAMILY:
-            raise UserError(f"unknown task {task!r}; choose dichotomous or openvocab")
-        if not task_available(task):
-            raise UserError(f"the {task} task is not available in this version of the library")
+        family = family_for_task(task)
         if backbone not in backbones_for(task):
             raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(backbones_for(task))}")
-        if method not in methods_for(TASK_FAMILY[task]):
-            raise UserError(f"{method!r} does not apply to {backbone}; choose one of "
-                            f"{', '.join(methods_for(TASK_FAMILY[task]))}")
+        if method not in methods_for(family):
+            raise UserError(f"{method!r} does not apply to {backbone}; choose one of {', '.join(methods_for(family))}")
         steps, batch_size = int(steps), int(batch_size)
         if not 1 <= steps <= self.limits.max_steps:
             raise UserError(f"steps must be between 1 and {self.limits.max_steps}")
@@ -300,15 +245,14 @@ class Studio:
             raise UserError("learning rates must be positive and at most 1")
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
         dataset.close()
-        task_options = ({"prompt": "box"} if task == "dichotomous" else
-                        {"classes": dataset.classes, "ignore_index": dataset.ignore_index})
         every = max(1, steps // 8)
         cfg = TrainConfig(task=task, backbone=backbone, method=method, method_options=dict(options or {}),
-                          task_options=task_options, steps=steps,
+                          task_options={"prompt": "box"} if task == "dichotomous" else {}, steps=steps,
                           batch_size=batch_size, lr=float(lr), head_lr=float(head_lr), seed=int(seed),
                           warmup=min(10, max(1, steps // 10)), eval_every=every, checkpoint_every=every)
+        cfg = configure(cfg, dataset)  # what the worker will run, classes included
         job_id = new_token()
-        data = _copy_atomic(Path(dataset_zip), self.paths.job_dir(job_id) / "data.zip")
+        data = copy_file(Path(dataset_zip), self.paths.job_files(job_id).data_zip)
         self.store.submit(owner, {"train": asdict(cfg), "data_name": Path(dataset_zip).name}, str(data), job_id=job_id)
         return job_id
 
@@ -322,14 +266,14 @@ class Studio:
     def status(self, owner: str, job_id: str) -> dict:
         """Everything a client needs to follow a job (JSON-serialisable)."""
         job = self.job(owner, job_id)
-        out = self.paths.job_dir(job["id"])
-        progress = read_progress(out)
+        files = self.paths.job_files(job["id"])
+        progress = read_progress(files.folder)
         result = {"job": job["id"], "status": job["status"], "error": job["error"], "note": job["note"],
                   "task": job["config"]["train"]["task"], "backbone": job["config"]["train"]["backbone"],
                   "method": job["config"]["train"]["method"], "steps": job["config"]["train"]["steps"],
                   "step": progress.step, "loss": progress.last_loss, "eta_s": progress.eta_s,
                   "frozen": progress.frozen, "adapted": progress.adapted, "created": job["created"],
-                  "adapter_ready": job["status"] == "done" and (out / "adapter.zip").exists()}
+                  "adapter_ready": job["status"] == "done" and files.adapter_zip.exists()}
         if job["status"] == "queued":
             result["queue_position"] = self.store.queue_position(job["id"])
         return result
@@ -350,27 +294,20 @@ class Studio:
     # --- adapters ------------------------------------------------------------------------------
     def adapter_zip(self, owner: str, job_id: str) -> Path:
         job = self.job(owner, job_id)
-        path = self.paths.job_dir(job["id"]) / "adapter.zip"
+        path = self.paths.job_files(job["id"]).adapter_zip
         if job["status"] != "done" or not path.exists():
             raise UserError(f"job {job['id']} has no adapter yet (status: {job['status']})")
         return path
 
     def merged_checkpoint(self, owner: str, job_id: str) -> Path:
         """Base model + adapter folded into one .safetensors file (made once, then kept)."""
-        from safetensors.torch import save_file
+        from adapt.export import save_merged
 
-        folder = self.adapter_zip(owner, job_id).parent
-        dest = folder / "merged.safetensors"
-        if not dest.exists():
-            from adapt.export import load_adapter
-
-            handle = load_adapter(folder / "adapter")
-            handle.merge()
-            state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
-            tmp = dest.with_name(f".{dest.name}.part")
-            save_file(state, str(tmp), metadata={"merged_from": folder.name, "method": handle.name})
-            os.replace(tmp, dest)
-        return dest
+        self.adapter_zip(owner, job_id)  # a finished job of this owner
+        files = self.paths.job_files(job_id)
+        if not files.merged.exists():
+            save_merged(files.adapter, files.merged, source=job_id)
+        return files.merged
 
     def upload_adapter(self, owner: str, zip_path: str) -> tuple[str, str]:
         """Check an adapter zip (safetensors only, never pickle) and keep it; returns (ref, description)."""
@@ -384,7 +321,7 @@ class Studio:
         except (AdapterError, zipfile.BadZipFile, OSError) as e:
             raise UserError(f"not a usable adapter: {e}") from None
         ref = f"upload-{new_token()[:16]}"
-        _copy_atomic(Path(zip_path), self.paths.uploads / owner / "adapters" / f"{ref}.zip")
+        copy_file(Path(zip_path), self.paths.uploaded_adapters(owner) / f"{ref}.zip")
         return ref, describe_adapter(cfg, len(tensors))
 
     def adapters(self, owner: str) -> list[tuple[str, str]]:
@@ -397,7 +334,7 @@ class Studio:
             if j["status"] == "done":
                 t = j["config"]["train"]
                 out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
-        folder = self.paths.uploads / owner / "adapters"
+        folder = self.paths.uploaded_adapters(owner)
         for path in sorted(folder.glob("upload-*.zip")) if folder.exists() else []:
             try:
                 cfg, _ = read_adapter(path)
@@ -409,12 +346,12 @@ class Studio:
     def _adapter_path(self, owner: str, ref: str) -> Path:
         ref = (ref or "").strip()
         if ref.startswith("upload-"):
-            path = self.paths.uploads / owner / "adapters" / f"{ref}.zip"
+            path = self.paths.uploaded_adapters(owner) / f"{ref}.zip"
             if not re.fullmatch(r"upload-[A-Za-z0-9_-]+", ref) or not path.exists():
                 raise UserError(f"no uploaded adapter {ref!r} for this browser")
             return path
         self.adapter_zip(owner, ref)
-        return self.paths.job_dir(ref) / "adapter"
+        return self.paths.job_files(ref).adapter
 
     # --- prediction ----------------------------------------------------------------------------
     def model(self, owner: str, adapter_ref: str | None, backbone: str, task: str):
@@ -430,7 +367,7 @@ class Studio:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            from adapt.tasks import inference_task
+            from adapt.pipeline import inference_task
 
             if adapter_ref:
                 from adapt.export import AdapterError
@@ -511,20 +448,7 @@ def parse_classes(text: str, background: bool) -> list[str]:
 
 def parse_clicks(text: str):
     """"x,y,label; x,y,label" (label 1 foreground, 0 background) -> (coords, labels) or None."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    coords, labels = [], []
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            values = [float(v) for v in part.split(",")]
-        except ValueError:
-            raise UserError(f"clicks are 'x,y,label' separated by ';', got {part!r}") from None
-        if len(values) not in (2, 3):
-            raise UserError(f"clicks are 'x,y,label' separated by ';', got {part!r}")
-        coords.append(values[:2])
-        labels.append(int(values[2]) if len(values) == 3 else 1)
-    return np.asarray(coords, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+    try:
+        return parse_points(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None

@@ -8,6 +8,7 @@ job's heartbeat stops (a hang) is killed and handled the same way.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from app.config import Paths
 from app.jobs import JobStore, new_token
 
 REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger("app.supervisor")
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("ADAPT_HEARTBEAT_TIMEOUT", "300"))
 
 
@@ -81,10 +83,10 @@ class Supervisor:
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     # --- life cycle ----------------------------------------------------------------------------
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         requeued = self.store.requeue_interrupted()
         if requeued:
-            print(f"requeued {len(requeued)} interrupted job(s); they resume from their checkpoints", flush=True)
+            log.info("requeued %d interrupted job(s); they resume from their checkpoints", len(requeued))
         for slot in self.slots:
             self._spawn(slot)
         self._thread.start()
@@ -133,7 +135,7 @@ class Supervisor:
                     try:
                         self._check(slot)
                     except Exception as e:  # the supervisor must outlive anything odd
-                        print(f"supervisor: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                        log.exception("supervisor: %s: %s", type(e).__name__, e)
 
     def _check(self, slot: Slot) -> None:
         code = slot.proc.poll()
@@ -144,7 +146,7 @@ class Supervisor:
         tail = log_tail(slot.log_path, slot.log_start)
         error = reason + (f". Last output:\n{tail}" if tail else "")
         failed = self.store.fail_worker_jobs(slot.worker_id, error)
-        print(f"supervisor: {reason}; failed job(s) {failed}; starting a new worker", file=sys.stderr, flush=True)
+        log.warning("%s; failed job(s) %s; starting a new worker", reason, failed)
         now = time.time()
         slot.crashes = [t for t in slot.crashes if now - t < 60] + [now]
         if len(slot.crashes) >= 5:  # crashing at start-up: do not spin, try again later
@@ -155,8 +157,7 @@ class Supervisor:
     def _check_heartbeat(self, slot: Slot) -> None:
         row = self.store.running_job(slot.worker_id)
         if row and row["heartbeat"] and time.time() - row["heartbeat"] > HEARTBEAT_TIMEOUT_S:
-            print(f"supervisor: job {row['id']} has had no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s; "
-                  "killing its worker", file=sys.stderr, flush=True)
+            log.warning("job %s has had no heartbeat for %.0f s; killing its worker", row["id"], HEARTBEAT_TIMEOUT_S)
             slot.proc.kill()
             slot.proc.wait()
             self.store.fail_worker_jobs(slot.worker_id, f"the worker stopped responding (no heartbeat for "

@@ -19,19 +19,31 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from adapt.backbones import BACKBONES
+from adapt.backbones import BACKBONES, family_of
 from adapt.methods import METHODS, methods_for
+from adapt.tasks import TASKS
 from app import labelling
-from app.config import Paths, default_root
+from app.config import JobFiles, Paths, default_root
 from app.jobs import new_token
 from app.progress import read_progress
-from app.service import (TASK_FAMILY, Studio, UserError, backbone_status, backbones_for, check_owner,
-                         describe_method, download_weights, estimate_memory, parse_classes, task_available)
+from app.service import (
+    Studio,
+    UserError,
+    backbone_status,
+    backbones_for,
+    check_owner,
+    describe_method,
+    download_weights,
+    estimate_memory,
+    family_for_task,
+    parse_classes,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
-TASKS = [("Dichotomous (SAM: one foreground mask)", "dichotomous"),
-         ("Open-vocabulary (CLIP: label map of named classes)", "openvocab")]
+TASK_LABELS = {"dichotomous": "Dichotomous (SAM: one foreground mask)",
+               "openvocab": "Open-vocabulary (CLIP: label map of named classes)"}
+TASK_CHOICES = [(TASK_LABELS.get(name, name), name) for name in TASKS]
 URL_JS = """(job) => { const u = new URL(window.location.href);
   if (job) { u.searchParams.set('job', job); } else { u.searchParams.delete('job'); }
   window.history.replaceState(null, '', u); return job; }"""
@@ -90,7 +102,7 @@ def build(studio: Studio | None = None) -> gr.Blocks:
         gr.Markdown("# Segmentation adaptation studio\n"
                     "Label or upload a few images, adapt SAM or CLIP with a parameter-efficient method in the "
                     "background, compare frozen vs adapted on held-out images, download the adapter.")
-        task = gr.Radio(TASKS, value="dichotomous", label="Task", elem_id="task")
+        task = gr.Radio(TASK_CHOICES, value="dichotomous", label="Task", elem_id="task")
         with gr.Tabs() as tabs:
             data = _data_tab(studio, owner, task)
             train = _train_tab(studio, owner, task, data, tabs)
@@ -209,7 +221,7 @@ def _data_tab(studio: Studio, owner, task) -> dict:
 
     # one labelled set per browser, a standard dataset folder
     def set_dir(o):
-        return studio.paths.uploads / check_owner(o) / "labelset"
+        return studio.paths.labelled_set(check_owner(o))
 
     def n_classes(t, names):
         return len(_classes(t, names))
@@ -322,10 +334,10 @@ def _class_id(task: str, names: str, chosen: str | None) -> int:
 def _zip_set(studio: Studio, owner: str) -> Path:
     from app.service import zip_folder
 
-    folder = studio.paths.uploads / check_owner(owner) / "labelset"
+    folder = studio.paths.labelled_set(check_owner(owner))
     if not (folder / "images").exists():
         raise UserError("the labelled set is empty")
-    return zip_folder(folder, studio.paths.uploads / owner / "labelset.zip")
+    return zip_folder(folder, studio.paths.labelled_set_zip(owner))
 
 
 # --- Train ---------------------------------------------------------------------------------------
@@ -370,7 +382,7 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
         return job_id, f"Job `{job_id}` queued."
 
     def on_backbone(bb, t):
-        family = TASK_FAMILY.get(t, "sam")
+        family = TASKS[t].family if t in TASKS else "sam"
         choices = methods_for(family)
         return backbone_status(bb), gr.Dropdown(choices=choices, value=choices[0])
 
@@ -426,11 +438,11 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
             s = studio.status(o, job_id)
         except UserError as e:
             return (None, f"**{e}**") + (gr.skip(),) * 9
-        folder = studio.paths.job_dir(s["job"])
-        p = read_progress(folder)
-        files = tuple((folder / n).stat().st_mtime_ns if (folder / n).exists() else 0
-                      for n in ("preview.png", "before.png", "after.png"))
-        signature = (s["job"], s["status"], s["error"], p.signature, files)
+        job_files = studio.paths.job_files(s["job"])
+        p = read_progress(job_files.folder)
+        pictures = (job_files.after, job_files.preview, job_files.before)  # the newest first
+        stamps = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in pictures)
+        signature = (s["job"], s["status"], s["error"], p.signature, stamps)
         if signature == last:
             return (last,) + (gr.skip(),) * 10
         curves = p.curves()
@@ -438,9 +450,9 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
         loss_df = pd.DataFrame(curves["loss"], columns=["step", "loss"]).astype({"step": int, "loss": float})
         metric_df = pd.DataFrame(curves["metric"], columns=["step", "score", "series"]).astype(
             {"step": int, "score": float, "series": str})
-        shown = next((im for im in map(read_rgb, (folder / n for n in ("after.png", "preview.png", "before.png")))
-                      if im is not None), None)
-        before, after = read_rgb(folder / "before_pred.png"), read_rgb(folder / "after_pred.png")
+        shown = next((im for im in map(read_rgb, pictures) if im is not None), None)
+        before = read_rgb(JobFiles.predictions(job_files.before))
+        after = read_rgb(JobFiles.predictions(job_files.after))
         # no rows: None, not an empty frame (gradio's plot never recovers from an empty one)
         return (signature, _status_text(s), loss_df if len(loss_df) else None, metric_df if len(metric_df) else None, shown,
                 (before, after) if before is not None and after is not None else None,
@@ -625,8 +637,7 @@ def _methods_tab() -> None:
         counts = gr.JSON(describe_method("sam-vit-b", "parser")[1], label="Parameter counts")
 
         def on_backbone(name):
-            family = "sam" if "sam" in name else "clip"
-            choices = methods_for(family)
+            choices = methods_for(family_of(name))
             return gr.Dropdown(choices=choices, value=choices[0])
 
         backbone.change(on_backbone, backbone, method, api_visibility="private")
@@ -654,8 +665,8 @@ def _api(studio: Studio) -> None:
 
     def tasks() -> dict:
         """Which tasks this server can train, with their backbones and methods."""
-        return {t: {"available": task_available(t), "backbones": backbones_for(t),
-                    "methods": methods_for(TASK_FAMILY[t])} for t in TASK_FAMILY}
+        return {t: {"available": True, "backbones": backbones_for(t), "methods": methods_for(family_for_task(t))}
+                for t in TASKS}
 
     gr.api(status, api_name="status")
     gr.api(jobs, api_name="jobs")

@@ -2,9 +2,10 @@
 
     python -m app.worker --root STUDIO_DIR --worker-id ID
 
-For each job it loads the job's dataset, calls `adapt.train.train` with the job's folder as the
-output (events.jsonl, checkpoint.pt; resumed when one is there), renders previews of held-out
-images as training goes, and at the end writes the adapter folder, its zip and result.json.
+For each job it loads the job's dataset and calls `adapt.pipeline.train_adapter` with the job's
+folder as the output (events, checkpoint, adapter; resumed when a checkpoint is there), renders
+previews of held-out images from the live model as training goes, and at the end zips the
+adapter and writes the result (file names: app.config.JobFiles).
 Training errors mark the job failed with their message; a process that dies is noticed by the
 app's supervisor, which marks the job failed with the exit status. On SIGTERM (the app stopping)
 the run stops at the next step, saves its checkpoint and goes back to the queue.
@@ -14,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
+import logging
 import os
 import signal
 import sys
 import threading
-import time
-import traceback
 from pathlib import Path
 
 HEARTBEAT_S = 2.0
+log = logging.getLogger("app.worker")
 
 
 def _die_with_parent() -> None:
@@ -32,12 +32,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 class Heartbeat:
@@ -72,44 +66,30 @@ class Heartbeat:
 def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max_pixels: int) -> str:
     """Run one claimed job to its end; returns the status it was left in."""
     from adapt.data import load_dataset
-    from adapt.export import save_adapter, zip_adapter
-    from adapt.train import TrainConfig, train
+    from adapt.export import zip_adapter
+    from adapt.files import write_json
+    from adapt.pipeline import train_adapter
+    from adapt.train import TrainConfig
     from app.preview import Previewer
 
-    out = paths.job_dir(job["id"])
-    out.mkdir(parents=True, exist_ok=True)
+    files = paths.job_files(job["id"])
+    files.folder.mkdir(parents=True, exist_ok=True)
     spec = job["config"]
     cfg = TrainConfig(**spec["train"])
     with Heartbeat(store, job["id"], worker) as beat:
         dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
-        train_set, heldout = dataset.split(holdout=spec.get("holdout"), seed=cfg.seed)
-        previewer = Previewer(cfg, list(heldout), dataset.classes)
-        if not (out / "before.png").exists():
-            previewer.render_frozen(out / "before.png")
-
-        def echo(event):
-            if event["type"] == "eval" and event.get("model") == "adapted" and event["step"] < cfg.steps:
-                previewer.render_checkpoint(out / "checkpoint.pt", out / "preview.png")
-
-        summary = train(cfg, list(train_set), list(heldout), out, resume=True,
-                        should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(), echo=echo)
-        run = summary.pop("run")
+        summary = train_adapter(cfg, dataset, files.folder, holdout=spec.get("holdout"),
+                                source=spec.get("data_name", "uploaded dataset"), resume=True,
+                                should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(),
+                                on_eval=Previewer(files, cfg.task, dataset.classes))
         if summary["status"] == "cancelled":
             if beat.cancelled.is_set():
                 store.finish(job["id"], "cancelled", worker=worker)
                 return "cancelled"
             store.finish(job["id"], "queued", worker=worker, note="stopped with the app; resumes from its checkpoint")
             return "queued"
-        metrics = {f"frozen_{k}": v for k, v in (summary["frozen"] or {}).items()}
-        metrics.update({f"adapted_{k}": v for k, v in (summary["adapted"] or {}).items()})
-        data = {"source": spec.get("data_name", "uploaded dataset"), "train_images": len(train_set),
-                "heldout_images": len(heldout), "heldout_stems": ", ".join(s.stem for s in heldout),
-                "steps": cfg.steps}
-        classes = dataset.classes if cfg.task == "openvocab" else None
-        adapter = save_adapter(run.handle, out / "adapter", task=cfg.task, classes=classes, metrics=metrics, data=data)
-        zip_adapter(adapter, out / "adapter.zip")
-        previewer.render_handle(run.handle, out / "after.png")
-        write_json(out / "result.json", {k: v for k, v in summary.items()})
+        zip_adapter(summary["adapter"], files.adapter_zip)
+        write_json(files.result, {k: (str(v) if k == "adapter" else v) for k, v in summary.items()})
     store.finish(job["id"], "done", worker=worker)
     return "done"
 
@@ -135,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--poll", type=float, default=0.5)
     args = parser.parse_args(argv)
     _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
     shutdown = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: shutdown.set())
     signal.signal(signal.SIGINT, lambda *_: shutdown.set())
@@ -148,20 +129,20 @@ def main(argv=None) -> int:
     paths = Paths(Path(args.root)).ensure()
     store = JobStore(paths.db)
     limits = Limits.from_env()
-    print(f"worker {args.worker_id} (pid {os.getpid()}) ready", flush=True)
+    log.info("worker %s (pid %d) ready", args.worker_id, os.getpid())
     while not shutdown.is_set():
         job = store.claim(args.worker_id, os.getpid())
         if job is None:
             shutdown.wait(args.poll)
             continue
-        print(f"job {job['id']}: started (attempt {job['attempts']})", flush=True)
+        log.info("job %s: started (attempt %s)", job["id"], job["attempts"])
         try:
             status = run_job(store, paths, job, args.worker_id, shutdown, limits.max_pixels)
         except Exception as e:  # the job failed, the worker lives on
-            traceback.print_exc()
+            log.exception("job %s failed", job["id"])
             status = "failed"
             store.finish(job["id"], "failed", error=user_message(e), worker=args.worker_id)
-        print(f"job {job['id']}: {status}", flush=True)
+        log.info("job %s: %s", job["id"], status)
     return 0
 
 

@@ -40,13 +40,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from adapt.data.synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `adapt` lives at the repo root
-
-import torch  # noqa: E402
-
-from adapt.data.synthetic import make_dataset  # noqa: E402
 
 MIB = 2**20
 SECTION = "## Dichotomous segmentation at full resolution"
@@ -226,7 +224,7 @@ def click_latency(task, size: int, rounds: int = 20, warmup: bool = True) -> dic
     if warmup:  # first-call costs (allocator, kernels) out of the timings; not worth an encoder run for ViT-B
         predictor.predict(s.image[:64, :64])
     times = {"uncached": [], "cached": []}
-    for r in range(rounds):
+    for _ in range(rounds):
         k = rng.integers(len(ys))
         click = dict(points=[[xs[k], ys[k]]], labels=[1], whole_box=True)
         predictor.clear()

@@ -23,15 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adapt.data.synthetic import make_dataset  # noqa: E402
-from adapt.export import save_adapter  # noqa: E402
-from adapt.train import TrainConfig, train  # noqa: E402
+from adapt.data.synthetic import make_dataset
+from adapt.export import save_adapter
+from adapt.methods import configurations
+from adapt.train import TrainConfig, train
 
 DOMAINS = ["camouflage", "thin", "grayscale-noise"]
-METHODS = [("decoder", {}), ("parser", {}), ("parser", {"scope": "conv"}), ("lora", {}), ("cobot-lora", {}),
-           ("adaptformer", {}), ("cobot-adaptformer", {}), ("full", {})]
+# every SAM method configuration the benchmarks compare (adapt.methods.configurations), decoder-only
+# first (the reference every adapter must beat); `frozen` is the "frozen" column of every row already
+METHODS = sorted(((m, o) for m, _, o in configurations("sam", compared=True) if m != "frozen"),
+                 key=lambda c: c[0] != "decoder")
 
 
 class Sample:

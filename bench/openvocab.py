@@ -26,17 +26,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adapt.data.synthetic import COLOURS, SEEN_SHAPES, UNSEEN_SHAPES, make_dataset  # noqa: E402
-from adapt.methods.hclip import hyperspherical_energy, text_tower_weights  # noqa: E402
-from adapt.metrics import harmonic_iou  # noqa: E402
-from adapt.train import TrainConfig, train  # noqa: E402
+from adapt.data.synthetic import COLOURS, SEEN_SHAPES, UNSEEN_SHAPES, make_dataset
+from adapt.methods.hclip import hyperspherical_energy, text_tower_weights
+from adapt.metrics import harmonic_iou
+from adapt.train import TrainConfig, train
 
 UNSEEN_COLOURS = ["orange", "cyan", "pink", "gray"]
 SEEN_COLOURS = [c for c in COLOURS if c not in UNSEEN_COLOURS]

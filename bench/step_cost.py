@@ -64,26 +64,21 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from adapt.backbones import BACKBONES, build_backbone, family_of
+from adapt.methods import METHODS, attach, configurations, label
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `adapt` lives at the repo root
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from adapt.backbones import BACKBONES, build_backbone  # noqa: E402
-from adapt.methods import METHODS, attach  # noqa: E402
-
-# key (for --methods / --one), label in the table, method name, attach options
-VARIANTS = [
-    ("full", "full", "full", {}),
-    ("decoder", "decoder", "decoder", {}),
-    ("parser", "parser", "parser", {}),
-    ("parser:conv", "parser (scope=conv)", "parser", {"scope": "conv"}),
-    ("lora", "lora", "lora", {}),
-    ("cobot-lora", "cobot-lora", "cobot-lora", {}),
-    ("adaptformer", "adaptformer", "adaptformer", {}),
-    ("cobot-adaptformer", "cobot-adaptformer", "cobot-adaptformer", {}),
-]
+# key (for --methods / --one), label in the table, method name, attach options: every SAM method
+# configuration the benchmarks compare (adapt.methods.configurations), the no-training reference aside;
+# `full` first, the baseline of every ratio
+VARIANTS = sorted(
+    ((method + "".join(f":{v}" for v in options.values()), label(method, options), method, options)
+     for method, _, options in configurations("sam", compared=True) if method != "frozen"),
+    key=lambda v: v[2] != "full")
 BY_KEY = {v[0]: v for v in VARIANTS}
 LR = 1e-4
 MIB = 2**20
@@ -416,7 +411,7 @@ def markdown(report: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="What each number measures: this file's docstring and docs/benchmarks.md.")
-    p.add_argument("--backbone", default="tiny-sam", choices=[n for n in BACKBONES if "sam" in n],
+    p.add_argument("--backbone", default="tiny-sam", choices=[n for n in BACKBONES if family_of(n) == "sam"],
                    help="a SAM backbone; the full-size ones are random-init (no download) (default tiny-sam)")
     p.add_argument("--batch", type=int, default=None, help="default 2; 1 for full-size SAM on CPU")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 20; 2 full-size on CPU)")

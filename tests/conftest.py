@@ -1,24 +1,18 @@
 import pytest
 import torch
 
-from adapt.backbones import build_backbone
-from adapt.methods import METHODS
+from adapt.backbones import FAMILIES, build_backbone
+from adapt.backbones.catalog import bundled
+from adapt.methods import configurations
 from adapt.tasks import attach_task_head
 
 torch.set_num_threads(1)  # robust on a shared 2-core machine: OpenMP spin-waits badly when oversubscribed
 
-# (method, options) x the families it adapts: every configuration the library ships.
-CASES = []
-for _name, _cls in METHODS.items():
-    for _family in _cls.families:
-        CASES.append((_name, _family, {}))
-CASES += [("parser", "sam", {"scope": "conv"}), ("parser", "sam", {"reparam": "delta"}),
-          ("cobot-lora", "sam", {"quaternion_init": "random"}),
-          ("hclip", "clip", {"dcrc": False}), ("hclip", "clip", {"orthogonal": "both"}),
-          ("hclip", "clip", {"orthogonal": "none"})]
+# (method, family, options): every configuration the library ships (defaults and declared variants).
+CASES = configurations()
 CASE_IDS = [f"{m}-{f}" + "".join(f"-{k}={v}" for k, v in o.items()) for m, f, o in CASES]
 
-TINY = {"sam": "tiny-sam", "clip": "tiny-clip"}
+TINY = {family: bundled(family) for family in FAMILIES}
 
 
 def tiny_backbone(family: str, seed: int = 0):

@@ -37,7 +37,7 @@ class App:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 120) -> "App":
+    def start(self, timeout: float = 120) -> App:
         env = dict(os.environ, ADAPT_STUDIO_DIR=str(self.root), GRADIO_SERVER_PORT=str(self.port),
                    GRADIO_SERVER_NAME="127.0.0.1", OMP_NUM_THREADS="1", ADAPT_WORKER_THREADS="1",
                    ADAPT_APP_THREADS="1", ADAPT_WORKERS="1", PYTHONPATH=str(REPO))

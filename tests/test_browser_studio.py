@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from studio_support import App, bad_uploads, dataset_zip, slip_zip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -82,7 +81,7 @@ def test_data_tab_refuses_a_bad_upload_then_takes_a_good_one(page, shots):
     expect(page.locator("#data-msg")).to_contain_text("Cannot use this upload")
     expect(page.locator("#data-msg")).to_contain_text("outside the dataset folder")
     page.locator("#upload-zip").get_by_role("button", name=re.compile("Clear|Remove", re.I)).first.click()
-    for name, (images, masks, words) in bad_uploads(page.workdir / "bad").items():
+    for images, masks, words in bad_uploads(page.workdir / "bad").values():
         upload(page, "upload-images", [str(p) for p in images])
         upload(page, "upload-masks", [str(p) for p in masks])
         page.locator("#check-data").click()

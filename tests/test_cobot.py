@@ -1,10 +1,10 @@
 """COBOT's pieces: the quaternion (Hamilton) layer, coefficient mixing, plug-in equivalence."""
 
 import torch
+from conftest import tiny_backbone
 
 from adapt.methods import attach
 from adapt.methods.cobot import CobotCoefficients, hamilton_matrix
-from conftest import tiny_backbone
 
 
 def hamilton_product(p, q):

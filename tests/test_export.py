@@ -5,11 +5,11 @@ import zipfile
 
 import pytest
 import torch
+from conftest import CASE_IDS, CASES, perturb, tiny_backbone
 
 from adapt.backbones import build_backbone
 from adapt.export import AdapterError, load_adapter, read_adapter, save_adapter, zip_adapter
 from adapt.methods import attach
-from conftest import CASE_IDS, CASES, perturb, tiny_backbone
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import tiny_backbone
 
 from adapt.methods import attach
 from adapt.methods.hclip import cayley, hyperspherical_energy, text_tower_weights
 from adapt.selfcheck import train_steps
-from conftest import tiny_backbone
 
 
 def test_cayley_is_orthogonal_and_identity_at_zero():

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import frozen_output, perturb, tiny_backbone
 
 from adapt.methods import METHODS, attach, make_config
-from conftest import frozen_output, perturb, tiny_backbone
 
 ADAPTER_MODULE_NAMES = ("LoraQV", "SpectralCoefficients", "InProjTransform", "OutProjTransform",
                         "LowRankDelta", "CobotCoefficients", "HypersphericalTransforms")

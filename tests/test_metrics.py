@@ -1,10 +1,21 @@
 import numpy as np
+import py_sod_metrics as sod
 import pytest
 import torch
 
-import py_sod_metrics as sod
-from adapt.metrics import (ConfusionMatrix, DISMetrics, as_mask, boundary_f, boundary_scores, dice, dice_batch,
-                           harmonic_iou, iou, iou_batch, mask_boundary)
+from adapt.metrics import (
+    ConfusionMatrix,
+    DISMetrics,
+    as_mask,
+    boundary_f,
+    boundary_scores,
+    dice,
+    dice_batch,
+    harmonic_iou,
+    iou,
+    iou_batch,
+    mask_boundary,
+)
 
 
 def square(size=64, lo=16, hi=48):

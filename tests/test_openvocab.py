@@ -10,7 +10,12 @@ import torch
 
 from adapt.render import legend, palette
 from adapt.tasks.openvocab import (
-    BACKGROUND, CostVolumeHead, OpenVocabTask, class_colors, per_class_bce, window_starts,
+    BACKGROUND,
+    CostVolumeHead,
+    OpenVocabTask,
+    class_colors,
+    per_class_bce,
+    window_starts,
 )
 from tests.conftest import tiny_backbone
 

@@ -1,10 +1,10 @@
 """PARSER's decomposition: reconstruction, conv reshaping, the delta reparameterisation."""
 
 import torch
+from conftest import tiny_backbone
 
 from adapt.methods import attach
 from adapt.methods.parser import SpectralCoefficients
-from conftest import tiny_backbone
 
 
 def test_sigma_reconstructs_u_diag_sigma_vt():

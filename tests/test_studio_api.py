@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from studio_support import OWNER, App, bad_uploads, dataset_zip, slip_zip, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")

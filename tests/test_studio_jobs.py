@@ -7,12 +7,12 @@ import threading
 
 import numpy as np
 import pytest
+from studio_support import OWNER, bad_uploads, dataset_zip, slip_zip
 
 from app.config import Paths
 from app.jobs import JobStore
 from app.progress import read_progress
 from app.service import Studio, UserError, check_owner, estimate_memory, parse_clicks
-from studio_support import OWNER, bad_uploads, dataset_zip, slip_zip
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_memory_estimate_names_the_device():
 
 def test_uploads_are_checked_before_anything_is_kept(tmp_path):
     studio = Studio(Paths(tmp_path / "studio"))
-    for name, (images, masks, words) in bad_uploads(tmp_path / "bad").items():
+    for images, masks, words in bad_uploads(tmp_path / "bad").values():
         with pytest.raises(UserError, match=words):
             studio.stage_upload(OWNER, "dichotomous", images=[str(p) for p in images], masks=[str(p) for p in masks])
     with pytest.raises(UserError, match="outside the dataset folder"):

@@ -6,43 +6,63 @@ built with the same class and the real BPE tokenizer (only its context length is
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from adapt.backbones import Backbone, load_into, load_json_config, load_state_dict_file
-
-_OPEN_CLIP_NAMES = {"clip-vit-b-16": "ViT-B-16", "clip-vit-l-14": "ViT-L-14"}
-
-
-def spec_for(name: str) -> dict:
-    import open_clip  # imported where needed: it costs ~3 s, and SAM-only work never needs it
-
-    if name in _OPEN_CLIP_NAMES:
-        cfg = open_clip.get_model_config(_OPEN_CLIP_NAMES[name])
-        return {"family": "clip", "open_clip_name": _OPEN_CLIP_NAMES[name], **cfg}
-    return load_json_config(name)
+from adapt.backbones.base import Backbone, load_into, load_state_dict_file
+from adapt.backbones.catalog import BackboneEntry
 
 
-def build(name: str, checkpoint=None) -> Backbone:
+class ClipBackbone(Backbone):
+    """A built CLIP: both towers are what the methods adapt; the open-vocabulary head, added by
+    that task, is the head."""
+
+    @property
+    def input_size(self) -> int:
+        return self.spec["vision_cfg"]["image_size"]
+
+    def encoder_shape(self) -> dict:
+        v = self.spec["vision_cfg"]
+        return {"tokens": (v["image_size"] // v["patch_size"]) ** 2 + 1, "width": v["width"], "depth": v["layers"]}
+
+    def example_inputs(self, batch: int = 2, seed: int = 0) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        images = torch.randn(batch, 3, self.input_size, self.input_size, generator=g)
+        texts = self.tokenizer(["a photo of a red circle", "a photo of a blue square", "a striped cat"])
+        return {"images": images, "texts": texts}
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        img = self.model.encode_image(inputs["images"])
+        txt = self.model.encode_text(inputs["texts"])
+        out = [img.flatten(), txt.flatten()]
+        for head in self.heads:  # the task head sees dense features and normalised class embeddings
+            dense = dense_image_features(self.model, inputs["images"])
+            out.append(head(dense, torch.nn.functional.normalize(txt, dim=-1), inputs["images"].shape[-2:]).flatten())
+        return torch.cat(out)
+
+
+def spec_for(entry: BackboneEntry) -> dict:
+    if "open_clip_name" in entry.arch:
+        import open_clip  # imported where needed: it costs ~3 s, and SAM-only work never needs it
+
+        return {"family": "clip", **entry.arch, **open_clip.get_model_config(entry.arch["open_clip_name"])}
+    return {"family": "clip", **entry.arch}
+
+
+def build(entry: BackboneEntry, checkpoint=None) -> ClipBackbone:
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
 
-    spec = spec_for(name)
-    spec.update(_official_settings(name, checkpoint))
+    spec = spec_for(entry)
+    spec.update(_official_settings(entry.name, checkpoint))
     cfg = {k: v for k, v in spec.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
-    # open_clip logs a warning for every model built without pretrained weights; that is the point here.
-    logging.getLogger().disabled, previous = True, logging.getLogger().disabled
-    try:
-        model = CLIP(**cfg)
-    finally:
-        logging.getLogger().disabled = previous
+    model = CLIP(**cfg)
     weights_id = "random-init"
     if checkpoint is not None:
         state, weights_id = load_state_dict_file(checkpoint)
         load_into(model, state, checkpoint)
     tokenizer = SimpleTokenizer(context_length=spec["text_cfg"].get("context_length", 77))
-    return Backbone(name=name, family="clip", model=model, spec=spec, weights_id=weights_id, tokenizer=tokenizer)
+    return ClipBackbone(name=entry.name, family="clip", model=model, spec=spec, weights_id=weights_id,
+                        tokenizer=tokenizer)
 
 
 def _official_settings(name: str, checkpoint) -> dict:

@@ -1,4 +1,5 @@
-"""SAM backbones: segment-anything's own Sam class, official sizes and a tiny config.
+"""SAM backbones: segment-anything's own Sam class, built from a catalog entry (official sizes
+and the tiny config alike).
 
 Built here rather than through `sam_model_registry` so that every size (tiny included) goes
 through one constructor and checkpoints load with `weights_only=True`.
@@ -11,25 +12,31 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from adapt.backbones import Backbone, load_into, load_json_config, load_state_dict_file
-
-# The three official image-encoder sizes (segment_anything/build_sam.py); the rest is shared.
-_OFFICIAL = {
-    "sam-vit-b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
-                      encoder_global_attn_indexes=[2, 5, 8, 11]),
-    "sam-vit-l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
-                      encoder_global_attn_indexes=[5, 11, 17, 23]),
-    "sam-vit-h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
-                      encoder_global_attn_indexes=[7, 15, 23, 31]),
-}
-_OFFICIAL_SHARED = dict(family="sam", img_size=1024, patch_size=16, window_size=14, prompt_embed_dim=256,
-                        decoder_mlp_dim=2048, decoder_num_heads=8, iou_head_hidden_dim=256)
+from adapt.backbones.base import Backbone, load_into, load_state_dict_file
+from adapt.backbones.catalog import BackboneEntry
 
 
-def spec_for(name: str) -> dict:
-    if name in _OFFICIAL:
-        return {**_OFFICIAL_SHARED, **_OFFICIAL[name]}
-    return load_json_config(name)
+class SamBackbone(Backbone):
+    """A built SAM: the image encoder is what the methods adapt, the mask decoder is the head."""
+
+    @property
+    def input_size(self) -> int:
+        return self.spec["img_size"]
+
+    def encoder_shape(self) -> dict:
+        return {"tokens": (self.input_size // self.spec["patch_size"]) ** 2, "width": self.spec["encoder_embed_dim"],
+                "depth": self.spec["encoder_depth"]}
+
+    def example_inputs(self, batch: int = 2, seed: int = 0) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        size = self.input_size
+        images = torch.randn(batch, 3, size, size, generator=g)
+        lo = torch.rand(batch, 2, generator=g) * size * 0.4
+        hi = lo + size * 0.3 + torch.rand(batch, 2, generator=g) * size * 0.3
+        return {"images": images, "boxes": torch.cat([lo, hi], dim=1)}
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        return sam_mask_logits(self.model, inputs["images"], boxes=inputs["boxes"])
 
 
 def build_sam_model(spec: dict) -> Sam:
@@ -72,15 +79,15 @@ def build_sam_model(spec: dict) -> Sam:
     )
 
 
-def build(name: str, checkpoint=None) -> Backbone:
-    spec = spec_for(name)
+def build(entry: BackboneEntry, checkpoint=None) -> SamBackbone:
+    spec = {"family": "sam", **entry.arch}
     model = build_sam_model(spec)
     weights_id = "random-init"
     if checkpoint is not None:
         state, weights_id = load_state_dict_file(checkpoint)
         load_into(model, state, checkpoint)
-    return Backbone(name=name, family="sam", model=model, spec=spec, weights_id=weights_id,
-                    heads=[model.mask_decoder])
+    return SamBackbone(name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id,
+                       heads=[model.mask_decoder])
 
 
 def sam_mask_logits(sam: Sam, images: torch.Tensor, boxes: torch.Tensor | None = None,

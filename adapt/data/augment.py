@@ -157,7 +157,7 @@ def resize_longest_side(image: np.ndarray, size: int, *, nearest: bool = False):
     """
     h, w = image.shape[:2]
     scale = size / max(h, w)
-    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+    nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # a 1-px sliver stays 1 px
     return _resize(image, (nh, nw), nearest), scale
 
 

@@ -11,7 +11,7 @@ import dataclasses
 
 from adapt.backbones import Backbone
 from adapt.methods.adaptformer import AdaptFormer
-from adapt.methods.base import Handle, MethodConfig, ParamGroup
+from adapt.methods.base import Handle, MethodConfig, ParamGroup, Variant
 from adapt.methods.baselines import Decoder, Frozen, Full
 from adapt.methods.cobot import CobotAdaptFormer, CobotLora
 from adapt.methods.hclip import Hclip
@@ -24,11 +24,30 @@ METHODS: dict[str, type[Handle]] = {
     for cls in (Parser, Lora, AdaptFormer, CobotLora, CobotAdaptFormer, Hclip, LoraClip, Full, Decoder, Frozen)
 }
 
-__all__ = ["METHODS", "Handle", "MethodConfig", "ParamGroup", "attach", "make_config", "methods_for"]
+__all__ = ["METHODS", "Handle", "MethodConfig", "ParamGroup", "Variant", "attach", "configurations", "make_config",
+           "methods_for"]
 
 
 def methods_for(family: str) -> list[str]:
     return [name for name, cls in METHODS.items() if family in cls.families]
+
+
+def configurations(family: str | None = None, compared: bool = False) -> list[tuple[str, str, dict]]:
+    """(method, family, options) for every configuration the library ships: each method's defaults
+    and its declared variants, on each family it adapts. `compared`: only the defaults and the
+    variants the benchmarks compare. selfcheck, the tests and the benchmarks iterate over this."""
+    out = []
+    for name, cls in METHODS.items():
+        for fam in cls.families:
+            if family is None or fam == family:
+                out.append((name, fam, {}))
+                out += [(name, fam, dict(v.options)) for v in cls.variants if v.compare or not compared]
+    return out
+
+
+def label(method: str, options: dict) -> str:
+    """How a configuration is named in reports: "parser", "parser (scope=conv)"."""
+    return method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
 
 
 def make_config(method: str, **options) -> MethodConfig:

@@ -59,7 +59,7 @@ class AdaptFormerMLP(nn.Module):
         return self.mlp(self.norm(x)) + self.scale * self.up(self.drop(torch.relu(h)))
 
     @torch.no_grad()
-    def merged_module(self) -> "AdaptFormerMLP":
+    def merged_module(self) -> AdaptFormerMLP:
         mixer = self._mixer[0]
         plain = copy.copy(self)  # shallow: shares norm, mlp, ln and up with the wrapper
         plain._modules = dict(self._modules)

@@ -40,6 +40,18 @@ class MethodConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A set of options a method ships besides its defaults. Every variant is checked like the
+    defaults (identity at step 0, merge, save/load: the tests and `selfcheck`); those with
+    `compare=True` are a published configuration the benchmarks compare, the others are an
+    implementation alternative kept for ablation."""
+
+    options: dict
+    why: str
+    compare: bool = True
+
+
 @dataclass
 class ParamGroup:
     kind: str  # "adapter" | "coefficients" | "head"
@@ -60,6 +72,7 @@ class Handle:
     summary: ClassVar[str] = ""
     # False where the adapter has a non-linear branch that cannot be folded into the base weights.
     fully_mergeable: ClassVar[bool] = True
+    variants: ClassVar[tuple[Variant, ...]] = ()  # option sets checked (and compared) besides the defaults
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         if backbone.family not in self.families:
@@ -189,6 +202,16 @@ class Handle:
         """Remove the method; the backbone's modules and weights are those it had before attach."""
         self.unmerge()
         self._detach()
+
+    # --- what `selfcheck` asks of a method beyond identity and merge -----------------------------
+    def check_snapshot(self) -> dict:
+        """State to compare after a few training steps (see check_report); none by default."""
+        return {}
+
+    def check_report(self, snapshot: dict) -> tuple[dict, bool]:
+        """(figures for the report, whether they pass) after training from `snapshot`: the
+        method's own invariants, e.g. H-CLIP's text-tower hyperspherical energy."""
+        return {}, True
 
     def describe(self) -> dict:
         return {"method": self.name, "backbone": self.backbone.name, "config": self.config.to_dict(),

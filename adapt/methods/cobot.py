@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from adapt.methods.adaptformer import AdaptFormer, AdaptFormerConfig
+from adapt.methods.base import Variant
 from adapt.methods.lora import Lora, LoraConfig
 
 
@@ -126,6 +127,8 @@ class CobotLora(_CobotMixin, Lora):
     Config = CobotLoraConfig
     slices_per_block = 2
     summary = "LoRA plus cross-block coefficient orchestration (+864 parameters on ViT-B)."
+    variants = (Variant({"quaternion_init": "random"}, "random quaternion heads (the paper leaves the init open)",
+                        compare=False),)
 
 
 class CobotAdaptFormer(_CobotMixin, AdaptFormer):

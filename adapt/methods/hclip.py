@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from adapt.backbones.clip import attention_targets
-from adapt.methods.base import MethodConfig, WeightSpaceHandle
+from adapt.methods.base import MethodConfig, Variant, WeightSpaceHandle
 
 
 @dataclass
@@ -164,6 +164,31 @@ class Hclip(WeightSpaceHandle):
     families = ("clip",)
     Config = HclipConfig
     summary = "Block-orthogonal (text) and free (image) input-side transforms of q,k,v,o in both towers, with DCRC."
+    variants = (
+        Variant({"dcrc": False}, "the paper's ablation without dual cross-relation communication"),
+        Variant({"orthogonal": "both"}, "orthogonal transforms in the image tower too (the paper's ablation)"),
+        Variant({"orthogonal": "none"}, "free transforms in both towers (no energy is preserved)", compare=False),
+    )
+
+    def check_snapshot(self) -> dict:
+        image = self.model.visual.transformer.resblocks[0].attn.in_proj_weight.detach().clone()
+        return {"he": {k: hyperspherical_energy(w) for k, w in text_tower_weights(self.model).items()},
+                "image": image}
+
+    def check_report(self, snapshot: dict) -> tuple[dict, bool]:
+        """An orthogonal tower keeps its hyperspherical energy (checked on the text tower, where the
+        paper puts them); a free one must move (checked on the image tower)."""
+        he = {k: hyperspherical_energy(w) for k, w in text_tower_weights(self.model).items()}
+        before = snapshot["he"]
+        image = self.model.visual.transformer.resblocks[0].attn.in_proj_weight.detach()
+        report = {"text_he_max_rel_change": max(abs(he[k] - before[k]) / before[k] for k in before),
+                  "image_weight_rel_change": ((image - snapshot["image"]).norm() / snapshot["image"].norm()).item()}
+        ok = True
+        if self.config.orthogonal in ("text", "both"):
+            ok = ok and report["text_he_max_rel_change"] <= 1e-4
+        if self.config.orthogonal in ("text", "none"):
+            ok = ok and report["image_weight_rel_change"] > 0
+        return report, ok
 
     def _register_parametrizations(self) -> None:
         cfg, clip = self.config, self.model

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapt.methods.base import MethodConfig, WeightSpaceHandle
+from adapt.methods.base import MethodConfig, Variant, WeightSpaceHandle
 
 
 @dataclass
@@ -84,6 +84,11 @@ class Parser(WeightSpaceHandle):
     families = ("sam",)
     Config = ParserConfig
     summary = "SVD coefficients of every encoder weight (U, V frozen); about 38K parameters on ViT-B."
+    variants = (
+        Variant({"scope": "conv"}, "the official demo's scope: patch embedding and neck convolutions only"),
+        Variant({"reparam": "delta"}, "W + U diag(s - sigma) V^T written as a delta (same maths, other rounding)",
+                compare=False),
+    )
 
     def _register_parametrizations(self) -> None:
         if self.config.reparam not in ("sigma", "delta"):

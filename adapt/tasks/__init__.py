@@ -1,42 +1,78 @@
 """Tasks: what is predicted and how it is scored. Each task owns its head, loss, predict() and
-evaluate(); the trainer and the methods never depend on which task is running."""
+evaluate(); the trainer and the methods never depend on which task is running.
+
+    TASKS["openvocab"].family       -> "clip"
+    make_task("dichotomous", backbone, prompt="box")
+    task_options("openvocab", dataset)  -> {"classes": [...], "ignore_index": 255}
+
+A new task is one module with a class that satisfies `Task`, plus one line in TASKS.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from adapt.tasks.dichotomous import DichotomousTask
+from adapt.tasks.openvocab import OpenVocabTask
+
+__all__ = ["TASKS", "Task", "attach_task_head", "make_task", "task_for_family", "task_options"]
+
+
+class Task(Protocol):
+    """What the trainer, the evaluator and the predictors ask of a task."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # the backbone family it runs on: "sam" | "clip"
+    augment_options: dict  # keyword options for adapt.data.augment (e.g. how padding is labelled)
+
+    @classmethod
+    def options_from(cls, dataset, **overrides) -> dict:
+        """The task's constructor options that a dataset determines (classes, ignore index),
+        merged with the caller's choices (e.g. the prompt); None values are left out."""
+
+    @staticmethod
+    def attach_head(backbone) -> None:
+        """Give the backbone the head this task trains, if it lacks one."""
+
+    def prepare(self, image: np.ndarray, mask: np.ndarray | None = None): ...
+
+    def loss(self, prepared: list, rng: np.random.Generator, device) -> torch.Tensor: ...
+
+    def evaluate(self, samples, device="cpu", dis: bool = True) -> dict: ...
+
+    def predict_outputs(self, image: np.ndarray, **request) -> dict: ...
+
+
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (DichotomousTask, OpenVocabTask)}
+
+
+def _task_class(name: str) -> type[Task]:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose {' or '.join(TASKS)}")
+    return TASKS[name]
+
+
+def make_task(name: str, backbone, **options) -> Task:
+    return _task_class(name)(backbone, **options)
+
+
+def task_options(name: str, dataset, **overrides) -> dict:
+    """The options a task is built with for a dataset: one place for every entry point."""
+    return _task_class(name).options_from(dataset, **overrides)
+
+
+def task_for_family(family: str) -> str:
+    """The task a backbone family serves (the frozen model's task when none is named)."""
+    for name, cls in TASKS.items():
+        if cls.family == family:
+            return name
+    raise ValueError(f"no task runs on {family!r} backbones")
 
 
 def attach_task_head(backbone) -> None:
     """Give a backbone the head its task trains, if it lacks one (CLIP: the open-vocabulary head;
     SAM's mask decoder is part of the model already)."""
-    if backbone.family == "clip" and not backbone.heads:
-        from adapt.tasks.openvocab import head_for
-
-        head = head_for(backbone)
-        device = next(backbone.model.parameters()).device
-        backbone.heads.append(head.to(device))
-
-
-def inference_task(adapter=None, backbone: str | None = None, task: str | None = None, checkpoint=None,
-                   download: bool = True):
-    """(task, adapter config or None), ready to predict: an adapter (folder or zip) merged into its
-    base model, with the task and classes it was trained for; or, with no adapter, the frozen
-    `backbone` with its task head (zero-shot). `task` is the fallback when the adapter names none,
-    and the frozen model's task (default: by family)."""
-    from adapt.train import make_task
-
-    if adapter:
-        from adapt.export import load_adapter
-
-        handle = load_adapter(adapter, checkpoint=checkpoint)
-        handle.merge()
-        model, info = handle.backbone, handle.info
-        task = info.get("task") or task
-    else:
-        from adapt.backbones import build_backbone
-        from adapt.weights import resolve_checkpoint
-
-        if not backbone:
-            raise ValueError("give an adapter, or a backbone to predict with the frozen model")
-        model = build_backbone(backbone, checkpoint=resolve_checkpoint(backbone, checkpoint, download=download))
-        attach_task_head(model)
-        info, task = None, task or ("openvocab" if model.family == "clip" else "dichotomous")
-    model.model.eval()
-    options = {"classes": info.get("classes")} if info is not None and task == "openvocab" else {}
-    return make_task(task, model, **options), info
+    TASKS[task_for_family(backbone.family)].attach_head(backbone)

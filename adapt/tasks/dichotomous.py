@@ -23,16 +23,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from adapt.backbones.sam import sam_decode, sam_mask_logits
+from adapt.data.augment import Letterbox, letterbox, unletterbox
 from adapt.highres import Box, CropPlan, RefineConfig
 from adapt.highres import refine as refine_crops
 
 PROMPTS = ("box", "points", "none", "mixed", "clicks")
+
+
+def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Clicks written as text, "x,y[,label]; x,y[,label]" (source pixels; label 1 foreground, 0
+    background, default 1), as (coords (N, 2) float32, labels (N,) int64); None when empty.
+    The one reader of this format: the CLI's --points and the studio's clicks both use it."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    coords, labels = [], []
+    for part in text.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            values = [float(v) for v in part.split(",")]
+        except ValueError:
+            values = []
+        if len(values) not in (2, 3):
+            raise ValueError(f"clicks are 'x,y' or 'x,y,label' separated by ';', got {part!r}")
+        coords.append(values[:2])
+        labels.append(int(values[2]) if len(values) == 3 else 1)
+    if not coords:
+        return None
+    return np.asarray(coords, dtype=np.float32), np.asarray(labels, dtype=np.int64)
 
 
 @dataclass
@@ -40,12 +65,30 @@ class Prepared:
     image: torch.Tensor  # (3, S, S) normalised, padded
     mask: torch.Tensor  # (S, S) float 0/1, padded with 0
     valid: torch.Tensor  # (S, S) bool, False on padding
-    scale: float
-    size: tuple[int, int]  # source (h, w)
+    box: Letterbox  # how the source image was resized and padded
+
+    @property
+    def scale(self) -> float:
+        return self.box.scale
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The source image's (h, w)."""
+        return self.box.original_size
 
 
 class DichotomousTask:
     name = "dichotomous"
+    family = "sam"
+
+    @classmethod
+    def options_from(cls, dataset, prompt: str | None = None) -> dict:
+        """A binary dataset determines nothing; the prompt is the caller's choice (default "box")."""
+        return {"prompt": prompt} if prompt is not None else {}
+
+    @staticmethod
+    def attach_head(backbone) -> None:
+        """SAM's mask decoder is the head, and it is part of the model already."""
 
     def __init__(self, backbone, prompt: str = "box", box_jitter: float = 20.0, num_points: int = 3):
         if backbone.family != "sam":
@@ -57,25 +100,23 @@ class DichotomousTask:
         self.size = backbone.spec["img_size"]
         self.box_jitter = box_jitter * self.size / 1024.0
         self.num_points = num_points
+        self.augment_options = {}  # binary masks: the augmentations' defaults
 
     # --- geometry ---------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> Prepared:
-        h, w = image.shape[:2]
-        scale = self.size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        """SAM's input: letterboxed (longest side -> encoder size, padded bottom/right), normalised,
+        the padding zero in the normalised frame as in Sam.preprocess; the mask letterboxed alike."""
+        padded, box = letterbox(image, self.size)
         sam = self.backbone.model
-        x = torch.from_numpy(resized).permute(2, 0, 1).float()
-        x = (x - sam.pixel_mean.cpu()) / sam.pixel_std.cpu()
-        padded = torch.zeros(3, self.size, self.size)
-        padded[:, :nh, :nw] = x
+        x = (torch.from_numpy(padded).permute(2, 0, 1).float() - sam.pixel_mean.cpu()) / sam.pixel_std.cpu()
+        nh, nw = box.resized_size
+        x[:, nh:], x[:, :, nw:] = 0, 0
         m = torch.zeros(self.size, self.size)
         if mask is not None:
-            small = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
-            m[:nh, :nw] = torch.from_numpy(small > 0).float()
+            m = torch.from_numpy(letterbox((mask > 0).astype(np.uint8), self.size, nearest=True)[0]).float()
         valid = torch.zeros(self.size, self.size, dtype=torch.bool)
         valid[:nh, :nw] = True
-        return Prepared(padded, m, valid, scale, (h, w))
+        return Prepared(x, m, valid, box)
 
     def box_of(self, mask: torch.Tensor) -> torch.Tensor:
         ys, xs = torch.nonzero(mask > 0, as_tuple=True)
@@ -286,10 +327,8 @@ class DichotomousTask:
                 "overlay": overlay(image, alpha.astype(np.float32) / 255)}
 
     def to_source(self, prob: torch.Tensor, prepared: Prepared) -> np.ndarray:
-        h, w = prepared.size
-        nh, nw = round(h * prepared.scale), round(w * prepared.scale)
-        cropped = prob[:nh, :nw][None, None].float()
-        return F.interpolate(cropped, size=(h, w), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+        """(S, S) in the padded input frame -> (H, W) float32 at the source resolution."""
+        return unletterbox(prob.float(), prepared.box).cpu().numpy()
 
     @torch.no_grad()
     def evaluate(self, samples, device="cpu", dis: bool = True) -> dict:

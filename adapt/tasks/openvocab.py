@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from adapt.backbones.clip import dense_image_features, image_normalization, text_embeddings
+from adapt.data.augment import letterbox
 
 # The paper's template and the one tiny-clip was pretrained with, averaged (a prompt ensemble).
 DEFAULT_TEMPLATES = ["a photo of a {} in the scene.", "a photo of a {}."]
@@ -98,16 +99,27 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 class OpenVocabTask:
     name = "openvocab"
+    family = "clip"
+
+    @classmethod
+    def options_from(cls, dataset, **overrides) -> dict:
+        """The dataset's class names (id order) and ignore index, and the caller's other options."""
+        return {"classes": dataset.classes, "ignore_index": dataset.ignore_index,
+                **{k: v for k, v in overrides.items() if v is not None}}
+
+    @staticmethod
+    def attach_head(backbone) -> None:
+        """Add the cost-volume head, sized for the backbone, on its device (once)."""
+        if not backbone.heads:
+            device = next(backbone.model.parameters()).device
+            backbone.heads.append(head_for(backbone).to(device))
 
     def __init__(self, backbone, classes: list[str] | None = None, templates: list[str] | None = None,
                  ignore_index: int = IGNORE_INDEX, threshold: float | None = None, overlap: float = 1 / 3,
                  window_batch: int = 4, scale: float = 1.0):
         if backbone.family != "clip":
             raise ValueError(f"the open-vocabulary task runs on CLIP backbones, not {backbone.name!r}")
-        if not backbone.heads:
-            from adapt.tasks import attach_task_head
-
-            attach_task_head(backbone)
+        self.attach_head(backbone)
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.backbone = backbone
@@ -143,16 +155,14 @@ class OpenVocabTask:
 
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> Prepared:
         """Letterbox for training: longest side -> input size, padding labelled ignore."""
-        h, w = image.shape[:2]
-        scale = self.size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        x = torch.zeros(3, self.size, self.size)
-        x[:, :nh, :nw] = self._normalise(resized)
+        padded, box = letterbox(image, self.size)
+        x = self._normalise(padded)
+        nh, nw = box.resized_size
+        x[:, nh:], x[:, :, nw:] = 0, 0  # padding is zero in the normalised frame
         labels = torch.full((self.size, self.size), self.ignore_index, dtype=torch.long)
         if mask is not None:
-            small = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
-            labels[:nh, :nw] = torch.from_numpy(small).long()
+            small = letterbox(mask.astype(np.uint8), self.size, nearest=True, value=self.ignore_index)[0]
+            labels = torch.from_numpy(small).long()
         return Prepared(x, labels)
 
     def working_size(self, h: int, w: int) -> tuple[int, int]:

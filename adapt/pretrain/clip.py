@@ -1,4 +1,4 @@
-"""Pretraining of tiny-clip (see adapt/pretrain.py for the command and the manifest).
+"""Pretraining of tiny-clip (see adapt/pretrain/__init__.py for the command and the manifest).
 
 Two losses on source-domain scenes:
 - CLIP's symmetric contrastive loss between images and their attribute captions
@@ -13,13 +13,13 @@ unseen means never labelled in the few-shot set, not unknown to CLIP.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from adapt.backbones import build_backbone
 from adapt.backbones.clip import dense_image_features, image_normalization
+from adapt.pretrain.loop import fit
 
 TEMPLATE = "a photo of a {}."
 
@@ -92,7 +92,6 @@ def evaluate_clip(backbone, domain: str = "source", n: int = 64, seed: int = 20_
 
 def pretrain_clip(args) -> dict:
     from adapt.data.synthetic import make_scene
-    from adapt.pretrain import fit
 
     init = getattr(args, "init", None)  # continue from a checkpoint (e.g. the bundled file)
     backbone = build_backbone("tiny-clip", checkpoint=init, seed=args.seed)

@@ -1,0 +1,85 @@
+"""What every backbone is once built (`Backbone`), and reading checkpoint files safely.
+
+Imported by the family modules (sam.py, clip.py) and by everything that holds a built model; it
+imports neither, so the package has no import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adapt.files import sha256_file
+
+
+@dataclass
+class Backbone:
+    """A built model plus what the rest of the library needs to know about it.
+
+    `model` is the module adapters attach to (segment_anything.Sam or open_clip.CLIP).
+    `heads` are the modules a task trains next to the adapter (SAM: the mask decoder; CLIP: the
+    open-vocabulary head, added by that task). `weights_id` identifies the base weights: the
+    sha256 of the checkpoint file, or "random-init" for an architecture built without one.
+    Each family (sam.py, clip.py) subclasses it with its input size and its probe forward.
+    """
+
+    name: str
+    family: str  # "sam" | "clip"
+    model: nn.Module
+    spec: dict
+    weights_id: str
+    heads: list = field(default_factory=list)
+    tokenizer: Callable | None = None
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square image the model takes."""
+        raise NotImplementedError
+
+    def encoder_shape(self) -> dict:
+        """{"tokens", "width", "depth"} of the image encoder (memory estimates)."""
+        raise NotImplementedError
+
+    def example_inputs(self, batch: int = 2, seed: int = 0) -> dict:
+        """Deterministic inputs for checks and benchmarks, at the model's own input size."""
+        raise NotImplementedError
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        """One flat output tensor that depends on every adapted weight (for equivalence checks)."""
+        raise NotImplementedError
+
+
+def load_state_dict_file(path: str | Path) -> tuple[dict, str]:
+    """Read a checkpoint without unpickling code: safetensors, or torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle errors, truncated files
+            raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} does not hold a state dict")
+    return state, sha256_file(path)
+
+
+def load_into(model: nn.Module, state: dict, path) -> None:
+    """Strict load with a message that names what is missing or unexpected."""
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint {path} does not fit this architecture: "
+            f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:3]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
+        )

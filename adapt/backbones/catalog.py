@@ -1,0 +1,162 @@
+"""Every backbone the library knows, one entry each: its family, its architecture and where its
+weights come from. This is the one place a backbone is declared.
+
+    CATALOG["sam-vit-b"].family    -> "sam"
+    family_of("tiny-clip")         -> "clip"   (no model is built, nothing heavy is imported)
+
+Three kinds of entry:
+- official SAM (Meta's ViT-B/L/H): encoder sizes + the released checkpoint (URL, sha256, size);
+- official CLIP (open_clip ViT-B/16, ViT-L/14): open_clip's architecture name and the pretrained
+  tags offered; download locations come from open_clip's own registry (adapt.weights);
+- bundled tiny models: discovered from configs/*.json (each names its family), with weights
+  committed in weights/ and described by weights/manifest.json.
+
+A new official backbone is one entry below; a new tiny one is one JSON file. The family modules
+(sam.py, clip.py) build models from entries; adapt.weights resolves their files. This module
+imports only the standard library, so anything may ask it questions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+FAMILIES = ("sam", "clip")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One official checkpoint file.
+
+    ``sources`` are ``(url, file name)`` pairs tried in order: the first that the server has is
+    downloaded and saved under its file name in the weights folder; a cached copy under any of the
+    names counts. ``sha256``/``bytes`` are ``None`` where no published value is known (then only
+    what the server announces is checked).
+    """
+
+    name: str  # backbone name, as the catalog knows it
+    family: str  # "sam" | "clip"
+    sources: tuple[tuple[str, str], ...]
+    sha256: str | None
+    bytes: int | None
+    description: str
+    # CLIP only: open_clip architecture and pretrained tag, and what building it needs.
+    open_clip_model: str | None = None
+    pretrained: str | None = None
+    # OpenAI's CLIP weights were trained with QuickGELU (x * sigmoid(1.702 x)); open_clip's plain
+    # "ViT-B-16"/"ViT-L-14" configs use nn.GELU. GELU has no parameters, so loading the weights
+    # into the wrong activation succeeds silently and gives wrong features: the builder must pass
+    # quick_gelu=True to CLIP(...) when this is set.
+    quick_gelu: bool = False
+    mean: tuple[float, ...] | None = None  # image normalisation the weights expect
+    std: tuple[float, ...] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.sources[0][0]
+
+    @property
+    def file(self) -> str:
+        return self.sources[0][1]
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """What the library knows about one backbone before building it.
+
+    arch: the family's architecture settings (SAM: the image encoder's and decoder's sizes; CLIP:
+    ``open_clip_name`` for official models, or the whole open_clip config for tiny ones).
+    checkpoint: the official SAM file; pretrained: the open_clip tags offered (default first);
+    bundled: the weights ship with the project (weights/manifest.json).
+    """
+
+    name: str
+    family: str
+    arch: dict = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    pretrained: tuple[str, ...] = ()
+    bundled: bool = False
+
+    @property
+    def official(self) -> bool:
+        return self.checkpoint is not None or bool(self.pretrained)
+
+
+CATALOG: dict[str, BackboneEntry] = {}
+
+
+def register(entry: BackboneEntry) -> BackboneEntry:
+    if entry.family not in FAMILIES:
+        raise ValueError(f"backbone {entry.name!r}: unknown family {entry.family!r}; known: {', '.join(FAMILIES)}")
+    if entry.name in CATALOG:
+        raise ValueError(f"backbone {entry.name!r} is declared twice")
+    CATALOG[entry.name] = entry
+    return entry
+
+
+def family_of(name: str) -> str:
+    """"sam" or "clip" for a backbone name, without building anything."""
+    return get(name).family
+
+
+def get(name: str) -> BackboneEntry:
+    if name not in CATALOG:
+        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(CATALOG)}")
+    return CATALOG[name]
+
+
+def names(family: str | None = None) -> list[str]:
+    """Backbone names, optionally of one family, in declaration order (bundled last)."""
+    return [n for n, e in CATALOG.items() if family is None or e.family == family]
+
+
+def bundled(family: str) -> str:
+    """The bundled tiny backbone of a family (what works offline: tests, selfcheck, demos)."""
+    for name, entry in CATALOG.items():
+        if entry.bundled and entry.family == family:
+            return name
+    raise ValueError(f"no bundled {family!r} backbone")
+
+
+# --- official SAM (segment_anything/build_sam.py's three sizes; the rest is shared) -------------
+
+_SAM_SHARED = dict(img_size=1024, patch_size=16, window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048,
+                   decoder_num_heads=8, iou_head_hidden_dim=256)
+_SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+
+def _sam(name: str, file: str, sha256: str, size: int, description: str, **encoder) -> BackboneEntry:
+    checkpoint = Checkpoint(name, "sam", ((_SAM_BASE + file, file),), sha256=sha256, bytes=size,
+                            description=description)
+    return register(BackboneEntry(name, "sam", arch={**_SAM_SHARED, **encoder}, checkpoint=checkpoint))
+
+
+# Meta does not print checksums on its release page; these sha256 values and sizes are the ones
+# independent public projects verify downloads against, e.g. the pooch registry in
+# computational-cell-analytics/micro-sam (micro_sam/util.py), which checks every download of these
+# three URLs, and many download manifests that record the same sha256 with these byte counts
+# (vit_b's size also matches the Content-Length in a published wget log of the download).
+_sam("sam-vit-b", "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+     375_042_383, "SAM ViT-B (Meta, Apache-2.0)",
+     encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11])
+_sam("sam-vit-l", "sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+     1_249_524_607, "SAM ViT-L (Meta, Apache-2.0)",
+     encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23])
+_sam("sam-vit-h", "sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+     2_564_550_879, "SAM ViT-H (Meta, Apache-2.0)",
+     encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31])
+
+# --- official CLIP (open_clip architecture, default pretrained tag first) ------------------------
+
+register(BackboneEntry("clip-vit-b-16", "clip", arch={"open_clip_name": "ViT-B-16"},
+                       pretrained=("openai", "laion2b_s34b_b88k")))
+register(BackboneEntry("clip-vit-l-14", "clip", arch={"open_clip_name": "ViT-L-14"},
+                       pretrained=("openai", "laion2b_s32b_b82k")))
+
+# --- bundled tiny models: one JSON file each ---------------------------------------------------
+
+for _path in sorted(CONFIG_DIR.glob("*.json")):
+    _arch = json.loads(_path.read_text())
+    register(BackboneEntry(_path.stem, _arch.pop("family"), arch=_arch, bundled=True))

@@ -1,0 +1,128 @@
+"""The use cases: what the CLI and the studio ask of the library, each spelled out once.
+
+    train_adapter(cfg, dataset, out)          split, train, save OUT/adapter with its model card
+    evaluate_adapter(adapter, dataset)        frozen vs adapted scores on a dataset
+    inference_task(adapter=... | backbone=...)  a task ready to predict, and the adapter's config
+    count_params(backbone, method, **options) parameter counts on the real architecture, instantly
+    encoder_shape(backbone)                   tokens, width and depth of the image encoder
+
+`python -m adapt` and the studio (app/worker.py, app/service.py) call these and nothing below
+them, so a change to what "train an adapter" means is made here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from adapt.backbones import Backbone, build_backbone, family_of
+from adapt.export import base_backbone, load_adapter, read_adapter, save_adapter
+from adapt.methods import attach
+from adapt.tasks import attach_task_head, make_task, task_for_family, task_options
+from adapt.train import Evaluated, TrainConfig, train
+from adapt.weights import resolve_checkpoint
+
+ADAPTER_DIR = "adapter"  # train_adapter writes OUT/adapter
+
+
+def metric_record(frozen: dict | None, adapted: dict | None) -> dict:
+    """Held-out scores under one naming for model cards and adapter configs: frozen_<m>, adapted_<m>."""
+    record = {f"frozen_{k}": v for k, v in (frozen or {}).items()}
+    record.update({f"adapted_{k}": v for k, v in (adapted or {}).items()})
+    return record
+
+
+def configure(cfg: TrainConfig, dataset) -> TrainConfig:
+    """`cfg` with its task options completed from the dataset (classes, ignore index); options
+    already in `cfg` (e.g. the prompt) are kept."""
+    return replace(cfg, task_options=task_options(cfg.task, dataset, **cfg.task_options))
+
+
+def train_adapter(cfg: TrainConfig, dataset, out: str | Path, *, holdout=None, source: str | None = None,
+                  resume: bool = False, echo: Callable[[dict], None] | None = None,
+                  should_stop: Callable[[], bool] = lambda: False,
+                  on_eval: Callable[[Evaluated], None] | None = None) -> dict:
+    """Split `dataset` (holdout: see Dataset.split), train `cfg` into `out` (events, checkpoint;
+    `resume` continues from it) and, when training finished, save the adapter to OUT/adapter
+    with the held-out scores and a data summary in its model card.
+
+    Returns the trainer's summary (status, step, frozen, adapted, counts, seconds) plus
+    "adapter" (its folder, or None when the run was cancelled) and "train_images" /
+    "heldout_images".
+    """
+    cfg = configure(cfg, dataset)
+    train_set, heldout = dataset.split(holdout=holdout, seed=cfg.seed)
+    summary = train(cfg, list(train_set), list(heldout), out, resume=resume, should_stop=should_stop, echo=echo,
+                    on_eval=on_eval)
+    run = summary.pop("run")
+    summary.update(adapter=None, train_images=len(train_set), heldout_images=len(heldout))
+    if summary["status"] != "done":
+        return summary
+    data = {"source": source or str(dataset.source), "train_images": len(train_set),
+            "heldout_images": len(heldout), "heldout_stems": ", ".join(s.stem for s in heldout), "steps": cfg.steps}
+    summary["adapter"] = save_adapter(run.handle, Path(out) / ADAPTER_DIR, task=cfg.task,
+                                      classes=cfg.task_options.get("classes"),
+                                      metrics=metric_record(summary["frozen"], summary["adapted"]), data=data)
+    return summary
+
+
+def evaluate_adapter(adapter: str | Path, dataset, task: str | None = None, checkpoint=None, **overrides) -> dict:
+    """{"images", "frozen", "adapted"}: the adapter's base model, then the adapter loaded onto it,
+    on every sample of `dataset` with the same task options (overrides: e.g. prompt="none")."""
+    cfg, _ = read_adapter(adapter)
+    task_name = cfg.get("task") or task or task_for_family(family_of(cfg["base_model"]["name"]))
+    samples = list(dataset)
+    backbone = base_backbone(cfg, checkpoint)
+    model = make_task(task_name, backbone, **task_options(task_name, dataset, **overrides))
+    frozen = model.evaluate(samples)  # before the adapter (and its trained head) is loaded
+    load_adapter(adapter, backbone=backbone)
+    backbone.model.eval()
+    adapted = model.evaluate(samples)
+    return {"images": len(samples), "frozen": frozen, "adapted": adapted}
+
+
+def inference_task(adapter=None, backbone: str | None = None, task: str | None = None, checkpoint=None,
+                   download: bool = True):
+    """(task, adapter config or None), ready to predict: an adapter (folder or zip) merged into its
+    base model, with the task and classes it was trained for; or, with no adapter, the frozen
+    `backbone` with its task head (zero-shot). `task` is the fallback when the adapter names none,
+    and the frozen model's task (default: the backbone family's)."""
+    if adapter:
+        handle = load_adapter(adapter, checkpoint=checkpoint)
+        handle.merge()
+        model, info = handle.backbone, handle.info
+        task = info.get("task") or task
+    else:
+        if not backbone:
+            raise ValueError("give an adapter, or a backbone to predict with the frozen model")
+        model = build_backbone(backbone, checkpoint=resolve_checkpoint(backbone, checkpoint, download=download))
+        attach_task_head(model)
+        info, task = None, task or task_for_family(model.family)
+    model.model.eval()
+    options = {"classes": info.get("classes")} if info is not None and info.get("classes") else {}
+    return make_task(task, model, **options), info
+
+
+def _meta_backbone(name: str) -> Backbone:
+    with torch.device("meta"):  # shapes only: no memory, no SVD, instant even for ViT-H
+        backbone = build_backbone(name)
+        attach_task_head(backbone)
+    return backbone
+
+
+def count_params(backbone: str, method: str, **options) -> dict:
+    """What `method` trains on `backbone` (built on the meta device): the handle's description
+    (adapter, head, trainable, base counts, config) and the adapter's share of the base model."""
+    model = _meta_backbone(backbone)
+    with torch.device("meta"):
+        info = attach(model, method, **options).describe()
+    info["adapter_percent_of_base"] = round(100.0 * info["adapter"] / info["base"], 4)
+    return info
+
+
+def encoder_shape(backbone: str) -> dict:
+    """{"tokens", "width", "depth"} of the backbone's image encoder (for memory estimates)."""
+    return _meta_backbone(backbone).encoder_shape()

@@ -1,0 +1,158 @@
+"""The code's shape, checked: layers without cycles, modules a reader can hold, and each piece of
+knowledge in one place (what a grep of the tree would show)."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("adapt", "app")
+MAX_LINES = 700
+ALLOWED_LONG = {"adapt/data/synthetic.py"}  # the synthetic world generator: one job, kept whole
+
+
+def modules(package: str) -> dict[str, Path]:
+    out = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the modules of `mods` it imports, at the top or inside functions alike."""
+    graph = {}
+    for name, path in mods.items():
+        is_package = path.name == "__init__.py"
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = name.split(".") if is_package else name.split(".")[:-1]
+                    anchor = anchor[: len(anchor) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in mods and t != name}
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_relative_and_function_level_imports_are_edges(tmp_path):
+    pkg = tmp_path / "p"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .a import x\n")
+    (pkg / "a.py").write_text("def f():\n    from p import b\n")
+    (pkg / "b.py").write_text("")
+    mods = {"p": pkg / "__init__.py", "p.a": pkg / "a.py", "p.b": pkg / "b.py"}
+    assert import_graph(mods) == {"p": {"p.a"}, "p.a": {"p", "p.b"}, "p.b": set()}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycles(package):
+    """No module imports, directly or through others, a module that imports it (lazy imports
+    inside functions count: they hide a cycle, they do not remove it)."""
+    mods = {**modules("adapt"), **(modules("app") if package == "app" else {})}
+    assert cycles(import_graph(mods)) == []
+
+
+def test_the_library_never_imports_the_app_or_gradio():
+    for name, path in modules("adapt").items():
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import) (app|gradio)\b", text, re.M), name
+
+
+def test_modules_stay_readable():
+    long = {str(p.relative_to(REPO)): n for pkg in PACKAGES for p in modules(pkg).values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert set(long) <= ALLOWED_LONG, long
+
+
+def occurrences(pattern: str, packages=PACKAGES) -> set[str]:
+    regex = re.compile(pattern)
+    return {str(p.relative_to(REPO)) for pkg in packages for p in modules(pkg).values() if regex.search(p.read_text())}
+
+
+def test_each_piece_of_knowledge_lives_in_one_place():
+    # atomic writes: the rename of a finished temporary file onto its final name
+    assert occurrences(r"os\.replace\(") == {"adapt/files.py"}
+    # parameter counting on the meta device
+    assert occurrences(r"torch\.device\([\"']meta[\"']\)") == {"adapt/pipeline.py"}
+    # the merged-checkpoint writer and the train-then-save sequence
+    assert occurrences(r"\.merge\(\)[\s\S]*save_file\(") == {"adapt/export.py"}
+    assert occurrences(r"save_adapter\(") == {"adapt/export.py", "adapt/pipeline.py"}
+    # task options built from a dataset: by the tasks, asked for through one function
+    assert occurrences(r"dataset\.ignore_index") == {"adapt/tasks/openvocab.py"}
+    # the text format of clicks is read by one parser
+    assert occurrences(r"split\([\"'];[\"']\)") == {"adapt/tasks/dichotomous.py"}
+    # sha256 of a file and human-readable sizes
+    assert occurrences(r"hashlib\.sha256\(\)") == {"adapt/files.py", "adapt/weights.py"}  # weights: streamed download
+    assert occurrences(r"def \w*(fmt|format)_bytes") == {"adapt/files.py"}
+
+
+def test_job_folder_names_are_spelled_once():
+    names = ["data.zip", "adapter.zip", "merged.safetensors", "result.json", "before.png", "preview.png",
+             "after.png", "_pred.png", "labelset", "labelset.zip"]
+    for name in names:
+        assert occurrences(r"(?<![\w.-])" + re.escape(name) + r"[\"']") == {"app/config.py"}, name
+    assert occurrences(r"[\"']checkpoint\.pt[\"']") == {"adapt/train.py"}
+    assert occurrences(r"[\"']events\.jsonl[\"']") == {"adapt/train.py"}
+
+
+def test_the_cli_offers_exactly_the_registered_tasks():
+    from adapt.__main__ import TASK_NAMES
+    from adapt.tasks import TASKS
+
+    assert TASK_NAMES == list(TASKS)
+
+
+def test_dataset_kinds_are_the_tasks():
+    """adapt.data checks masks per task below the task layer; its list must be the registry's."""
+    from adapt.data import TASKS as DATASET_KINDS
+    from adapt.tasks import TASKS
+
+    assert list(DATASET_KINDS) == list(TASKS)
