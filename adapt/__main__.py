@@ -1,15 +1,15 @@
 """Command line: python -m adapt {train,eval,predict,export,params,selfcheck,synth,pretrain} ...
 
-    python -m adapt train --task dichotomous --backbone tiny-sam --method parser --data DIR --steps 200 --out runs/x
-    python -m adapt train --task openvocab --backbone tiny-clip --method hclip --data DIR --out runs/y
-    python -m adapt eval --adapter runs/x/adapter --data DIR --json
-    python -m adapt predict --adapter runs/x/adapter --image photo.jpg --out mask.png --all
-    python -m adapt predict --backbone tiny-clip --image street.png --classes "sky,road,car" --out labels.png
-    python -m adapt export --adapter runs/x/adapter --zip x.zip [--merged merged.safetensors]
-    python -m adapt params --backbone sam-vit-b --method parser --option scope=conv --json
-    python -m adapt selfcheck --json
-    python -m adapt synth --domain camouflage --n 10 --out data/camouflage
-    python -m adapt pretrain --backbone tiny-sam --out weights/
+python -m adapt train --task dichotomous --backbone tiny-sam --method parser --data DIR --steps 200 --out runs/x
+python -m adapt train --task openvocab --backbone tiny-clip --method hclip --data DIR --out runs/y
+python -m adapt eval --adapter runs/x/adapter --data DIR --json
+python -m adapt predict --adapter runs/x/adapter --image photo.jpg --out mask.png --all
+python -m adapt predict --backbone tiny-clip --image street.png --classes "sky,road,car" --out labels.png
+python -m adapt export --adapter runs/x/adapter --zip x.zip [--merged merged.safetensors]
+python -m adapt params --backbone sam-vit-b --method parser --option scope=conv --json
+python -m adapt selfcheck --json
+python -m adapt synth --domain camouflage --n 10 --out data/camouflage
+python -m adapt pretrain --backbone tiny-sam --out weights/
 """
 
 from __future__ import annotations
@@ -54,8 +54,11 @@ def _progress(total: int):
             bar.refresh()
         elif kind == "eval":
             m = event["metrics"]
-            bar.write(f"step {event['step']}: {event['model']} on held-out: " +
-                      ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)), file=sys.stderr)
+            bar.write(
+                f"step {event['step']}: {event['model']} on held-out: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)),
+                file=sys.stderr,
+            )
         elif kind in ("done", "cancelled", "error"):
             bar.close()
 
@@ -69,18 +72,41 @@ def cmd_train(args) -> int:
 
     dataset = load_dataset(args.data, task=args.task)
     task_options = {"prompt": args.prompt} if args.task == "dichotomous" else {}
-    cfg = TrainConfig(task=args.task, backbone=args.backbone, checkpoint=args.checkpoint, method=args.method,
-                      method_options=_parse_options(args.option), task_options=task_options, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, seed=args.seed,
-                      eval_every=args.eval_every, device=args.device)
-    summary = train_adapter(cfg, dataset, args.out, holdout=args.holdout, source=str(args.data), resume=args.resume,
-                            echo=_progress(args.steps))
+    cfg = TrainConfig(
+        task=args.task,
+        backbone=args.backbone,
+        checkpoint=args.checkpoint,
+        method=args.method,
+        method_options=_parse_options(args.option),
+        task_options=task_options,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        device=args.device,
+    )
+    summary = train_adapter(
+        cfg,
+        dataset,
+        args.out,
+        holdout=args.holdout,
+        source=str(args.data),
+        resume=args.resume,
+        echo=_progress(args.steps),
+    )
     if summary["status"] != "done":
         print(f"training {summary['status']} at step {summary['step']}; resume with --resume", file=sys.stderr)
         return 1
     adapter = summary["adapter"]
-    report = {"adapter": str(adapter), "frozen": summary["frozen"], "adapted": summary["adapted"],
-              "counts": summary["counts"], "seconds": summary["seconds"]}
+    report = {
+        "adapter": str(adapter),
+        "frozen": summary["frozen"],
+        "adapted": summary["adapted"],
+        "counts": summary["counts"],
+        "seconds": summary["seconds"],
+    }
     print(json.dumps(report, indent=1) if args.json else _side_by_side(summary["frozen"], summary["adapted"], adapter))
     return 0
 
@@ -102,8 +128,13 @@ def cmd_eval(args) -> int:
 
     cfg, _ = read_adapter(args.adapter)
     dataset = load_dataset(args.data, task=cfg.get("task") or args.task or "dichotomous")
-    result = evaluate_adapter(args.adapter, dataset, task=args.task, checkpoint=args.checkpoint,
-                              **({"prompt": args.prompt} if args.prompt else {}))
+    result = evaluate_adapter(
+        args.adapter,
+        dataset,
+        task=args.task,
+        checkpoint=args.checkpoint,
+        **({"prompt": args.prompt} if args.prompt else {}),
+    )
     print(json.dumps(result) if args.json else _side_by_side(result["frozen"], result["adapted"]))
     return 0
 
@@ -120,10 +151,12 @@ def cmd_predict(args) -> int:
     if args.adapter and args.task and args.task != task.name:
         raise ValueError(f"the adapter was trained for the {task.name} task, not {args.task}")
     image = load_image(args.image)
-    request = {"box": [float(v) for v in args.box.split(",")] if args.box else None,
-               "points": parse_points(args.points),
-               "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
-               "refine": args.refine}
+    request = {
+        "box": [float(v) for v in args.box.split(",")] if args.box else None,
+        "points": parse_points(args.points),
+        "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        "refine": args.refine,
+    }
     outputs = task.predict_outputs(image, **{k: v for k, v in request.items() if v is not None})
     written = write_outputs(outputs if args.all else {"main": outputs["main"]}, args.out)
     h, w = outputs["main"].shape[:2]
@@ -165,8 +198,10 @@ def cmd_params(args) -> int:
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"{args.method} on {args.backbone}: {info['adapter']:,} adapter parameters "
-              f"({info['adapter_percent_of_base']}% of the base), {info['trainable']:,} with the trained head")
+        print(
+            f"{args.method} on {args.backbone}: {info['adapter']:,} adapter parameters "
+            f"({info['adapter_percent_of_base']}% of the base), {info['trainable']:,} with the trained head"
+        )
     return 0
 
 
@@ -181,14 +216,17 @@ def cmd_selfcheck(args) -> int:
         for r in results:
             extra = "".join(f"  {k} {r[k]:.2e}" for k in r["method_checks"])
             opts = ",".join(f"{k}={v}" for k, v in r["options"].items())
-            print(f"{'ok  ' if passes(r) else 'FAIL'} {r['method']:<18} {opts:<24} {r['backbone']:<10} "
-                  f"step0 {r['step0_max_abs_diff']:.1e}  merge {r['merge_max_abs_diff']:.1e}{extra}")
+            print(
+                f"{'ok  ' if passes(r) else 'FAIL'} {r['method']:<18} {opts:<24} {r['backbone']:<10} "
+                f"step0 {r['step0_max_abs_diff']:.1e}  merge {r['merge_max_abs_diff']:.1e}{extra}"
+            )
     return 0 if ok else 1
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adapt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m adapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="adapt a backbone to a dataset; writes OUT/adapter")
@@ -198,11 +236,19 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="parser")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
     p.add_argument("--data", required=True, help="dataset folder or zip")
-    p.add_argument("--holdout", type=float, default=None,
-                   help="held-out fraction, or count if >= 1 (default: the dataset's val/ folder, else 0.3)")
-    p.add_argument("--prompt", default="box", choices=["box", "points", "none", "mixed", "clicks"],
-                   help="dichotomous: the prompt trained with ('none' = prompt-free; 'clicks' = prompt-free "
-                        "plus random clicks, so clicks can refine the prompt-free mask)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="held-out fraction, or count if >= 1 (default: the dataset's val/ folder, else 0.3)",
+    )
+    p.add_argument(
+        "--prompt",
+        default="box",
+        choices=["box", "points", "none", "mixed", "clicks"],
+        help="dichotomous: the prompt trained with ('none' = prompt-free; 'clicks' = prompt-free "
+        "plus random clicks, so clicks can refine the prompt-free mask)",
+    )
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -230,13 +276,20 @@ def main(argv=None) -> int:
     p.add_argument("--task", choices=TASK_NAMES, help="default: the adapter's task")
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="PNG: the binary mask, or the colour label map")
-    p.add_argument("--all", action="store_true",
-                   help="also write OUT_<name>.png for every other output (alpha, cutout, overlay, legend, ...)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also write OUT_<name>.png for every other output (alpha, cutout, overlay, legend, ...)",
+    )
     p.add_argument("--box", help="dichotomous: x0,y0,x1,y1 in image pixels (default: prompt-free)")
     p.add_argument("--points", help="dichotomous: clicks 'x,y[,label];...' (label 1 foreground, 0 background)")
-    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
-                   help="dichotomous: refine the boundary with high-resolution crops (default: when larger "
-                        "than the model's input)")
+    p.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dichotomous: refine the boundary with high-resolution crops (default: when larger "
+        "than the model's input)",
+    )
     p.add_argument("--classes", help='openvocab: comma-separated class names, e.g. "sky,road,car"')
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_predict)
@@ -270,8 +323,12 @@ def main(argv=None) -> int:
     p.add_argument("--eval-domains", nargs="*", default=["camouflage", "thin", "grayscale-noise"])
     p.add_argument("--init", help="tiny-clip: start from this checkpoint instead of random init")
     p.add_argument("--dense-weight", type=float, default=1.0, help="tiny-clip: weight of the dense patch loss")
-    p.add_argument("--object-weight", type=float, default=0.5,
-                   help="tiny-clip: share of the dense loss on object patches (the rest on background)")
+    p.add_argument(
+        "--object-weight",
+        type=float,
+        default=0.5,
+        help="tiny-clip: share of the dense loss on object patches (the rest on background)",
+    )
     p.add_argument("--out", default="weights")
     p.set_defaults(func=cmd_pretrain)
 

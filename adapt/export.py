@@ -38,8 +38,13 @@ class AdapterError(ValueError):
     """An adapter file that cannot be used as asked; the message says why."""
 
 
-def adapter_config(handle: Handle, task: str | None = None, classes: list[str] | None = None,
-                   metrics: dict | None = None, data: dict | None = None) -> dict:
+def adapter_config(
+    handle: Handle,
+    task: str | None = None,
+    classes: list[str] | None = None,
+    metrics: dict | None = None,
+    data: dict | None = None,
+) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -65,7 +70,8 @@ def model_card(cfg: dict) -> str:
         "",
         f"- Method: `{cfg['method']}` with `{json.dumps(cfg['config'], sort_keys=True)}`",
         f"- Base model: `{cfg['base_model']['name']}` (weights `{cfg['base_model']['weights_id']}`)",
-        f"- Task: {cfg['task'] or 'not set'}" + (f"; classes: {', '.join(cfg['classes'])}" if cfg.get("classes") else ""),
+        f"- Task: {cfg['task'] or 'not set'}"
+        + (f"; classes: {', '.join(cfg['classes'])}" if cfg.get("classes") else ""),
         f"- Trainable parameters: {counts['adapter']:,} in the adapter, {counts['trainable']:,} with the trained head",
     ]
     if cfg.get("data"):
@@ -143,8 +149,10 @@ def read_adapter(path: str | Path) -> tuple[dict, dict]:
     if cfg.get("format") != FORMAT:
         raise AdapterError(f"{path / CONFIG_NAME} is not an adapt adapter (format {cfg.get('format')!r})")
     if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise AdapterError(f"adapter format version {cfg['format_version']} is newer than this library reads "
-                           f"({FORMAT_VERSION}); upgrade adapt")
+        raise AdapterError(
+            f"adapter format version {cfg['format_version']} is newer than this library reads "
+            f"({FORMAT_VERSION}); upgrade adapt"
+        )
     try:
         tensors = load_file(str(path / WEIGHTS_NAME))
     except Exception as e:
@@ -155,12 +163,14 @@ def read_adapter(path: str | Path) -> tuple[dict, dict]:
 def check_compatible(cfg: dict, backbone: Backbone, method: str | None = None) -> None:
     base = cfg["base_model"]
     if base["name"] != backbone.name:
-        raise AdapterError(f"this adapter was trained on {base['name']!r}, not {backbone.name!r}; "
-                           f"load it onto {base['name']!r}")
+        raise AdapterError(
+            f"this adapter was trained on {base['name']!r}, not {backbone.name!r}; load it onto {base['name']!r}"
+        )
     if base["weights_id"] != backbone.weights_id:
         raise AdapterError(
             f"this adapter was trained on {base['name']!r} weights {base['weights_id'][:16]}, but the loaded "
-            f"weights are {backbone.weights_id[:16]}; load the same base checkpoint it was trained on")
+            f"weights are {backbone.weights_id[:16]}; load the same base checkpoint it was trained on"
+        )
     if method is not None and method != cfg["method"]:
         raise AdapterError(f"this adapter is a {cfg['method']!r} adapter, not {method!r}")
 
@@ -174,8 +184,9 @@ def base_backbone(cfg: dict, checkpoint: str | Path | None = None) -> Backbone:
     return build_backbone(name, checkpoint=resolve_checkpoint(name, checkpoint))
 
 
-def load_adapter(path: str | Path, backbone: Backbone | None = None, method: str | None = None,
-                 checkpoint: str | Path | None = None) -> Handle:
+def load_adapter(
+    path: str | Path, backbone: Backbone | None = None, method: str | None = None, checkpoint: str | Path | None = None
+) -> Handle:
     """Attach a saved adapter to `backbone` (built from the adapter's config when not given)."""
     cfg, tensors = read_adapter(path)
     if backbone is None:
@@ -188,8 +199,9 @@ def load_adapter(path: str | Path, backbone: Backbone | None = None, method: str
     return handle
 
 
-def save_merged(adapter: str | Path, dest: str | Path, checkpoint: str | Path | None = None,
-                source: str | None = None) -> Path:
+def save_merged(
+    adapter: str | Path, dest: str | Path, checkpoint: str | Path | None = None, source: str | None = None
+) -> Path:
     """Base model + adapter folded into one .safetensors file of plain weights (atomically);
     `source` names the adapter in the file's metadata (default: its path)."""
     handle = load_adapter(adapter, checkpoint=checkpoint)

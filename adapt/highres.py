@@ -45,24 +45,24 @@ Box = tuple[int, int, int, int]
 
 @dataclass
 class RefineConfig:
-    zoom: float = 4.0          # crops see the source this many times finer than the global pass...
-    min_side: int = 0          # ...but a crop is never smaller than this (the model's input size)
-    overlap: float = 0.5       # at least this fraction of a crop is shared with its grid neighbour
-    low: float = 0.2           # the band: coarse probability in (low, high) or on the 0.5 contour ...
+    zoom: float = 4.0  # crops see the source this many times finer than the global pass...
+    min_side: int = 0  # ...but a crop is never smaller than this (the model's input size)
+    overlap: float = 0.5  # at least this fraction of a crop is shared with its grid neighbour
+    low: float = 0.2  # the band: coarse probability in (low, high) or on the 0.5 contour ...
     high: float = 0.8
-    margin: int = 0            # ... grown by this many source pixels (0: a quarter of a crop)
-    max_crops: int = 32        # crops grow until no more than this many are needed
-    batch: int = 4             # crops predicted (and held in memory) at once
-    band_only: bool = True     # False: crops replace the coarse map wherever they cover it
-    trust: bool = True         # weigh each crop by how well its coarse shape agrees (crop_trust)
+    margin: int = 0  # ... grown by this many source pixels (0: a quarter of a crop)
+    max_crops: int = 32  # crops grow until no more than this many are needed
+    batch: int = 4  # crops predicted (and held in memory) at once
+    band_only: bool = True  # False: crops replace the coarse map wherever they cover it
+    trust: bool = True  # weigh each crop by how well its coarse shape agrees (crop_trust)
 
 
 @dataclass
 class CropPlan:
-    side: int                                   # nominal crop side in source pixels
+    side: int  # nominal crop side in source pixels
     boxes: list[Box] = field(default_factory=list)
-    band_fraction: float = 0.0                  # share of the image in the uncertain band
-    grid: int = 0                               # grid crops before selection
+    band_fraction: float = 0.0  # share of the image in the uncertain band
+    grid: int = 0  # grid crops before selection
 
 
 def grid_starts(length: int, side: int, overlap: float = 0.5) -> list[int]:
@@ -101,8 +101,9 @@ def _reduced(prob: np.ndarray, limit: int = 1024) -> tuple[np.ndarray, float]:
     f = max(1.0, max(H, W) / limit)
     if f == 1.0:
         return prob.astype(np.float32, copy=False), 1.0
-    small = cv2.resize(prob.astype(np.float32, copy=False), (max(1, round(W / f)), max(1, round(H / f))),
-                       interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        prob.astype(np.float32, copy=False), (max(1, round(W / f)), max(1, round(H / f))), interpolation=cv2.INTER_AREA
+    )
     return small, f
 
 
@@ -177,8 +178,13 @@ class BandFeather:
         xs = ((np.arange(x0, x1) + 0.5) * self.soft.shape[1] / W - 0.5).astype(np.float32)
         mx = np.broadcast_to(xs[None, :], (y1 - y0, x1 - x0))
         my = np.broadcast_to(ys[:, None], (y1 - y0, x1 - x0))
-        return cv2.remap(self.soft, np.ascontiguousarray(mx), np.ascontiguousarray(my),
-                         interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.remap(
+            self.soft,
+            np.ascontiguousarray(mx),
+            np.ascontiguousarray(my),
+            interpolation=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
 
 
 def crop_trust(prob: np.ndarray, coarse: np.ndarray, cells: int = 16) -> float:
@@ -197,9 +203,14 @@ def crop_trust(prob: np.ndarray, coarse: np.ndarray, cells: int = 16) -> float:
     return float(_smoothstep(np.asarray((iou - 0.3) / 0.4)))
 
 
-def refine(coarse: np.ndarray, predict: Callable[[Sequence[Box]], Sequence[np.ndarray]], model_size: int,
-           cfg: RefineConfig | None = None, plan: CropPlan | None = None,
-           inplace: bool = False) -> tuple[np.ndarray, CropPlan]:
+def refine(
+    coarse: np.ndarray,
+    predict: Callable[[Sequence[Box]], Sequence[np.ndarray]],
+    model_size: int,
+    cfg: RefineConfig | None = None,
+    plan: CropPlan | None = None,
+    inplace: bool = False,
+) -> tuple[np.ndarray, CropPlan]:
     """Refine `coarse` (H, W) float probabilities with crop predictions; returns (prob, plan).
 
     predict(boxes) -> one (y1 - y0, x1 - x0) probability array per box, at the source resolution;

@@ -46,8 +46,10 @@ def as_mask(x, name: str = "mask") -> np.ndarray:
     if np.isin(values, (0, 1)).all() or np.isin(values, (0, 255)).all():
         return x != 0
     shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
-    raise ValueError(f"{name} must be a binary mask (bool, 0/1 or 0/255), got values {shown}; "
-                     "threshold probabilities first (e.g. prob > 0.5)")
+    raise ValueError(
+        f"{name} must be a binary mask (bool, 0/1 or 0/255), got values {shown}; "
+        "threshold probabilities first (e.g. prob > 0.5)"
+    )
 
 
 def as_prob(x, name: str = "prediction") -> np.ndarray:
@@ -59,8 +61,10 @@ def as_prob(x, name: str = "prediction") -> np.ndarray:
         raise ValueError(f"{name} must be numeric or bool, got dtype {x.dtype}")
     x = x.astype(np.float64)
     if x.size and (not np.isfinite(x).all() or x.min() < -1e-5 or x.max() > 1 + 1e-5):
-        raise ValueError(f"{name} must hold probabilities in [0, 1] (got range {np.nanmin(x):g}..{np.nanmax(x):g}); "
-                         "apply a sigmoid to logits, divide 0..255 maps by 255")
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1] (got range {np.nanmin(x):g}..{np.nanmax(x):g}); "
+            "apply a sigmoid to logits, divide 0..255 maps by 255"
+        )
     return np.clip(x, 0.0, 1.0)  # float rounding (e.g. after interpolation) may step an ulp outside
 
 
@@ -203,8 +207,9 @@ class DISMetrics:
         import py_sod_metrics as sod
 
         self.hce, self.tolerance, self.threshold, self.minmax = hce, tolerance, threshold, minmax
-        self._fm = sod.FmeasureV2(metric_handlers={
-            "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3)})
+        self._fm = sod.FmeasureV2(
+            metric_handlers={"fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3)}
+        )
         self._wfm = sod.WeightedFmeasure()
         self._sm = sod.Smeasure()
         self._em = sod.Emeasure()
@@ -292,8 +297,10 @@ class ConfusionMatrix:
         for arr, what in ((g, "ground truth"), (p, "prediction")):
             if arr.size and (arr.min() < 0 or arr.max() >= k):
                 bad = arr[(arr < 0) | (arr >= k)][0]
-                raise ValueError(f"{what} label {bad} outside [0, {k})"
-                                 + (f" (ignore_index is {self.ignore_index})" if what == "ground truth" else ""))
+                raise ValueError(
+                    f"{what} label {bad} outside [0, {k})"
+                    + (f" (ignore_index is {self.ignore_index})" if what == "ground truth" else "")
+                )
         self.matrix += np.bincount(g * k + p, minlength=k * k).reshape(k, k)
 
     def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
@@ -332,5 +339,17 @@ def harmonic_iou(seen_miou: float, unseen_miou: float) -> float:
     return 0.0 if s == 0 else 2 * seen_miou * unseen_miou / s
 
 
-__all__ = ["as_mask", "as_prob", "iou", "dice", "iou_batch", "dice_batch", "mask_boundary", "boundary_scores",
-           "boundary_f", "DISMetrics", "ConfusionMatrix", "harmonic_iou"]
+__all__ = [
+    "as_mask",
+    "as_prob",
+    "iou",
+    "dice",
+    "iou_batch",
+    "dice_batch",
+    "mask_boundary",
+    "boundary_scores",
+    "boundary_f",
+    "DISMetrics",
+    "ConfusionMatrix",
+    "harmonic_iou",
+]

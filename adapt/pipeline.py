@@ -41,10 +41,18 @@ def configure(cfg: TrainConfig, dataset) -> TrainConfig:
     return replace(cfg, task_options=task_options(cfg.task, dataset, **cfg.task_options))
 
 
-def train_adapter(cfg: TrainConfig, dataset, out: str | Path, *, holdout=None, source: str | None = None,
-                  resume: bool = False, echo: Callable[[dict], None] | None = None,
-                  should_stop: Callable[[], bool] = lambda: False,
-                  on_eval: Callable[[Evaluated], None] | None = None) -> dict:
+def train_adapter(
+    cfg: TrainConfig,
+    dataset,
+    out: str | Path,
+    *,
+    holdout=None,
+    source: str | None = None,
+    resume: bool = False,
+    echo: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_eval: Callable[[Evaluated], None] | None = None,
+) -> dict:
     """Split `dataset` (holdout: see Dataset.split), train `cfg` into `out` (events, checkpoint;
     `resume` continues from it) and, when training finished, save the adapter to OUT/adapter
     with the held-out scores and a data summary in its model card.
@@ -55,17 +63,28 @@ def train_adapter(cfg: TrainConfig, dataset, out: str | Path, *, holdout=None, s
     """
     cfg = configure(cfg, dataset)
     train_set, heldout = dataset.split(holdout=holdout, seed=cfg.seed)
-    summary = train(cfg, list(train_set), list(heldout), out, resume=resume, should_stop=should_stop, echo=echo,
-                    on_eval=on_eval)
+    summary = train(
+        cfg, list(train_set), list(heldout), out, resume=resume, should_stop=should_stop, echo=echo, on_eval=on_eval
+    )
     run = summary.pop("run")
     summary.update(adapter=None, train_images=len(train_set), heldout_images=len(heldout))
     if summary["status"] != "done":
         return summary
-    data = {"source": source or str(dataset.source), "train_images": len(train_set),
-            "heldout_images": len(heldout), "heldout_stems": ", ".join(s.stem for s in heldout), "steps": cfg.steps}
-    summary["adapter"] = save_adapter(run.handle, Path(out) / ADAPTER_DIR, task=cfg.task,
-                                      classes=cfg.task_options.get("classes"),
-                                      metrics=metric_record(summary["frozen"], summary["adapted"]), data=data)
+    data = {
+        "source": source or str(dataset.source),
+        "train_images": len(train_set),
+        "heldout_images": len(heldout),
+        "heldout_stems": ", ".join(s.stem for s in heldout),
+        "steps": cfg.steps,
+    }
+    summary["adapter"] = save_adapter(
+        run.handle,
+        Path(out) / ADAPTER_DIR,
+        task=cfg.task,
+        classes=cfg.task_options.get("classes"),
+        metrics=metric_record(summary["frozen"], summary["adapted"]),
+        data=data,
+    )
     return summary
 
 
@@ -84,8 +103,9 @@ def evaluate_adapter(adapter: str | Path, dataset, task: str | None = None, chec
     return {"images": len(samples), "frozen": frozen, "adapted": adapted}
 
 
-def inference_task(adapter=None, backbone: str | None = None, task: str | None = None, checkpoint=None,
-                   download: bool = True):
+def inference_task(
+    adapter=None, backbone: str | None = None, task: str | None = None, checkpoint=None, download: bool = True
+):
     """(task, adapter config or None), ready to predict: an adapter (folder or zip) merged into its
     base model, with the task and classes it was trained for; or, with no adapter, the frozen
     `backbone` with its task head (zero-shot). `task` is the fallback when the adapter names none,

@@ -63,8 +63,9 @@ class InteractivePredictor:
         self._cache.clear()
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, points=None, labels=None, box=None, whole_box: bool = False,
-                use_previous: bool = False) -> np.ndarray:
+    def predict(
+        self, image: np.ndarray, points=None, labels=None, box=None, whole_box: bool = False, use_previous: bool = False
+    ) -> np.ndarray:
         """Foreground probability (H, W) at the source resolution.
 
         points: (N, 2) xy in source pixels with labels (N,) 1 = foreground, 0 = background;
@@ -74,7 +75,8 @@ class InteractivePredictor:
         """
         entry = self._embedding(image)
         prepared, embedding, previous = entry
-        prompt = self.task.source_prompt(prepared, box, points, labels, whole_box=whole_box,
-                                         mask_input=previous if use_previous else None)
+        prompt = self.task.source_prompt(
+            prepared, box, points, labels, whole_box=whole_box, mask_input=previous if use_previous else None
+        )
         prob, entry[2] = self.task.decode_embedded(prepared, embedding, prompt, self.device)
         return prob

@@ -31,8 +31,9 @@ def palette(n: int) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8).reshape(n, 3)
 
 
-def colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int | None = 255,
-             ignore_color=(0, 0, 0)) -> np.ndarray:
+def colorize(
+    labels: np.ndarray, colors: np.ndarray, ignore_index: int | None = 255, ignore_color=(0, 0, 0)
+) -> np.ndarray:
     """Class-id map (H, W) -> RGB (H, W, 3); ids outside the palette (or ignore_index) get ignore_color."""
     labels = np.asarray(labels)
     table = np.zeros((max(256, int(labels.max(initial=0)) + 1), 3), dtype=np.uint8)
@@ -50,8 +51,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def legend(classes: list[str], colors: np.ndarray, fractions: list[float] | None = None,
-           row_height: int = 22, width: int = 260) -> np.ndarray:
+def legend(
+    classes: list[str], colors: np.ndarray, fractions: list[float] | None = None, row_height: int = 22, width: int = 260
+) -> np.ndarray:
     """An RGB image listing each class next to its colour swatch (and its pixel share if given)."""
     if len(classes) == 0:
         raise ValueError("a legend needs at least one class")
@@ -60,15 +62,25 @@ def legend(classes: list[str], colors: np.ndarray, fractions: list[float] | None
     font = _font(max(10, row_height - 8))
     for i, name in enumerate(classes):
         y = 4 + i * row_height
-        draw.rectangle([6, y + 3, 6 + row_height - 6, y + row_height - 3], fill=tuple(int(c) for c in colors[i]),
-                       outline=(60, 60, 60))
+        draw.rectangle(
+            [6, y + 3, 6 + row_height - 6, y + row_height - 3],
+            fill=tuple(int(c) for c in colors[i]),
+            outline=(60, 60, 60),
+        )
         text = name if fractions is None else f"{name}  {100 * fractions[i]:.1f}%"
         draw.text((row_height + 8, y + 3), text, fill=(20, 20, 20), font=font)
     return np.asarray(img)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray | None = None, alpha: float = 0.5,
-            outline: bool = True, skip: tuple[int, ...] = (), band: int = 256) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    colors: np.ndarray | None = None,
+    alpha: float = 0.5,
+    outline: bool = True,
+    skip: tuple[int, ...] = (),
+    band: int = 256,
+) -> np.ndarray:
     """Blend a label map (or a binary / soft mask) over an RGB image, with region outlines.
 
     labels: (H, W) ints (class ids, coloured by `colors`) or a mask (bool / float in [0, 1],
@@ -77,8 +89,10 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors: np.ndarray | None = N
     """
     image = np.asarray(image)
     if image.shape[:2] != labels.shape[:2]:
-        raise ValueError(f"overlay: image is {image.shape[1]}x{image.shape[0]} but the labels are "
-                         f"{labels.shape[1]}x{labels.shape[0]}")
+        raise ValueError(
+            f"overlay: image is {image.shape[1]}x{image.shape[0]} but the labels are "
+            f"{labels.shape[1]}x{labels.shape[0]}"
+        )
     soft = labels.dtype == bool or np.issubdtype(labels.dtype, np.floating)
     if soft:
         color_table = np.asarray([(30, 144, 255) if colors is None else colors[0]], np.float32)
@@ -117,8 +131,9 @@ def cutout(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """RGBA (H, W, 4) uint8: the photo with alpha (float [0, 1] or bool / 0-255 mask) as opacity."""
     image = np.asarray(image)[..., :3]
     if image.shape[:2] != alpha.shape[:2]:
-        raise ValueError(f"cutout: image is {image.shape[1]}x{image.shape[0]} but the alpha is "
-                         f"{alpha.shape[1]}x{alpha.shape[0]}")
+        raise ValueError(
+            f"cutout: image is {image.shape[1]}x{image.shape[0]} but the alpha is {alpha.shape[1]}x{alpha.shape[0]}"
+        )
     if alpha.dtype == np.uint8:
         a = alpha
     else:

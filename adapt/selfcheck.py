@@ -47,8 +47,12 @@ def check_method(method: str, family: str, steps: int = 3, **options) -> dict:
     handle = attach(backbone, method, **options)
     with torch.no_grad():
         step0 = backbone.forward(inputs)
-    result = {"method": method, "backbone": backbone.name, "options": options,
-              "step0_max_abs_diff": (step0 - reference).abs().max().item()}
+    result = {
+        "method": method,
+        "backbone": backbone.name,
+        "options": options,
+        "step0_max_abs_diff": (step0 - reference).abs().max().item(),
+    }
     snapshot = handle.check_snapshot()
     train_steps(handle, inputs, steps=steps)
     with torch.no_grad():

@@ -136,8 +136,10 @@ class Run:
         for head in self.backbone.heads:
             head.to(self.device)
         lrs = {"adapter": cfg.lr, "coefficients": cfg.lr, "head": cfg.head_lr}
-        self.groups = [{"params": g.params, "lr": lrs[g.kind] * g.lr_scale, "base_lr": lrs[g.kind] * g.lr_scale,
-                        "name": g.kind} for g in self.handle.trainable_groups()]
+        self.groups = [
+            {"params": g.params, "lr": lrs[g.kind] * g.lr_scale, "base_lr": lrs[g.kind] * g.lr_scale, "name": g.kind}
+            for g in self.handle.trainable_groups()
+        ]
         self.optimizer = torch.optim.AdamW(self.groups, weight_decay=cfg.weight_decay) if self.groups else None
         self.step = 0
 
@@ -148,9 +150,12 @@ class Run:
         return f
 
     def state(self) -> dict:
-        return {"step": self.step, "adapter": self.handle.state_dict(),
-                "optimizer": self.optimizer.state_dict() if self.optimizer else {},
-                "config": asdict(self.cfg)}
+        return {
+            "step": self.step,
+            "adapter": self.handle.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "config": asdict(self.cfg),
+        }
 
     def load(self, state: dict) -> None:
         self.handle.load_state_dict(state["adapter"])
@@ -172,10 +177,16 @@ def _batch(samples, step: int, cfg: TrainConfig, task: Task) -> tuple[list, np.r
     return prepared, rng
 
 
-def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path | None = None,
-          resume: bool = False, should_stop: Callable[[], bool] = lambda: False,
-          echo: Callable[[dict], None] | None = None,
-          on_eval: Callable[[Evaluated], None] | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    train_samples,
+    heldout_samples,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    echo: Callable[[dict], None] | None = None,
+    on_eval: Callable[[Evaluated], None] | None = None,
+) -> dict:
     """Train, evaluate frozen vs adapted on the held-out samples, return a summary dict.
 
     With `out_dir`, events and checkpoints go there (the adapter is saved by the caller,
@@ -197,8 +208,14 @@ def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path 
         frozen_metrics = state.get("frozen_metrics")
         log("resumed", step=run.step)
     else:
-        log("start", config=asdict(cfg), counts=run.handle.count(), train=len(train_samples),
-            heldout=len(heldout_samples), device=str(run.device))
+        log(
+            "start",
+            config=asdict(cfg),
+            counts=run.handle.count(),
+            train=len(train_samples),
+            heldout=len(heldout_samples),
+            device=str(run.device),
+        )
     model = run.backbone.model
 
     def evaluate(which: str, final: bool = True) -> dict:
@@ -235,21 +252,32 @@ def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path 
             loss = run.task.loss(prepared, rng, run.device)
         if not torch.isfinite(loss):
             save_checkpoint()
-            msg = (f"the loss became {loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
-                   f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks.")
+            msg = (
+                f"the loss became {loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
+                f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks."
+            )
             log("error", step=run.step, message=msg)
             raise TrainingError(msg)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for g in run.groups for p in g["params"]], cfg.clip_grad) if cfg.clip_grad else None
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_([p for g in run.groups for p in g["params"]], cfg.clip_grad)
+            if cfg.clip_grad
+            else None
+        )
         run.optimizer.step()
         run.step += 1
         elapsed = time.time() - started
         per_step = elapsed / (run.step - first_step)
-        log("step", step=run.step, loss=round(loss.item(), 6), lr=cfg.lr * lr_f,
+        log(
+            "step",
+            step=run.step,
+            loss=round(loss.item(), 6),
+            lr=cfg.lr * lr_f,
             grad_norm=None if grad_norm is None else round(float(grad_norm), 4),
-            images_per_s=round(cfg.batch_size / per_step, 3), eta_s=round(per_step * (cfg.steps - run.step), 1))
+            images_per_s=round(cfg.batch_size / per_step, 3),
+            eta_s=round(per_step * (cfg.steps - run.step), 1),
+        )
         if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < cfg.steps:
             save_checkpoint()
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps and heldout_samples:
@@ -260,8 +288,14 @@ def train(cfg: TrainConfig, train_samples, heldout_samples, out_dir: str | Path 
         if heldout_samples:
             adapted_metrics = evaluate("adapted")
         save_checkpoint()
-    summary = {"status": status, "step": run.step, "frozen": frozen_metrics, "adapted": adapted_metrics,
-               "counts": run.handle.count(), "seconds": round(time.time() - started, 2)}
+    summary = {
+        "status": status,
+        "step": run.step,
+        "frozen": frozen_metrics,
+        "adapted": adapted_metrics,
+        "counts": run.handle.count(),
+        "seconds": round(time.time() - started, 2),
+    }
     log(status, **{k: v for k, v in summary.items() if k != "status"})
     summary["run"] = run
     return summary

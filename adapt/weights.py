@@ -69,7 +69,8 @@ SAM_CHECKPOINTS: dict[str, Checkpoint] = {n: e.checkpoint for n, e in CATALOG.it
 
 # Backbone name -> (open_clip architecture, default pretrained tag, other tags offered).
 CLIP_MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    n: (e.arch["open_clip_name"], e.pretrained[0], tuple(e.pretrained[1:])) for n, e in CATALOG.items() if e.pretrained}
+    n: (e.arch["open_clip_name"], e.pretrained[0], tuple(e.pretrained[1:])) for n, e in CATALOG.items() if e.pretrained
+}
 
 BUNDLED = tuple(n for n, e in CATALOG.items() if e.bundled)
 
@@ -110,7 +111,7 @@ def clip_checkpoint_for_file(backbone_name: str, path) -> Checkpoint | None:
     if not stem.startswith(prefix):
         return None
     try:
-        return clip_checkpoint(backbone_name, stem[len(prefix):])
+        return clip_checkpoint(backbone_name, stem[len(prefix) :])
     except ValueError:
         return None
 
@@ -138,8 +139,10 @@ def clip_checkpoint(backbone_name: str, pretrained: str | None = None) -> Checkp
         raise ValueError(f"open_clip has no pretrained tag {tag!r} for {model}; it has: {', '.join(tags)}")
     hub = cfg.get("hf_hub", "")
     if not hub:
-        raise ValueError(f"open_clip lists no Hugging Face copy of {model}/{tag}; only {cfg.get('url')!r}, "
-                         "which this loader cannot read with weights_only=True")
+        raise ValueError(
+            f"open_clip lists no Hugging Face copy of {model}/{tag}; only {cfg.get('url')!r}, "
+            "which this loader cannot read with weights_only=True"
+        )
     repo, fname = hub.rstrip("/"), ""
     if not hub.endswith("/"):  # 'org/repo/file' form names the file itself
         repo, fname = os.path.split(hub)
@@ -150,10 +153,18 @@ def clip_checkpoint(backbone_name: str, pretrained: str | None = None) -> Checkp
     else:
         sources = tuple((f"https://huggingface.co/{repo}/resolve/main/{f}", stem + sfx) for f, sfx in _HF_FILES)
     return Checkpoint(
-        backbone_name, "clip", sources, sha256=None, bytes=None,
+        backbone_name,
+        "clip",
+        sources,
+        sha256=None,
+        bytes=None,
         description=f"open_clip {model} pretrained={tag} (huggingface.co/{repo})",
-        open_clip_model=model, pretrained=tag, quick_gelu=bool(cfg.get("quick_gelu", False)),
-        mean=tuple(cfg["mean"]) if "mean" in cfg else None, std=tuple(cfg["std"]) if "std" in cfg else None)
+        open_clip_model=model,
+        pretrained=tag,
+        quick_gelu=bool(cfg.get("quick_gelu", False)),
+        mean=tuple(cfg["mean"]) if "mean" in cfg else None,
+        std=tuple(cfg["std"]) if "std" in cfg else None,
+    )
 
 
 def official(backbone_name: str, pretrained: str | None = None) -> Checkpoint:
@@ -172,17 +183,27 @@ def official(backbone_name: str, pretrained: str | None = None) -> Checkpoint:
 
 
 def _offline_hint() -> str:
-    return ("The bundled tiny models (tiny-sam, tiny-clip) work offline, and any backbone can be built "
-            "with random weights (checkpoint='random').")
+    return (
+        "The bundled tiny models (tiny-sam, tiny-clip) work offline, and any backbone can be built "
+        "with random weights (checkpoint='random')."
+    )
 
 
 def _place_by_hand(url: str, dest: Path) -> str:
-    return (f"To install it by hand, download {url} on a machine with internet access and save it as "
-            f"'{dest.name}' in the folder {dest.parent} (set ${ENV_VAR} to use another folder).")
+    return (
+        f"To install it by hand, download {url} on a machine with internet access and save it as "
+        f"'{dest.name}' in the folder {dest.parent} (set ${ENV_VAR} to use another folder)."
+    )
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, expected_bytes: int | None = None,
-             progress: bool = True, timeout: float = 30) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    expected_bytes: int | None = None,
+    progress: bool = True,
+    timeout: float = 30,
+) -> Path:
     """Download ``url`` to ``dest`` through a ``.part`` file in the same folder.
 
     The data is streamed into ``<dest name>.<random>.part`` while its sha256 is computed; only a
@@ -205,43 +226,59 @@ def download(url: str, dest: str | Path, sha256: str | None = None, expected_byt
                 reason = f"HTTP {e.code} {e.reason}"
             else:
                 reason = getattr(e, "reason", None) or e
-            raise WeightsUnavailable(f"could not download {url}: {reason}. {_place_by_hand(url, dest)} "
-                                     f"{_offline_hint()}") from e
+            raise WeightsUnavailable(
+                f"could not download {url}: {reason}. {_place_by_hand(url, dest)} {_offline_hint()}"
+            ) from e
         with response:
             length = response.headers.get("Content-Length")
             announced = int(length) if length and length.isdigit() else None
             if expected_bytes is not None and announced is not None and announced != expected_bytes:
-                raise ChecksumMismatch(f"{url} announces {announced} bytes but {dest.name} should have "
-                                       f"{expected_bytes}; not downloading it. {_place_by_hand(url, dest)}")
+                raise ChecksumMismatch(
+                    f"{url} announces {announced} bytes but {dest.name} should have "
+                    f"{expected_bytes}; not downloading it. {_place_by_hand(url, dest)}"
+                )
             total = expected_bytes if expected_bytes is not None else announced
             limit = total  # never accept more than the expected/announced size
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                      disable=not progress, leave=False) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                disable=not progress,
+                leave=False,
+            ) as bar:
                 while True:
                     try:
                         block = response.read(CHUNK)
                     except (http.client.HTTPException, OSError, ValueError) as e:  # IncompleteRead, timeouts
                         raise WeightsUnavailable(
                             f"download of {url} broke off after {received} bytes: {e}. "
-                            f"{_place_by_hand(url, dest)} {_offline_hint()}") from e
+                            f"{_place_by_hand(url, dest)} {_offline_hint()}"
+                        ) from e
                     if not block:
                         break
                     received += len(block)
                     if limit is not None and received > limit:
-                        raise ChecksumMismatch(f"{url} sent more than the expected {limit} bytes for "
-                                               f"{dest.name}; download discarded")
+                        raise ChecksumMismatch(
+                            f"{url} sent more than the expected {limit} bytes for {dest.name}; download discarded"
+                        )
                     h.update(block)
                     out.write(block)
                     bar.update(len(block))
         out.flush()
         os.fsync(out.fileno())
         if total is not None and received != total:
-            raise WeightsUnavailable(f"download of {url} is incomplete: {received} of {total} bytes. "
-                                     f"{_place_by_hand(url, dest)} {_offline_hint()}")
+            raise WeightsUnavailable(
+                f"download of {url} is incomplete: {received} of {total} bytes. "
+                f"{_place_by_hand(url, dest)} {_offline_hint()}"
+            )
         digest = h.hexdigest()
         if sha256 is not None and digest != sha256.lower():
-            raise ChecksumMismatch(f"sha256 mismatch for {dest.name} downloaded from {url}: expected {sha256.lower()}, "
-                                   f"got {digest}; the download was discarded")
+            raise ChecksumMismatch(
+                f"sha256 mismatch for {dest.name} downloaded from {url}: expected {sha256.lower()}, "
+                f"got {digest}; the download was discarded"
+            )
     _write_stamp(dest, digest)
     return dest
 
@@ -282,21 +319,28 @@ def _known_sha256(path: Path) -> str:
     return digest
 
 
-def verify_file(path: str | Path, sha256: str | None = None, expected_bytes: int | None = None,
-                what: str | None = None, advice: str | None = None) -> Path:
+def verify_file(
+    path: str | Path,
+    sha256: str | None = None,
+    expected_bytes: int | None = None,
+    what: str | None = None,
+    advice: str | None = None,
+) -> Path:
     """Check a file's size and sha256 (where known); raise :class:`ChecksumMismatch` if wrong."""
     path = Path(path)
     what = what or path.name
-    advice = advice or ("It is incomplete, corrupt or a different file; delete it (or replace it with the right "
-                        "one) and try again.")
+    advice = advice or (
+        "It is incomplete, corrupt or a different file; delete it (or replace it with the right one) and try again."
+    )
     size = path.stat().st_size
     if expected_bytes is not None and size != expected_bytes:
         raise ChecksumMismatch(f"{what}: {path} has {size} bytes, expected {expected_bytes}. {advice}")
     if sha256 is not None:
         digest = _known_sha256(path)
         if digest != sha256.lower():
-            raise ChecksumMismatch(f"{what}: sha256 mismatch for {path}: expected {sha256.lower()}, "
-                                   f"got {digest}. {advice}")
+            raise ChecksumMismatch(
+                f"{what}: sha256 mismatch for {path}: expected {sha256.lower()}, got {digest}. {advice}"
+            )
     return path
 
 
@@ -350,12 +394,15 @@ def _resolve_bundled(name: str) -> Path:
     if not path.is_file():
         raise WeightsUnavailable(
             f"the bundled {name} weights are missing: expected {path}.{make or ' They have not been built yet.'} "
-            "Meanwhile the backbone can be built with random weights (checkpoint='random').")
+            "Meanwhile the backbone can be built with random weights (checkpoint='random')."
+        )
     if entry is None:
         log.warning("%s: no manifest entry for %s, its checksum is not verified", name, path)
         return path
-    advice = (f"The file does not match {path.parent / MANIFEST_NAME}: restore it (git checkout weights/) "
-              f"or rebuild it and its manifest entry.{make}")
+    advice = (
+        f"The file does not match {path.parent / MANIFEST_NAME}: restore it (git checkout weights/) "
+        f"or rebuild it and its manifest entry.{make}"
+    )
     return verify_file(path, entry.get("sha256"), entry.get("bytes"), what=f"bundled {name} weights", advice=advice)
 
 
@@ -375,8 +422,14 @@ def _cached(entry: Checkpoint) -> Path | None:
     return None
 
 
-def resolve_checkpoint(backbone_name: str, checkpoint: str | Path | None = None, download: bool = True,
-                       progress: bool = True, pretrained: str | None = None, timeout: float = 30) -> Path | None:
+def resolve_checkpoint(
+    backbone_name: str,
+    checkpoint: str | Path | None = None,
+    download: bool = True,
+    progress: bool = True,
+    pretrained: str | None = None,
+    timeout: float = 30,
+) -> Path | None:
     """A local checkpoint file for ``build_backbone(backbone_name, checkpoint=...)``, or None.
 
     ``checkpoint``: ``"random"`` -> None (random init, the only way to get None); a local path ->
@@ -396,8 +449,9 @@ def resolve_checkpoint(backbone_name: str, checkpoint: str | Path | None = None,
             if dest.is_file():
                 return dest
             if not download:
-                raise WeightsUnavailable(f"{fname} is not in {dest.parent} and downloading is disabled. "
-                                         f"{_place_by_hand(text, dest)}")
+                raise WeightsUnavailable(
+                    f"{fname} is not in {dest.parent} and downloading is disabled. {_place_by_hand(text, dest)}"
+                )
             return _fetch(text, dest, progress=progress, timeout=timeout)
         path = Path(text).expanduser()
         if path.is_file():
@@ -415,13 +469,21 @@ def resolve_checkpoint(backbone_name: str, checkpoint: str | Path | None = None,
         return verify_file(cached, entry.sha256, entry.bytes, what=f"{backbone_name} checkpoint")
     dest = weights_dir() / entry.file
     if not download:
-        raise WeightsUnavailable(f"{backbone_name} weights are not downloaded yet and downloading is disabled. "
-                                 f"{_place_by_hand(entry.url, dest)} {_offline_hint()}")
+        raise WeightsUnavailable(
+            f"{backbone_name} weights are not downloaded yet and downloading is disabled. "
+            f"{_place_by_hand(entry.url, dest)} {_offline_hint()}"
+        )
     last = None
     for i, (url, fname) in enumerate(entry.sources):
         try:
-            return _fetch(url, weights_dir() / fname, sha256=entry.sha256,
-                                         expected_bytes=entry.bytes, progress=progress, timeout=timeout)
+            return _fetch(
+                url,
+                weights_dir() / fname,
+                sha256=entry.sha256,
+                expected_bytes=entry.bytes,
+                progress=progress,
+                timeout=timeout,
+            )
         except WeightsUnavailable as e:
             cause = e.__cause__
             # a 404 on one of several candidate files (e.g. no safetensors copy): try the next one
@@ -441,9 +503,20 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
     size, or the file's size), ``sha256`` (expected, if known), ``ready`` (resolve_checkpoint would
     not need the network), ``message``; CLIP adds ``pretrained`` and ``quick_gelu``.
     """
-    info = {"name": backbone_name, "kind": "unknown", "path": None, "file": None, "cached": False,
-            "bundled": False, "downloadable": False, "url": None, "bytes": None, "sha256": None,
-            "ready": False, "message": ""}
+    info = {
+        "name": backbone_name,
+        "kind": "unknown",
+        "path": None,
+        "file": None,
+        "cached": False,
+        "bundled": False,
+        "downloadable": False,
+        "url": None,
+        "bytes": None,
+        "sha256": None,
+        "ready": False,
+        "message": "",
+    }
     if backbone_name in BUNDLED:
         try:
             path, entry = bundled_entry(backbone_name)
@@ -451,10 +524,16 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
             info.update(kind="bundled", message=str(e))
             return info
         exists = path.is_file()
-        info.update(kind="bundled", path=str(path), file=path.name, bundled=exists, ready=exists,
-                    bytes=(entry or {}).get("bytes") or (path.stat().st_size if exists else None),
-                    sha256=(entry or {}).get("sha256"),
-                    message="bundled, works offline" if exists else "bundled weights not built yet")
+        info.update(
+            kind="bundled",
+            path=str(path),
+            file=path.name,
+            bundled=exists,
+            ready=exists,
+            bytes=(entry or {}).get("bytes") or (path.stat().st_size if exists else None),
+            sha256=(entry or {}).get("sha256"),
+            message="bundled, works offline" if exists else "bundled weights not built yet",
+        )
         if entry:
             info.update(command=entry.get("command"), seed=entry.get("seed"), metrics=entry.get("metrics"))
         return info
@@ -466,11 +545,23 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
     cached = _cached(entry)
     path = cached or weights_dir() / entry.file
     size = entry.bytes if entry.bytes is not None else (cached.stat().st_size if cached else None)
-    info.update(kind="official", path=str(path), file=path.name, cached=cached is not None,
-                downloadable=True, url=entry.url, bytes=size, sha256=entry.sha256, ready=cached is not None,
-                description=entry.description,
-                message=(f"downloaded: {path}" if cached else
-                         f"not downloaded; {format_bytes(size)} from {urllib.parse.urlparse(entry.url).netloc}"))
+    info.update(
+        kind="official",
+        path=str(path),
+        file=path.name,
+        cached=cached is not None,
+        downloadable=True,
+        url=entry.url,
+        bytes=size,
+        sha256=entry.sha256,
+        ready=cached is not None,
+        description=entry.description,
+        message=(
+            f"downloaded: {path}"
+            if cached
+            else f"not downloaded; {format_bytes(size)} from {urllib.parse.urlparse(entry.url).netloc}"
+        ),
+    )
     if entry.family == "clip":
         info.update(pretrained=entry.pretrained, quick_gelu=entry.quick_gelu, mean=entry.mean, std=entry.std)
     return info

@@ -35,7 +35,10 @@ def main() -> None:
         build(studio).queue(default_concurrency_limit=4).launch(
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-            max_file_size=f"{limits.upload_mb}mb", css=CSS, footer_links=["api"])
+            max_file_size=f"{limits.upload_mb}mb",
+            css=CSS,
+            footer_links=["api"],
+        )
     finally:
         supervisor.stop()
 

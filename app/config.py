@@ -1,13 +1,13 @@
 """Where the studio keeps its files, and the limits on what users may upload (all from the environment).
 
-    ADAPT_STUDIO_DIR     jobs database, job folders, uploads (default: /data/studio when /data is a
-                         writable persistent volume, as on a Space, else ./studio)
-    ADAPT_MAX_UPLOAD_MB  largest single upload (default 200)
-    ADAPT_MAX_PIXELS     largest image, in pixels, checked from the file header (default 40 M)
-    ADAPT_MAX_IMAGES     most image/mask pairs in one dataset (default 500)
-    ADAPT_MAX_STEPS      most training steps one job may ask for (default 20000)
-    ADAPT_WORKER_THREADS torch threads in each worker (default: all cores)
-    ADAPT_WORKERS        worker processes (default: one per GPU, one when there is none)
+ADAPT_STUDIO_DIR     jobs database, job folders, uploads (default: /data/studio when /data is a
+                     writable persistent volume, as on a Space, else ./studio)
+ADAPT_MAX_UPLOAD_MB  largest single upload (default 200)
+ADAPT_MAX_PIXELS     largest image, in pixels, checked from the file header (default 40 M)
+ADAPT_MAX_IMAGES     most image/mask pairs in one dataset (default 500)
+ADAPT_MAX_STEPS      most training steps one job may ask for (default 20000)
+ADAPT_WORKER_THREADS torch threads in each worker (default: all cores)
+ADAPT_WORKERS        worker processes (default: one per GPU, one when there is none)
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> Limits:
-        return cls(upload_mb=_int("ADAPT_MAX_UPLOAD_MB", cls.upload_mb),
-                   max_pixels=_int("ADAPT_MAX_PIXELS", cls.max_pixels),
-                   max_images=_int("ADAPT_MAX_IMAGES", cls.max_images),
-                   max_steps=_int("ADAPT_MAX_STEPS", cls.max_steps))
+        return cls(
+            upload_mb=_int("ADAPT_MAX_UPLOAD_MB", cls.upload_mb),
+            max_pixels=_int("ADAPT_MAX_PIXELS", cls.max_pixels),
+            max_images=_int("ADAPT_MAX_IMAGES", cls.max_images),
+            max_steps=_int("ADAPT_MAX_STEPS", cls.max_steps),
+        )
 
 
 @dataclass(frozen=True)

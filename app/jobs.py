@@ -83,8 +83,10 @@ class JobStore:
     def submit(self, owner: str, config: dict, data: str, job_id: str | None = None) -> str:
         job_id = job_id or new_token()
         with self._connect() as db:
-            db.execute("INSERT INTO jobs (id, owner, status, config, data, created) VALUES (?, ?, 'queued', ?, ?, ?)",
-                       (job_id, owner, json.dumps(config), str(data), time.time()))
+            db.execute(
+                "INSERT INTO jobs (id, owner, status, config, data, created) VALUES (?, ?, 'queued', ?, ?, ?)",
+                (job_id, owner, json.dumps(config), str(data), time.time()),
+            )
         return job_id
 
     def get(self, job_id: str, owner: str | None) -> dict | None:
@@ -98,8 +100,9 @@ class JobStore:
 
     def list(self, owner: str, limit: int = 50) -> list[dict]:
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM jobs WHERE owner = ? ORDER BY created DESC LIMIT ?",
-                              (owner, limit)).fetchall()
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE owner = ? ORDER BY created DESC LIMIT ?", (owner, limit)
+            ).fetchall()
         return [self._row(r) for r in rows]
 
     def cancel(self, job_id: str, owner: str) -> str | None:
@@ -111,8 +114,9 @@ class JobStore:
                 db.execute("ROLLBACK")
                 return None
             if row["status"] == "queued":
-                db.execute("UPDATE jobs SET status = 'cancelled', cancel = 1, finished = ? WHERE id = ?",
-                           (time.time(), job_id))
+                db.execute(
+                    "UPDATE jobs SET status = 'cancelled', cancel = 1, finished = ? WHERE id = ?", (time.time(), job_id)
+                )
             elif row["status"] == "running":
                 db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
             db.execute("COMMIT")
@@ -121,8 +125,11 @@ class JobStore:
     def queue_position(self, job_id: str) -> int:
         """How many queued jobs are ahead of this one (0: next)."""
         with self._connect() as db:
-            row = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND created < "
-                             "(SELECT created FROM jobs WHERE id = ?)", (job_id,)).fetchone()
+            row = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND created < "
+                "(SELECT created FROM jobs WHERE id = ?)",
+                (job_id,),
+            ).fetchone()
         return int(row[0])
 
     # --- workers -------------------------------------------------------------------------------
@@ -135,9 +142,11 @@ class JobStore:
                 db.execute("ROLLBACK")
                 return None
             now = time.time()
-            db.execute("UPDATE jobs SET status = 'running', worker = ?, pid = ?, attempts = attempts + 1, "
-                       "started = COALESCE(started, ?), heartbeat = ?, error = NULL WHERE id = ?",
-                       (worker, pid, now, now, row["id"]))
+            db.execute(
+                "UPDATE jobs SET status = 'running', worker = ?, pid = ?, attempts = attempts + 1, "
+                "started = COALESCE(started, ?), heartbeat = ?, error = NULL WHERE id = ?",
+                (worker, pid, now, now, row["id"]),
+            )
             db.execute("COMMIT")
         return self.get(row["id"], None)
 
@@ -148,17 +157,18 @@ class JobStore:
             row = db.execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row["cancel"])
 
-    def finish(self, job_id: str, status: str, worker: str, error: str | None = None,
-               note: str | None = None) -> None:
+    def finish(self, job_id: str, status: str, worker: str, error: str | None = None, note: str | None = None) -> None:
         """End a running job (done / failed / cancelled), or hand it back to the queue (queued).
         Only the worker that holds the job can: one that lost it (its app restarted) changes nothing."""
         if status not in STATUSES or status == "running":
             raise ValueError(f"cannot finish a job as {status!r}")
         finished = None if status == "queued" else time.time()
         with self._connect() as db:
-            db.execute("UPDATE jobs SET status = ?, error = ?, note = COALESCE(?, note), finished = ?, worker = NULL, "
-                       "pid = NULL WHERE id = ? AND status = 'running' AND worker = ?",
-                       (status, error, note, finished, job_id, worker))
+            db.execute(
+                "UPDATE jobs SET status = ?, error = ?, note = COALESCE(?, note), finished = ?, worker = NULL, "
+                "pid = NULL WHERE id = ? AND status = 'running' AND worker = ?",
+                (status, error, note, finished, job_id, worker),
+            )
 
     # --- the supervisor ------------------------------------------------------------------------
     def running_job(self, worker: str) -> dict | None:
@@ -170,9 +180,14 @@ class JobStore:
         """Mark the jobs a dead worker was running as failed with its error."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = 'running' AND worker = ?", (worker,))]
-            db.execute("UPDATE jobs SET status = 'failed', error = ?, finished = ?, worker = NULL, pid = NULL "
-                       "WHERE status = 'running' AND worker = ?", (error, time.time(), worker))
+            ids = [
+                r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = 'running' AND worker = ?", (worker,))
+            ]
+            db.execute(
+                "UPDATE jobs SET status = 'failed', error = ?, finished = ?, worker = NULL, pid = NULL "
+                "WHERE status = 'running' AND worker = ?",
+                (error, time.time(), worker),
+            )
             db.execute("COMMIT")
         return ids
 
@@ -182,7 +197,9 @@ class JobStore:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE status = 'running'")]
-            db.execute("UPDATE jobs SET status = 'queued', worker = NULL, pid = NULL, "
-                       "note = 'interrupted by a restart; resumes from its last checkpoint' WHERE status = 'running'")
+            db.execute(
+                "UPDATE jobs SET status = 'queued', worker = NULL, pid = NULL, "
+                "note = 'interrupted by a restart; resumes from its last checkpoint' WHERE status = 'running'"
+            )
             db.execute("COMMIT")
         return ids

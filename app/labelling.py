@@ -41,8 +41,16 @@ def predictor(backbone: str = "tiny-sam"):
 
 def new_state(image: np.ndarray, name: str) -> dict:
     h, w = image.shape[:2]
-    return {"image": image, "name": name, "labels": np.zeros((h, w), np.uint8), "points": [], "box": None,
-            "corner": None, "proposal": None, "scale": min(1.0, DISPLAY / max(h, w))}
+    return {
+        "image": image,
+        "name": name,
+        "labels": np.zeros((h, w), np.uint8),
+        "points": [],
+        "box": None,
+        "corner": None,
+        "proposal": None,
+        "scale": min(1.0, DISPLAY / max(h, w)),
+    }
 
 
 def _source_xy(state: dict, x: float, y: float) -> list[float]:
@@ -140,8 +148,14 @@ def render(state: dict, n_classes: int, clicks: bool = True) -> np.ndarray:
             x0, y0, x1, y1 = (round(v * s) for v in state["box"])
             cv2.rectangle(shown, (x0, y0), (x1, y1), (255, 215, 0), 2)
         if state["corner"] is not None:
-            cv2.drawMarker(shown, (round(state["corner"][0] * s), round(state["corner"][1] * s)), (255, 215, 0),
-                           cv2.MARKER_CROSS, 2 * r, 2)
+            cv2.drawMarker(
+                shown,
+                (round(state["corner"][0] * s), round(state["corner"][1] * s)),
+                (255, 215, 0),
+                cv2.MARKER_CROSS,
+                2 * r,
+                2,
+            )
     return shown
 
 
@@ -187,7 +201,11 @@ def gallery(folder: Path, task: str, size: int = 160) -> list[tuple[np.ndarray, 
         if image is None or mask is None:
             continue
         labels = (mask > 127) if task == "dichotomous" else mask.astype(np.int64)
-        shown = overlay(image, labels) if task == "dichotomous" else overlay(image, labels, palette(int(mask.max()) + 1), skip=(0,))
+        shown = (
+            overlay(image, labels)
+            if task == "dichotomous"
+            else overlay(image, labels, palette(int(mask.max()) + 1), skip=(0,))
+        )
         scale = size / max(shown.shape[:2])
         items.append((cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), img_path.stem))
     return items

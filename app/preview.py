@@ -81,7 +81,6 @@ class Previewer:
             image, mask = s.image, s.mask
             outputs = task.predict_outputs(image, device=device, **request_for(self.task, mask, self.classes))
             predictions.append(_fit(outputs["overlay"]))
-            rows.append(side_by_side(_fit(truth_overlay(self.task, image, mask, len(self.classes))),
-                                     predictions[-1]))
+            rows.append(side_by_side(_fit(truth_overlay(self.task, image, mask, len(self.classes))), predictions[-1]))
         save_png(_stack(predictions), JobFiles.predictions(path))
         return save_png(_stack(rows), path)

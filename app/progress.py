@@ -14,22 +14,25 @@ LOG_LINES = 40
 
 @dataclass
 class Progress:
-    steps: list = field(default_factory=list)       # (step, loss)
-    evals: list = field(default_factory=list)       # (step, model, metrics)
-    log: list = field(default_factory=list)         # human-readable lines
+    steps: list = field(default_factory=list)  # (step, loss)
+    evals: list = field(default_factory=list)  # (step, model, metrics)
+    log: list = field(default_factory=list)  # human-readable lines
     step: int = 0
     eta_s: float | None = None
     last_loss: float | None = None
     frozen: dict | None = None
     adapted: dict | None = None
-    signature: tuple = ()                           # changes whenever the file does
+    signature: tuple = ()  # changes whenever the file does
 
     def curves(self) -> dict:
         """Rows for the loss and held-out metric plots."""
         loss = [{"step": s, "loss": v} for s, v in self.steps]
-        metric = [{"step": s, "score": float(m[k]), "series": f"{k} {model}"}
-                  for s, model, m in self.evals for k in ("iou", "dice", "miou", "pixel_acc")
-                  if isinstance(m.get(k), (int, float))]
+        metric = [
+            {"step": s, "score": float(m[k]), "series": f"{k} {model}"}
+            for s, model, m in self.evals
+            for k in ("iou", "dice", "miou", "pixel_acc")
+            if isinstance(m.get(k), (int, float))
+        ]
         return {"loss": loss, "metric": metric}
 
 
@@ -37,8 +40,10 @@ def _line(event: dict) -> str | None:
     kind = event.get("type")
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
     if kind == "start":
-        return (f"{stamp} start: {event.get('train')} training / {event.get('heldout')} held-out images on "
-                f"{event.get('device')}, {event.get('counts', {}).get('trainable', 0):,} trainable parameters")
+        return (
+            f"{stamp} start: {event.get('train')} training / {event.get('heldout')} held-out images on "
+            f"{event.get('device')}, {event.get('counts', {}).get('trainable', 0):,} trainable parameters"
+        )
     if kind == "step":
         return f"{stamp} step {event['step']}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, eta {event.get('eta_s', 0):.0f} s"
     if kind == "eval":
@@ -82,5 +87,5 @@ def read_progress(folder: Path) -> Progress:
             if line:
                 p.log.append(line)
     if len(p.log) > LOG_LINES:
-        p.log = p.log[:1] + ["..."] + p.log[-(LOG_LINES - 2):]
+        p.log = p.log[:1] + ["..."] + p.log[-(LOG_LINES - 2) :]
     return p

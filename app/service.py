@@ -52,10 +52,12 @@ def describe_method(backbone: str, method: str) -> tuple[str, dict]:
         info = dict(_count(backbone, method))
     except ValueError as e:
         return f"**{method}** cannot be used here: {e}", {}
-    text = (f"**{method}**: {METHODS[method].summary}\n\n"
-            f"Trains **{info['adapter']:,}** adapter parameters "
-            f"({100 * info['adapter'] / info['base']:.3f}% of {backbone}), "
-            f"**{info['trainable']:,}** with the task head.")
+    text = (
+        f"**{method}**: {METHODS[method].summary}\n\n"
+        f"Trains **{info['adapter']:,}** adapter parameters "
+        f"({100 * info['adapter'] / info['base']:.3f}% of {backbone}), "
+        f"**{info['trainable']:,}** with the task head."
+    )
     return text, info
 
 
@@ -110,9 +112,11 @@ def estimate_memory(backbone: str, method: str, batch_size: int, device: str = "
     activations = batch_size * depth * per_block
     total = (weights + activations) * 1.2  # allocator and workspace slack
     where = "GPU memory" if gpu else "RAM (no GPU: training runs on the CPU)"
-    return (f"Estimated {where}: **{format_bytes(total)}** (weights {format_bytes(info['base'] * 4)}, "
-            f"optimizer state {format_bytes(info['trainable'] * 12)}, activations {format_bytes(activations)} "
-            f"at batch {batch_size}). A rough guide, not a promise.")
+    return (
+        f"Estimated {where}: **{format_bytes(total)}** (weights {format_bytes(info['base'] * 4)}, "
+        f"optimizer state {format_bytes(info['trainable'] * 12)}, activations {format_bytes(activations)} "
+        f"at batch {batch_size}). A rough guide, not a promise."
+    )
 
 
 @lru_cache(maxsize=16)
@@ -134,8 +138,10 @@ def _has_gpu() -> bool:
 
 def check_owner(owner: str | None) -> str:
     if not owner or not TOKEN_RE.match(owner):
-        raise UserError("missing or malformed owner token: the page makes one for each browser; API clients "
-                        "pass any random string of 16-128 letters, digits, '-' or '_' (e.g. secrets.token_urlsafe())")
+        raise UserError(
+            "missing or malformed owner token: the page makes one for each browser; API clients "
+            "pass any random string of 16-128 letters, digits, '-' or '_' (e.g. secrets.token_urlsafe())"
+        )
     return owner
 
 
@@ -150,8 +156,10 @@ def zip_folder(folder: Path, dest: Path) -> Path:
 
 def summarize(dataset) -> str:
     s = dataset.summary()
-    lines = [f"**{s['count']} image/mask pairs** ({s['task']}), "
-             f"{s['width'][0]}-{s['width'][1]} x {s['height'][0]}-{s['height'][1]} px"]
+    lines = [
+        f"**{s['count']} image/mask pairs** ({s['task']}), "
+        f"{s['width'][0]}-{s['width'][1]} x {s['height'][0]}-{s['height'][1]} px"
+    ]
     if s["task"] == "openvocab":
         lines.append("classes: " + ", ".join(s["classes"]))
     else:
@@ -186,12 +194,15 @@ class Studio:
         if n > self.limits.max_images:
             raise UserError(f"the dataset has {n} image/mask pairs; this studio takes at most {self.limits.max_images}")
         if len(dataset) < 2 and not dataset.given_heldout:
-            raise UserError(f"the dataset has {len(dataset)} image/mask pair(s); it needs at least 2 (one to train "
-                            "on and one held out to score frozen vs adapted)")
+            raise UserError(
+                f"the dataset has {len(dataset)} image/mask pair(s); it needs at least 2 (one to train "
+                "on and one held out to score frozen vs adapted)"
+            )
         return dataset
 
-    def stage_upload(self, owner: str, task: str, zip_file: str | None = None, images=(), masks=(),
-                     classes: str = "") -> tuple[Path, str]:
+    def stage_upload(
+        self, owner: str, task: str, zip_file: str | None = None, images=(), masks=(), classes: str = ""
+    ) -> tuple[Path, str]:
         """Validate uploaded pairs (a zip, or image files + mask files paired by name) and keep
         them as one dataset zip; returns (zip path, summary). Nothing is kept on failure."""
         check_owner(owner)
@@ -223,8 +234,20 @@ class Studio:
             return zip_folder(folder, dest), summary
 
     # --- jobs ----------------------------------------------------------------------------------
-    def submit(self, owner: str, dataset_zip: str | None, task: str, backbone: str, method: str, steps: int,
-               lr: float, head_lr: float, batch_size: int = 2, seed: int = 0, options: dict | None = None) -> str:
+    def submit(
+        self,
+        owner: str,
+        dataset_zip: str | None,
+        task: str,
+        backbone: str,
+        method: str,
+        steps: int,
+        lr: float,
+        head_lr: float,
+        batch_size: int = 2,
+        seed: int = 0,
+        options: dict | None = None,
+    ) -> str:
         from adapt.pipeline import configure
         from adapt.train import TrainConfig
 
@@ -233,7 +256,9 @@ class Studio:
             raise UserError("no dataset: upload pairs or label images in the Data tab first (or pass a dataset zip)")
         family = family_for_task(task)
         if backbone not in backbones_for(task):
-            raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(backbones_for(task))}")
+            raise UserError(
+                f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(backbones_for(task))}"
+            )
         if method not in methods_for(family):
             raise UserError(f"{method!r} does not apply to {backbone}; choose one of {', '.join(methods_for(family))}")
         steps, batch_size = int(steps), int(batch_size)
@@ -246,10 +271,21 @@ class Studio:
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
         dataset.close()
         every = max(1, steps // 8)
-        cfg = TrainConfig(task=task, backbone=backbone, method=method, method_options=dict(options or {}),
-                          task_options={"prompt": "box"} if task == "dichotomous" else {}, steps=steps,
-                          batch_size=batch_size, lr=float(lr), head_lr=float(head_lr), seed=int(seed),
-                          warmup=min(10, max(1, steps // 10)), eval_every=every, checkpoint_every=every)
+        cfg = TrainConfig(
+            task=task,
+            backbone=backbone,
+            method=method,
+            method_options=dict(options or {}),
+            task_options={"prompt": "box"} if task == "dichotomous" else {},
+            steps=steps,
+            batch_size=batch_size,
+            lr=float(lr),
+            head_lr=float(head_lr),
+            seed=int(seed),
+            warmup=min(10, max(1, steps // 10)),
+            eval_every=every,
+            checkpoint_every=every,
+        )
         cfg = configure(cfg, dataset)  # what the worker will run, classes included
         job_id = new_token()
         data = copy_file(Path(dataset_zip), self.paths.job_files(job_id).data_zip)
@@ -268,21 +304,39 @@ class Studio:
         job = self.job(owner, job_id)
         files = self.paths.job_files(job["id"])
         progress = read_progress(files.folder)
-        result = {"job": job["id"], "status": job["status"], "error": job["error"], "note": job["note"],
-                  "task": job["config"]["train"]["task"], "backbone": job["config"]["train"]["backbone"],
-                  "method": job["config"]["train"]["method"], "steps": job["config"]["train"]["steps"],
-                  "step": progress.step, "loss": progress.last_loss, "eta_s": progress.eta_s,
-                  "frozen": progress.frozen, "adapted": progress.adapted, "created": job["created"],
-                  "adapter_ready": job["status"] == "done" and files.adapter_zip.exists()}
+        result = {
+            "job": job["id"],
+            "status": job["status"],
+            "error": job["error"],
+            "note": job["note"],
+            "task": job["config"]["train"]["task"],
+            "backbone": job["config"]["train"]["backbone"],
+            "method": job["config"]["train"]["method"],
+            "steps": job["config"]["train"]["steps"],
+            "step": progress.step,
+            "loss": progress.last_loss,
+            "eta_s": progress.eta_s,
+            "frozen": progress.frozen,
+            "adapted": progress.adapted,
+            "created": job["created"],
+            "adapter_ready": job["status"] == "done" and files.adapter_zip.exists(),
+        }
         if job["status"] == "queued":
             result["queue_position"] = self.store.queue_position(job["id"])
         return result
 
     def jobs(self, owner: str) -> list[dict]:
         check_owner(owner)
-        return [{"job": j["id"], "status": j["status"], "method": j["config"]["train"]["method"],
-                 "backbone": j["config"]["train"]["backbone"], "created": j["created"]}
-                for j in self.store.list(owner)]
+        return [
+            {
+                "job": j["id"],
+                "status": j["status"],
+                "method": j["config"]["train"]["method"],
+                "backbone": j["config"]["train"]["backbone"],
+                "created": j["created"],
+            }
+            for j in self.store.list(owner)
+        ]
 
     def cancel(self, owner: str, job_id: str) -> str:
         job = self.job(owner, job_id)
@@ -401,8 +455,16 @@ class Studio:
         except DatasetError as e:
             raise UserError(f"{Path(path).name}: {e.problems[0][1] if e.problems else e}") from None
 
-    def predict(self, owner: str, image_path: str, adapter_ref: str, backbone: str, task: str,
-                classes: str = "", clicks: str = "") -> tuple[dict, str]:
+    def predict(
+        self,
+        owner: str,
+        image_path: str,
+        adapter_ref: str,
+        backbone: str,
+        task: str,
+        classes: str = "",
+        clicks: str = "",
+    ) -> tuple[dict, str]:
         """The task's named outputs at the image's full resolution, and a line about the model used."""
         check_owner(owner)
         image = self.load_image(image_path)
@@ -428,12 +490,15 @@ class Studio:
 def describe_adapter(cfg: dict, n_tensors: int | None = None) -> str:
     counts = cfg.get("counts") or {}
     metrics = cfg.get("metrics") or {}
-    text = (f"`{cfg['method']}` adapter on `{cfg['base_model']['name']}` for {cfg.get('task') or 'an unknown task'}"
-            f" ({counts.get('adapter', 0):,} adapter parameters)")
+    text = (
+        f"`{cfg['method']}` adapter on `{cfg['base_model']['name']}` for {cfg.get('task') or 'an unknown task'}"
+        f" ({counts.get('adapter', 0):,} adapter parameters)"
+    )
     for key, name in (("iou", "IoU"), ("miou", "mIoU")):
         if f"adapted_{key}" in metrics and f"frozen_{key}" in metrics:
-            text += (f"; held-out {name} {metrics[f'frozen_{key}']:.3f} frozen -> "
-                     f"{metrics[f'adapted_{key}']:.3f} adapted")
+            text += (
+                f"; held-out {name} {metrics[f'frozen_{key}']:.3f} frozen -> {metrics[f'adapted_{key}']:.3f} adapted"
+            )
     return text
 
 
@@ -447,7 +512,7 @@ def parse_classes(text: str, background: bool) -> list[str]:
 
 
 def parse_clicks(text: str):
-    """"x,y,label; x,y,label" (label 1 foreground, 0 background) -> (coords, labels) or None."""
+    """Clicks as the page and the API send them (see parse_points); a bad one is a UserError."""
     try:
         return parse_points(text)
     except ValueError as e:

@@ -123,7 +123,12 @@ class Supervisor:
             slot.log_start = log.tell()
             slot.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.worker", "--root", str(self.paths.root), "--worker-id", slot.worker_id],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                env=env,
+            )
         slot.started = time.time()
 
     def _watch(self) -> None:
@@ -160,5 +165,7 @@ class Supervisor:
             log.warning("job %s has had no heartbeat for %.0f s; killing its worker", row["id"], HEARTBEAT_TIMEOUT_S)
             slot.proc.kill()
             slot.proc.wait()
-            self.store.fail_worker_jobs(slot.worker_id, f"the worker stopped responding (no heartbeat for "
-                                                        f"{HEARTBEAT_TIMEOUT_S:.0f} s) and was stopped")
+            self.store.fail_worker_jobs(
+                slot.worker_id,
+                f"the worker stopped responding (no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s) and was stopped",
+            )

@@ -78,10 +78,16 @@ def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max
     cfg = TrainConfig(**spec["train"])
     with Heartbeat(store, job["id"], worker) as beat:
         dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
-        summary = train_adapter(cfg, dataset, files.folder, holdout=spec.get("holdout"),
-                                source=spec.get("data_name", "uploaded dataset"), resume=True,
-                                should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(),
-                                on_eval=Previewer(files, cfg.task, dataset.classes))
+        summary = train_adapter(
+            cfg,
+            dataset,
+            files.folder,
+            holdout=spec.get("holdout"),
+            source=spec.get("data_name", "uploaded dataset"),
+            resume=True,
+            should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(),
+            on_eval=Previewer(files, cfg.task, dataset.classes),
+        )
         if summary["status"] == "cancelled":
             if beat.cancelled.is_set():
                 store.finish(job["id"], "cancelled", worker=worker)

@@ -69,9 +69,12 @@ def cpu_time() -> float:
 
 # --- data ---------------------------------------------------------------------------------------
 
+
 def scenes(domain: str, n: int, size, seed: int) -> list[Sample]:
-    return [Sample(s.image, s.foreground.astype(np.uint8), f"{domain}-{seed}-{i}")
-            for i, s in enumerate(make_dataset(domain, n=n, size=size, seed=seed))]
+    return [
+        Sample(s.image, s.foreground.astype(np.uint8), f"{domain}-{seed}-{i}")
+        for i, s in enumerate(make_dataset(domain, n=n, size=size, seed=seed))
+    ]
 
 
 def boundary_crops(sample: Sample, rng: np.random.Generator, count: int, sides=(256, 512)) -> list[Sample]:
@@ -88,8 +91,13 @@ def boundary_crops(sample: Sample, rng: np.random.Generator, count: int, sides=(
         cy, cx = edge[rng.integers(len(edge))] if len(edge) else (H // 2, W // 2)
         y0 = int(np.clip(cy - side // 2, 0, H - side))
         x0 = int(np.clip(cx - side // 2, 0, W - side))
-        out.append(Sample(np.ascontiguousarray(sample.image[y0:y0 + side, x0:x0 + side]),
-                          np.ascontiguousarray(sample.mask[y0:y0 + side, x0:x0 + side]), f"{sample.stem}-crop{k}"))
+        out.append(
+            Sample(
+                np.ascontiguousarray(sample.image[y0 : y0 + side, x0 : x0 + side]),
+                np.ascontiguousarray(sample.mask[y0 : y0 + side, x0 : x0 + side]),
+                f"{sample.stem}-crop{k}",
+            )
+        )
     return out
 
 
@@ -103,8 +111,11 @@ def shrunk(sample: Sample, side: int = 320) -> Sample:
     if f >= 1:
         return sample
     size = (max(1, round(w * f)), max(1, round(h * f)))
-    return Sample(cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA),
-                  cv2.resize(sample.mask, size, interpolation=cv2.INTER_NEAREST), sample.stem)
+    return Sample(
+        cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA),
+        cv2.resize(sample.mask, size, interpolation=cv2.INTER_NEAREST),
+        sample.stem,
+    )
 
 
 def training_set(domains: list[str], n: int, size: int, crops: int, seed: int = 0) -> list[Sample]:
@@ -118,19 +129,35 @@ def training_set(domains: list[str], n: int, size: int, crops: int, seed: int = 
 
 # --- model --------------------------------------------------------------------------------------
 
+
 def train_adapter(args, out_dir: Path, log) -> Path:
     from adapt.export import save_adapter
     from adapt.train import TrainConfig, train
 
     train_set = training_set(args.domains, args.train, args.size, args.crops)
-    cfg = TrainConfig(task="dichotomous", backbone="tiny-sam", method="parser", task_options={"prompt": "clicks"},
-                      steps=args.steps, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                      warmup=max(1, args.steps // 10), seed=0, device="cpu", checkpoint_every=0)
+    cfg = TrainConfig(
+        task="dichotomous",
+        backbone="tiny-sam",
+        method="parser",
+        task_options={"prompt": "clicks"},
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        warmup=max(1, args.steps // 10),
+        seed=0,
+        device="cpu",
+        checkpoint_every=0,
+    )
     start = time.time()
     result = train(cfg, train_set, [], out_dir=None)
     log(f"trained {args.steps} steps on {len(train_set)} samples in {time.time() - start:.0f} s")
-    return save_adapter(result["run"].handle, out_dir, task="dichotomous",
-                        data={"domains": args.domains, "samples": len(train_set), "prompt": "clicks"})
+    return save_adapter(
+        result["run"].handle,
+        out_dir,
+        task="dichotomous",
+        data={"domains": args.domains, "samples": len(train_set), "prompt": "clicks"},
+    )
 
 
 def load_task(adapter: Path):
@@ -168,15 +195,20 @@ def quality(task, domains: list[str], n: int, size: int, log) -> tuple[dict, dic
             for mode in MODES:
                 seconds[mode].append(t[mode])
             ratios.append(t["refine"] / t["resize"])
-        log(f"{domain}: " + ", ".join(f"{m} boundaryF {metrics[(domain, m)].results()['boundaryF']:.3f}"
-                                      for m in MODES))
+        log(
+            f"{domain}: " + ", ".join(f"{m} boundaryF {metrics[(domain, m)].results()['boundaryF']:.3f}" for m in MODES)
+        )
     scores = {f"{d}/{m}": metrics[(d, m)].results() for d in domains for m in MODES}
-    cost = {"seconds": {m: statistics.median(v) for m, v in seconds.items()},
-            "time_ratio": statistics.median(ratios), "crops_median": statistics.median(crops) if crops else 0}
+    cost = {
+        "seconds": {m: statistics.median(v) for m, v in seconds.items()},
+        "time_ratio": statistics.median(ratios),
+        "crops_median": statistics.median(crops) if crops else 0,
+    }
     return scores, cost
 
 
 # --- memory (one subprocess per mode) -----------------------------------------------------------
+
 
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -197,20 +229,40 @@ def measure_here(adapter: Path, mode: str, shape: tuple[int, int], domain: str) 
     prob, plan = task.predict_refined(image, refine=MODES[mode])
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")
-    return {"mode": mode, "shape": list(shape), "peak_rise_bytes": (peak - base) * 1024,
-            "image_bytes": image.nbytes, "seconds": seconds, "crops": 0 if plan is None else len(plan.boxes),
-            "crop_side": 0 if plan is None else plan.side, "out_shape": list(prob.shape)}
+    return {
+        "mode": mode,
+        "shape": list(shape),
+        "peak_rise_bytes": (peak - base) * 1024,
+        "image_bytes": image.nbytes,
+        "seconds": seconds,
+        "crops": 0 if plan is None else len(plan.boxes),
+        "crop_side": 0 if plan is None else plan.side,
+        "out_shape": list(prob.shape),
+    }
 
 
 def measure_memory(args, adapter: Path, mode: str, shape: tuple[int, int], domain: str) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, __file__, "--one", mode, "--adapter", str(adapter), "--threads", str(args.threads),
-           "--shape", f"{shape[1]}x{shape[0]}", "--domains", domain]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        mode,
+        "--adapter",
+        str(adapter),
+        "--threads",
+        str(args.threads),
+        "--shape",
+        f"{shape[1]}x{shape[0]}",
+        "--domains",
+        domain,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # --- clicks -------------------------------------------------------------------------------------
+
 
 def click_latency(task, size: int, rounds: int = 20, warmup: bool = True) -> dict:
     from adapt.predictor import InteractivePredictor
@@ -233,8 +285,14 @@ def click_latency(task, size: int, rounds: int = 20, warmup: bool = True) -> dic
             predictor.predict(s.image, **click)
             times[mode].append(cpu_time() - start)
     med = {m: statistics.median(v) for m, v in times.items()}
-    return {"seconds": med, "speedup": med["uncached"] / med["cached"], "hits": predictor.hits,
-            "misses": predictor.misses, "rounds": rounds, "backbone": task.backbone.name}
+    return {
+        "seconds": med,
+        "speedup": med["uncached"] / med["cached"],
+        "hits": predictor.hits,
+        "misses": predictor.misses,
+        "rounds": rounds,
+        "backbone": task.backbone.name,
+    }
 
 
 def vit_b_task():
@@ -249,48 +307,80 @@ def vit_b_task():
 
 # --- report -------------------------------------------------------------------------------------
 
-COLUMNS = [("maxF", "max F ↑", 3), ("wFm", "weighted F ↑", 3), ("Sm", "S ↑", 3), ("maxEm", "max E ↑", 3),
-           ("MAE", "MAE ↓", 4), ("boundaryF", "boundary F ↑", 3), ("HCE", "HCE ↓", 0)]
+COLUMNS = [
+    ("maxF", "max F ↑", 3),
+    ("wFm", "weighted F ↑", 3),
+    ("Sm", "S ↑", 3),
+    ("maxEm", "max E ↑", 3),
+    ("MAE", "MAE ↓", 4),
+    ("boundaryF", "boundary F ↑", 3),
+    ("HCE", "HCE ↓", 0),
+]
 
 
 def report(result: dict) -> str:
     a = result["args"]
-    lines = [SECTION, "",
-             f"Command: `{result['command']}` ({result['threads']} CPU thread(s), {result['device']}; "
-             f"{result['elapsed_s']:.0f} s in all).", "",
-             (f"A prompt-free tiny-sam PARSER adapter ({a['steps']} steps, {result['train_samples']} training samples: "
-              f"{a['train']} whole {a['size']}-px scenes per domain and {a['crops']} boundary crops of each), "
-              if result["train_samples"] else f"The adapter {a['adapter']}, ") +
-             f"scored on {a['test']} held-out {a['size']} x {a['size']} scenes per domain. *resize*: one pass at "
-             "256 px, upsampled to the source size. *refine*: the same pass, then the uncertain band refined "
-             "with overlapping crops (adapt.highres defaults: crops at 4x the global resolution, at most 32, "
-             "4 at a time) and blended back.", "",
-             "| domain | mode | " + " | ".join(c[1] for c in COLUMNS) + " |",
-             "|---|---|" + "---:|" * len(COLUMNS)]
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{result['command']}` ({result['threads']} CPU thread(s), {result['device']}; "
+        f"{result['elapsed_s']:.0f} s in all).",
+        "",
+        (
+            f"A prompt-free tiny-sam PARSER adapter ({a['steps']} steps, {result['train_samples']} training samples: "
+            f"{a['train']} whole {a['size']}-px scenes per domain and {a['crops']} boundary crops of each), "
+            if result["train_samples"]
+            else f"The adapter {a['adapter']}, "
+        )
+        + f"scored on {a['test']} held-out {a['size']} x {a['size']} scenes per domain. *resize*: one pass at "
+        "256 px, upsampled to the source size. *refine*: the same pass, then the uncertain band refined "
+        "with overlapping crops (adapt.highres defaults: crops at 4x the global resolution, at most 32, "
+        "4 at a time) and blended back.",
+        "",
+        "| domain | mode | " + " | ".join(c[1] for c in COLUMNS) + " |",
+        "|---|---|" + "---:|" * len(COLUMNS),
+    ]
     for key, scores in result["quality"].items():
         domain, mode = key.split("/")
         cells = [f"{scores[c]:.{d}f}" for c, _, d in COLUMNS]
         lines.append(f"| {domain} | {mode} | " + " | ".join(cells) + " |")
     cost = result["cost"]
-    lines += ["", f"Time per {a['size']}-px image (CPU time, median): resize {cost['seconds']['resize']:.3f} s, "
-              f"refine {cost['seconds']['refine']:.3f} s, **refine / resize = {cost['time_ratio']:.1f}x** "
-              f"(median {cost['crops_median']:.0f} crops per image).", ""]
-    lines += ["| image | mode | crops (side px) | peak memory rise | vs resize | wall time (fresh process) |", "|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Time per {a['size']}-px image (CPU time, median): resize {cost['seconds']['resize']:.3f} s, "
+        f"refine {cost['seconds']['refine']:.3f} s, **refine / resize = {cost['time_ratio']:.1f}x** "
+        f"(median {cost['crops_median']:.0f} crops per image).",
+        "",
+    ]
+    lines += [
+        "| image | mode | crops (side px) | peak memory rise | vs resize | wall time (fresh process) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for label, mem in result["memory"].items():
         base = mem["resize"]["peak_rise_bytes"]
         for mode in MODES:
             m = mem[mode]
-            lines.append(f"| {label} | {mode} | {m['crops']} ({m['crop_side']}) | {m['peak_rise_bytes'] / MIB:.0f} MiB | "
-                         f"{m['peak_rise_bytes'] / base:.2f}x | {m['seconds']:.2f} s |")
-    lines += ["", "Peak memory: the rise of the process's peak RSS while predicting one image, in a fresh "
-              "process per mode (model loaded, image in memory before the reset; the RGB image itself is "
-              f"{result['memory'][next(iter(result['memory']))]['resize']['image_bytes'] / MIB:.0f} MiB for the first row).",
-              "", f"Clicks (adapt.predictor.InteractivePredictor on a {a['size']}-px image, median CPU time; "
-              "uncached: the embedding cache cleared before the click; cached: a further click on the same image):", "",
-              "| backbone | clicks | uncached | cached | cached speed-up |", "|---|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {label} | {mode} | {m['crops']} ({m['crop_side']}) | {m['peak_rise_bytes'] / MIB:.0f} MiB | "
+                f"{m['peak_rise_bytes'] / base:.2f}x | {m['seconds']:.2f} s |"
+            )
+    lines += [
+        "",
+        "Peak memory: the rise of the process's peak RSS while predicting one image, in a fresh "
+        "process per mode (model loaded, image in memory before the reset; the RGB image itself is "
+        f"{result['memory'][next(iter(result['memory']))]['resize']['image_bytes'] / MIB:.0f} MiB for the first row).",
+        "",
+        f"Clicks (adapt.predictor.InteractivePredictor on a {a['size']}-px image, median CPU time; "
+        "uncached: the embedding cache cleared before the click; cached: a further click on the same image):",
+        "",
+        "| backbone | clicks | uncached | cached | cached speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for c in result["clicks"]:
-        lines.append(f"| {c['backbone']} | {c['rounds']} | {1000 * c['seconds']['uncached']:.1f} ms | "
-                     f"{1000 * c['seconds']['cached']:.1f} ms | **{c['speedup']:.1f}x** |")
+        lines.append(
+            f"| {c['backbone']} | {c['rounds']} | {1000 * c['seconds']['uncached']:.1f} ms | "
+            f"{1000 * c['seconds']['cached']:.1f} ms | **{c['speedup']:.1f}x** |"
+        )
     lines.append("")
     lines += [result["summary"], ""]
     return "\n".join(lines)
@@ -300,10 +390,13 @@ def summarise(result: dict) -> str:
     parts = []
     for domain in result["args"]["domains"]:
         r, f = result["quality"][f"{domain}/resize"], result["quality"][f"{domain}/refine"]
-        parts.append(f"{domain}: boundary F {r['boundaryF']:.3f} -> {f['boundaryF']:.3f}, "
-                     f"weighted F {r['wFm']:.3f} -> {f['wFm']:.3f}, HCE {r['HCE']:.0f} -> {f['HCE']:.0f}")
-    return ("Refinement against plain resize: " + "; ".join(parts) + f", at {result['cost']['time_ratio']:.1f}x "
-            "the time.")
+        parts.append(
+            f"{domain}: boundary F {r['boundaryF']:.3f} -> {f['boundaryF']:.3f}, "
+            f"weighted F {r['wFm']:.3f} -> {f['wFm']:.3f}, HCE {r['HCE']:.0f} -> {f['HCE']:.0f}"
+        )
+    return (
+        "Refinement against plain resize: " + "; ".join(parts) + f", at {result['cost']['time_ratio']:.1f}x the time."
+    )
 
 
 def write_section(path: Path, text: str) -> None:
@@ -320,6 +413,7 @@ def write_section(path: Path, text: str) -> None:
 
 # --- main ---------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -333,8 +427,12 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--domains", default="highres-fine,thin")
     p.add_argument("--large", default="4000x3000", help="WxH of the image for the memory rows")
-    p.add_argument("--vit-b-clicks", type=int, default=1,
-                   help="clicks timed on SAM ViT-B's architecture (each uncached one: ~35 s on one thread; 0: skip)")
+    p.add_argument(
+        "--vit-b-clicks",
+        type=int,
+        default=1,
+        help="clicks timed on SAM ViT-B's architecture (each uncached one: ~35 s on one thread; 0: skip)",
+    )
     p.add_argument("--adapter", help="use this saved adapter instead of training one")
     p.add_argument("--save-adapter", help="keep the trained adapter here")
     p.add_argument("--out", help="write the section into this markdown file")
@@ -356,8 +454,11 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = Path(args.adapter) if args.adapter else train_adapter(
-            args, Path(args.save_adapter or Path(tmp) / "adapter"), log)
+        adapter = (
+            Path(args.adapter)
+            if args.adapter
+            else train_adapter(args, Path(args.save_adapter or Path(tmp) / "adapter"), log)
+        )
         task = load_task(adapter)
         scores, cost = quality(task, args.domains, args.test, args.size, log)
         clicks = [click_latency(task, args.size)]
@@ -368,13 +469,23 @@ def main(argv=None) -> int:
         lw, lh = (int(v) for v in args.large.split("x"))
         for label, shape in ((f"{lw} x {lh}", (lh, lw)), (f"{args.size} x {args.size}", (args.size, args.size))):
             memory[label] = {m: measure_memory(args, adapter, m, shape, args.domains[0]) for m in MODES}
-            log(f"memory {label}: " + ", ".join(f"{m} {v['peak_rise_bytes'] / MIB:.0f} MiB" for m, v in memory[label].items()))
+            log(
+                f"memory {label}: "
+                + ", ".join(f"{m} {v['peak_rise_bytes'] / MIB:.0f} MiB" for m, v in memory[label].items())
+            )
     argv_shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
-    result = {"command": "python bench/dichotomous.py " + shlex.join(argv_shown), "threads": args.threads,
-              "device": "cpu", "args": {k: v for k, v in vars(args).items() if k not in ("one", "shape")},
-              "train_samples": len(args.domains) * args.train * (1 + args.crops) if not args.adapter else None,
-              "quality": scores, "cost": cost, "memory": memory, "clicks": clicks,
-              "elapsed_s": time.time() - started}
+    result = {
+        "command": "python bench/dichotomous.py " + shlex.join(argv_shown),
+        "threads": args.threads,
+        "device": "cpu",
+        "args": {k: v for k, v in vars(args).items() if k not in ("one", "shape")},
+        "train_samples": len(args.domains) * args.train * (1 + args.crops) if not args.adapter else None,
+        "quality": scores,
+        "cost": cost,
+        "memory": memory,
+        "clicks": clicks,
+        "elapsed_s": time.time() - started,
+    }
     result["summary"] = summarise(result)
     text = report(result)
     if args.out:

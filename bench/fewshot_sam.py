@@ -31,8 +31,9 @@ from adapt.train import TrainConfig, train
 DOMAINS = ["camouflage", "thin", "grayscale-noise"]
 # every SAM method configuration the benchmarks compare (adapt.methods.configurations), decoder-only
 # first (the reference every adapter must beat); `frozen` is the "frozen" column of every row already
-METHODS = sorted(((m, o) for m, _, o in configurations("sam", compared=True) if m != "frozen"),
-                 key=lambda c: c[0] != "decoder")
+METHODS = sorted(
+    ((m, o) for m, _, o in configurations("sam", compared=True) if m != "frozen"), key=lambda c: c[0] != "decoder"
+)
 
 
 class Sample:
@@ -51,11 +52,24 @@ def label(method, options):
 
 
 def run_one(domain, shots, method, options, args, heldout):
-    lr = args.full_lr if method == "full" else args.lr  # every weight at an adapter's lr would be a different experiment
-    cfg = TrainConfig(task="dichotomous", backbone="tiny-sam", checkpoint=args.checkpoint, method=method,
-                      method_options=options, steps=args.steps, batch_size=args.batch_size, lr=lr,
-                      head_lr=args.head_lr, warmup=max(1, args.steps // 10), seed=args.seed, device=args.device,
-                      checkpoint_every=0)
+    lr = (
+        args.full_lr if method == "full" else args.lr
+    )  # every weight at an adapter's lr would be a different experiment
+    cfg = TrainConfig(
+        task="dichotomous",
+        backbone="tiny-sam",
+        checkpoint=args.checkpoint,
+        method=method,
+        method_options=options,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=lr,
+        head_lr=args.head_lr,
+        warmup=max(1, args.steps // 10),
+        seed=args.seed,
+        device=args.device,
+        checkpoint_every=0,
+    )
     train_set = samples(domain, shots, seed=args.seed + shots, size=args.size)
     start = time.time()
     result = train(cfg, train_set, heldout, out_dir=None)
@@ -64,20 +78,33 @@ def run_one(domain, shots, method, options, args, heldout):
         folder = save_adapter(result["run"].handle, Path(tmp) / "a", task="dichotomous")
         size = (folder / "adapter_model.safetensors").stat().st_size
     counts = result["counts"]
-    return {"domain": domain, "shots": shots, "method": label(method, options),
-            "frozen_dice": result["frozen"]["dice"], "dice": result["adapted"]["dice"],
-            "frozen_iou": result["frozen"]["iou"], "iou": result["adapted"]["iou"],
-            "adapter": counts["adapter"], "trainable": counts["trainable"], "file_bytes": size,
-            "seconds": round(seconds, 1)}
+    return {
+        "domain": domain,
+        "shots": shots,
+        "method": label(method, options),
+        "frozen_dice": result["frozen"]["dice"],
+        "dice": result["adapted"]["dice"],
+        "frozen_iou": result["frozen"]["iou"],
+        "iou": result["adapted"]["iou"],
+        "adapter": counts["adapter"],
+        "trainable": counts["trainable"],
+        "file_bytes": size,
+        "seconds": round(seconds, 1),
+    }
 
 
 def table(rows) -> str:
-    out = ["| domain | shots | method | held-out Dice (frozen -> adapted) | IoU (frozen -> adapted) | adapter params "
-           "| with decoder | file | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| domain | shots | method | held-out Dice (frozen -> adapted) | IoU (frozen -> adapted) | adapter params "
+        "| with decoder | file | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['domain']} | {r['shots']} | {r['method']} | {r['frozen_dice']:.3f} -> **{r['dice']:.3f}** "
-                   f"| {r['frozen_iou']:.3f} -> {r['iou']:.3f} | {r['adapter']:,} | {r['trainable']:,} "
-                   f"| {r['file_bytes'] / 1024:.0f} KiB | {r['seconds']:.0f} |")
+        out.append(
+            f"| {r['domain']} | {r['shots']} | {r['method']} | {r['frozen_dice']:.3f} -> **{r['dice']:.3f}** "
+            f"| {r['frozen_iou']:.3f} -> {r['iou']:.3f} | {r['adapter']:,} | {r['trainable']:,} "
+            f"| {r['file_bytes'] / 1024:.0f} KiB | {r['seconds']:.0f} |"
+        )
     return "\n".join(out)
 
 
@@ -125,12 +152,18 @@ def main(argv=None) -> int:
             for method, options in methods:
                 row = run_one(domain, shots, method, options, args, heldout)
                 rows.append(row)
-                print(f"{domain:<16} {shots:>3} shots {row['method']:<20} dice {row['frozen_dice']:.3f} -> "
-                      f"{row['dice']:.3f}  ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"{domain:<16} {shots:>3} shots {row['method']:<20} dice {row['frozen_dice']:.3f} -> "
+                    f"{row['dice']:.3f}  ({row['seconds']:.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     command = "python bench/fewshot_sam.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = (f"Command: `{command.strip()}` (torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"{args.steps} steps, batch {args.batch_size}, lr {args.lr:g} / head {args.head_lr:g} / full {args.full_lr:g})\n\n"
-            f"{summary(rows)}\n\n{table(rows)}\n")
+    text = (
+        f"Command: `{command.strip()}` (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.steps} steps, batch {args.batch_size}, lr {args.lr:g} / head {args.head_lr:g} / full {args.full_lr:g})\n\n"
+        f"{summary(rows)}\n\n{table(rows)}\n"
+    )
     if args.out:
         Path(args.out).write_text(text)
     print(json.dumps(rows, indent=1) if args.json else text)

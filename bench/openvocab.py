@@ -76,8 +76,10 @@ class Split:
         return out
 
 
-SPLITS = {"shapes": Split("shapes", SEEN_SHAPES, UNSEEN_SHAPES),
-          "colours": Split("colours", SEEN_COLOURS, UNSEEN_COLOURS, suffix=" object")}
+SPLITS = {
+    "shapes": Split("shapes", SEEN_SHAPES, UNSEEN_SHAPES),
+    "colours": Split("colours", SEEN_COLOURS, UNSEEN_COLOURS, suffix=" object"),
+}
 # (label, method, options, lr of the CLIP-side parameters)
 METHODS = [
     ("frozen (zero-shot)", "frozen", {}, 0.0),
@@ -117,10 +119,22 @@ def text_shift(before: torch.Tensor, after: torch.Tensor, split: Split) -> tuple
 
 
 def run_one(label, method, options, lr, args, split, train_set, heldout, reference_he, reference_text) -> dict:
-    cfg = TrainConfig(task="openvocab", backbone="tiny-clip", checkpoint=args.checkpoint, method=method,
-                      method_options=options, task_options={"classes": split.train_classes}, steps=args.steps,
-                      batch_size=args.batch_size, lr=lr or args.lr, head_lr=args.head_lr,
-                      warmup=max(1, args.steps // 10), seed=args.seed, checkpoint_every=0, device=args.device)
+    cfg = TrainConfig(
+        task="openvocab",
+        backbone="tiny-clip",
+        checkpoint=args.checkpoint,
+        method=method,
+        method_options=options,
+        task_options={"classes": split.train_classes},
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=lr or args.lr,
+        head_lr=args.head_lr,
+        warmup=max(1, args.steps // 10),
+        seed=args.seed,
+        checkpoint_every=0,
+        device=args.device,
+    )
     start = time.time()
     summary = train(cfg, train_set, [], out_dir=None)
     seconds = time.time() - start
@@ -134,13 +148,24 @@ def run_one(label, method, options, lr, args, split, train_set, heldout, referen
     seen, unseen = cm.miou(split.seen_ids), cm.miou(split.unseen_ids)
     shift, gram = text_shift(reference_text, text_structure(run.task, split), split)
     counts = summary["counts"]
-    return {"method": label, "name": method, "options": options, "lr": lr if method not in ("frozen", "decoder") else None,
-            "seen_miou": seen, "unseen_miou": unseen, "hiou": harmonic_iou(seen, unseen),
-            "background_iou": scores.get("iou/background", float("nan")), "pixel_acc": scores["pixel_acc"],
-            "adapter_params": counts["adapter"], "trainable_params": counts["trainable"],
-            "seconds": round(seconds, 1) if method != "frozen" else 0.0, "text_he_drift": drift,
-            "unseen_text_shift": shift, "text_gram_drift": gram,
-            "per_class": {c: scores.get(f"iou/{c}") for c in split.vocab}}
+    return {
+        "method": label,
+        "name": method,
+        "options": options,
+        "lr": lr if method not in ("frozen", "decoder") else None,
+        "seen_miou": seen,
+        "unseen_miou": unseen,
+        "hiou": harmonic_iou(seen, unseen),
+        "background_iou": scores.get("iou/background", float("nan")),
+        "pixel_acc": scores["pixel_acc"],
+        "adapter_params": counts["adapter"],
+        "trainable_params": counts["trainable"],
+        "seconds": round(seconds, 1) if method != "frozen" else 0.0,
+        "text_he_drift": drift,
+        "unseen_text_shift": shift,
+        "text_gram_drift": gram,
+        "per_class": {c: scores.get(f"iou/{c}") for c in split.vocab},
+    }
 
 
 @torch.no_grad()
@@ -164,7 +189,8 @@ def clip_knowledge(checkpoint=None, n: int = 300, seed: int = 0) -> str:
         truth = torch.tensor([names.index(getattr(s.objects[0], attribute)) for s in scenes])
         for template in ("a photo of a {}.", "a {} object on a wooden background"):
             texts = torch.nn.functional.normalize(
-                model.encode_text(backbone.tokenizer([template.format(c) for c in names])), dim=-1)
+                model.encode_text(backbone.tokenizer([template.format(c) for c in names])), dim=-1
+            )
             accuracy = ((images @ texts.t()).argmax(1) == truth).float().mean().item()
             lines.append(f"| {attribute} | `{template}` | {accuracy:.3f} | {1 / len(names):.3f} |")
     return "\n".join(lines)
@@ -201,20 +227,32 @@ def markdown(rows: list[dict], args, split: Split) -> str:
     ]
     for r in rows:
         lr = "–" if r["lr"] is None else f"{r['lr']:g}"
-        lines.append(f"| {r['method']} | {lr} | {r['seen_miou']:.3f} | {r['unseen_miou']:.3f} | {r['hiou']:.3f} | "
-                     f"{r['background_iou']:.3f} | {r['adapter_params']:,} | {r['trainable_params']:,} | "
-                     f"{r['seconds']:.0f} | {r['text_he_drift']:.1e} | {r['unseen_text_shift']:.1e} | "
-                     f"{r['text_gram_drift']:.1e} | "
-                     + ", ".join(f"{a:.3f} / {b:.3f}" for a, b in r["seeds"]) + " |")
-    lines += ["", "Per-class IoU on the unseen classes (mean over seeds): " + "; ".join(
-        f"{r['method']}: " + ", ".join(f"{c} {r['per_class'][c] or 0:.2f}" for c in split.unseen_names) for r in rows), ""]
+        lines.append(
+            f"| {r['method']} | {lr} | {r['seen_miou']:.3f} | {r['unseen_miou']:.3f} | {r['hiou']:.3f} | "
+            f"{r['background_iou']:.3f} | {r['adapter_params']:,} | {r['trainable_params']:,} | "
+            f"{r['seconds']:.0f} | {r['text_he_drift']:.1e} | {r['unseen_text_shift']:.1e} | "
+            f"{r['text_gram_drift']:.1e} | " + ", ".join(f"{a:.3f} / {b:.3f}" for a, b in r["seeds"]) + " |"
+        )
+    lines += [
+        "",
+        "Per-class IoU on the unseen classes (mean over seeds): "
+        + "; ".join(
+            f"{r['method']}: " + ", ".join(f"{c} {r['per_class'][c] or 0:.2f}" for c in split.unseen_names)
+            for r in rows
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="shapes", choices=sorted(SPLITS),
-                   help="classes: the objects' shapes (8 seen, 4 unseen) or their colours (9 seen, 4 unseen)")
+    p.add_argument(
+        "--split",
+        default="shapes",
+        choices=sorted(SPLITS),
+        help="classes: the objects' shapes (8 seen, 4 unseen) or their colours (9 seen, 4 unseen)",
+    )
     p.add_argument("--domain", default="source", help="domain of the few-shot and held-out images")
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--heldout", type=int, default=32)
@@ -230,8 +268,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="append the Markdown table to this file")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--knowledge", action="store_true",
-                   help="only print what tiny-clip knows zero-shot (global shape / colour accuracy) and exit")
+    p.add_argument(
+        "--knowledge",
+        action="store_true",
+        help="only print what tiny-clip knows zero-shot (global shape / colour accuracy) and exit",
+    )
     args = p.parse_args(argv)
     if args.knowledge:
         torch.set_num_threads(args.threads)
@@ -251,19 +292,26 @@ def main(argv=None) -> int:
     per_seed = []
     for seed in args.seeds:
         args.seed = seed  # data and training both follow the seed
-        train_set = [Sample(s, split, split.train_classes)
-                     for s in split.training_scenes(args.domain, args.shots, args.size, seed + 1)]
-        heldout = [Sample(s, split, split.vocab)
-                   for s in make_dataset(args.domain, n=args.heldout, size=args.size, seed=seed + 1000)]
+        train_set = [
+            Sample(s, split, split.train_classes)
+            for s in split.training_scenes(args.domain, args.shots, args.size, seed + 1)
+        ]
+        heldout = [
+            Sample(s, split, split.vocab)
+            for s in make_dataset(args.domain, n=args.heldout, size=args.size, seed=seed + 1000)
+        ]
         rows = []
         for label, method, options, lr in METHODS:
             if args.methods and label not in args.methods:
                 continue
             row = run_one(label, method, options, lr, args, split, train_set, heldout, reference_he, reference_text)
             rows.append(row)
-            print(f"seed {seed} {label:<32} seen {row['seen_miou']:.3f} unseen {row['unseen_miou']:.3f} "
-                  f"hIoU {row['hiou']:.3f} drift {row['text_he_drift']:.1e} {row['seconds']:.0f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"seed {seed} {label:<32} seen {row['seen_miou']:.3f} unseen {row['unseen_miou']:.3f} "
+                f"hIoU {row['hiou']:.3f} drift {row['text_he_drift']:.1e} {row['seconds']:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
         per_seed.append(rows)
     rows = average(per_seed)
     md = markdown(rows, args, split)

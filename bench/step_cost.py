@@ -76,15 +76,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # configuration the benchmarks compare (adapt.methods.configurations), the no-training reference aside;
 # `full` first, the baseline of every ratio
 VARIANTS = sorted(
-    ((method + "".join(f":{v}" for v in options.values()), label(method, options), method, options)
-     for method, _, options in configurations("sam", compared=True) if method != "frozen"),
-    key=lambda v: v[2] != "full")
+    (
+        (method + "".join(f":{v}" for v in options.values()), label(method, options), method, options)
+        for method, _, options in configurations("sam", compared=True)
+        if method != "frozen"
+    ),
+    key=lambda v: v[2] != "full",
+)
 BY_KEY = {v[0]: v for v in VARIANTS}
 LR = 1e-4
 MIB = 2**20
 
 
 # --- set-up -------------------------------------------------------------------------------------
+
 
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
@@ -157,6 +162,7 @@ class Trainer:
 
 # --- memory (one method per fresh subprocess) ---------------------------------------------------
 
+
 def _proc_status_kib(field: str) -> int:
     text = Path("/proc/self/status").read_text()
     return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
@@ -199,16 +205,39 @@ def measure_memory_here(key: str, args, device: torch.device) -> dict:
             how = "ru_maxrss after the steps - ru_maxrss before them (lower bound)"
         total = peak
     counts = t.handle.count()
-    return {"key": key, "step_bytes": max(peak - base, 0), "peak_total_bytes": total, "before_bytes": base,
-            "mem_steps": steps, "mem_how": how, "adapter_params": counts["adapter"],
-            "trainable_params": counts["trainable"], "step_flops": t.step_flops()}
+    return {
+        "key": key,
+        "step_bytes": max(peak - base, 0),
+        "peak_total_bytes": total,
+        "before_bytes": base,
+        "mem_steps": steps,
+        "mem_how": how,
+        "adapter_params": counts["adapter"],
+        "trainable_params": counts["trainable"],
+        "step_flops": t.step_flops(),
+    }
 
 
 def measure_memory(key: str, args) -> dict:
     """Runs `--one KEY` in a fresh interpreter and reads the JSON line it prints last."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", key, "--backbone", args.backbone,
-           "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--device", args.device, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        key,
+        "--backbone",
+        args.backbone,
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     if args.mem_steps is not None:
         cmd += ["--mem-steps", str(args.mem_steps)]
     # A fixed glibc mmap threshold (setting it switches off glibc's dynamic one) makes every buffer
@@ -224,11 +253,12 @@ def measure_memory(key: str, args) -> dict:
 
 # --- training step time (all methods in this process, round-robin) ------------------------------
 
+
 def time_training(keys: list[str], args, device: torch.device, log) -> dict[str, list[float]]:
     trainers = [Trainer(k, args, device) for k in keys]
     with quiet_gc():
         for r in range(args.warmup + args.steps):
-            order = trainers[r % len(trainers):] + trainers[: r % len(trainers)]  # rotate the order
+            order = trainers[r % len(trainers) :] + trainers[: r % len(trainers)]  # rotate the order
             for t in order:
                 gc.collect()  # cheap under quiet_gc: only objects made since it began
                 sync(device)
@@ -245,6 +275,7 @@ def time_training(keys: list[str], args, device: torch.device, log) -> dict[str,
 
 
 # --- inference: base vs un-merged vs merged, interleaved ----------------------------------------
+
 
 @torch.no_grad()
 def perturb(handle, scale: float = 0.01, seed: int = 1) -> None:
@@ -286,8 +317,10 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
         # Counted with grad mode on: FlopCounterMode's module tracker trips over SAM's prompt
         # encoder under no_grad (it returns a view of a trainable weight that has no grad_fn).
         with torch.enable_grad():
-            flops = {"base": count_flops(lambda: base.forward(inputs)),
-                     "unmerged": count_flops(lambda: adapted.forward(inputs))}
+            flops = {
+                "base": count_flops(lambda: base.forward(inputs)),
+                "unmerged": count_flops(lambda: adapted.forward(inputs)),
+            }
             handle.merge()
             flops["merged"] = count_flops(lambda: adapted.forward(inputs))
             handle.unmerge()
@@ -296,7 +329,7 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
         kinds = list(times)
         with quiet_gc():
             for r in range(args.infer_rounds):
-                for kind in kinds[r % 3:] + kinds[: r % 3]:  # rotate the order every round
+                for kind in kinds[r % 3 :] + kinds[: r % 3]:  # rotate the order every round
                     gc.collect()  # cheap under quiet_gc: only objects made since it began
                     if kind == "base":
                         times[kind].append(run(base))
@@ -306,20 +339,26 @@ def time_inference(key: str, base, args, device: torch.device) -> dict:
                         handle.merge()
                         times[kind].append(run(adapted))
                         handle.unmerge()
+
     # Ratios are paired within a round (measured seconds apart), then the median over rounds.
     def ratio(kind: str) -> float:
         return statistics.median(a / b for a, b in zip(times[kind], times["base"]))
 
-    return {"infer_base_s": statistics.median(times["base"]),
-            "infer_unmerged_s": statistics.median(times["unmerged"]),
-            "infer_merged_s": statistics.median(times["merged"]),
-            "merged_over_base": ratio("merged"), "unmerged_over_base": ratio("unmerged"),
-            "merged_over_base_spread": _spread(times["merged"], times["base"]),
-            "infer_times_s": times,
-            "infer_flops": flops, "merged_flops_over_base": flops["merged"] / flops["base"],
-            "unmerged_flops_over_base": flops["unmerged"] / flops["base"],
-            "merge_max_abs_diff": merge_diff, "output_moved_from_base": moved,
-            "fully_mergeable": METHODS[method].fully_mergeable}
+    return {
+        "infer_base_s": statistics.median(times["base"]),
+        "infer_unmerged_s": statistics.median(times["unmerged"]),
+        "infer_merged_s": statistics.median(times["merged"]),
+        "merged_over_base": ratio("merged"),
+        "unmerged_over_base": ratio("unmerged"),
+        "merged_over_base_spread": _spread(times["merged"], times["base"]),
+        "infer_times_s": times,
+        "infer_flops": flops,
+        "merged_flops_over_base": flops["merged"] / flops["base"],
+        "unmerged_flops_over_base": flops["unmerged"] / flops["base"],
+        "merge_max_abs_diff": merge_diff,
+        "output_moved_from_base": moved,
+        "fully_mergeable": METHODS[method].fully_mergeable,
+    }
 
 
 def _spread(xs: list[float], refs: list[float]) -> list[float]:
@@ -332,6 +371,7 @@ def _spread(xs: list[float], refs: list[float]) -> list[float]:
 
 
 # --- report -------------------------------------------------------------------------------------
+
 
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
@@ -388,11 +428,15 @@ def markdown(report: dict) -> str:
             f"| {_with_spread(r['time_over_full'], r.get('time_over_full_spread'))} "
             f"| {_ratio(r['memory_over_full'])} | {_ratio(r['flops_over_full'])} | {merged} "
             f"| {_ratio(r.get('unmerged_over_base'))} | {merged_flops} "
-            f"| {r['step_s'] * 1e3:.0f} | {r['step_bytes'] / MIB:.1f} |")
+            f"| {r['step_s'] * 1e3:.0f} | {r['step_bytes'] / MIB:.1f} |"
+        )
     lines.append("")
     if flagged:
-        lines += ["† not fully mergeable (`handle.fully_mergeable` is False): the AdaptFormer branch "
-                  "(LayerNorm, ReLU) cannot be folded into SAM's weights, so the merged model still runs it.", ""]
+        lines += [
+            "† not fully mergeable (`handle.fully_mergeable` is False): the AdaptFormer branch "
+            "(LayerNorm, ReLU) cannot be folded into SAM's weights, so the merged model still runs it.",
+            "",
+        ]
     lines += [
         f"Command: `{report['command']}`  ",
         f"Device: {report['device']}; torch {report['torch']}; {report['threads']} intra-op thread(s) "
@@ -408,27 +452,47 @@ def markdown(report: dict) -> str:
 
 # --- main ---------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="What each number measures: this file's docstring and docs/benchmarks.md.")
-    p.add_argument("--backbone", default="tiny-sam", choices=[n for n in BACKBONES if family_of(n) == "sam"],
-                   help="a SAM backbone; the full-size ones are random-init (no download) (default tiny-sam)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="What each number measures: this file's docstring and docs/benchmarks.md.",
+    )
+    p.add_argument(
+        "--backbone",
+        default="tiny-sam",
+        choices=[n for n in BACKBONES if family_of(n) == "sam"],
+        help="a SAM backbone; the full-size ones are random-init (no download) (default tiny-sam)",
+    )
     p.add_argument("--batch", type=int, default=None, help="default 2; 1 for full-size SAM on CPU")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 20; 2 full-size on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3; 1 full-size on CPU)")
-    p.add_argument("--infer-rounds", type=int, default=None,
-                   help="interleaved inference rounds (default 21; 3 full-size on CPU)")
-    p.add_argument("--infer-repeat", type=int, default=2,
-                   help="forwards per inference measurement, the fastest kept (default 2)")
+    p.add_argument(
+        "--infer-rounds", type=int, default=None, help="interleaved inference rounds (default 21; 3 full-size on CPU)"
+    )
+    p.add_argument(
+        "--infer-repeat", type=int, default=2, help="forwards per inference measurement, the fastest kept (default 2)"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
-                   help="what a time is: 'cpu' = this process's CPU time (time.process_time), 'wall' = "
-                        "time.perf_counter; auto: cpu on --device cpu with one thread, else wall")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads in this process and the memory subprocesses "
-                        "(default: 1 on CPU, torch's own default on CUDA)")
-    p.add_argument("--methods", default=",".join(BY_KEY),
-                   help=f"comma-separated subset of: {', '.join(BY_KEY)} (ratios need `full`)")
+    p.add_argument(
+        "--clock",
+        choices=["auto", "cpu", "wall"],
+        default="auto",
+        help="what a time is: 'cpu' = this process's CPU time (time.process_time), 'wall' = "
+        "time.perf_counter; auto: cpu on --device cpu with one thread, else wall",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads in this process and the memory subprocesses "
+        "(default: 1 on CPU, torch's own default on CUDA)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(BY_KEY),
+        help=f"comma-separated subset of: {', '.join(BY_KEY)} (ratios need `full`)",
+    )
     p.add_argument("--out", help="append the Markdown table to this file")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -500,27 +564,43 @@ def main(argv=None) -> int:
     results = []
     for k in args.keys:
         m = memory[k]
-        results.append({
-            "key": k, "label": BY_KEY[k][1], "method": BY_KEY[k][2], "options": BY_KEY[k][3],
-            "adapter_params": m["adapter_params"], "trainable_params": m["trainable_params"],
-            "step_s": step_s[k], "step_times_s": train_times[k],
-            "time_over_full": over_full(k),
-            "time_over_full_spread": _spread(train_times[k], full_times) if full_times else None,
-            "step_bytes": m["step_bytes"], "peak_total_bytes": m["peak_total_bytes"],
-            "memory_over_full": m["step_bytes"] / full_mem if full_mem else None,
-            "step_flops": m["step_flops"],
-            "flops_over_full": m["step_flops"] / memory["full"]["step_flops"] if "full" in memory else None,
-            **inference[k],
-        })
+        results.append(
+            {
+                "key": k,
+                "label": BY_KEY[k][1],
+                "method": BY_KEY[k][2],
+                "options": BY_KEY[k][3],
+                "adapter_params": m["adapter_params"],
+                "trainable_params": m["trainable_params"],
+                "step_s": step_s[k],
+                "step_times_s": train_times[k],
+                "time_over_full": over_full(k),
+                "time_over_full_spread": _spread(train_times[k], full_times) if full_times else None,
+                "step_bytes": m["step_bytes"],
+                "peak_total_bytes": m["peak_total_bytes"],
+                "memory_over_full": m["step_bytes"] / full_mem if full_mem else None,
+                "step_flops": m["step_flops"],
+                "flops_over_full": m["step_flops"] / memory["full"]["step_flops"] if "full" in memory else None,
+                **inference[k],
+            }
+        )
     any_mem = next(iter(memory.values()))
     report = {
-        "command": command_line(), "device": device_description(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "backbone": args.backbone, "batch": args.batch,
-        "steps": args.steps, "warmup": args.warmup,
-        "infer_rounds": args.infer_rounds, "infer_repeat": args.infer_repeat,
+        "command": command_line(),
+        "device": device_description(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "backbone": args.backbone,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "infer_rounds": args.infer_rounds,
+        "infer_repeat": args.infer_repeat,
         "clock": "process CPU time (time.process_time)" if args.clock == "cpu" else "wall time (time.perf_counter)",
-        "mem_how": any_mem["mem_how"], "mem_steps": any_mem["mem_steps"],
-        "wall_s": round(time.perf_counter() - started, 1), "results": results,
+        "mem_how": any_mem["mem_how"],
+        "mem_steps": any_mem["mem_steps"],
+        "wall_s": round(time.perf_counter() - started, 1),
+        "results": results,
     }
     md = markdown(report)
     if args.json:

@@ -38,12 +38,26 @@ class App:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 120) -> App:
-        env = dict(os.environ, ADAPT_STUDIO_DIR=str(self.root), GRADIO_SERVER_PORT=str(self.port),
-                   GRADIO_SERVER_NAME="127.0.0.1", OMP_NUM_THREADS="1", ADAPT_WORKER_THREADS="1",
-                   ADAPT_APP_THREADS="1", ADAPT_WORKERS="1", PYTHONPATH=str(REPO))
+        env = dict(
+            os.environ,
+            ADAPT_STUDIO_DIR=str(self.root),
+            GRADIO_SERVER_PORT=str(self.port),
+            GRADIO_SERVER_NAME="127.0.0.1",
+            OMP_NUM_THREADS="1",
+            ADAPT_WORKER_THREADS="1",
+            ADAPT_APP_THREADS="1",
+            ADAPT_WORKERS="1",
+            PYTHONPATH=str(REPO),
+        )
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -79,13 +93,15 @@ class App:
             return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
 
-def dataset_zip(folder: Path, n: int = 4, size: int = 80, task: str = "dichotomous", seed: int = 1,
-                domain: str | None = None) -> Path:
+def dataset_zip(
+    folder: Path, n: int = 4, size: int = 80, task: str = "dichotomous", seed: int = 1, domain: str | None = None
+) -> Path:
     from adapt.data.synthetic import make_dataset, write_folder
 
     domain = domain or ("camouflage" if task == "dichotomous" else "source")
-    data = write_folder(make_dataset(domain, n=n, size=size, seed=seed), folder / f"data-{task}-{domain}-{n}-{size}",
-                        task=task)
+    data = write_folder(
+        make_dataset(domain, n=n, size=size, seed=seed), folder / f"data-{task}-{domain}-{n}-{size}", task=task
+    )
     return zip_tree(data, folder / f"{data.name}.zip")
 
 
@@ -99,14 +115,19 @@ def zip_tree(folder: Path, dest: Path) -> Path:
 
 def huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
     """A valid grayscale PNG of width x height black pixels (a few hundred KB: it compresses)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     comp = zlib.compressobj(9)
     row = b"\x00" * (width + 1)
     body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -125,7 +146,7 @@ def bad_uploads(folder: Path) -> dict[str, tuple[list, list, str]]:
         Image.fromarray(ok).save(folder / "good" / f"{stem}.png")
         Image.fromarray(mask).save(folder / "masks" / f"{stem}.png")
     Image.fromarray(mask).save(folder / "bad_masks" / "a.png")
-    Image.fromarray(mask[:32, :48]).save(folder / "bad_masks" / "b.png")     # not the image's size
+    Image.fromarray(mask[:32, :48]).save(folder / "bad_masks" / "b.png")  # not the image's size
     (folder / "corrupt" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     huge_png(folder / "huge" / "a.png")
     good, masks = [folder / "good" / "a.png", folder / "good" / "b.png"], sorted((folder / "masks").glob("*.png"))

@@ -11,10 +11,16 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("sam-vit-b", 93_735_472), ("sam-vit-l", 312_342_832), ("sam-vit-h", 641_090_608),
-    ("clip-vit-b-16", 149_620_737), ("clip-vit-l-14", 427_616_513),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("sam-vit-b", 93_735_472),
+        ("sam-vit-l", 312_342_832),
+        ("sam-vit-h", 641_090_608),
+        ("clip-vit-b-16", 149_620_737),
+        ("clip-vit-l-14", 427_616_513),
+    ],
+)
 def test_official_architectures(name, expected):
     with torch.device("meta"):
         backbone = build_backbone(name)
@@ -23,8 +29,15 @@ def test_official_architectures(name, expected):
 
 
 def test_names():
-    assert set(BACKBONES) == {"sam-vit-b", "sam-vit-l", "sam-vit-h", "tiny-sam", "clip-vit-b-16",
-                              "clip-vit-l-14", "tiny-clip"}
+    assert set(BACKBONES) == {
+        "sam-vit-b",
+        "sam-vit-l",
+        "sam-vit-h",
+        "tiny-sam",
+        "clip-vit-b-16",
+        "clip-vit-l-14",
+        "tiny-clip",
+    }
     with pytest.raises(ValueError, match="unknown backbone 'sam-vit-x'"):
         build_backbone("sam-vit-x")
 

@@ -52,8 +52,10 @@ def page(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("studio-browser")
     app = App(workdir / "studio").start()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         context = browser.new_context(viewport={"width": 1360, "height": 1000}, accept_downloads=True)
         page = context.new_page()
         page.set_default_timeout(T)

@@ -9,8 +9,24 @@ from adapt.selfcheck import passes
 
 
 def test_params_subprocess():
-    out = subprocess.run([sys.executable, "-m", "adapt", "params", "--backbone", "sam-vit-b", "--method", "parser",
-                          "--option", "scope=conv", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adapt",
+            "params",
+            "--backbone",
+            "sam-vit-b",
+            "--method",
+            "parser",
+            "--option",
+            "scope=conv",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info = json.loads(out.stdout)
     assert info["adapter"] == 1280 and info["trainable"] == 1280 + 4_058_340
 
@@ -20,8 +36,17 @@ def test_selfcheck_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["ok"]
     methods = {r["method"] for r in report["results"]}
-    assert methods >= {"parser", "lora", "adaptformer", "cobot-lora", "cobot-adaptformer", "hclip", "lora-clip",
-                       "full", "decoder"}
+    assert methods >= {
+        "parser",
+        "lora",
+        "adaptformer",
+        "cobot-lora",
+        "cobot-adaptformer",
+        "hclip",
+        "lora-clip",
+        "full",
+        "decoder",
+    }
     for r in report["results"]:
         assert passes(r)
         assert r["step0_max_abs_diff"] <= 1e-5 and r["merge_max_abs_diff"] <= 1e-4

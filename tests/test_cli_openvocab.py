@@ -28,8 +28,29 @@ def photo(tmp_path_factory):
 
 def test_train_eval_predict_openvocab(tmp_path, folder, photo, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--task", "openvocab", "--backbone", "tiny-clip", "--method", "hclip",
-                 "--data", str(folder), "--steps", "2", "--batch-size", "2", "--out", str(run), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "openvocab",
+                "--backbone",
+                "tiny-clip",
+                "--method",
+                "hclip",
+                "--data",
+                str(folder),
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--out",
+                str(run),
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert "miou" in report["frozen"] and "miou" in report["adapted"]
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -39,8 +60,23 @@ def test_train_eval_predict_openvocab(tmp_path, folder, photo, capsys):
     assert "miou" in json.loads(capsys.readouterr().out)["adapted"]
 
     out = tmp_path / "labels.png"
-    assert main(["predict", "--adapter", str(run / "adapter"), "--image", str(photo),
-                 "--classes", "circle, square,heart", "--out", str(out), "--all"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--adapter",
+                str(run / "adapter"),
+                "--image",
+                str(photo),
+                "--classes",
+                "circle, square,heart",
+                "--out",
+                str(out),
+                "--all",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size == (333, 181)
     legend = tmp_path / "labels_legend.png"
     assert legend.is_file() and (tmp_path / "labels_overlay.png").is_file()
@@ -50,8 +86,10 @@ def test_train_eval_predict_openvocab(tmp_path, folder, photo, capsys):
 
 def test_zero_shot_predict_without_adapter(tmp_path, photo):
     out = tmp_path / "zs.png"
-    assert main(["predict", "--backbone", "tiny-clip", "--image", str(photo), "--classes", "sky,road",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["predict", "--backbone", "tiny-clip", "--image", str(photo), "--classes", "sky,road", "--out", str(out)])
+        == 0
+    )
     assert Image.open(out).size == (333, 181) and not (tmp_path / "zs_legend.png").exists()
 
 

@@ -20,9 +20,31 @@ def folder(tmp_path_factory):
 
 def test_train_eval_predict_export(tmp_path, folder, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--task", "dichotomous", "--backbone", "tiny-sam", "--checkpoint", "random",
-                 "--method", "cobot-lora", "--data", str(folder), "--steps", "3", "--batch-size", "2",
-                 "--out", str(run), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "dichotomous",
+                "--backbone",
+                "tiny-sam",
+                "--checkpoint",
+                "random",
+                "--method",
+                "cobot-lora",
+                "--data",
+                str(folder),
+                "--steps",
+                "3",
+                "--batch-size",
+                "2",
+                "--out",
+                str(run),
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert set(report["frozen"]) == set(report["adapted"]) and "dice" in report["frozen"]
@@ -35,13 +57,37 @@ def test_train_eval_predict_export(tmp_path, folder, capsys):
 
     image = np.random.default_rng(0).integers(0, 255, (301, 451, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "x.png")
-    assert main(["predict", "--adapter", str(run / "adapter"), "--image", str(tmp_path / "x.png"),
-                 "--out", str(tmp_path / "mask.png")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--adapter",
+                str(run / "adapter"),
+                "--image",
+                str(tmp_path / "x.png"),
+                "--out",
+                str(tmp_path / "mask.png"),
+            ]
+        )
+        == 0
+    )
     mask = np.array(Image.open(tmp_path / "mask.png"))
     assert mask.shape == (301, 451) and set(np.unique(mask)) <= {0, 255}
 
-    assert main(["export", "--adapter", str(run / "adapter"), "--zip", str(tmp_path / "a.zip"),
-                 "--merged", str(tmp_path / "merged.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--adapter",
+                str(run / "adapter"),
+                "--zip",
+                str(tmp_path / "a.zip"),
+                "--merged",
+                str(tmp_path / "merged.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "a.zip").stat().st_size > 0 and (tmp_path / "merged.safetensors").stat().st_size > 1e6
 
 
@@ -59,8 +105,25 @@ def test_train_reports_bad_data(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["tiny-sam", "tiny-clip"])
 def test_pretrain_writes_weights_and_manifest(tmp_path, name, capsys):
-    assert main(["pretrain", "--backbone", name, "--steps", "2", "--batch-size", "2", "--warmup", "1",
-                 "--eval-domains", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--backbone",
+                name,
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--warmup",
+                "1",
+                "--eval-domains",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     entry = manifest[name]
     assert (tmp_path / entry["file"]).stat().st_size == entry["bytes"]
@@ -73,7 +136,26 @@ def test_pretrain_writes_weights_and_manifest(tmp_path, name, capsys):
 
 def test_pretraining_is_reproducible(tmp_path):
     for out in ("a", "b"):
-        assert main(["pretrain", "--backbone", "tiny-sam", "--steps", "2", "--batch-size", "2", "--warmup", "1",
-                     "--threads", "1", "--eval-domains", "--out", str(tmp_path / out)]) == 0
+        assert (
+            main(
+                [
+                    "pretrain",
+                    "--backbone",
+                    "tiny-sam",
+                    "--steps",
+                    "2",
+                    "--batch-size",
+                    "2",
+                    "--warmup",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--eval-domains",
+                    "--out",
+                    str(tmp_path / out),
+                ]
+            )
+            == 0
+        )
     sha = [json.loads((tmp_path / o / "manifest.json").read_text())["tiny-sam"]["sha256"] for o in ("a", "b")]
     assert sha[0] == sha[1]

@@ -36,8 +36,10 @@ def test_cobot_adds_exactly_its_coefficients(capsys):
     # T = 2L = 24 slices of width V = r = 4: C 96 + S 576 + gamma 96 + quaternion 24*4 = 864
     assert params(capsys, "sam-vit-b", "cobot-lora")["adapter"] - params(capsys, "sam-vit-b", "lora")["adapter"] == 864
     # T = L = 12 slices of width 16: C 192 + S 144 + gamma 192 + quaternion 12*64 = 1296
-    assert (params(capsys, "sam-vit-b", "cobot-adaptformer")["adapter"]
-            - params(capsys, "sam-vit-b", "adaptformer")["adapter"]) == 1296
+    assert (
+        params(capsys, "sam-vit-b", "cobot-adaptformer")["adapter"]
+        - params(capsys, "sam-vit-b", "adaptformer")["adapter"]
+    ) == 1296
 
 
 def test_hclip_vit_b_16_count(capsys):

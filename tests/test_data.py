@@ -53,13 +53,15 @@ def _save(path, array, mode=None, palette=None):
     im.save(path)
 
 
-def make_pairs(root, n=4, img_dir="images", mask_dir="masks", img_ext=".jpg", mask_ext=".png",
-               scale=255, size=(48, 64)):
+def make_pairs(
+    root, n=4, img_dir="images", mask_dir="masks", img_ext=".jpg", mask_ext=".png", scale=255, size=(48, 64)
+):
     h, w = size
     for i in range(n):
         _save(root / img_dir / f"s{i}{img_ext}", _image(h, w, i))
         _save(root / mask_dir / f"s{i}{mask_ext}", _disk_mask(h, w, r=6 + i) * scale)
     return root
+
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
@@ -79,6 +81,7 @@ def zip_folder(src, zpath, prefix="", extra=()):
         for name, data in extra:
             zf.writestr(name, data)
     return zpath
+
 
 def make_labelmaps(root, n=3, palette=False, classes=("background", "cell", "debris"), ignore=True):
     for i in range(n):
@@ -101,8 +104,9 @@ def _square_poly(x0, y0, x1, y1):
     return [x0, y0, x1, y0, x1, y1, x0, y1]
 
 
-def make_coco(root, segs, categories=({"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}),
-              images_dir="images", size=(40, 50)):
+def make_coco(
+    root, segs, categories=({"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}), images_dir="images", size=(40, 50)
+):
     """segs: {stem: [(category_id, segmentation), ...]}."""
     h, w = size
     images, anns = [], []
@@ -110,8 +114,15 @@ def make_coco(root, segs, categories=({"id": 1, "name": "cat"}, {"id": 2, "name"
         _save(root / images_dir / f"{stem}.jpg", _image(h, w, k))
         images.append({"id": k + 1, "file_name": f"{stem}.jpg", "width": w, "height": h})
         for cat, seg in items:
-            anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": cat,
-                         "segmentation": seg, "iscrowd": int(isinstance(seg, dict))})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": k + 1,
+                    "category_id": cat,
+                    "segmentation": seg,
+                    "iscrowd": int(isinstance(seg, dict)),
+                }
+            )
     doc = {"images": images, "annotations": anns, "categories": list(categories)}
     (root / "annotations.json").write_text(json.dumps(doc))
     return root
@@ -174,9 +185,9 @@ def test_gray_mask_threshold(tmp_path):
 
 def test_exif_rotated_photo_pairs_with_mask_drawn_upright(tmp_path):
     make_pairs(tmp_path, n=2)
-    im = Image.fromarray(_image(48, 64))           # stored 64 wide, 48 high
+    im = Image.fromarray(_image(48, 64))  # stored 64 wide, 48 high
     exif = im.getexif()
-    exif[0x0112] = 6                               # viewers show it rotated: 48 wide, 64 high
+    exif[0x0112] = 6  # viewers show it rotated: 48 wide, 64 high
     im.save(tmp_path / "images" / "s0.jpg", exif=exif)
     _save(tmp_path / "masks" / "s0.png", _disk_mask(64, 48) * 255)
     ds = load_dataset(tmp_path)
@@ -187,7 +198,7 @@ def test_exif_rotated_photo_pairs_with_mask_drawn_upright(tmp_path):
 def test_load_image_single_file(tmp_path):
     _save(tmp_path / "a.png", _image(10, 12))
     assert load_image(tmp_path / "a.png").shape == (10, 12, 3)
-    gray16 = (np.arange(120, dtype=np.uint16).reshape(10, 12) * 500)
+    gray16 = np.arange(120, dtype=np.uint16).reshape(10, 12) * 500
     Image.fromarray(gray16).save(tmp_path / "g.png")
     g = load_image(tmp_path / "g.png")
     assert g.shape == (10, 12, 3) and g.max() == 255 and g.min() == 0
@@ -199,6 +210,7 @@ def test_load_image_single_file(tmp_path):
 
 def test_lazy_dataset_pickles(tmp_path):
     import pickle
+
     ds = load_dataset(make_pairs(tmp_path, n=2), cache_bytes=0)
     assert ds[0]._image is None
     copy = pickle.loads(pickle.dumps(ds))
@@ -210,7 +222,7 @@ def test_zip_with_wrapper_folder_leaves_nothing_behind(tmp_path, scratch):
     zpath = zip_folder(src, tmp_path / "data.zip", prefix="mydata/", extra=[("__MACOSX/mydata/._s0.jpg", b"junk")])
     ds = load_dataset(zpath)
     assert len(ds) == 3 and ds[0].image_file == "mydata/images/s0.jpg"
-    assert list(scratch.iterdir()) == []          # all in memory: extracted copy removed at once
+    assert list(scratch.iterdir()) == []  # all in memory: extracted copy removed at once
     # lazy: the extracted copy lives as long as the dataset
     lazy = load_dataset(zpath, cache_bytes=0)
     assert len(list(scratch.iterdir())) == 1
@@ -223,7 +235,7 @@ def test_palette_png_and_classes_json(tmp_path):
     make_labelmaps(tmp_path, palette=True)
     ds = load_dataset(tmp_path, task="openvocab")
     assert ds.classes == ["background", "cell", "debris"] and ds.ignore_index == 255
-    assert set(np.unique(ds[0].mask)) == {0, 1, 2, 255}      # indices, not palette colours
+    assert set(np.unique(ds[0].mask)) == {0, 1, 2, 255}  # indices, not palette colours
     summary = ds.summary()
     assert summary["class_pixels"]["cell"] == 3 * 15 * 15
     assert summary["ignored_pixels"] == 3 * 40
@@ -242,16 +254,19 @@ def test_index_png_with_classes_dict_and_custom_ignore(tmp_path):
 
 
 def test_coco_polygons_dichotomous_and_openvocab(tmp_path):
-    make_coco(tmp_path, {
-        "a": [(1, [_square_poly(5, 5, 15, 15)]), (2, [_square_poly(20, 10, 40, 30)])],
-        "b": [(2, [_square_poly(0, 0, 10, 10), _square_poly(30, 20, 45, 35)])],
-    })
+    make_coco(
+        tmp_path,
+        {
+            "a": [(1, [_square_poly(5, 5, 15, 15)]), (2, [_square_poly(20, 10, 40, 30)])],
+            "b": [(2, [_square_poly(0, 0, 10, 10), _square_poly(30, 20, 45, 35)])],
+        },
+    )
     ds = load_dataset(tmp_path)
     assert ds.stems == ["a", "b"] and ds[0].image_file == "images/a.jpg"
     m = ds[0].mask
     assert set(np.unique(m)) == {0, 1}
     assert m[5:15, 5:15].all() and m[10:30, 20:40].all() and m[:, :4].sum() == 0
-    assert m.sum() == 100 + 400                  # pixel-exact COCO convention
+    assert m.sum() == 100 + 400  # pixel-exact COCO convention
     ov = load_dataset(tmp_path, task="openvocab")
     assert ov.classes == ["background", "cat", "dog"] and ov.ignore_index == 255
     assert ov[0].mask[10, 10] == 1 and ov[0].mask[20, 30] == 2 and ov[1].mask[5, 5] == 2
@@ -274,7 +289,7 @@ def test_rle_decode_known_strings():
     # and from the fourth count on the difference to the count two back is stored: 5 - 2 -> "3".
     assert coco._rle_counts_from_string("n02X13") == [30, 2, 40, 5]
     assert coco._rle_counts_from_string("34") == [3, 4]
-    assert coco._rle_counts_from_string("0M") == [0, -3]     # sign bit: "M" is -3
+    assert coco._rle_counts_from_string("0M") == [0, -3]  # sign bit: "M" is -3
     assert rle_encode(rle_decode({"size": [7, 11], "counts": [30, 2, 40, 5]}))["counts"] == "n02X13"
     m = rle_decode({"size": [7, 11], "counts": "n02X13"})
     flat = m.T.reshape(-1)
@@ -313,7 +328,7 @@ def test_corrupt_image_and_unreadable_mask(tmp_path):
     (tmp_path / "images" / "s0.jpg").write_bytes(b"this is not a jpeg")
     (tmp_path / "masks" / "s1.png").write_bytes(b"")
     good = (tmp_path / "images" / "s2.jpg").read_bytes()
-    (tmp_path / "images" / "s2.jpg").write_bytes(good[: len(good) // 2])   # truncated
+    (tmp_path / "images" / "s2.jpg").write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(DatasetError) as e:
         load_dataset(tmp_path)
     assert_problem(e, "images/s0.jpg", "not a readable image")
@@ -340,7 +355,7 @@ def test_empty_and_full_masks(tmp_path):
     assert_problem(e, "masks/s0.png", "empty mask", "all zero")
     assert_problem(e, "masks/s1.png", "all foreground")
     assert_problem(e, "masks/s2.png", "empty mask", "largest value is 90")
-    _save(tmp_path / "masks" / "s2.png", _disk_mask() * 3)      # a label map given to the binary task
+    _save(tmp_path / "masks" / "s2.png", _disk_mask() * 3)  # a label map given to the binary task
     with pytest.raises(DatasetError) as e:
         load_dataset(tmp_path)
     assert_problem(e, "masks/s2.png", "largest value is 3", "task='openvocab'")
@@ -410,23 +425,26 @@ def test_failed_zip_is_cleaned_up(tmp_path, scratch):
 
 def _png_header_only(path, w, h):
     """A PNG whose header claims w x h, with no pixel data: only a header check can judge it."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_limit_from_header_and_decompression_bomb(tmp_path):
     make_pairs(tmp_path, n=3)
-    _png_header_only(tmp_path / "images" / "s0.jpg", 9000, 6000)          # 54 MP > 40 MP
-    _png_header_only(tmp_path / "images" / "s1.jpg", 100_000, 100_000)    # PIL's bomb guard
+    _png_header_only(tmp_path / "images" / "s0.jpg", 9000, 6000)  # 54 MP > 40 MP
+    _png_header_only(tmp_path / "images" / "s1.jpg", 100_000, 100_000)  # PIL's bomb guard
     with pytest.raises(DatasetError) as e:
         load_dataset(tmp_path)
     assert_problem(e, "images/s0.jpg", "9000x6000", "over the limit of 40.0 megapixels")
     assert_problem(e, "images/s1.jpg", "too large")
     with pytest.raises(DatasetError) as e:
-        load_dataset(tmp_path / "images" / ".." , max_pixels=1000)
+        load_dataset(tmp_path / "images" / "..", max_pixels=1000)
     assert_problem(e, "images/s2.jpg", "64x48", "over the limit")
 
 
@@ -456,7 +474,9 @@ def test_coco_problems(tmp_path):
     doc = json.loads((tmp_path / "annotations.json").read_text())
     doc["annotations"].append({"id": 50, "image_id": 1, "category_id": 9, "segmentation": [_square_poly(0, 0, 3, 3)]})
     doc["annotations"].append({"id": 51, "image_id": 77, "category_id": 1, "segmentation": [_square_poly(0, 0, 3, 3)]})
-    doc["annotations"].append({"id": 52, "image_id": 1, "category_id": 1, "segmentation": {"size": [10, 10], "counts": [3, 4]}})
+    doc["annotations"].append(
+        {"id": 52, "image_id": 1, "category_id": 1, "segmentation": {"size": [10, 10], "counts": [3, 4]}}
+    )
     doc["annotations"].append({"id": 53, "image_id": 3, "category_id": 1, "segmentation": rle_encode(np.ones((5, 5)))})
     doc["images"].append({"id": 9, "file_name": "ghost.jpg"})
     (tmp_path / "annotations.json").write_text(json.dumps(doc))
@@ -504,7 +524,7 @@ def test_split_deterministic_and_never_empty(tmp_path):
     for frac in (0.01, 0.5, 0.99):
         train, held = ds.split(frac)
         assert len(train) >= 1 and len(held) >= 1
-    assert len(ds.split(3)[1]) == 3 and len(ds.split(2.0)[1]) == 2      # CLI floats >= 1 are counts
+    assert len(ds.split(3)[1]) == 3 and len(ds.split(2.0)[1]) == 2  # CLI floats >= 1 are counts
     train, held = ds.split(["s2", "s5"])
     assert held.stems == ["s2", "s5"] and "s2" not in train.stems
     two = ds.subset(["s0", "s1"])
@@ -528,8 +548,11 @@ def test_split_refuses_a_path(tmp_path):
     ds = load_dataset(make_pairs(tmp_path / "a", n=3))
     make_pairs(tmp_path / "b", n=2)
     for path in (tmp_path / "b", str(tmp_path / "b")):
-        with pytest.raises(TypeError, match=r"is a path; load it with load_dataset\(path, "
-                                            r"task='dichotomous'\) first and pass the Dataset"):
+        with pytest.raises(
+            TypeError,
+            match=r"is a path; load it with load_dataset\(path, "
+            r"task='dichotomous'\) first and pass the Dataset",
+        ):
             ds.split(path)
     assert isinstance(ds.split(load_dataset(tmp_path / "b"))[1], Dataset)
 

@@ -80,6 +80,7 @@ def test_wrong_backbone_or_prompt():
 
 # --- full resolution: refinement, outputs, clicks ------------------------------------------------
 
+
 def scene_image(h, w, seed=0):
     """A smooth disk on a gradient: a mask with a boundary to refine, cheap at any size."""
     yy, xx = np.mgrid[0:h, 0:w]
@@ -169,9 +170,24 @@ def test_cli_predict_writes_a_4000_by_3000_mask(tmp_path, capsys):
     backbone = build_backbone("tiny-sam", checkpoint=resolve_checkpoint("tiny-sam", None))
     save_adapter(attach(backbone, "parser"), tmp_path / "adapter", task="dichotomous")
     Image.fromarray(scene_image(3000, 4000)).save(tmp_path / "photo.png", compress_level=1)
-    assert main(["predict", "--task", "dichotomous", "--adapter", str(tmp_path / "adapter"),
-                 "--image", str(tmp_path / "photo.png"), "--out", str(tmp_path / "mask.png"),
-                 "--box", "780,580,3220,2420"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--task",
+                "dichotomous",
+                "--adapter",
+                str(tmp_path / "adapter"),
+                "--image",
+                str(tmp_path / "photo.png"),
+                "--out",
+                str(tmp_path / "mask.png"),
+                "--box",
+                "780,580,3220,2420",
+            ]
+        )
+        == 0
+    )
     assert "4000x3000" in capsys.readouterr().out
     mask = np.array(Image.open(tmp_path / "mask.png"))
     assert mask.shape == (3000, 4000) and set(np.unique(mask)) <= {0, 255}

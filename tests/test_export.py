@@ -118,8 +118,10 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     import adapt.export as export
 
     handle = attach(tiny_backbone("sam"), "lora")
+
     def boom(*a, **k):
         raise OSError("disk full")
+
     monkeypatch.setattr(export, "model_card", boom)
     with pytest.raises(OSError, match="disk full"):
         save_adapter(handle, tmp_path / "a")

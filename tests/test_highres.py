@@ -56,15 +56,20 @@ def test_smooth_crops_come_back_without_a_step_at_crop_borders():
             if 0 < y < H:
                 assert np.abs(out[y, x0:x1] - out[y - 1, x0:x1]).max() < max_step(truth) + 0.003
 
-    exact, _ = refine(coarse, lambda boxes: [smooth(yy[a:c, b:d], xx[a:c, b:d]) for a, b, c, d in boxes], 256,
-                      blend_only)
+    exact, _ = refine(
+        coarse, lambda boxes: [smooth(yy[a:c, b:d], xx[a:c, b:d]) for a, b, c, d in boxes], 256, blend_only
+    )
     np.testing.assert_allclose(exact, truth, atol=1e-5)  # crops that agree are reproduced exactly
 
 
 def test_refined_band_fades_into_the_coarse_map():
     coarse = soft_disk(900, 1100, r=300, width=25)
-    out, plan = refine(coarse, lambda boxes: [np.full((c - a, d - b), 0.3, np.float32) for a, b, c, d in boxes],
-                       256, RefineConfig(zoom=4, trust=False))
+    out, plan = refine(
+        coarse,
+        lambda boxes: [np.full((c - a, d - b), 0.3, np.float32) for a, b, c, d in boxes],
+        256,
+        RefineConfig(zoom=4, trust=False),
+    )
     assert plan.boxes and 0 < plan.band_fraction < 1
     assert out[450, 550] == pytest.approx(coarse[450, 550])  # the confident centre keeps the coarse value
     assert out[0, 0] == pytest.approx(coarse[0, 0])
@@ -76,8 +81,12 @@ def test_refined_band_fades_into_the_coarse_map():
 
 def test_band_only_false_trusts_crops_everywhere_they_cover():
     coarse = soft_disk(700, 700, r=200, width=400)  # uncertain everywhere
-    out, plan = refine(coarse, lambda boxes: [np.full((c - a, d - b), 0.3, np.float32) for a, b, c, d in boxes],
-                       256, RefineConfig(zoom=4, band_only=False, trust=False))
+    out, plan = refine(
+        coarse,
+        lambda boxes: [np.full((c - a, d - b), 0.3, np.float32) for a, b, c, d in boxes],
+        256,
+        RefineConfig(zoom=4, band_only=False, trust=False),
+    )
     assert len(plan.boxes) == plan.grid
     np.testing.assert_allclose(out, 0.3, atol=1e-5)
 

@@ -6,8 +6,15 @@ from conftest import frozen_output, perturb, tiny_backbone
 
 from adapt.methods import METHODS, attach, make_config
 
-ADAPTER_MODULE_NAMES = ("LoraQV", "SpectralCoefficients", "InProjTransform", "OutProjTransform",
-                        "LowRankDelta", "CobotCoefficients", "HypersphericalTransforms")
+ADAPTER_MODULE_NAMES = (
+    "LoraQV",
+    "SpectralCoefficients",
+    "InProjTransform",
+    "OutProjTransform",
+    "LowRankDelta",
+    "CobotCoefficients",
+    "HypersphericalTransforms",
+)
 
 
 def module_types(model):
@@ -45,8 +52,13 @@ def test_merge_unmerge_round_trip(case):
     assert (unmerged - adapted).abs().max().item() <= 1e-6
     if handle.fully_mergeable:
         assert not merged_types & set(ADAPTER_MODULE_NAMES), merged_types & set(ADAPTER_MODULE_NAMES)
-        assert not any(k.startswith("parametrizations") or ".parametrizations." in k
-                       for k, _ in backbone.model.named_parameters()) or not handle.merged
+        assert (
+            not any(
+                k.startswith("parametrizations") or ".parametrizations." in k
+                for k, _ in backbone.model.named_parameters()
+            )
+            or not handle.merged
+        )
 
 
 def test_merged_weights_are_plain_and_frozen(case):
@@ -54,8 +66,11 @@ def test_merged_weights_are_plain_and_frozen(case):
     handle = attach(tiny_backbone(family), method, **options)
     handle.merge()
     if handle.fully_mergeable and method not in ("full",):
-        assert not any(p.requires_grad for p in handle.model.parameters()
-                       if id(p) not in {id(q) for q in handle.head_parameters().values()})
+        assert not any(
+            p.requires_grad
+            for p in handle.model.parameters()
+            if id(p) not in {id(q) for q in handle.head_parameters().values()}
+        )
     handle.unmerge()
     assert all(p.requires_grad for p in handle.adapter_parameters().values())
 
@@ -130,5 +145,15 @@ def test_gradients_reach_every_adapter_tensor(case):
 
 
 def test_registry_is_complete():
-    assert set(METHODS) >= {"parser", "lora", "adaptformer", "cobot-lora", "cobot-adaptformer", "hclip",
-                            "lora-clip", "full", "decoder", "frozen"}
+    assert set(METHODS) >= {
+        "parser",
+        "lora",
+        "adaptformer",
+        "cobot-lora",
+        "cobot-adaptformer",
+        "hclip",
+        "lora-clip",
+        "full",
+        "decoder",
+        "frozen",
+    }

@@ -26,7 +26,7 @@ def square(size=64, lo=16, hi=48):
 
 def disk(size=96, center=(40, 48), radius=25):
     yy, xx = np.mgrid[:size, :size]
-    return (xx - center[0]) ** 2 + (yy - center[1]) ** 2 <= radius ** 2
+    return (xx - center[0]) ** 2 + (yy - center[1]) ** 2 <= radius**2
 
 
 # ---------------------------------------------------------------------------------------------- IoU / Dice
@@ -61,8 +61,13 @@ def test_mask_encodings_agree_and_probabilities_are_refused():
     gt = square()
     pred = np.roll(gt, 3, axis=0)
     ref = iou(pred, gt)
-    for enc in (lambda m: m, lambda m: m.astype(np.uint8), lambda m: m.astype(np.uint8) * 255,
-                lambda m: m.astype(np.float32), lambda m: torch.from_numpy(m)):
+    for enc in (
+        lambda m: m,
+        lambda m: m.astype(np.uint8),
+        lambda m: m.astype(np.uint8) * 255,
+        lambda m: m.astype(np.float32),
+        lambda m: torch.from_numpy(m),
+    ):
         assert iou(enc(pred), enc(gt)) == ref
     with pytest.raises(ValueError, match="binary mask"):
         iou(np.full((4, 4), 0.7), np.ones((4, 4), bool))
@@ -204,10 +209,8 @@ def test_dis_empty_ground_truth_conventions():
 
 def test_confusion_matrix_miou_with_ignore():
     cm = ConfusionMatrix(num_classes=4, ignore_index=255)
-    gt = np.array([[0, 0, 1, 1],
-                   [2, 2, 255, 255]])
-    pred = np.array([[0, 1, 1, 1],
-                     [2, 0, 3, 2]])  # predictions under ignore pixels do not count
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 3, 2]])  # predictions under ignore pixels do not count
     cm.update(pred, gt)
     assert cm.matrix.sum() == 6
     ious = cm.iou_per_class()

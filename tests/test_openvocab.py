@@ -203,9 +203,20 @@ def test_hclip_training_keeps_text_tower_energy(tmp_path, options):
     from adapt.train import TrainConfig, train
 
     data = scenes(2, size=64)
-    cfg = TrainConfig(task="openvocab", backbone="tiny-clip", checkpoint="random", method="hclip",
-                      method_options=options, task_options={"classes": ["background", "circle", "square"]},
-                      steps=3, batch_size=2, lr=5e-2, head_lr=1e-3, warmup=1, checkpoint_every=0)
+    cfg = TrainConfig(
+        task="openvocab",
+        backbone="tiny-clip",
+        checkpoint="random",
+        method="hclip",
+        method_options=options,
+        task_options={"classes": ["background", "circle", "square"]},
+        steps=3,
+        batch_size=2,
+        lr=5e-2,
+        head_lr=1e-3,
+        warmup=1,
+        checkpoint_every=0,
+    )
     from adapt.backbones import build_backbone
 
     reference = build_backbone("tiny-clip", seed=0)  # the same random init the trainer builds

@@ -101,15 +101,32 @@ def test_metric_record_names():
 
 
 def config(**kw):
-    base = dict(backbone="tiny-sam", checkpoint="random", method="parser", steps=2, batch_size=1, lr=1e-3,
-                warmup=1, eval_every=1, checkpoint_every=1, device="cpu", augment=False)
+    base = dict(
+        backbone="tiny-sam",
+        checkpoint="random",
+        method="parser",
+        steps=2,
+        batch_size=1,
+        lr=1e-3,
+        warmup=1,
+        eval_every=1,
+        checkpoint_every=1,
+        device="cpu",
+        augment=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def test_train_adapter_saves_a_loadable_adapter_and_shows_the_live_model(tmp_path, sam_data):
     seen = []
-    summary = train_adapter(config(task_options={"prompt": "box"}), sam_data, tmp_path / "run", holdout=2,
-                            source="my pairs", on_eval=lambda e: seen.append((e.model, e.step, e.final, len(e.samples))))
+    summary = train_adapter(
+        config(task_options={"prompt": "box"}),
+        sam_data,
+        tmp_path / "run",
+        holdout=2,
+        source="my pairs",
+        on_eval=lambda e: seen.append((e.model, e.step, e.final, len(e.samples))),
+    )
     assert summary["status"] == "done" and summary["adapter"] == tmp_path / "run" / "adapter"
     assert (summary["train_images"], summary["heldout_images"]) == (3, 2)
     assert seen == [("frozen", 0, True, 2), ("adapted", 1, False, 2), ("adapted", 2, True, 2)]
@@ -128,8 +145,12 @@ def test_train_adapter_cancelled_saves_no_adapter(tmp_path, sam_data):
 
 
 def test_openvocab_adapter_keeps_the_dataset_classes(tmp_path, clip_data):
-    summary = train_adapter(config(task="openvocab", backbone="tiny-clip", method="lora-clip", eval_every=0),
-                            clip_data, tmp_path / "run", holdout=1)
+    summary = train_adapter(
+        config(task="openvocab", backbone="tiny-clip", method="lora-clip", eval_every=0),
+        clip_data,
+        tmp_path / "run",
+        holdout=1,
+    )
     cfg, _ = read_adapter(summary["adapter"])
     assert cfg["classes"] == clip_data.classes and cfg["task"] == "openvocab"
     task, _ = inference_task(summary["adapter"])
@@ -185,12 +206,29 @@ def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
 
 def test_format_bytes():
     assert [format_bytes(n) for n in (None, 512, 3.5 * 2**20, 5 * 2**40)] == [
-        "size unknown", "512 B", "3.5 MB", "5120.0 GB"]
+        "size unknown",
+        "512 B",
+        "3.5 MB",
+        "5120.0 GB",
+    ]
 
 
 def test_job_files_are_distinct_names_in_the_job_folder(tmp_path):
     files = JobFiles(tmp_path / "job")
-    paths = [getattr(files, n) for n in ("data_zip", "events", "checkpoint", "adapter", "adapter_zip", "merged",
-                                          "result", "before", "preview", "after")]
+    paths = [
+        getattr(files, n)
+        for n in (
+            "data_zip",
+            "events",
+            "checkpoint",
+            "adapter",
+            "adapter_zip",
+            "merged",
+            "result",
+            "before",
+            "preview",
+            "after",
+        )
+    ]
     assert len(set(paths)) == len(paths) and all(p.parent == files.folder for p in paths)
     assert JobFiles.predictions(files.before).name == "before_pred.png"

@@ -107,8 +107,12 @@ def test_the_library_never_imports_the_app_or_gradio():
 
 
 def test_modules_stay_readable():
-    long = {str(p.relative_to(REPO)): n for pkg in PACKAGES for p in modules(pkg).values()
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(REPO)): n
+        for pkg in PACKAGES
+        for p in modules(pkg).values()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert set(long) <= ALLOWED_LONG, long
 
 
@@ -135,8 +139,18 @@ def test_each_piece_of_knowledge_lives_in_one_place():
 
 
 def test_job_folder_names_are_spelled_once():
-    names = ["data.zip", "adapter.zip", "merged.safetensors", "result.json", "before.png", "preview.png",
-             "after.png", "_pred.png", "labelset", "labelset.zip"]
+    names = [
+        "data.zip",
+        "adapter.zip",
+        "merged.safetensors",
+        "result.json",
+        "before.png",
+        "preview.png",
+        "after.png",
+        "_pred.png",
+        "labelset",
+        "labelset.zip",
+    ]
     for name in names:
         assert occurrences(r"(?<![\w.-])" + re.escape(name) + r"[\"']") == {"app/config.py"}, name
     assert occurrences(r"[\"']checkpoint\.pt[\"']") == {"adapt/train.py"}

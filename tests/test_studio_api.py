@@ -45,9 +45,18 @@ def data(workdir):
 
 
 def train(client, data, steps=6, owner=OWNER, **kw):
-    job, message = client.predict(owner, handle_file(str(data)), kw.get("task", "dichotomous"),
-                                  kw.get("backbone", "tiny-sam"), kw.get("method", "parser"), steps, 1e-3, 1e-4, 2,
-                                  api_name="/train")
+    job, message = client.predict(
+        owner,
+        handle_file(str(data)),
+        kw.get("task", "dichotomous"),
+        kw.get("backbone", "tiny-sam"),
+        kw.get("method", "parser"),
+        steps,
+        1e-3,
+        1e-4,
+        2,
+        api_name="/train",
+    )
     assert job in message
     return job
 
@@ -70,8 +79,9 @@ def test_train_poll_predict_download_and_load(client, data, workdir):
     assert any(j["job"] == job for j in client.predict(OWNER, api_name="/jobs"))
 
     # predict with the adapter, two clicks, at the image's full resolution
-    main, extra, overlay, info = client.predict(OWNER, handle_file(str(EXAMPLE)), job, "tiny-sam", "dichotomous", "",
-                                                "150,150,1; 10,10,0", api_name="/predict")
+    main, extra, overlay, info = client.predict(
+        OWNER, handle_file(str(EXAMPLE)), job, "tiny-sam", "dichotomous", "", "150,150,1; 10,10,0", api_name="/predict"
+    )
     width, height = Image.open(EXAMPLE).size
     assert np.asarray(Image.open(main)).shape[:2] == (height, width)
     assert np.asarray(Image.open(extra)).shape == (height, width, 4)  # the cut-out keeps an alpha channel
@@ -84,8 +94,9 @@ def test_train_poll_predict_download_and_load(client, data, workdir):
         assert json.loads(z.read("adapter_config.json"))["method"] == "parser"
     ref, message = client.predict(OWNER, handle_file(path), api_name="/load_adapter")
     assert ref.startswith("upload-") and "parser" in message
-    main2, *_ = client.predict(OWNER, handle_file(str(EXAMPLE)), ref, "tiny-sam", "dichotomous", "",
-                               "150,150,1; 10,10,0", api_name="/predict")
+    main2, *_ = client.predict(
+        OWNER, handle_file(str(EXAMPLE)), ref, "tiny-sam", "dichotomous", "", "150,150,1; 10,10,0", api_name="/predict"
+    )
     assert np.array_equal(np.asarray(Image.open(main2)), np.asarray(Image.open(main)))
 
     merged = client.predict(OWNER, job, True, api_name="/download")
@@ -111,11 +122,19 @@ def test_cancel(client, data):
 
 def test_bad_uploads_get_clear_messages(client, data, workdir):
     for name, (images, masks, words) in bad_uploads(workdir / "bad").items():
-        dataset, message = client.predict(OWNER, "dichotomous", None, [handle_file(str(p)) for p in images],
-                                          [handle_file(str(p)) for p in masks], "", api_name="/check_data")
+        dataset, message = client.predict(
+            OWNER,
+            "dichotomous",
+            None,
+            [handle_file(str(p)) for p in images],
+            [handle_file(str(p)) for p in masks],
+            "",
+            api_name="/check_data",
+        )
         assert dataset is None and "Cannot use this upload" in message and words in message, (name, message)
-    dataset, message = client.predict(OWNER, "dichotomous", handle_file(str(slip_zip(workdir / "slip.zip"))), [], [], "",
-                                      api_name="/check_data")
+    dataset, message = client.predict(
+        OWNER, "dichotomous", handle_file(str(slip_zip(workdir / "slip.zip"))), [], [], "", api_name="/check_data"
+    )
     assert dataset is None and "outside the dataset folder" in message
     assert not (workdir / "evil.txt").exists()
     with pytest.raises(Exception, match="outside the dataset folder"):
@@ -131,11 +150,19 @@ def test_open_vocabulary_train_and_predict_label_map(client, workdir):
     s = wait_finished(client, job)
     assert s["status"] == "done", s
     assert "miou" in s["frozen"] and "miou" in s["adapted"]
-    main, legend, overlay, info = client.predict(OWNER, handle_file(str(EXAMPLE)), job, "tiny-clip", "openvocab",
-                                                 "circle, square, heart", "", api_name="/predict")
+    main, legend, overlay, info = client.predict(
+        OWNER,
+        handle_file(str(EXAMPLE)),
+        job,
+        "tiny-clip",
+        "openvocab",
+        "circle, square, heart",
+        "",
+        api_name="/predict",
+    )
     width, height = Image.open(EXAMPLE).size
-    assert np.asarray(Image.open(main)).shape == (height, width, 3)       # colour label map, full resolution
-    assert np.asarray(Image.open(legend)).shape[1] > 100                  # the legend
+    assert np.asarray(Image.open(main)).shape == (height, width, 3)  # colour label map, full resolution
+    assert np.asarray(Image.open(legend)).shape[1] > 100  # the legend
     assert "hclip" in info
 
 
@@ -151,11 +178,11 @@ def test_worker_killed_mid_job_marks_it_failed_and_the_app_goes_on(app, client, 
 
 
 def test_restart_resumes_interrupted_and_queued_jobs(app, client, data):
-    first = train(client, data, steps=40)       # checkpoints every 5 steps
-    second = train(client, data, steps=2)       # waits in the queue behind it
+    first = train(client, data, steps=40)  # checkpoints every 5 steps
+    second = train(client, data, steps=2)  # waits in the queue behind it
     wait_for(lambda: status(client, first)["step"] >= 12, 180, what="a few checkpoints")
     assert status(client, second)["status"] == "queued"
-    app.crash()                                  # app and worker die at once: nothing is cleaned up
+    app.crash()  # app and worker die at once: nothing is cleaned up
     assert app.job_row(first)["status"] == "running"
     app.start()
     restarted = Client(app.url, verbose=False)
@@ -166,4 +193,3 @@ def test_restart_resumes_interrupted_and_queued_jobs(app, client, data):
     assert resumed and resumed[0]["step"] >= 10  # from its last checkpoint, not from the start
     steps = [e["step"] for e in events if e["type"] == "step"]
     assert steps[-1] == 40
-

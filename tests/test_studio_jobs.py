@@ -64,10 +64,10 @@ def test_cancel_queued_at_once_running_by_flag(store):
 def test_only_the_holding_worker_finishes_and_restarts_requeue(store):
     job = store.submit("o", {}, "d")
     store.claim("old", 1)
-    assert store.requeue_interrupted() == [job]       # the app restarted
+    assert store.requeue_interrupted() == [job]  # the app restarted
     assert store.get(job, "o")["status"] == "queued"
     store.claim("new", 2)
-    store.finish(job, "queued", worker="old")           # a stale worker changes nothing
+    store.finish(job, "queued", worker="old")  # a stale worker changes nothing
     assert store.get(job, "o")["status"] == "running"
     assert store.fail_worker_jobs("new", "killed") == [job]
     got = store.get(job, "o")
@@ -75,14 +75,20 @@ def test_only_the_holding_worker_finishes_and_restarts_requeue(store):
 
 
 def test_progress_skips_a_half_written_line(tmp_path):
-    events = [{"type": "start", "time": 0, "train": 3, "heldout": 1, "device": "cpu", "counts": {"trainable": 5}},
-              {"type": "eval", "time": 0, "step": 0, "model": "frozen", "metrics": {"iou": 0.1, "dice": 0.2}},
-              {"type": "step", "time": 1, "step": 1, "loss": 0.5, "lr": 1e-3, "eta_s": 3.0}]
+    events = [
+        {"type": "start", "time": 0, "train": 3, "heldout": 1, "device": "cpu", "counts": {"trainable": 5}},
+        {"type": "eval", "time": 0, "step": 0, "model": "frozen", "metrics": {"iou": 0.1, "dice": 0.2}},
+        {"type": "step", "time": 1, "step": 1, "loss": 0.5, "lr": 1e-3, "eta_s": 3.0},
+    ]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"type": "st')
     p = read_progress(tmp_path)
     assert p.step == 1 and p.last_loss == 0.5 and p.eta_s == 3.0 and p.frozen["iou"] == 0.1
     curves = p.curves()
-    assert curves["loss"] == [{"step": 1, "loss": 0.5}] and len(curves["metric"]) == 2 and curves["metric"][0]["score"] == 0.1
+    assert (
+        curves["loss"] == [{"step": 1, "loss": 0.5}]
+        and len(curves["metric"]) == 2
+        and curves["metric"][0]["score"] == 0.1
+    )
     assert read_progress(tmp_path / "missing").step == 0
 
 
@@ -137,7 +143,7 @@ def test_click_labelling_makes_a_valid_dataset(tmp_path, monkeypatch):
     labelling.add_region(state, 2)
     assert state["labels"].max() == 2 and state["points"] == [] and state["proposal"] is None
     layer = np.zeros((307, 768, 4), np.uint8)
-    layer[:, :20] = (255, 0, 0, 255)     # red: erase
+    layer[:, :20] = (255, 0, 0, 255)  # red: erase
     layer[:20, 700:] = (0, 255, 0, 255)  # green: paint
     labelling.apply_brush(state, layer, 1)
     assert (state["labels"][:, :20] == 0).all() and (state["labels"][:10, 950:] == 1).all()

@@ -29,7 +29,7 @@ from adapt.data.synthetic import (
     write_folder,
 )
 
-SIZE = 128   # small scenes keep the suite fast; the generator scales its textures with the size
+SIZE = 128  # small scenes keep the suite fast; the generator scales its textures with the size
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +117,15 @@ def test_caption_names_every_object(datasets, domain):
 
 
 def test_caption_format():
-    scene = Scene(image=np.zeros((8, 8, 3), np.uint8), masks=[],
-                  semantic=np.zeros((8, 8), np.uint8),
-                  objects=[SceneObject("star", "red", "stripes", "large"),
-                           SceneObject("circle", "blue", "solid", "small")],
-                  caption="", background="wood")
-    assert caption_for(scene) == ("a large red striped star and a small blue circle"
-                                  " on a wooden background")
+    scene = Scene(
+        image=np.zeros((8, 8, 3), np.uint8),
+        masks=[],
+        semantic=np.zeros((8, 8), np.uint8),
+        objects=[SceneObject("star", "red", "stripes", "large"), SceneObject("circle", "blue", "solid", "small")],
+        caption="",
+        background="wood",
+    )
+    assert caption_for(scene) == ("a large red striped star and a small blue circle on a wooden background")
 
 
 def test_shapes_restriction():
@@ -165,20 +167,24 @@ def test_grayscale_noise_is_grey_and_noisy(datasets):
     for scene in datasets["grayscale-noise"]:
         img = scene.image.astype(np.int16)
         assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])
-    def roughness(scenes):   # high-frequency energy: pixel minus its 3x3 median
-        return np.mean([np.abs(s.image[..., 0].astype(float)
-                               - cv2.medianBlur(s.image[..., 0], 3)).mean() for s in scenes])
+
+    def roughness(scenes):  # high-frequency energy: pixel minus its 3x3 median
+        return np.mean(
+            [np.abs(s.image[..., 0].astype(float) - cv2.medianBlur(s.image[..., 0], 3)).mean() for s in scenes]
+        )
+
     assert roughness(datasets["grayscale-noise"]) > 2 * roughness(datasets["source"])
 
 
 def test_highres_fine_has_fine_boundaries():
-    def boundary_ratio(scenes):   # boundary pixels per object pixel: higher = finer detail
+    def boundary_ratio(scenes):  # boundary pixels per object pixel: higher = finer detail
         out = []
         for s in scenes:
             fg = s.foreground.astype(np.uint8)
             edge = fg - cv2.erode(fg, np.ones((3, 3), np.uint8))
             out.append(edge.sum() / fg.sum())
         return np.mean(out)
+
     fine = make_dataset("highres-fine", 6, 256, seed=0)
     source = make_dataset("source", 6, 256, seed=0)
     assert boundary_ratio(fine) > 1.3 * boundary_ratio(source)

@@ -17,13 +17,24 @@ class _Sample:
 
 def samples(n=4, domain="source", seed=0):
     scenes = make_dataset(domain, n=n, size=128, seed=seed)
-    return [_Sample(s.image, np.any(np.stack(s.masks[:1]), axis=0).astype(np.uint8), f"s{i}")
-            for i, s in enumerate(scenes)]
+    return [
+        _Sample(s.image, np.any(np.stack(s.masks[:1]), axis=0).astype(np.uint8), f"s{i}") for i, s in enumerate(scenes)
+    ]
 
 
 def config(**kw):
-    base = dict(backbone="tiny-sam", checkpoint="random", method="parser", steps=4, batch_size=2, lr=1e-2,
-                head_lr=1e-3, warmup=1, checkpoint_every=2, device="cpu")
+    base = dict(
+        backbone="tiny-sam",
+        checkpoint="random",
+        method="parser",
+        steps=4,
+        batch_size=2,
+        lr=1e-2,
+        head_lr=1e-3,
+        warmup=1,
+        checkpoint_every=2,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 

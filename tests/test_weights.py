@@ -178,8 +178,9 @@ def test_download_broken_off_leaves_nothing(tmp_path):
 def test_download_file_url(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"abc" * 100)
-    dest = weights.download(src.as_uri(), tmp_path / "w" / "copy.bin",
-                            sha256=hashlib.sha256(b"abc" * 100).hexdigest(), progress=False)
+    dest = weights.download(
+        src.as_uri(), tmp_path / "w" / "copy.bin", sha256=hashlib.sha256(b"abc" * 100).hexdigest(), progress=False
+    )
     assert dest.read_bytes() == b"abc" * 100
 
 
@@ -188,8 +189,9 @@ def test_download_file_url(tmp_path):
 
 def test_resolve_official_downloads_then_uses_cache(blob, wdir, monkeypatch):
     url, data, sha = blob
-    entry = dataclasses.replace(weights.SAM_CHECKPOINTS["sam-vit-b"], sources=((url, "sam_vit_b_01ec64.pth"),),
-                                sha256=sha, bytes=len(data))
+    entry = dataclasses.replace(
+        weights.SAM_CHECKPOINTS["sam-vit-b"], sources=((url, "sam_vit_b_01ec64.pth"),), sha256=sha, bytes=len(data)
+    )
     monkeypatch.setitem(weights.SAM_CHECKPOINTS, "sam-vit-b", entry)
     assert weights.available("sam-vit-b")["cached"] is False
     path = weights.resolve_checkpoint("sam-vit-b", progress=False)
@@ -226,10 +228,16 @@ def test_resolve_falls_back_to_next_source_on_404(server, wdir, monkeypatch):
     base, root = server
     (root / "open_clip_pytorch_model.bin").write_bytes(b"state dict")
     entry = weights.Checkpoint(
-        "clip-vit-b-16", "clip",
-        ((f"{base}/open_clip_model.safetensors", "clip.safetensors"),
-         (f"{base}/open_clip_pytorch_model.bin", "clip.bin")),
-        sha256=None, bytes=None, description="test")
+        "clip-vit-b-16",
+        "clip",
+        (
+            (f"{base}/open_clip_model.safetensors", "clip.safetensors"),
+            (f"{base}/open_clip_pytorch_model.bin", "clip.bin"),
+        ),
+        sha256=None,
+        bytes=None,
+        description="test",
+    )
     monkeypatch.setattr(weights, "official", lambda name, pretrained=None: entry)
     path = weights.resolve_checkpoint("clip-vit-b-16", progress=False, timeout=5)
     assert path == wdir / "clip.bin" and path.read_bytes() == b"state dict"
@@ -258,9 +266,16 @@ def test_resolve_local_paths(wdir, tmp_path):
 def write_manifest(folder: Path, name: str, data: bytes, sha: str | None = None):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.safetensors").write_bytes(data)
-    manifest = {name: {"file": f"{name}.safetensors", "sha256": sha or hashlib.sha256(data).hexdigest(),
-                       "bytes": len(data), "command": f"python -m adapt pretrain {name} --seed 0", "seed": 0,
-                       "metrics": {"miou": 0.5}}}
+    manifest = {
+        name: {
+            "file": f"{name}.safetensors",
+            "sha256": sha or hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "command": f"python -m adapt pretrain {name} --seed 0",
+            "seed": 0,
+            "metrics": {"miou": 0.5},
+        }
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -20,8 +20,17 @@ from adapt.backbones.catalog import CATALOG, FAMILIES, BackboneEntry, family_of,
 
 BACKBONES: dict[str, BackboneEntry] = CATALOG
 
-__all__ = ["BACKBONES", "FAMILIES", "Backbone", "BackboneEntry", "build_backbone", "family_of", "load_into",
-           "load_state_dict_file", "names"]
+__all__ = [
+    "BACKBONES",
+    "FAMILIES",
+    "Backbone",
+    "BackboneEntry",
+    "build_backbone",
+    "family_of",
+    "load_into",
+    "load_state_dict_file",
+    "names",
+]
 
 
 def build_backbone(name: str, checkpoint: str | Path | None = None, seed: int = 0) -> Backbone:

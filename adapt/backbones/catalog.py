@@ -97,7 +97,7 @@ def register(entry: BackboneEntry) -> BackboneEntry:
 
 
 def family_of(name: str) -> str:
-    """"sam" or "clip" for a backbone name, without building anything."""
+    """The family ("sam" or "clip") of a backbone name, without building anything."""
     return get(name).family
 
 
@@ -122,14 +122,22 @@ def bundled(family: str) -> str:
 
 # --- official SAM (segment_anything/build_sam.py's three sizes; the rest is shared) -------------
 
-_SAM_SHARED = dict(img_size=1024, patch_size=16, window_size=14, prompt_embed_dim=256, decoder_mlp_dim=2048,
-                   decoder_num_heads=8, iou_head_hidden_dim=256)
+_SAM_SHARED = dict(
+    img_size=1024,
+    patch_size=16,
+    window_size=14,
+    prompt_embed_dim=256,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+    iou_head_hidden_dim=256,
+)
 _SAM_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
 
 
 def _sam(name: str, file: str, sha256: str, size: int, description: str, **encoder) -> BackboneEntry:
-    checkpoint = Checkpoint(name, "sam", ((_SAM_BASE + file, file),), sha256=sha256, bytes=size,
-                            description=description)
+    checkpoint = Checkpoint(
+        name, "sam", ((_SAM_BASE + file, file),), sha256=sha256, bytes=size, description=description
+    )
     return register(BackboneEntry(name, "sam", arch={**_SAM_SHARED, **encoder}, checkpoint=checkpoint))
 
 
@@ -138,22 +146,52 @@ def _sam(name: str, file: str, sha256: str, size: int, description: str, **encod
 # computational-cell-analytics/micro-sam (micro_sam/util.py), which checks every download of these
 # three URLs, and many download manifests that record the same sha256 with these byte counts
 # (vit_b's size also matches the Content-Length in a published wget log of the download).
-_sam("sam-vit-b", "sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-     375_042_383, "SAM ViT-B (Meta, Apache-2.0)",
-     encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11])
-_sam("sam-vit-l", "sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-     1_249_524_607, "SAM ViT-L (Meta, Apache-2.0)",
-     encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23])
-_sam("sam-vit-h", "sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-     2_564_550_879, "SAM ViT-H (Meta, Apache-2.0)",
-     encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31])
+_sam(
+    "sam-vit-b",
+    "sam_vit_b_01ec64.pth",
+    "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    375_042_383,
+    "SAM ViT-B (Meta, Apache-2.0)",
+    encoder_embed_dim=768,
+    encoder_depth=12,
+    encoder_num_heads=12,
+    encoder_global_attn_indexes=[2, 5, 8, 11],
+)
+_sam(
+    "sam-vit-l",
+    "sam_vit_l_0b3195.pth",
+    "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    1_249_524_607,
+    "SAM ViT-L (Meta, Apache-2.0)",
+    encoder_embed_dim=1024,
+    encoder_depth=24,
+    encoder_num_heads=16,
+    encoder_global_attn_indexes=[5, 11, 17, 23],
+)
+_sam(
+    "sam-vit-h",
+    "sam_vit_h_4b8939.pth",
+    "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    2_564_550_879,
+    "SAM ViT-H (Meta, Apache-2.0)",
+    encoder_embed_dim=1280,
+    encoder_depth=32,
+    encoder_num_heads=16,
+    encoder_global_attn_indexes=[7, 15, 23, 31],
+)
 
 # --- official CLIP (open_clip architecture, default pretrained tag first) ------------------------
 
-register(BackboneEntry("clip-vit-b-16", "clip", arch={"open_clip_name": "ViT-B-16"},
-                       pretrained=("openai", "laion2b_s34b_b88k")))
-register(BackboneEntry("clip-vit-l-14", "clip", arch={"open_clip_name": "ViT-L-14"},
-                       pretrained=("openai", "laion2b_s32b_b82k")))
+register(
+    BackboneEntry(
+        "clip-vit-b-16", "clip", arch={"open_clip_name": "ViT-B-16"}, pretrained=("openai", "laion2b_s34b_b88k")
+    )
+)
+register(
+    BackboneEntry(
+        "clip-vit-l-14", "clip", arch={"open_clip_name": "ViT-L-14"}, pretrained=("openai", "laion2b_s32b_b82k")
+    )
+)
 
 # --- bundled tiny models: one JSON file each ---------------------------------------------------
 

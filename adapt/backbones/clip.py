@@ -61,8 +61,9 @@ def build(entry: BackboneEntry, checkpoint=None) -> ClipBackbone:
         state, weights_id = load_state_dict_file(checkpoint)
         load_into(model, state, checkpoint)
     tokenizer = SimpleTokenizer(context_length=spec["text_cfg"].get("context_length", 77))
-    return ClipBackbone(name=entry.name, family="clip", model=model, spec=spec, weights_id=weights_id,
-                        tokenizer=tokenizer)
+    return ClipBackbone(
+        name=entry.name, family="clip", model=model, spec=spec, weights_id=weights_id, tokenizer=tokenizer
+    )
 
 
 def _official_settings(name: str, checkpoint) -> dict:

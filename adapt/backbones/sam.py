@@ -24,8 +24,11 @@ class SamBackbone(Backbone):
         return self.spec["img_size"]
 
     def encoder_shape(self) -> dict:
-        return {"tokens": (self.input_size // self.spec["patch_size"]) ** 2, "width": self.spec["encoder_embed_dim"],
-                "depth": self.spec["encoder_depth"]}
+        return {
+            "tokens": (self.input_size // self.spec["patch_size"]) ** 2,
+            "width": self.spec["encoder_embed_dim"],
+            "depth": self.spec["encoder_depth"],
+        }
 
     def example_inputs(self, batch: int = 2, seed: int = 0) -> dict:
         g = torch.Generator().manual_seed(seed)
@@ -86,13 +89,19 @@ def build(entry: BackboneEntry, checkpoint=None) -> SamBackbone:
     if checkpoint is not None:
         state, weights_id = load_state_dict_file(checkpoint)
         load_into(model, state, checkpoint)
-    return SamBackbone(name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id,
-                       heads=[model.mask_decoder])
+    return SamBackbone(
+        name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id, heads=[model.mask_decoder]
+    )
 
 
-def sam_mask_logits(sam: Sam, images: torch.Tensor, boxes: torch.Tensor | None = None,
-                    points: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    multimask: bool = False, masks: torch.Tensor | None = None) -> torch.Tensor:
+def sam_mask_logits(
+    sam: Sam,
+    images: torch.Tensor,
+    boxes: torch.Tensor | None = None,
+    points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    multimask: bool = False,
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Low-resolution mask logits (B, 1 or 3, h, w) for preprocessed images and one prompt each.
 
     `images` are normalised and padded to the encoder size (Sam.preprocess); boxes are (B, 4) xyxy
@@ -100,13 +109,17 @@ def sam_mask_logits(sam: Sam, images: torch.Tensor, boxes: torch.Tensor | None =
     the box (the prompt-free mode). masks: optional (B, 1, 4h, 4w) low-resolution logits of an
     earlier prediction (SAM's mask_input).
     """
-    return sam_decode(sam, sam.image_encoder(images), boxes=boxes, points=points, multimask=multimask,
-                      masks=masks)
+    return sam_decode(sam, sam.image_encoder(images), boxes=boxes, points=points, multimask=multimask, masks=masks)
 
 
-def sam_decode(sam: Sam, embeddings: torch.Tensor, boxes: torch.Tensor | None = None,
-               points: tuple[torch.Tensor, torch.Tensor] | None = None,
-               multimask: bool = False, masks: torch.Tensor | None = None) -> torch.Tensor:
+def sam_decode(
+    sam: Sam,
+    embeddings: torch.Tensor,
+    boxes: torch.Tensor | None = None,
+    points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    multimask: bool = False,
+    masks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Prompt encoder + mask decoder on image embeddings already computed (B, C, h, w): the cheap
     part of SAM, what an interactive click costs once the embedding is cached.
 

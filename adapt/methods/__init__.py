@@ -24,8 +24,17 @@ METHODS: dict[str, type[Handle]] = {
     for cls in (Parser, Lora, AdaptFormer, CobotLora, CobotAdaptFormer, Hclip, LoraClip, Full, Decoder, Frozen)
 }
 
-__all__ = ["METHODS", "Handle", "MethodConfig", "ParamGroup", "Variant", "attach", "configurations", "make_config",
-           "methods_for"]
+__all__ = [
+    "METHODS",
+    "Handle",
+    "MethodConfig",
+    "ParamGroup",
+    "Variant",
+    "attach",
+    "configurations",
+    "make_config",
+    "methods_for",
+]
 
 
 def methods_for(family: str) -> list[str]:

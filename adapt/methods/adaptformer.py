@@ -34,8 +34,18 @@ class AdaptFormerConfig(MethodConfig):
 
 
 class AdaptFormerMLP(nn.Module):
-    def __init__(self, norm: nn.Module, mlp: nn.Module, dim: int, bottleneck: int, scale: float,
-                 dropout: float, mixer=None, slice_t: int = 0, like: torch.Tensor | None = None):
+    def __init__(
+        self,
+        norm: nn.Module,
+        mlp: nn.Module,
+        dim: int,
+        bottleneck: int,
+        scale: float,
+        dropout: float,
+        mixer=None,
+        slice_t: int = 0,
+        like: torch.Tensor | None = None,
+    ):
         super().__init__()
         kw = dict(device=like.device, dtype=like.dtype) if like is not None else {}
         self.norm, self.mlp = norm, mlp
@@ -66,8 +76,12 @@ class AdaptFormerMLP(nn.Module):
         plain._mixer = [None]
         if mixer is not None:
             m = mixer.matrix(self.slice_t).to(self.down.weight.dtype)
-            down = nn.Linear(self.down.in_features, self.down.out_features,
-                             device=self.down.weight.device, dtype=self.down.weight.dtype)
+            down = nn.Linear(
+                self.down.in_features,
+                self.down.out_features,
+                device=self.down.weight.device,
+                dtype=self.down.weight.dtype,
+            )
             down.weight.copy_(m @ self.down.weight)
             down.bias.copy_(m @ self.down.bias)
             plain._modules["down"] = down.requires_grad_(False)
@@ -93,7 +107,9 @@ class AdaptFormer(SwapHandle):
             self.swaps.wrap(f"image_encoder.blocks.{i}.norm2", lambda m: nn.Identity())
             w = self.swaps.wrap(
                 f"image_encoder.blocks.{i}.mlp",
-                lambda m, i=i, norm=norm: AdaptFormerMLP(norm, m, m.lin1.in_features, cfg.bottleneck, cfg.scale,
-                                                         cfg.dropout, mixer, i, m.lin1.weight))
+                lambda m, i=i, norm=norm: AdaptFormerMLP(
+                    norm, m, m.lin1.in_features, cfg.bottleneck, cfg.scale, cfg.dropout, mixer, i, m.lin1.weight
+                ),
+            )
             for p in (*w.ln.parameters(), *w.down.parameters(), *w.up.parameters()):
                 self._add_adapter_param(p)

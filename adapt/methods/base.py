@@ -77,8 +77,7 @@ class Handle:
     def __init__(self, backbone: Backbone, config: MethodConfig):
         if backbone.family not in self.families:
             raise ValueError(
-                f"method {self.name!r} adapts {'/'.join(self.families).upper()} backbones, "
-                f"not {backbone.name!r}"
+                f"method {self.name!r} adapts {'/'.join(self.families).upper()} backbones, not {backbone.name!r}"
             )
         self.backbone = backbone
         self.model = backbone.model
@@ -214,8 +213,7 @@ class Handle:
         return {}, True
 
     def describe(self) -> dict:
-        return {"method": self.name, "backbone": self.backbone.name, "config": self.config.to_dict(),
-                **self.count()}
+        return {"method": self.name, "backbone": self.backbone.name, "config": self.config.to_dict(), **self.count()}
 
 
 def _is_submodule(root: nn.Module, module: nn.Module) -> bool:
@@ -223,6 +221,7 @@ def _is_submodule(root: nn.Module, module: nn.Module) -> bool:
 
 
 # --- activation space: swapping modules ---------------------------------------------------------
+
 
 def get_module(root: nn.Module, dotted: str) -> nn.Module:
     return root.get_submodule(dotted)
@@ -277,6 +276,7 @@ class ModuleSwaps:
 
 
 # --- weight space: parametrizations ------------------------------------------------------------
+
 
 @dataclass
 class _Registered:

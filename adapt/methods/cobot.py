@@ -37,12 +37,15 @@ from adapt.methods.lora import Lora, LoraConfig
 
 def hamilton_matrix(r, i, j, k) -> torch.Tensor:
     """The real V x V matrix of a quaternion linear map from its four (V/4)x(V/4) components."""
-    return torch.cat([
-        torch.cat([r, i, j, k], dim=1),
-        torch.cat([-i, r, k, -j], dim=1),
-        torch.cat([-j, -k, r, i], dim=1),
-        torch.cat([-k, j, -i, r], dim=1),
-    ], dim=0)
+    return torch.cat(
+        [
+            torch.cat([r, i, j, k], dim=1),
+            torch.cat([-i, r, k, -j], dim=1),
+            torch.cat([-j, -k, r, i], dim=1),
+            torch.cat([-k, j, -i, r], dim=1),
+        ],
+        dim=0,
+    )
 
 
 class CobotCoefficients(nn.Module):
@@ -127,8 +130,11 @@ class CobotLora(_CobotMixin, Lora):
     Config = CobotLoraConfig
     slices_per_block = 2
     summary = "LoRA plus cross-block coefficient orchestration (+864 parameters on ViT-B)."
-    variants = (Variant({"quaternion_init": "random"}, "random quaternion heads (the paper leaves the init open)",
-                        compare=False),)
+    variants = (
+        Variant(
+            {"quaternion_init": "random"}, "random quaternion heads (the paper leaves the init open)", compare=False
+        ),
+    )
 
 
 class CobotAdaptFormer(_CobotMixin, AdaptFormer):

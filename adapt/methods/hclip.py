@@ -71,10 +71,12 @@ class HypersphericalTransforms(nn.Module):
         self.depths = dict(depths)
         self.orthogonal = {"text": orthogonal in ("text", "both"), "image": orthogonal == "both"}
         kw = dict(device=device, dtype=torch.float32)
-        self.generators = nn.ParameterDict({
-            t: nn.Parameter(torch.zeros(4 * depths[t], self.blocks[t], block_size, block_size, **kw))
-            for t in self.towers
-        })
+        self.generators = nn.ParameterDict(
+            {
+                t: nn.Parameter(torch.zeros(4 * depths[t], self.blocks[t], block_size, block_size, **kw))
+                for t in self.towers
+            }
+        )
         self.dcrc = dcrc
         if dcrc:
             n_blocks = sum(self.blocks.values())
@@ -89,8 +91,10 @@ class HypersphericalTransforms(nn.Module):
         if not self.dcrc:
             return {t: self.generators[t] for t in self.towers}
         n_layers = self.f4.shape[0]
-        padded = [nn.functional.pad(self.generators[t], (0, 0, 0, 0, 0, 0, 0, n_layers - 4 * self.depths[t]))
-                  for t in self.towers]
+        padded = [
+            nn.functional.pad(self.generators[t], (0, 0, 0, 0, 0, 0, 0, n_layers - 4 * self.depths[t]))
+            for t in self.towers
+        ]
         stacked = torch.cat(padded, dim=1)  # (4L, b_text + b_image, q, q)
         mixed = stacked + self.alpha * torch.einsum("ml,cb,lbij->mcij", self.f4, self.f3, stacked)
         out, start = {}, 0
@@ -172,8 +176,7 @@ class Hclip(WeightSpaceHandle):
 
     def check_snapshot(self) -> dict:
         image = self.model.visual.transformer.resblocks[0].attn.in_proj_weight.detach().clone()
-        return {"he": {k: hyperspherical_energy(w) for k, w in text_tower_weights(self.model).items()},
-                "image": image}
+        return {"he": {k: hyperspherical_energy(w) for k, w in text_tower_weights(self.model).items()}, "image": image}
 
     def check_report(self, snapshot: dict) -> tuple[dict, bool]:
         """An orthogonal tower keeps its hyperspherical energy (checked on the text tower, where the
@@ -181,8 +184,10 @@ class Hclip(WeightSpaceHandle):
         he = {k: hyperspherical_energy(w) for k, w in text_tower_weights(self.model).items()}
         before = snapshot["he"]
         image = self.model.visual.transformer.resblocks[0].attn.in_proj_weight.detach()
-        report = {"text_he_max_rel_change": max(abs(he[k] - before[k]) / before[k] for k in before),
-                  "image_weight_rel_change": ((image - snapshot["image"]).norm() / snapshot["image"].norm()).item()}
+        report = {
+            "text_he_max_rel_change": max(abs(he[k] - before[k]) / before[k] for k in before),
+            "image_weight_rel_change": ((image - snapshot["image"]).norm() / snapshot["image"].norm()).item(),
+        }
         ok = True
         if self.config.orthogonal in ("text", "both"):
             ok = ok and report["text_he_max_rel_change"] <= 1e-4
@@ -195,8 +200,9 @@ class Hclip(WeightSpaceHandle):
         widths = {"text": clip.transformer.width, "image": clip.visual.transformer.width}
         depths = {"text": len(clip.transformer.resblocks), "image": len(clip.visual.transformer.resblocks)}
         q = min(cfg.block_size, *widths.values())
-        hub = HypersphericalTransforms(widths, depths, q, cfg.dcrc, cfg.orthogonal,
-                                       device=clip.visual.conv1.weight.device)
+        hub = HypersphericalTransforms(
+            widths, depths, q, cfg.dcrc, cfg.orthogonal, device=clip.visual.conv1.weight.device
+        )
         clip.add_module("hclip", hub)
         for p in hub.parameters():
             self._add_adapter_param(p, coefficient=True)

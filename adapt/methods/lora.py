@@ -68,8 +68,13 @@ class LoraQV(nn.Module):
         mixer = self._mixer[0]
         dq = self.q.delta_weight(mixer, self.slices[0])
         dv = self.v.delta_weight(mixer, self.slices[1])
-        merged = nn.Linear(self.qkv.in_features, self.qkv.out_features, bias=self.qkv.bias is not None,
-                           device=self.qkv.weight.device, dtype=self.qkv.weight.dtype)
+        merged = nn.Linear(
+            self.qkv.in_features,
+            self.qkv.out_features,
+            bias=self.qkv.bias is not None,
+            device=self.qkv.weight.device,
+            dtype=self.qkv.weight.dtype,
+        )
         merged.weight.copy_(self.qkv.weight + self.scaling * torch.cat([dq, torch.zeros_like(dq), dv], dim=0))
         if self.qkv.bias is not None:
             merged.bias.copy_(self.qkv.bias)
@@ -92,7 +97,9 @@ class Lora(SwapHandle):
         mixer = self._make_mixer(len(blocks), self.config.rank)
         scaling = self.config.alpha / self.config.rank
         for i in range(len(blocks)):
-            w = self.swaps.wrap(f"image_encoder.blocks.{i}.attn.qkv",
-                                lambda m, i=i: LoraQV(m, self.config.rank, scaling, mixer, (2 * i, 2 * i + 1)))
+            w = self.swaps.wrap(
+                f"image_encoder.blocks.{i}.attn.qkv",
+                lambda m, i=i: LoraQV(m, self.config.rank, scaling, mixer, (2 * i, 2 * i + 1)),
+            )
             for p in (w.q.A, w.q.B, w.v.A, w.v.B):
                 self._add_adapter_param(p)

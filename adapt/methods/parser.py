@@ -74,8 +74,11 @@ def target_paths(encoder: nn.Module, scope: str) -> list[str]:
         return conv
     if scope != "default":
         raise ValueError(f"PARSER scope must be 'default' or 'conv', not {scope!r}")
-    linear = [f"blocks.{i}.{name}" for i in range(len(encoder.blocks))
-              for name in ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2")]
+    linear = [
+        f"blocks.{i}.{name}"
+        for i in range(len(encoder.blocks))
+        for name in ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2")
+    ]
     return ["patch_embed.proj"] + linear + ["neck.0", "neck.2"]
 
 
@@ -86,8 +89,11 @@ class Parser(WeightSpaceHandle):
     summary = "SVD coefficients of every encoder weight (U, V frozen); about 38K parameters on ViT-B."
     variants = (
         Variant({"scope": "conv"}, "the official demo's scope: patch embedding and neck convolutions only"),
-        Variant({"reparam": "delta"}, "W + U diag(s - sigma) V^T written as a delta (same maths, other rounding)",
-                compare=False),
+        Variant(
+            {"reparam": "delta"},
+            "W + U diag(s - sigma) V^T written as a delta (same maths, other rounding)",
+            compare=False,
+        ),
     )
 
     def _register_parametrizations(self) -> None:

@@ -37,12 +37,15 @@ def main(args) -> int:
 
 def _main(args) -> int:
     torch.manual_seed(args.seed)
-    command = (f"python -m adapt pretrain --backbone {args.backbone} --steps {args.steps} --batch-size {args.batch_size} "
-               f"--prompts-per-image {args.prompts_per_image} --warmup {args.warmup} --lr {args.lr:g} "
-               f"--seed {args.seed} --threads {args.threads} --out weights")
+    command = (
+        f"python -m adapt pretrain --backbone {args.backbone} --steps {args.steps} --batch-size {args.batch_size} "
+        f"--prompts-per-image {args.prompts_per_image} --warmup {args.warmup} --lr {args.lr:g} "
+        f"--seed {args.seed} --threads {args.threads} --out weights"
+    )
     if args.backbone == "tiny-clip" and (args.init or args.dense_weight != 1.0 or args.object_weight != 0.5):
-        command += (f" --dense-weight {args.dense_weight:g} --object-weight {args.object_weight:g}"
-                    + (f" --init {args.init}" if args.init else ""))
+        command += f" --dense-weight {args.dense_weight:g} --object-weight {args.object_weight:g}" + (
+            f" --init {args.init}" if args.init else ""
+        )
     if args.backbone == "tiny-sam":
         from adapt.pretrain.sam import pretrain_sam
 
@@ -53,7 +56,13 @@ def _main(args) -> int:
         result = pretrain_clip(args)
     else:
         raise ValueError(f"pretraining is for the bundled tiny backbones (tiny-sam, tiny-clip), not {args.backbone!r}")
-    path = save_bundled(result["backbone"], Path(args.out), result["metrics"], command, args.seed,
-                        dtype=result.get("dtype", torch.float32))
+    path = save_bundled(
+        result["backbone"],
+        Path(args.out),
+        result["metrics"],
+        command,
+        args.seed,
+        dtype=result.get("dtype", torch.float32),
+    )
     print(json.dumps({"file": str(path), "metrics": result["metrics"]}))
     return 0

@@ -42,8 +42,6 @@ def _patch_labels(scenes, grid: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([s.semantic[np.ix_(centres, centres)] for s in scenes])).long()
 
 
-
-
 def _step_losses(backbone, scenes, class_tokens, mean, std, object_weight: float = 0.5):
     model = backbone.model
     images = _images(scenes, mean, std)
@@ -60,7 +58,9 @@ def _step_losses(backbone, scenes, class_tokens, mean, std, object_weight: float
     labels = _patch_labels(scenes, dense.shape[-1])
     per_patch = F.cross_entropy(patch_logits, labels, reduction="none")
     fg = labels > 0  # objects cover ~10% of patches: weigh them as much as the background
-    dense_loss = object_weight * (per_patch[fg].mean() if fg.any() else 0.0) + (1 - object_weight) * per_patch[~fg].mean()
+    dense_loss = (
+        object_weight * (per_patch[fg].mean() if fg.any() else 0.0) + (1 - object_weight) * per_patch[~fg].mean()
+    )
     return contrastive, dense_loss, logits
 
 
@@ -105,8 +105,9 @@ def pretrain_clip(args) -> dict:
 
     def step_loss(step):
         scenes = [make_scene(rng, size=size, domain="source") for _ in range(args.batch_size)]
-        contrastive, dense_loss, _ = _step_losses(backbone, scenes, class_tokens, mean, std,
-                                                  getattr(args, "object_weight", 0.5))
+        contrastive, dense_loss, _ = _step_losses(
+            backbone, scenes, class_tokens, mean, std, getattr(args, "object_weight", 0.5)
+        )
         loss = contrastive + getattr(args, "dense_weight", 1.0) * dense_loss
         return loss, f"contrastive {contrastive.item():.3f} dense {dense_loss.item():.3f}"
 

@@ -31,20 +31,25 @@ def fit(params, args, step_loss, weight_decay: float) -> float:
         opt.step()
         if step % args.log_every == 0 or step == args.steps - 1:
             el = time.time() - start
-            print(f"step {step + 1}/{args.steps} {text} {el:.0f}s eta {el / (step + 1) * (args.steps - step - 1):.0f}s",
-                  flush=True)
+            print(
+                f"step {step + 1}/{args.steps} {text} {el:.0f}s eta {el / (step + 1) * (args.steps - step - 1):.0f}s",
+                flush=True,
+            )
     return round(time.time() - start, 1)
 
 
-def save_bundled(backbone, out_dir: Path, metrics: dict, command: str, seed: int,
-                 dtype: torch.dtype = torch.float32) -> Path:
+def save_bundled(
+    backbone, out_dir: Path, metrics: dict, command: str, seed: int, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write <name>.safetensors (floating tensors stored as `dtype`) and its manifest entry."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{backbone.name}.safetensors"
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
-             for k, v in backbone.model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in backbone.model.state_dict().items()
+    }
     # one metadata key: safetensors writes several keys in hash order, which would change the file's sha256
     meta = json.dumps({"name": backbone.name, "command": command, "seed": seed}, sort_keys=True)
     with atomic_path(path) as tmp:
@@ -52,8 +57,15 @@ def save_bundled(backbone, out_dir: Path, metrics: dict, command: str, seed: int
     manifest_path = out_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest[backbone.name] = {
-        "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "command": command,
-        "seed": seed, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "threads": torch.get_num_threads(), "metrics": metrics,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "command": command,
+        "seed": seed,
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "metrics": metrics,
     }
     write_json(manifest_path, manifest, indent=2, sort_keys=True)
     return path

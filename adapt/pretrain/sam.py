@@ -60,8 +60,13 @@ def _sam_loss(backbone, images, targets):
     losses, ious = [], []
     for i, (prompt, masks) in enumerate(targets):
         sparse, dense = sam.prompt_encoder(**prompt)
-        low, _ = sam.mask_decoder(image_embeddings=emb[i : i + 1], image_pe=pe, sparse_prompt_embeddings=sparse,
-                                  dense_prompt_embeddings=dense, multimask_output=False)
+        low, _ = sam.mask_decoder(
+            image_embeddings=emb[i : i + 1],
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
         logits = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
         losses.append(bce_dice_loss(logits, masks))
         with torch.no_grad():

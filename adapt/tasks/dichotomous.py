@@ -178,8 +178,12 @@ class DichotomousTask:
         if all(set(p) == {"box"} for p in prompts):
             low = sam_mask_logits(sam, images, boxes=torch.stack([p["box"] for p in prompts]).to(device))
         else:  # one prompt kind per call: group by kind
-            low = torch.cat([sam_mask_logits(sam, images[i : i + 1], **self._prompt_kwargs(p, device))
-                             for i, p in enumerate(prompts)])
+            low = torch.cat(
+                [
+                    sam_mask_logits(sam, images[i : i + 1], **self._prompt_kwargs(p, device))
+                    for i, p in enumerate(prompts)
+                ]
+            )
         return self._upsampled(low)
 
     def _upsampled(self, low: torch.Tensor) -> torch.Tensor:
@@ -198,8 +202,15 @@ class DichotomousTask:
             kwargs["masks"] = prompt["mask"].reshape(1, 1, *prompt["mask"].shape[-2:]).to(device)
         return kwargs
 
-    def source_prompt(self, prepared: Prepared, box=None, coords=None, labels=None, whole_box: bool = False,
-                      mask_input: torch.Tensor | None = None) -> dict:
+    def source_prompt(
+        self,
+        prepared: Prepared,
+        box=None,
+        coords=None,
+        labels=None,
+        whole_box: bool = False,
+        mask_input: torch.Tensor | None = None,
+    ) -> dict:
         """A prompt given in source pixels, in the padded input frame: box xyxy and/or points (N, 2)
         xy with labels (1 foreground, 0 background; all 1 when not given); neither: the whole image.
 
@@ -214,16 +225,19 @@ class DichotomousTask:
             prompt["box"] = self.whole_image_box(prepared)
         if coords is not None and len(coords):
             labels = np.ones(len(coords)) if labels is None else labels
-            prompt["points"] = (torch.as_tensor(np.asarray(coords), dtype=torch.float32).reshape(-1, 2) * prepared.scale,
-                                torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1))
+            prompt["points"] = (
+                torch.as_tensor(np.asarray(coords), dtype=torch.float32).reshape(-1, 2) * prepared.scale,
+                torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1),
+            )
         prompt = prompt or {"box": self.whole_image_box(prepared)}
         if mask_input is not None:
             prompt["mask"] = mask_input
         return prompt
 
     @torch.no_grad()
-    def decode_embedded(self, prepared: Prepared, embedding: torch.Tensor, prompt: dict,
-                        device="cpu") -> tuple[np.ndarray, torch.Tensor]:
+    def decode_embedded(
+        self, prepared: Prepared, embedding: torch.Tensor, prompt: dict, device="cpu"
+    ) -> tuple[np.ndarray, torch.Tensor]:
         """(probability at the source resolution, low-resolution logits (1, 1, h, w)) from an image
         embedding already computed: only the prompt encoder and mask decoder run (what a cached
         click costs). The logits can go back in as the next click's mask_input."""
@@ -246,8 +260,16 @@ class DichotomousTask:
         return max(shape[:2]) > 1.25 * self.size
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, box=None, points=None, refine: bool | None = None, device="cpu",
-                whole_box: bool = False, config: RefineConfig | None = None) -> np.ndarray:
+    def predict(
+        self,
+        image: np.ndarray,
+        box=None,
+        points=None,
+        refine: bool | None = None,
+        device="cpu",
+        whole_box: bool = False,
+        config: RefineConfig | None = None,
+    ) -> np.ndarray:
         """Foreground probability (H, W) float32 at the source resolution.
 
         box: xyxy in source pixels; points: (coords (N, 2) xy in source pixels, labels (N,)), alone,
@@ -258,9 +280,16 @@ class DichotomousTask:
         return self.predict_refined(image, box, points, refine, device, whole_box, config)[0]
 
     @torch.no_grad()
-    def predict_refined(self, image: np.ndarray, box=None, points=None, refine: bool | None = None,
-                        device="cpu", whole_box: bool = False,
-                        config: RefineConfig | None = None) -> tuple[np.ndarray, CropPlan | None]:
+    def predict_refined(
+        self,
+        image: np.ndarray,
+        box=None,
+        points=None,
+        refine: bool | None = None,
+        device="cpu",
+        whole_box: bool = False,
+        config: RefineConfig | None = None,
+    ) -> tuple[np.ndarray, CropPlan | None]:
         """`predict`, also returning the crop plan (None when not refined)."""
         prepared = self.prepare(image)
         coords, labels = points if points is not None else (None, None)
@@ -274,8 +303,9 @@ class DichotomousTask:
         predict_crops = self.crop_predictor(image, coarse, coords, labels, device=device)
         return refine_crops(coarse, predict_crops, self.size, config, inplace=True)
 
-    def crop_predictor(self, image: np.ndarray, coarse: np.ndarray, coords=None, labels=None, device="cpu",
-                       prompt: str = "box"):
+    def crop_predictor(
+        self, image: np.ndarray, coarse: np.ndarray, coords=None, labels=None, device="cpu", prompt: str = "box"
+    ):
         """predict(boxes) -> [probability (y1 - y0, x1 - x0)] for crops (y0, x0, y1, x1) of `image`.
 
         Each crop is encoded at the encoder size (one batch per call) and prompted with the box of
@@ -298,8 +328,12 @@ class DichotomousTask:
                     ys, xs = np.nonzero(coarse[y0:y1, x0:x1] > 0.5)
                     if len(ys):
                         grow = 0.02 * max(y1 - y0, x1 - x0)
-                        crop_box = [max(0.0, xs.min() - grow), max(0.0, ys.min() - grow),
-                                    min(x1 - x0 - 1.0, xs.max() + grow), min(y1 - y0 - 1.0, ys.max() + grow)]
+                        crop_box = [
+                            max(0.0, xs.min() - grow),
+                            max(0.0, ys.min() - grow),
+                            min(x1 - x0 - 1.0, xs.max() + grow),
+                            min(y1 - y0 - 1.0, ys.max() + grow),
+                        ]
                 inside = None
                 if coords is not None:
                     keep = (coords[:, 0] >= x0) & (coords[:, 0] < x1) & (coords[:, 1] >= y0) & (coords[:, 1] < y1)
@@ -310,21 +344,32 @@ class DichotomousTask:
 
         return predict
 
-    def predict_outputs(self, image: np.ndarray, box=None, points=None, refine=None, device="cpu",
-                        whole_box: bool = False, config: RefineConfig | None = None) -> dict:
+    def predict_outputs(
+        self,
+        image: np.ndarray,
+        box=None,
+        points=None,
+        refine=None,
+        device="cpu",
+        whole_box: bool = False,
+        config: RefineConfig | None = None,
+    ) -> dict:
         """What a user downloads, all at the source resolution: "main" the binary mask (0/255),
         "alpha" the soft mask (0-255), "cutout" RGBA with the background removed, "overlay" for
         preview. refine None: refined when the image is larger than the encoder input."""
         from adapt.render import cutout, overlay
 
-        prob = self.predict(image, box=box, points=points, refine=refine, device=device, whole_box=whole_box,
-                            config=config)
+        prob = self.predict(
+            image, box=box, points=points, refine=refine, device=device, whole_box=whole_box, config=config
+        )
         alpha = np.round(prob * 255).astype(np.uint8)
         del prob
-        return {"main": np.where(alpha > 127, 255, 0).astype(np.uint8),
-                "alpha": alpha,
-                "cutout": cutout(image, alpha),
-                "overlay": overlay(image, alpha.astype(np.float32) / 255)}
+        return {
+            "main": np.where(alpha > 127, 255, 0).astype(np.uint8),
+            "alpha": alpha,
+            "cutout": cutout(image, alpha),
+            "overlay": overlay(image, alpha.astype(np.float32) / 255),
+        }
 
     def to_source(self, prob: torch.Tensor, prepared: Prepared) -> np.ndarray:
         """(S, S) in the padded input frame -> (H, W) float32 at the source resolution."""
@@ -352,8 +397,9 @@ class DichotomousTask:
         return out
 
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-                  eps: float = 1.0) -> torch.Tensor:
+def bce_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, eps: float = 1.0
+) -> torch.Tensor:
     """Mean BCE + soft Dice over (B, H, W) logits; `valid` masks out padding."""
     logits = logits.float()
     if valid is None:

@@ -57,8 +57,10 @@ class CostVolumeHead(nn.Module):
         self.text_guidance = nn.Linear(embed_dim, hidden)
         self.aggregate = nn.Sequential(_ResConv(hidden), _ResConv(hidden))
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(hidden, hidden // 2, 2, stride=2), nn.GELU(),
-            nn.ConvTranspose2d(hidden // 2, hidden // 4, 2, stride=2), nn.GELU(),
+            nn.ConvTranspose2d(hidden, hidden // 2, 2, stride=2),
+            nn.GELU(),
+            nn.ConvTranspose2d(hidden // 2, hidden // 4, 2, stride=2),
+            nn.GELU(),
         )
         self.out = nn.Conv2d(hidden // 4, 1, 3, padding=1)
         nn.init.zeros_(self.out.weight)
@@ -104,8 +106,11 @@ class OpenVocabTask:
     @classmethod
     def options_from(cls, dataset, **overrides) -> dict:
         """The dataset's class names (id order) and ignore index, and the caller's other options."""
-        return {"classes": dataset.classes, "ignore_index": dataset.ignore_index,
-                **{k: v for k, v in overrides.items() if v is not None}}
+        return {
+            "classes": dataset.classes,
+            "ignore_index": dataset.ignore_index,
+            **{k: v for k, v in overrides.items() if v is not None},
+        }
 
     @staticmethod
     def attach_head(backbone) -> None:
@@ -114,9 +119,17 @@ class OpenVocabTask:
             device = next(backbone.model.parameters()).device
             backbone.heads.append(head_for(backbone).to(device))
 
-    def __init__(self, backbone, classes: list[str] | None = None, templates: list[str] | None = None,
-                 ignore_index: int = IGNORE_INDEX, threshold: float | None = None, overlap: float = 1 / 3,
-                 window_batch: int = 4, scale: float = 1.0):
+    def __init__(
+        self,
+        backbone,
+        classes: list[str] | None = None,
+        templates: list[str] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        threshold: float | None = None,
+        overlap: float = 1 / 3,
+        window_batch: int = 4,
+        scale: float = 1.0,
+    ):
         if backbone.family != "clip":
             raise ValueError(f"the open-vocabulary task runs on CLIP backbones, not {backbone.name!r}")
         self.attach_head(backbone)
@@ -173,7 +186,9 @@ class OpenVocabTask:
 
     def windows(self, h: int, w: int) -> list[tuple[int, int]]:
         """(y, x) offsets of the model-size windows covering an (h, w) working image."""
-        return [(y, x) for y in window_starts(h, self.size, self.stride) for x in window_starts(w, self.size, self.stride)]
+        return [
+            (y, x) for y in window_starts(h, self.size, self.stride) for x in window_starts(w, self.size, self.stride)
+        ]
 
     # --- model calls ----------------------------------------------------------------------------
     def logits(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
@@ -211,8 +226,9 @@ class OpenVocabTask:
         return total / count
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, classes: list[str] | None = None, device="cpu",
-                threshold: float | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    def predict(
+        self, image: np.ndarray, classes: list[str] | None = None, device="cpu", threshold: float | None = None
+    ) -> tuple[np.ndarray, list[str], np.ndarray]:
         """(labels (H, W) uint8 ids into the returned class list, classes, confidence (H, W) float32),
         at the source resolution. Upsampling is done in row bands so a large photo never needs a
         K x H x W array."""
@@ -230,8 +246,9 @@ class OpenVocabTask:
             y1 = min(h, y0 + band)
             # the source rows y0..y1 map to working rows [y0*sy, y1*sy); take them with a margin
             a, b = max(0, int(y0 * sy) - 2), min(scores.shape[1], int(np.ceil(y1 * sy)) + 2)
-            part = F.interpolate(scores[None, :, a:b], size=(round((b - a) / sy), w), mode="bilinear",
-                                 align_corners=False)[0]
+            part = F.interpolate(
+                scores[None, :, a:b], size=(round((b - a) / sy), w), mode="bilinear", align_corners=False
+            )[0]
             off = round(a / sy)
             rows = part[:, y0 - off : y0 - off + (y1 - y0)]
             if rows.shape[1] < y1 - y0:  # rounding at the bottom edge
@@ -243,8 +260,9 @@ class OpenVocabTask:
             confidence[y0:y1] = best.numpy()
         return labels, classes, confidence
 
-    def predict_outputs(self, image: np.ndarray, classes: list[str] | None = None, threshold: float | None = None,
-                        device="cpu", **_) -> dict:
+    def predict_outputs(
+        self, image: np.ndarray, classes: list[str] | None = None, threshold: float | None = None, device="cpu", **_
+    ) -> dict:
         """What a user downloads: "main" the colour label map, "index" the class-id PNG, "legend"
         (with each class's share of the image), "overlay", and "mask_<class>" per class present."""
         from adapt.render import colorize, legend, overlay
@@ -252,9 +270,12 @@ class OpenVocabTask:
         labels, classes, _ = self.predict(image, classes, device=device, threshold=threshold)
         colors = class_colors(classes)
         share = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
-        out = {"main": colorize(labels, colors), "index": labels,
-               "legend": legend(classes, colors, fractions=list(share)),
-               "overlay": overlay(image, labels, colors, skip=(0,))}
+        out = {
+            "main": colorize(labels, colors),
+            "index": labels,
+            "legend": legend(classes, colors, fractions=list(share)),
+            "overlay": overlay(image, labels, colors, skip=(0,)),
+        }
         for k, name in enumerate(classes):
             if k and share[k] > 0:
                 out[f"mask_{_safe(name)}"] = ((labels == k) * 255).astype(np.uint8)
@@ -301,8 +322,9 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name.strip())[:40] or "class"
 
 
-def per_class_bce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-                  balanced: bool = True) -> torch.Tensor:
+def per_class_bce(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX, balanced: bool = True
+) -> torch.Tensor:
     """Binary cross-entropy of every class's logit map against its one-hot target, over the pixels
     whose label is not `ignore_index` (B, K, H, W logits; B, H, W labels).
 
