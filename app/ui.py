@@ -8,15 +8,11 @@ reload or a second tab re-attaches to the running job.
 
 from __future__ import annotations
 
-import functools
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import gradio as gr
-import numpy as np
 import pandas as pd
 
 from adapt.backbones import BACKBONES, family_of
@@ -31,65 +27,34 @@ from app.service import (
     UserError,
     backbone_status,
     backbones_for,
-    check_owner,
     describe_method,
     download_weights,
     estimate_memory,
     family_for_task,
-    parse_classes,
 )
+from app.ui_common import example_path, examples, outbox, read_rgb, user_errors, valid_owner
+from app.ui_data import data_tab
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "assets" / "examples"
-TASK_LABELS = {"dichotomous": "Dichotomous (SAM: one foreground mask)",
-               "openvocab": "Open-vocabulary (CLIP: label map of named classes)"}
+TASK_LABELS = {
+    "dichotomous": "Dichotomous (SAM: one foreground mask)",
+    "openvocab": "Open-vocabulary (CLIP: label map of named classes)",
+}
 TASK_CHOICES = [(TASK_LABELS.get(name, name), name) for name in TASKS]
 URL_JS = """(job) => { const u = new URL(window.location.href);
   if (job) { u.searchParams.set('job', job); } else { u.searchParams.delete('job'); }
   window.history.replaceState(null, '', u); return job; }"""
 CSS = ".studio-msg p {margin: 0.2em 0}"
 # fixed up front: a plot first drawn with no data would otherwise keep an empty colour legend
-SERIES_COLORS = {f"{k} {m}": c for k, pair in {"iou": ("#1f77b4", "#9ecae1"), "dice": ("#ff7f0e", "#fdd0a2"),
-                                              "miou": ("#2ca02c", "#a1d99b"), "pixel_acc": ("#9467bd", "#dadaeb")}.items()
-                 for m, c in zip(("adapted", "frozen"), pair)}
-
-
-def user_errors(fn):
-    """Show a UserError as a message in the page (and as the API's error text)."""
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-    return wrapped
-
-
-def outbox(path: Path, name: str) -> str:
-    """A copy of a file for the browser to download, under the temp folder gradio may serve from
-    (the studio folder itself is never exposed)."""
-    folder = Path(tempfile.gettempdir()) / "adapt-studio-downloads"
-    folder.mkdir(exist_ok=True)
-    for old in folder.glob("*/*"):
-        if time.time() - old.stat().st_mtime > 3600:
-            shutil.rmtree(old.parent, ignore_errors=True)
-    dest = Path(tempfile.mkdtemp(dir=folder)) / name
-    shutil.copyfile(path, dest)
-    return str(dest)
-
-
-def read_rgb(path: Path) -> np.ndarray | None:
-    image = cv2.imread(str(path)) if path.exists() else None
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def examples() -> list[str]:
-    return sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg")) if EXAMPLES.exists() else []
-
-
-def _example(path: str | None) -> str | None:
-    """Only the bundled example images can be opened by name."""
-    return path if path in examples() else None
+SERIES_COLORS = {
+    f"{k} {m}": c
+    for k, pair in {
+        "iou": ("#1f77b4", "#9ecae1"),
+        "dice": ("#ff7f0e", "#fdd0a2"),
+        "miou": ("#2ca02c", "#a1d99b"),
+        "pixel_acc": ("#9467bd", "#dadaeb"),
+    }.items()
+    for m, c in zip(("adapted", "frozen"), pair)
+}
 
 
 def build(studio: Studio | None = None) -> gr.Blocks:
@@ -99,12 +64,14 @@ def build(studio: Studio | None = None) -> gr.Blocks:
         saved_owner = gr.BrowserState(None, storage_key="adapt-studio-owner", secret=secret)
         saved_job = gr.BrowserState("", storage_key="adapt-studio-job", secret=secret)
         owner = gr.Textbox(label="owner", elem_id="owner", visible=False)  # the browser's token; an API input
-        gr.Markdown("# Segmentation adaptation studio\n"
-                    "Label or upload a few images, adapt SAM or CLIP with a parameter-efficient method in the "
-                    "background, compare frozen vs adapted on held-out images, download the adapter.")
+        gr.Markdown(
+            "# Segmentation adaptation studio\n"
+            "Label or upload a few images, adapt SAM or CLIP with a parameter-efficient method in the "
+            "background, compare frozen vs adapted on held-out images, download the adapter."
+        )
         task = gr.Radio(TASK_CHOICES, value="dichotomous", label="Task", elem_id="task")
         with gr.Tabs() as tabs:
-            data = _data_tab(studio, owner, task)
+            data = data_tab(studio, owner, task)
             train = _train_tab(studio, owner, task, data, tabs)
             with gr.Tab("3. Progress", id="progress"):
                 progress_area = gr.Column()
@@ -116,38 +83,39 @@ def build(studio: Studio | None = None) -> gr.Blocks:
         _api(studio)
 
         def on_load(stored_owner, stored_job, request: gr.Request):
-            ok = isinstance(stored_owner, str) and bool(stored_owner) and _valid(stored_owner)
+            ok = isinstance(stored_owner, str) and bool(stored_owner) and valid_owner(stored_owner)
             token = stored_owner if ok else new_token()
             job = (request.query_params.get("job") if request else None) or stored_job or ""
             return token, token, job
 
-        demo.load(on_load, [saved_owner, saved_job], [owner, saved_owner, train["job"]],
-                  api_visibility="private").then(
-            lambda o, j: (_job_choices(studio, o, j),) + adapters["lists"](o, j), [owner, train["job"]],
-            [progress["jobs"], adapters["chosen"], preview["adapter"]], api_visibility="private")
+        demo.load(on_load, [saved_owner, saved_job], [owner, saved_owner, train["job"]], api_visibility="private").then(
+            lambda o, j: (_job_choices(studio, o, j),) + adapters["lists"](o, j),
+            [owner, train["job"]],
+            [progress["jobs"], adapters["chosen"], preview["adapter"]],
+            api_visibility="private",
+        )
         train["job"].change(lambda j: j, train["job"], saved_job, api_visibility="private")
         train["job"].change(None, train["job"], None, js=URL_JS, api_visibility="private")
-        task.change(lambda t: _on_task(t), task,
-                    [data["classes"], data["lab_class"], train["backbone"], preview["classes"], preview["backbone"]],
-                    api_visibility="private")
+        task.change(
+            lambda t: _on_task(t),
+            task,
+            [data["classes"], data["lab_class"], train["backbone"], preview["classes"], preview["backbone"]],
+            api_visibility="private",
+        )
     demo.studio = studio
     return demo
-
-
-def _valid(token: str) -> bool:
-    try:
-        check_owner(token)
-        return True
-    except UserError:
-        return False
 
 
 def _on_task(task: str):
     openvocab = task == "openvocab"
     names = backbones_for(task)
-    return (gr.Textbox(visible=openvocab), gr.Dropdown(visible=openvocab),
-            gr.Dropdown(choices=names, value=names[0]), gr.Textbox(visible=openvocab),
-            gr.Dropdown(choices=names, value=names[0]))
+    return (
+        gr.Textbox(visible=openvocab),
+        gr.Dropdown(visible=openvocab),
+        gr.Dropdown(choices=names, value=names[0]),
+        gr.Textbox(visible=openvocab),
+        gr.Dropdown(choices=names, value=names[0]),
+    )
 
 
 def _job_choices(studio: Studio, owner: str, current: str = ""):
@@ -155,8 +123,14 @@ def _job_choices(studio: Studio, owner: str, current: str = ""):
         jobs = studio.jobs(owner)
     except UserError:
         jobs = []
-    choices = [(f"{time.strftime('%m-%d %H:%M', time.localtime(j['created']))} {j['method']} on {j['backbone']}: "
-                f"{j['status']}", j["job"]) for j in jobs]
+    choices = [
+        (
+            f"{time.strftime('%m-%d %H:%M', time.localtime(j['created']))} {j['method']} on {j['backbone']}: "
+            f"{j['status']}",
+            j["job"],
+        )
+        for j in jobs
+    ]
     return gr.Dropdown(choices=choices, value=current if current in [j["job"] for j in jobs] else None)
 
 
@@ -168,188 +142,22 @@ def _adapter_choices(studio: Studio, owner: str, value: str = ""):
     return gr.Dropdown(choices=[("none: the frozen backbone", "")] + items, value=value)
 
 
-# --- Data ----------------------------------------------------------------------------------------
-
-
-def _data_tab(studio: Studio, owner, task) -> dict:
-    with gr.Tab("1. Data", id="data"):
-        classes = gr.Textbox(label="Class names (open-vocabulary), comma-separated; background is class 0",
-                             placeholder="background, cell, debris", visible=False, elem_id="classes")
-        with gr.Row():
-            with gr.Column(scale=1):
-                gr.Markdown("### Upload image/mask pairs\nA zip (images/ + masks/, COCO JSON, ...) or the files: "
-                            "masks share their image's name (cat.jpg + cat.png).")
-                up_zip = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="upload-zip", height=140)
-                up_images = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="upload-images", height=140)
-                up_masks = gr.File(label="Masks", file_count="multiple", file_types=["image"], elem_id="upload-masks", height=140)
-                check = gr.Button("Check and use these pairs", elem_id="check-data")
-            with gr.Column(scale=2):
-                gr.Markdown("### Or label by clicking\nGreen dots: object, red dots: background, or two clicks "
-                            "for a box; SAM proposes the mask (blue). *Add region* keeps it.")
-                with gr.Row():
-                    lab_file = gr.File(label="Image to label", file_types=["image"], elem_id="label-file", scale=2)
-                    lab_example = gr.Dropdown([(Path(p).stem, p) for p in examples()], label="or an example",
-                                              value=None, elem_id="label-example", scale=1)
-                lab_view = gr.Image(label="Click on the image", interactive=False, elem_id="label-view",
-                                    format="png", height=420)
-                with gr.Row():
-                    mode = gr.Radio(list(labelling.MODES), value=labelling.MODES[0], label="Click adds", scale=2)
-                    lab_class = gr.Dropdown(["object"], label="Class of the region", visible=False, scale=1)
-                    lab_model = gr.Dropdown(backbones_for("dichotomous"), value="tiny-sam", label="Click model", scale=1)
-                with gr.Row():
-                    undo = gr.Button("Undo click", size="sm")
-                    clear = gr.Button("Clear clicks", size="sm")
-                    add = gr.Button("Add region", size="sm", elem_id="add-region")
-                    save = gr.Button("Save pair to set", variant="primary", size="sm", elem_id="save-pair")
-                with gr.Accordion("Brush fix-ups", open=False):
-                    gr.Markdown("Paint green to add to the current class, red to erase; then *Apply brush*.")
-                    brush = gr.ImageEditor(label="Brush", type="numpy", sources=(), transforms=(), layers=False,
-                                           brush=gr.Brush(colors=[labelling.BRUSH_ADD, labelling.BRUSH_ERASE],
-                                                          default_color=labelling.BRUSH_ADD, color_mode="fixed"),
-                                           format="png")
-                    with gr.Row():
-                        brush_open = gr.Button("Edit the current image with the brush", size="sm")
-                        brush_apply = gr.Button("Apply brush", size="sm")
-        data_msg = gr.Markdown(elem_id="data-msg", elem_classes="studio-msg")
-        lab_gallery = gr.Gallery(label="Labelled set", columns=8, height=220, allow_preview=False, fit_columns=False,
-                                 object_fit="contain", elem_id="label-gallery")
-        with gr.Row():
-            use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
-            set_zip = gr.DownloadButton("Download the labelled set (zip)", elem_id="download-set")
-            clear_set = gr.Button("Empty the labelled set", variant="stop", size="sm")
-        lab_state = gr.State(None)
-
-    # one labelled set per browser, a standard dataset folder
-    def set_dir(o):
-        return studio.paths.labelled_set(check_owner(o))
-
-    def n_classes(t, names):
-        return len(_classes(t, names))
-
-    @user_errors
-    def open_image(o, path, t, names):
-        if not path:
-            return gr.skip(), gr.skip(), gr.skip()
-        check_owner(o)
-        state = labelling.new_state(studio.load_image(path), Path(path).name)
-        return state, labelling.render(state, n_classes(t, names)), f"Labelling **{Path(path).name}**."
-
-    def on_click(o, state, m, model, t, names, evt: gr.SelectData):
-        if state is None:
-            return gr.skip(), gr.skip()
-        labelling.click(state, evt.index[0], evt.index[1], m)
-        labelling.propose(state, model)
-        return state, labelling.render(state, n_classes(t, names))
-
-    def edit(action):
-        def run(state, model, t, names, lab):
-            if state is None:
-                return gr.skip(), gr.skip()
-            if action == "undo":
-                labelling.propose(labelling.undo(state), model)
-            elif action == "clear":
-                labelling.clear_clicks(state)
-            else:
-                labelling.add_region(state, _class_id(t, names, lab))
-            return state, labelling.render(state, n_classes(t, names))
-        return run
-
-    def open_brush(state, t, names):
-        if state is None:
-            return gr.skip()
-        return {"background": labelling.render(state, n_classes(t, names), clicks=False), "layers": [], "composite": None}
-
-    def apply(state, value, t, names, lab):
-        if state is None or not value or not value.get("layers"):
-            return gr.skip(), gr.skip()
-        labelling.apply_brush(state, value["layers"][0], _class_id(t, names, lab))
-        return state, labelling.render(state, n_classes(t, names))
-
-    @user_errors
-    def save_pair(o, state, t, names, lab):
-        if state is None:
-            raise UserError("open an image to label first")
-        try:
-            stem = labelling.save_pair(state, set_dir(o), t, _classes(t, names), _class_id(t, names, lab))
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        return state, labelling.render(state, n_classes(t, names)), labelling.gallery(set_dir(o), t), \
-            f"Saved **{stem}** to the labelled set."
-
-    @user_errors
-    def use_labelled(o, t):
-        folder = set_dir(o)
-        if not (folder / "images").exists():
-            raise UserError("the labelled set is empty: label and save at least two images")
-        dest, summary = studio.stage_upload(o, t, zip_file=str(_zip_set(studio, o)))
-        return str(dest), f"Labelled set checked and ready to train on.\n\n{summary}", gr.Tabs(selected="train")
-
-    @user_errors
-    def download_set(o):
-        return outbox(_zip_set(studio, o), "labelled-set.zip")
-
-    def empty_set(o, t):
-        shutil.rmtree(set_dir(o), ignore_errors=True)
-        return [], "The labelled set is empty."
-
-    ctx = [lab_model, task, classes]
-    lab_file.upload(open_image, [owner, lab_file, task, classes], [lab_state, lab_view, data_msg], api_visibility="private")
-    lab_example.input(lambda o, p, t, n: open_image(o, _example(p), t, n), [owner, lab_example, task, classes],
-                      [lab_state, lab_view, data_msg], api_visibility="private")
-    lab_view.select(on_click, [owner, lab_state, mode, *ctx], [lab_state, lab_view], api_visibility="private")
-    for button, action in ((undo, "undo"), (clear, "clear"), (add, "add")):
-        button.click(edit(action), [lab_state, *ctx, lab_class], [lab_state, lab_view], api_visibility="private")
-    brush_open.click(open_brush, [lab_state, task, classes], brush, api_visibility="private")
-    brush_apply.click(apply, [lab_state, brush, task, classes, lab_class], [lab_state, lab_view], api_visibility="private")
-    save.click(save_pair, [owner, lab_state, task, classes, lab_class], [lab_state, lab_view, lab_gallery, data_msg],
-               api_visibility="private")
-    set_zip.click(download_set, owner, set_zip, api_visibility="private")
-    clear_set.click(empty_set, [owner, task], [lab_gallery, data_msg], api_visibility="private")
-    classes.change(lambda t, n: gr.Dropdown(choices=_classes(t, n)[1:] or ["object"]), [task, classes], lab_class,
-                   api_visibility="private")
-    return {"classes": classes, "lab_class": lab_class, "check": check, "use_set": use_set, "msg": data_msg,
-            "zip": up_zip, "images": up_images, "masks": up_masks, "owner": owner, "use_labelled": use_labelled}
-
-
-def _classes(task: str, names: str) -> list[str]:
-    if task != "openvocab":
-        return ["background", "foreground"]
-    try:
-        return parse_classes(names, background=True)
-    except UserError:
-        return ["background"]
-
-
-def _class_id(task: str, names: str, chosen: str | None) -> int:
-    classes = _classes(task, names)
-    if task != "openvocab":
-        return 1
-    if chosen in classes[1:]:
-        return classes.index(chosen)
-    if len(classes) < 2:
-        raise UserError("name the classes first (the box above the upload), e.g. background, cell, debris")
-    return 1
-
-
-def _zip_set(studio: Studio, owner: str) -> Path:
-    from app.service import zip_folder
-
-    folder = studio.paths.labelled_set(check_owner(owner))
-    if not (folder / "images").exists():
-        raise UserError("the labelled set is empty")
-    return zip_folder(folder, studio.paths.labelled_set_zip(owner))
-
-
 # --- Train ---------------------------------------------------------------------------------------
 
 
 def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
     with gr.Tab("2. Train", id="train"):
         with gr.Row():
-            backbone = gr.Dropdown(backbones_for("dichotomous"), value="tiny-sam", label="Backbone", elem_id="backbone",
-                                   allow_custom_value=True)  # the API may name any backbone; submit() checks it
-            method = gr.Dropdown(methods_for("sam"), value="parser", label="Method", elem_id="method",
-                                 allow_custom_value=True)
+            backbone = gr.Dropdown(
+                backbones_for("dichotomous"),
+                value="tiny-sam",
+                label="Backbone",
+                elem_id="backbone",
+                allow_custom_value=True,
+            )  # the API may name any backbone; submit() checks it
+            method = gr.Dropdown(
+                methods_for("sam"), value="parser", label="Method", elem_id="method", allow_custom_value=True
+            )
         with gr.Row():
             weights_md = gr.Markdown(backbone_status("tiny-sam"), elem_classes="studio-msg")
             fetch = gr.Button("Download weights", size="sm", scale=0)
@@ -360,8 +168,11 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
             lr = gr.Number(1e-3, label="Learning rate (adapter)", elem_id="lr")
             head_lr = gr.Number(1e-4, label="Learning rate (head)", elem_id="head-lr")
         memory_md = gr.Markdown(estimate_memory("tiny-sam", "parser", 2), elem_id="memory")
-        dataset = gr.File(label="Training data: a checked dataset zip (from the Data tab, or upload one)",
-                          file_types=[".zip"], elem_id="dataset")
+        dataset = gr.File(
+            label="Training data: a checked dataset zip (from the Data tab, or upload one)",
+            file_types=[".zip"],
+            elem_id="dataset",
+        )
         train = gr.Button("Train", variant="primary", elem_id="train")
         train_msg = gr.Markdown(elem_id="train-msg", elem_classes="studio-msg")
         job = gr.Textbox(label="job", visible=False)
@@ -369,16 +180,18 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
     def check_data(owner, task, dataset_zip, images, masks, classes):
         """Validate uploaded pairs; a bad upload is a message that stays in the page (and the API's error)."""
         try:
-            dest, summary = studio.stage_upload(owner, task, zip_file=dataset_zip, images=images or (),
-                                                masks=masks or (), classes=classes)
+            dest, summary = studio.stage_upload(
+                owner, task, zip_file=dataset_zip, images=images or (), masks=masks or (), classes=classes
+            )
         except UserError as e:
             return None, f"**Cannot use this upload.**\n\n```\n{e}\n```", gr.skip()
         return str(dest), f"Checked: ready to train.\n\n{summary}", gr.Tabs(selected="train")
 
     @user_errors
     def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size):
-        job_id = studio.submit(owner, dataset, task, backbone, method, steps or 0, lr or 0, head_lr or 0,
-                               batch_size or 0)
+        job_id = studio.submit(
+            owner, dataset, task, backbone, method, steps or 0, lr or 0, head_lr or 0, batch_size or 0
+        )
         return job_id, f"Job `{job_id}` queued."
 
     def on_backbone(bb, t):
@@ -390,16 +203,21 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
     def fetch_weights(bb, progress=gr.Progress(track_tqdm=True)):
         return download_weights(bb)
 
-    data["check"].click(check_data, [owner, task, data["zip"], data["images"], data["masks"], data["classes"]],
-                        [dataset, data["msg"], tabs], api_name="check_data")
+    data["check"].click(
+        check_data,
+        [owner, task, data["zip"], data["images"], data["masks"], data["classes"]],
+        [dataset, data["msg"], tabs],
+        api_name="check_data",
+    )
     data["use_set"].click(data["use_labelled"], [owner, task], [dataset, data["msg"], tabs], api_visibility="private")
     backbone.change(on_backbone, [backbone, task], [weights_md, method], api_visibility="private")
     fetch.click(fetch_weights, backbone, weights_md, api_visibility="private")
     for trigger in (backbone.change, method.change, batch.change):
         trigger(lambda bb, m: describe_method(bb, m)[0], [backbone, method], method_md, api_visibility="private")
         trigger(estimate_memory, [backbone, method, batch], memory_md, api_visibility="private")
-    train.click(submit, [owner, dataset, task, backbone, method, steps, lr, head_lr, batch], [job, train_msg],
-                api_name="train").success(lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private")
+    train.click(
+        submit, [owner, dataset, task, backbone, method, steps, lr, head_lr, batch], [job, train_msg], api_name="train"
+    ).success(lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private")
     return {"job": job, "backbone": backbone}
 
 
@@ -416,23 +234,37 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
         status_md = gr.Markdown("No job yet: start one in the Train tab.", elem_id="job-status")
         with gr.Row():
             loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-plot")
-            metric_plot = gr.LinePlot(x="step", y="score", color="series", title="Held-out metrics", height=260,
-                                      color_map=SERIES_COLORS, elem_id="metric-plot")
+            metric_plot = gr.LinePlot(
+                x="step",
+                y="score",
+                color="series",
+                title="Held-out metrics",
+                height=260,
+                color_map=SERIES_COLORS,
+                elem_id="metric-plot",
+            )
         with gr.Row():
-            preview = gr.Image(label="Held-out images: truth | prediction (refreshes as training goes)",
-                               interactive=False, format="png", height=360, elem_id="preview")
+            preview = gr.Image(
+                label="Held-out images: truth | prediction (refreshes as training goes)",
+                interactive=False,
+                format="png",
+                height=360,
+                elem_id="preview",
+            )
             slider = gr.ImageSlider(label="Before (frozen) / after (adapted)", format="png", elem_id="before-after")
         scores = gr.Markdown(elem_id="scores")
         log = gr.Textbox(label="Log", lines=8, max_lines=12, elem_id="log")
         with gr.Row():
-            merged = gr.Checkbox(False, label="merged checkpoint (base + adapter in one .safetensors) instead of the adapter zip")
+            merged = gr.Checkbox(
+                False, label="merged checkpoint (base + adapter in one .safetensors) instead of the adapter zip"
+            )
             get = gr.Button("Download", elem_id="download")
             out_file = gr.File(label="Download", elem_id="download-file")
         seen = gr.State(None)
         timer = gr.Timer(1.5)
 
     def refresh(o, job_id, last):
-        if not job_id or not _valid(o or ""):
+        if not job_id or not valid_owner(o or ""):
             return (None,) + (gr.skip(),) * 10
         try:
             s = studio.status(o, job_id)
@@ -449,16 +281,25 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
         # explicit dtypes, so that the axes are quantitative
         loss_df = pd.DataFrame(curves["loss"], columns=["step", "loss"]).astype({"step": int, "loss": float})
         metric_df = pd.DataFrame(curves["metric"], columns=["step", "score", "series"]).astype(
-            {"step": int, "score": float, "series": str})
+            {"step": int, "score": float, "series": str}
+        )
         shown = next((im for im in map(read_rgb, pictures) if im is not None), None)
         before = read_rgb(JobFiles.predictions(job_files.before))
         after = read_rgb(JobFiles.predictions(job_files.after))
         # no rows: None, not an empty frame (gradio's plot never recovers from an empty one)
-        return (signature, _status_text(s), loss_df if len(loss_df) else None, metric_df if len(metric_df) else None, shown,
-                (before, after) if before is not None and after is not None else None,
-                _scores(s["frozen"], s["adapted"]), "\n".join(p.log), s["job"],
-                _adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
-                _job_choices(studio, o, s["job"]))
+        return (
+            signature,
+            _status_text(s),
+            loss_df if len(loss_df) else None,
+            metric_df if len(metric_df) else None,
+            shown,
+            (before, after) if before is not None and after is not None else None,
+            _scores(s["frozen"], s["adapted"]),
+            "\n".join(p.log),
+            s["job"],
+            _adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
+            _job_choices(studio, o, s["job"]),
+        )
 
     @user_errors
     def do_cancel(owner, job):
@@ -519,21 +360,49 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
         with gr.Row():
             with gr.Column():
                 with gr.Row():
-                    image = gr.File(label="Image (any size up to the pixel limit)", file_types=["image"],
-                                    elem_id="predict-image", scale=2)
-                    example = gr.Dropdown([(Path(p).stem, p) for p in examples()], label="or an example", scale=1,
-                                          elem_id="predict-example")
-                view = gr.Image(label="Optional: click to add points (dichotomous)", interactive=False,
-                                format="png", height=320, elem_id="predict-view")
+                    image = gr.File(
+                        label="Image (any size up to the pixel limit)",
+                        file_types=["image"],
+                        elem_id="predict-image",
+                        scale=2,
+                    )
+                    example = gr.Dropdown(
+                        [(Path(p).stem, p) for p in examples()],
+                        label="or an example",
+                        scale=1,
+                        elem_id="predict-example",
+                    )
+                view = gr.Image(
+                    label="Optional: click to add points (dichotomous)",
+                    interactive=False,
+                    format="png",
+                    height=320,
+                    elem_id="predict-view",
+                )
                 with gr.Row():
-                    mode = gr.Radio(["foreground point", "background point"], value="foreground point", label="Click adds")
-                    clicks = gr.Textbox(label="clicks", placeholder="x,y,label; ... (label 1 object, 0 background)",
-                                        elem_id="clicks")
-                adapter = gr.Dropdown([("none: the frozen backbone", "")], value="", label="adapter",
-                                      allow_custom_value=True, elem_id="adapter")
-                backbone = gr.Dropdown(backbones_for("dichotomous"), value="tiny-sam", allow_custom_value=True,
-                                       label="backbone (used when no adapter is chosen)", elem_id="predict-backbone")
-                classes = gr.Textbox(label="classes", placeholder="sky, road, car", visible=False, elem_id="predict-classes")
+                    mode = gr.Radio(
+                        ["foreground point", "background point"], value="foreground point", label="Click adds"
+                    )
+                    clicks = gr.Textbox(
+                        label="clicks", placeholder="x,y,label; ... (label 1 object, 0 background)", elem_id="clicks"
+                    )
+                adapter = gr.Dropdown(
+                    [("none: the frozen backbone", "")],
+                    value="",
+                    label="adapter",
+                    allow_custom_value=True,
+                    elem_id="adapter",
+                )
+                backbone = gr.Dropdown(
+                    backbones_for("dichotomous"),
+                    value="tiny-sam",
+                    allow_custom_value=True,
+                    label="backbone (used when no adapter is chosen)",
+                    elem_id="predict-backbone",
+                )
+                classes = gr.Textbox(
+                    label="classes", placeholder="sky, road, car", visible=False, elem_id="predict-classes"
+                )
                 run = gr.Button("Predict", variant="primary", elem_id="predict")
             with gr.Column():
                 main = gr.Image(label="Mask / label map (full resolution)", format="png", elem_id="predict-main")
@@ -552,7 +421,7 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
         return shown, s, ""
 
     def pick(path):
-        path = _example(path)
+        path = example_path(path)
         return (path,) + show(path)
 
     def add_click(text, m, s, evt: gr.SelectData):
@@ -569,8 +438,9 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
     image.upload(show, image, [view, scale, clicks], api_visibility="private")
     example.input(pick, example, [image, view, scale, clicks], api_visibility="private")
     view.select(add_click, [clicks, mode, scale], clicks, api_visibility="private")
-    run.click(predict, [owner, image, adapter, backbone, task, classes, clicks], [main, extra, over, info],
-              api_name="predict")
+    run.click(
+        predict, [owner, image, adapter, backbone, task, classes, clicks], [main, extra, over, info], api_name="predict"
+    )
     return {"adapter": adapter, "classes": classes, "backbone": backbone}
 
 
@@ -579,9 +449,11 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
 
 def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
     with gr.Tab("5. Adapters", id="adapters"):
-        gr.Markdown("Your finished adapters (and any you load) can be downloaded, and used in the Preview tab. "
-                    "An adapter zip holds adapter_config.json, adapter_model.safetensors and a model card; "
-                    "nothing in it is ever unpickled.")
+        gr.Markdown(
+            "Your finished adapters (and any you load) can be downloaded, and used in the Preview tab. "
+            "An adapter zip holds adapter_config.json, adapter_model.safetensors and a model card; "
+            "nothing in it is ever unpickled."
+        )
         with gr.Row():
             chosen = gr.Dropdown([], label="My adapters", elem_id="my-adapters", scale=3)
             refresh = gr.Button("Refresh", size="sm", scale=0)
@@ -602,8 +474,11 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
             if merged:
                 raise UserError("merged checkpoints are made from your own training jobs")
             return outbox(studio._adapter_path(o, ref), f"{ref}.zip")
-        return outbox(studio.merged_checkpoint(o, ref), f"merged-{ref[:8]}.safetensors") if merged else \
-            outbox(studio.adapter_zip(o, ref), f"adapter-{ref[:8]}.zip")
+        return (
+            outbox(studio.merged_checkpoint(o, ref), f"merged-{ref[:8]}.safetensors")
+            if merged
+            else outbox(studio.adapter_zip(o, ref), f"adapter-{ref[:8]}.zip")
+        )
 
     @user_errors
     def load_adapter(owner, adapter_zip):
@@ -612,7 +487,7 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
 
     def lists(owner, job=""):
         """Both adapter lists; the current job's adapter is chosen when it has one."""
-        items = studio.adapters(owner) if _valid(owner or "") else []
+        items = studio.adapters(owner) if valid_owner(owner or "") else []
         value = job if job in [ref for _, ref in items] else ""
         return gr.Dropdown(choices=items, value=value or None), _adapter_choices(studio, owner, value)
 
@@ -621,7 +496,10 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
     as_merged.click(lambda o, r: get(o, r, True), [owner, chosen], out_file, api_visibility="private")
     load.click(load_adapter, [owner, upload], [loaded, msg], api_name="load_adapter").success(
         lambda o, v: (gr.Dropdown(choices=studio.adapters(o), value=v), _adapter_choices(studio, o, v)),
-        [owner, loaded], [chosen, preview["adapter"]], api_visibility="private")
+        [owner, loaded],
+        [chosen, preview["adapter"]],
+        api_visibility="private",
+    )
     return {"chosen": chosen, "lists": lists}
 
 
@@ -665,8 +543,10 @@ def _api(studio: Studio) -> None:
 
     def tasks() -> dict:
         """Which tasks this server can train, with their backbones and methods."""
-        return {t: {"available": True, "backbones": backbones_for(t), "methods": methods_for(family_for_task(t))}
-                for t in TASKS}
+        return {
+            t: {"available": True, "backbones": backbones_for(t), "methods": methods_for(family_for_task(t))}
+            for t in TASKS
+        }
 
     gr.api(status, api_name="status")
     gr.api(jobs, api_name="jobs")

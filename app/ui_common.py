@@ -1,0 +1,67 @@
+"""What every tab of the studio's page shares: turning UserErrors into page messages, handing
+files to the browser, the bundled example images, owner-token checks."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from app.service import UserError, check_owner
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "assets" / "examples"
+
+
+def user_errors(fn):
+    """Show a UserError as a message in the page (and as the API's error text)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    return wrapped
+
+
+def outbox(path: Path, name: str) -> str:
+    """A copy of a file for the browser to download, under the temp folder gradio may serve from
+    (the studio folder itself is never exposed)."""
+    folder = Path(tempfile.gettempdir()) / "adapt-studio-downloads"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*/*"):
+        if time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    dest = Path(tempfile.mkdtemp(dir=folder)) / name
+    shutil.copyfile(path, dest)
+    return str(dest)
+
+
+def read_rgb(path: Path) -> np.ndarray | None:
+    image = cv2.imread(str(path)) if path.exists() else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def examples() -> list[str]:
+    return sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg")) if EXAMPLES.exists() else []
+
+
+def example_path(path: str | None) -> str | None:
+    """Only the bundled example images can be opened by name."""
+    return path if path in examples() else None
+
+
+def valid_owner(token: str) -> bool:
+    try:
+        check_owner(token)
+        return True
+    except UserError:
+        return False
