@@ -20,6 +20,7 @@ def main() -> None:
     from app.ui import CSS, build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes, one line each
     torch.set_num_threads(int(os.environ.get("ADAPT_APP_THREADS") or min(2, os.cpu_count() or 1)))
     paths = Paths(default_root()).ensure()
     limits = Limits.from_env()
