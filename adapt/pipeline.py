@@ -52,10 +52,11 @@ def train_adapter(
     echo: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_eval: Callable[[Evaluated], None] | None = None,
+    adapter: str | Path | None = None,
 ) -> dict:
     """Split `dataset` (holdout: see Dataset.split), train `cfg` into `out` (events, checkpoint;
     `resume` continues from it) and, when training finished, save the adapter to OUT/adapter
-    with the held-out scores and a data summary in its model card.
+    with the held-out scores and a data summary in its model card (`adapter`: another folder).
 
     Returns the trainer's summary (status, step, frozen, adapted, counts, seconds) plus
     "adapter" (its folder, or None when the run was cancelled) and "train_images" /
@@ -79,7 +80,7 @@ def train_adapter(
     }
     summary["adapter"] = save_adapter(
         run.handle,
-        Path(out) / ADAPTER_DIR,
+        Path(adapter) if adapter is not None else Path(out) / ADAPTER_DIR,
         task=cfg.task,
         classes=cfg.task_options.get("classes"),
         metrics=metric_record(summary["frozen"], summary["adapted"]),

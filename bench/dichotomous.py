@@ -131,8 +131,9 @@ def training_set(domains: list[str], n: int, size: int, crops: int, seed: int = 
 
 
 def train_adapter(args, out_dir: Path, log) -> Path:
-    from adapt.export import save_adapter
-    from adapt.train import TrainConfig, train
+    from adapt.data import Dataset
+    from adapt.pipeline import train_adapter as train_and_save
+    from adapt.train import TrainConfig
 
     train_set = training_set(args.domains, args.train, args.size, args.crops)
     cfg = TrainConfig(
@@ -150,14 +151,17 @@ def train_adapter(args, out_dir: Path, log) -> Path:
         checkpoint_every=0,
     )
     start = time.time()
-    result = train(cfg, train_set, [], out_dir=None)
+    with tempfile.TemporaryDirectory() as run:  # events and the last checkpoint: not kept
+        summary = train_and_save(
+            cfg,
+            Dataset.of(train_set),
+            run,
+            holdout=Dataset.of([]),
+            adapter=out_dir,
+            source=f"synthetic {', '.join(args.domains)} (prompt: clicks)",
+        )
     log(f"trained {args.steps} steps on {len(train_set)} samples in {time.time() - start:.0f} s")
-    return save_adapter(
-        result["run"].handle,
-        out_dir,
-        task="dichotomous",
-        data={"domains": args.domains, "samples": len(train_set), "prompt": "clicks"},
-    )
+    return summary["adapter"]
 
 
 def load_task(adapter: Path):

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapt.data import Dataset
 from adapt.data.synthetic import make_dataset
-from adapt.export import save_adapter
 from adapt.methods import configurations
-from adapt.train import TrainConfig, train
+from adapt.pipeline import train_adapter
+from adapt.train import TrainConfig
 
 DOMAINS = ["camouflage", "thin", "grayscale-noise"]
 # every SAM method configuration the benchmarks compare (adapt.methods.configurations), decoder-only
@@ -71,12 +72,11 @@ def run_one(domain, shots, method, options, args, heldout):
         checkpoint_every=0,
     )
     train_set = samples(domain, shots, seed=args.seed + shots, size=args.size)
-    start = time.time()
-    result = train(cfg, train_set, heldout, out_dir=None)
-    seconds = time.time() - start
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_adapter(result["run"].handle, Path(tmp) / "a", task="dichotomous")
-        size = (folder / "adapter_model.safetensors").stat().st_size
+        start = time.time()
+        result = train_adapter(cfg, Dataset.of(train_set), tmp, holdout=Dataset.of(heldout))
+        seconds = time.time() - start
+        size = (result["adapter"] / "adapter_model.safetensors").stat().st_size
     counts = result["counts"]
     return {
         "domain": domain,

@@ -82,6 +82,9 @@ class Sample:
         return values.astype(np.uint8)
 
 
+BINARY_CLASSES = ["background", "foreground"]  # a dichotomous dataset's classes (mask values 0 and 1)
+
+
 class Dataset(Sequence):
     """A validated list of `Sample`s.
 
@@ -101,6 +104,13 @@ class Dataset(Sequence):
         self.given_heldout = given_heldout
         self.skipped = list(skipped)
         self._storage = storage
+
+    @classmethod
+    def of(cls, samples, task: str = "dichotomous", classes: list[str] | None = None, ignore_index: int | None = None,
+           source: str = "in memory") -> Dataset:
+        """A Dataset of samples already in memory (anything with .image, .mask and .stem, e.g.
+        generated scenes); a dichotomous one's classes are background and foreground."""
+        return cls(samples, task=task, classes=classes or BINARY_CLASSES, ignore_index=ignore_index, source=source)
 
     # sequence protocol
     def __len__(self):

@@ -33,7 +33,7 @@ import zipfile
 from pathlib import Path
 
 from adapt.data.archive import extract_zip
-from adapt.data.dataset import Dataset
+from adapt.data.dataset import BINARY_CLASSES, Dataset
 from adapt.data.errors import DatasetError
 from adapt.data.layout import (
     ACCEPTED_LAYOUTS, DEFAULT_IGNORE, _descend_wrappers, _describe, _find_dir, _heldout_dir, _layout,
@@ -178,7 +178,7 @@ def _load_tree(top: Path, label: str, task: str, max_pixels, cache_bytes, storag
         raise DatasetError(sorted(loader.problems, key=lambda p: p[0]), source=label)
 
     if task == "dichotomous":
-        classes, ignore_index = ["background", "foreground"], None
+        classes, ignore_index = BINARY_CLASSES, None
     given = None
     if "heldout" in samples:
         given = Dataset(samples["heldout"], task=task, classes=classes, ignore_index=ignore_index,
