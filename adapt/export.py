@@ -18,12 +18,13 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import adapt
-from adapt.backbones import Backbone, build_backbone
+from adapt.backbones import Backbone, build_backbone, load_into, load_state_dict_file
 from adapt.files import atomic_folder, atomic_path
-from adapt.methods import Handle, attach
+from adapt.methods import METHODS, Handle, attach
 from adapt.tasks import attach_task_head
 from adapt.weights import resolve_checkpoint
 
@@ -199,14 +200,73 @@ def load_adapter(
     return handle
 
 
+MERGED_FORMAT = "adapt-merged"
+
+
 def save_merged(
     adapter: str | Path, dest: str | Path, checkpoint: str | Path | None = None, source: str | None = None
 ) -> Path:
-    """Base model + adapter folded into one .safetensors file of plain weights (atomically);
-    `source` names the adapter in the file's metadata (default: its path)."""
+    """Base model + adapter folded into one .safetensors file of plain weights (atomically), with
+    the trained task head (CLIP's open-vocabulary head is not part of the CLIP model: its tensors
+    are stored under "heads.<i>."), and what `load_merged` needs in the metadata (backbone, task,
+    classes). `source` names the adapter there (default: its path).
+
+    Methods with a non-linear branch (the AdaptFormer family) cannot be folded into the base
+    architecture: refused with the reason, since a file that no builder can load is worse than none.
+    """
+    cfg, _ = read_adapter(adapter)
+    method = METHODS.get(cfg.get("method"))
+    if method is not None and not method.fully_mergeable:
+        raise AdapterError(
+            f"a {cfg['method']!r} adapter cannot be merged: its bottleneck branch is non-linear (LayerNorm, "
+            f"ReLU) and cannot be folded into {cfg['base_model']['name']}'s weights. Use the adapter itself "
+            "(the adapter folder or zip), which loads onto the base model with adapt.export.load_adapter."
+        )
     handle = load_adapter(adapter, checkpoint=checkpoint)
     handle.merge()
     state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
+    for i, head in enumerate(handle.backbone.heads):
+        if not any(head is m for m in handle.model.modules()):  # SAM's decoder is in the model already
+            state.update({f"heads.{i}.{k}": v.detach().contiguous().cpu() for k, v in head.state_dict().items()})
+    metadata = {
+        "format": MERGED_FORMAT,
+        "merged_from": source or str(adapter),
+        "method": handle.name,
+        "backbone": cfg["base_model"]["name"],
+        "task": json.dumps(cfg.get("task")),
+        "classes": json.dumps(cfg.get("classes")),
+    }
     with atomic_path(dest) as tmp:
-        save_file(state, str(tmp), metadata={"merged_from": source or str(adapter), "method": handle.name})
+        save_file(state, str(tmp), metadata=metadata)
     return Path(dest)
+
+
+def load_merged(path: str | Path) -> tuple[Backbone, dict]:
+    """(backbone with its task head, info {method, backbone, task, classes, merged_from}) from a
+    file written by `save_merged`: the plain architecture, no method attached."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:
+        raise AdapterError(f"{path.name} cannot be read as a merged checkpoint: {e}") from e
+    if metadata.get("format") != MERGED_FORMAT or "backbone" not in metadata:
+        raise AdapterError(f"{path.name} is not a merged checkpoint written by adapt (export --merged)")
+    state, _ = load_state_dict_file(path)
+    heads = {k: v for k, v in state.items() if k.startswith("heads.")}
+    backbone = build_backbone(metadata["backbone"])
+    load_into(backbone.model, {k: v for k, v in state.items() if k not in heads}, path)
+    attach_task_head(backbone)
+    for i, head in enumerate(backbone.heads):
+        prefix = f"heads.{i}."
+        if any(k.startswith(prefix) for k in heads):
+            load_into(head, {k[len(prefix) :]: v for k, v in heads.items() if k.startswith(prefix)}, path)
+    backbone.model.eval()
+    info = {
+        "method": metadata.get("method"),
+        "backbone": metadata["backbone"],
+        "task": json.loads(metadata.get("task", "null")),
+        "classes": json.loads(metadata.get("classes", "null")),
+        "merged_from": metadata.get("merged_from"),
+    }
+    return backbone, info

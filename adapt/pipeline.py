@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from adapt.backbones import Backbone, build_backbone, family_of
-from adapt.export import base_backbone, load_adapter, read_adapter, save_adapter
+from adapt.export import base_backbone, load_adapter, load_merged, read_adapter, save_adapter
 from adapt.methods import attach
 from adapt.tasks import attach_task_head, make_task, task_for_family, task_options
 from adapt.train import Evaluated, TrainConfig, train
@@ -108,10 +108,14 @@ def inference_task(
     adapter=None, backbone: str | None = None, task: str | None = None, checkpoint=None, download: bool = True
 ):
     """(task, adapter config or None), ready to predict: an adapter (folder or zip) merged into its
-    base model, with the task and classes it was trained for; or, with no adapter, the frozen
-    `backbone` with its task head (zero-shot). `task` is the fallback when the adapter names none,
-    and the frozen model's task (default: the backbone family's)."""
-    if adapter:
+    base model, with the task and classes it was trained for; a merged checkpoint (.safetensors
+    written by export.save_merged) likewise; or, with no adapter, the frozen `backbone` with its
+    task head (zero-shot). `task` is the fallback when the adapter names none, and the frozen
+    model's task (default: the backbone family's)."""
+    if adapter and Path(adapter).suffix == ".safetensors":
+        model, info = load_merged(adapter)
+        task = info.get("task") or task or task_for_family(model.family)
+    elif adapter:
         handle = load_adapter(adapter, checkpoint=checkpoint)
         handle.merge()
         model, info = handle.backbone, handle.info

@@ -137,7 +137,13 @@ class Run:
             head.to(self.device)
         lrs = {"adapter": cfg.lr, "coefficients": cfg.lr, "head": cfg.head_lr}
         self.groups = [
-            {"params": g.params, "lr": lrs[g.kind] * g.lr_scale, "base_lr": lrs[g.kind] * g.lr_scale, "name": g.kind}
+            {
+                "params": g.params,
+                "lr": lrs[g.kind] * g.lr_scale,
+                "base_lr": lrs[g.kind] * g.lr_scale,
+                "weight_decay": cfg.weight_decay if g.decay else 0.0,
+                "name": g.kind,
+            }
             for g in self.handle.trainable_groups()
         ]
         self.optimizer = torch.optim.AdamW(self.groups, weight_decay=cfg.weight_decay) if self.groups else None

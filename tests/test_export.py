@@ -126,3 +126,58 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_adapter(handle, tmp_path / "a")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_merged_checkpoint_predicts_like_the_adapter_or_is_refused(tmp_path, case):
+    from adapt.export import load_merged, save_merged
+    from adapt.methods import METHODS
+
+    method, family, options = case
+    backbone = tiny_backbone(family)
+    inputs = backbone.example_inputs()
+    handle = attach(backbone, method, **options)
+    perturb(handle)
+    task = "openvocab" if family == "clip" else "dichotomous"
+    folder = save_adapter(handle, tmp_path / "adapter", task=task, classes=["background", "cat"])
+    dest = tmp_path / "merged.safetensors"
+    if not METHODS[method].fully_mergeable:
+        with pytest.raises(AdapterError, match="cannot be merged: its bottleneck branch is non-linear"):
+            save_merged(folder, dest)
+        assert not dest.exists() and list(tmp_path.glob(".*")) == []
+        return
+    save_merged(folder, dest)
+    merged, info = load_merged(dest)  # the plain architecture: no method attached
+    assert merged.method is None and info["task"] == task and info["classes"] == ["background", "cat"]
+    with torch.no_grad():
+        expected = backbone.forward(inputs)
+        got = merged.forward(inputs)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_a_merged_clip_checkpoint_holds_the_trained_head(tmp_path):
+    from safetensors.torch import load_file
+
+    from adapt.export import save_merged
+
+    backbone = tiny_backbone("clip")
+    handle = attach(backbone, "hclip")
+    perturb(handle)
+    folder = save_adapter(handle, tmp_path / "adapter", task="openvocab", classes=["background", "cat"])
+    state = load_file(str(save_merged(folder, tmp_path / "m.safetensors")))
+    head = {k[len("heads.0.") :]: v for k, v in state.items() if k.startswith("heads.0.")}
+    assert head.keys() == backbone.heads[0].state_dict().keys()
+    assert all(torch.equal(v, backbone.heads[0].state_dict()[k]) for k, v in head.items())
+
+
+def test_load_merged_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from adapt.export import load_merged
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(AdapterError, match="not a merged checkpoint written by adapt"):
+        load_merged(tmp_path / "plain.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AdapterError, match="cannot be read as a merged checkpoint"):
+        load_merged(tmp_path / "junk.safetensors")

@@ -34,6 +34,7 @@ class Backbone:
     weights_id: str
     heads: list = field(default_factory=list)
     tokenizer: Callable | None = None
+    method: str | None = None  # the adaptation method attached (adapt.methods.attach), if any
 
     @property
     def input_size(self) -> int:

@@ -40,6 +40,38 @@ class MethodConfig:
         return asdict(self)
 
 
+class Float32Module(nn.Module):
+    """A module whose floating parameters and buffers stay float32 whatever dtype the model around
+    it is cast to (`model.to(torch.bfloat16)`, `.half()`); device moves apply as usual.
+
+    SVD factors and coefficients (PARSER), Cayley maps and DCRC mixing (H-CLIP) and COBOT's
+    coefficient products are small next to the model and lose their meaning at 8 mantissa bits
+    (PARSER's learned weight change was 16% off in bf16; the Cayley solve has no bf16 CPU kernel).
+    Their users compute in float32 and cast the result to the weight's dtype once.
+    """
+
+    def _apply(self, fn, recurse=True):
+        def float32(module):
+            tensors = [("p", n, t) for n, t in module._parameters.items()]
+            tensors += [("b", n, t) for n, t in module._buffers.items()]
+            return [(m, n, t.data) for m, n, t in tensors if t is not None and t.dtype == torch.float32]
+
+        before = {mod: float32(mod) for mod in self.modules()}
+        super()._apply(fn, recurse)
+        for mod, kept in before.items():  # undo any dtype change, from the float32 values (no round trip)
+            for kind, name, value in kept:
+                now = mod._parameters[name] if kind == "p" else mod._buffers[name]
+                if now is not None and now.dtype != torch.float32:
+                    restored = value.to(device=now.device)
+                    if kind == "p":
+                        now.data = restored  # in place: optimizers keep their references
+                        if now.grad is not None:
+                            now.grad = now.grad.float()
+                    else:
+                        mod._buffers[name] = restored
+        return self
+
+
 @dataclass(frozen=True)
 class Variant:
     """A set of options a method ships besides its defaults. Every variant is checked like the
@@ -57,6 +89,10 @@ class ParamGroup:
     kind: str  # "adapter" | "coefficients" | "head"
     params: list
     lr_scale: float = 1.0
+    # Weight decay pulls towards zero. Coefficient-like parameters start at identities, ones or
+    # singular values (PARSER's sigma, H-CLIP's f3/f4, COBOT's C, S, gamma and quaternions), so
+    # decay would pull them away from the pretrained model rather than towards it: none for them.
+    decay: bool = True
 
     def numel(self) -> int:
         return sum(p.numel() for p in self.params)
@@ -79,18 +115,23 @@ class Handle:
             raise ValueError(
                 f"method {self.name!r} adapts {'/'.join(self.families).upper()} backbones, not {backbone.name!r}"
             )
+        if backbone.method is not None:
+            raise ValueError(
+                f"{backbone.name!r} already has a {backbone.method!r} adapter attached; detach it first "
+                "(handle.detach()) or build a fresh backbone: methods do not stack"
+            )
         self.backbone = backbone
         self.model = backbone.model
         self.config = config
         self.merged = False
         self._coefficient_ids: set[int] = set()
         self._adapter_ids: set[int] = set()
-        for p in self.model.parameters():
+        frozen = [p for p in self.model.parameters()] + [p for head in backbone.heads for p in head.parameters()]
+        self._requires_grad = [(p, p.requires_grad) for p in frozen]  # restored by detach()
+        for p in frozen:
             p.requires_grad_(False)
-        for head in backbone.heads:
-            for p in head.parameters():
-                p.requires_grad_(False)
         self._attach()
+        backbone.method = self.name
         self._named_adapter = self._collect(self._adapter_ids)
         self._named_head = self._head_parameters() if config.train_heads else {}
         for p in list(self._named_adapter.values()) + list(self._named_head.values()):
@@ -149,7 +190,7 @@ class Handle:
         coefs = [p for p in self._named_adapter.values() if id(p) in self._coefficient_ids]
         groups = [
             ParamGroup("adapter", adapter, 1.0),
-            ParamGroup("coefficients", coefs, self.config.coefficient_lr_scale),
+            ParamGroup("coefficients", coefs, self.config.coefficient_lr_scale, decay=False),
             ParamGroup("head", list(self._named_head.values()), 1.0),
         ]
         return [g for g in groups if g.params]
@@ -198,9 +239,13 @@ class Handle:
             self.merged = False
 
     def detach(self) -> None:
-        """Remove the method; the backbone's modules and weights are those it had before attach."""
+        """Remove the method; the backbone's modules, weights and requires_grad flags are those it
+        had before attach, and another method may be attached."""
         self.unmerge()
         self._detach()
+        for p, flag in self._requires_grad:
+            p.requires_grad_(flag)
+        self.backbone.method = None
 
     # --- what `selfcheck` asks of a method beyond identity and merge -----------------------------
     def check_snapshot(self) -> dict:

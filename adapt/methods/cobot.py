@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from adapt.methods.adaptformer import AdaptFormer, AdaptFormerConfig
-from adapt.methods.base import Variant
+from adapt.methods.base import Float32Module, Variant
 from adapt.methods.lora import Lora, LoraConfig
 
 
@@ -48,7 +48,7 @@ def hamilton_matrix(r, i, j, k) -> torch.Tensor:
     )
 
 
-class CobotCoefficients(nn.Module):
+class CobotCoefficients(Float32Module):
     """The shared coefficient sets, relation matrix and per-slice quaternion heads."""
 
     def __init__(self, width: int, slices: int, quaternion_init: str = "identity", like: torch.Tensor | None = None):

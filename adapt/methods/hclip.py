@@ -22,21 +22,26 @@ in T, f4(f3(I)) = I at init and alpha would start by scaling every image weight 
 instead of exchanging what the blocks have learned. Towers of different depth (ViT-L/14: 24 image,
 12 text layers) are zero-padded on the layer axis; padded entries are constants, not parameters.
 
-Numerics: transforms and the Cayley solve run in float32 whatever the model dtype. All R are
-computed once per forward: a shared cache keyed by the parameters' versions and grad mode, dropped
-when autograd has consumed it (a hook on backward), so the 4 targets x L layers x 2 towers do not
-recompute the DCRC mixing each.
+Numerics: transforms, the Cayley solve and DCRC run in float32 whatever the model dtype (the
+parameters stay float32 when the model is cast: Float32Module). All R are computed once per model
+forward: a cache keyed by the parameters' versions and grad mode, shared by the two towers of one
+forward and renewed when a tower starts its next forward (a pre-hook on each transformer), so the
+4 targets x L layers x 2 towers do not recompute the DCRC mixing each, and every forward has an
+autograd graph of its own.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from adapt.backbones.clip import attention_targets
-from adapt.methods.base import MethodConfig, Variant, WeightSpaceHandle
+from adapt.methods.base import Float32Module, MethodConfig, Variant, WeightSpaceHandle
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +60,7 @@ def cayley(generator: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(eye + q, eye - q)
 
 
-class HypersphericalTransforms(nn.Module):
+class HypersphericalTransforms(Float32Module):
     """All block-diagonal transforms of both towers, with DCRC, computed together."""
 
     def __init__(self, widths: dict, depths: dict, block_size: int, dcrc: bool, orthogonal: str, device=None):
@@ -86,6 +91,7 @@ class HypersphericalTransforms(nn.Module):
             self.alpha = nn.Parameter(torch.zeros((), **kw))
         self._cache = None
         self._cache_key = None
+        self._served: set[str] = set()
 
     def _mixed(self) -> dict:
         if not self.dcrc:
@@ -112,27 +118,30 @@ class HypersphericalTransforms(nn.Module):
                 transforms[t] = gen + torch.eye(self.q, dtype=gen.dtype, device=gen.device)
         return transforms
 
-    def transforms(self) -> dict:
-        """{tower: (4L, b, q, q)} float32 transforms, cached while the parameters are unchanged."""
+    def transforms(self, tower: str | None = None):
+        """(4L, b, q, q) float32 transforms of one tower ({tower: transforms} with none named),
+        from the cache while it is valid."""
         grad = torch.is_grad_enabled()
         key = (grad, tuple(p._version for p in self.parameters()), tuple(p.device for p in self.parameters())[:1])
-        if self._cache is not None and self._cache_key == key:
-            return self._cache
-        with torch.autocast(device_type=self.generators["text"].device.type, enabled=False):
-            transforms = self._compute()
-        if grad and any(t.requires_grad for t in transforms.values()):
-            for t in transforms.values():  # once backward has consumed the graph, compute afresh
-                t.register_hook(self._drop_cache)
-        self._cache, self._cache_key = transforms, key
-        return transforms
+        if self._cache is None or self._cache_key != key:
+            with torch.autocast(device_type=self.generators["text"].device.type, enabled=False):
+                self._cache = self._compute()
+            self._cache_key, self._served = key, set()
+        if tower is None:
+            return dict(self._cache)
+        self._served.add(tower)
+        return self._cache[tower]
 
-    def _drop_cache(self, grad):
-        self._cache = None
-        return grad
+    def starting(self, tower: str) -> None:
+        """A tower's forward begins (a pre-hook on its transformer). The cache is shared by the two
+        towers of one model forward; a tower that already used it starts a new forward, which gets
+        transforms (and an autograd graph) of its own: two forwards then two backwards work, and
+        edits made through .data between forwards are seen."""
+        if tower in self._served:
+            self.forget()
 
     def forget(self) -> None:
         self._cache = None
-
 
 def block_transform(weight: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """W R for W (out x in) and R = blockdiag(rotations) with rotations (b, q, q)."""
@@ -149,7 +158,7 @@ class InProjTransform(nn.Module):
         self._hub, self.tower, self.layer = [hub], tower, layer
 
     def forward(self, weight):
-        rot = self._hub[0].transforms()[self.tower][4 * self.layer : 4 * self.layer + 3]
+        rot = self._hub[0].transforms(self.tower)[4 * self.layer : 4 * self.layer + 3]
         with torch.autocast(device_type=weight.device.type, enabled=False):
             return torch.cat([block_transform(w, r) for w, r in zip(weight.chunk(3, dim=0), rot)], dim=0)
 
@@ -158,7 +167,7 @@ class OutProjTransform(InProjTransform):
     """Parametrization of attn.out_proj.weight: W_o R_o."""
 
     def forward(self, weight):
-        rot = self._hub[0].transforms()[self.tower][4 * self.layer + 3]
+        rot = self._hub[0].transforms(self.tower)[4 * self.layer + 3]
         with torch.autocast(device_type=weight.device.type, enabled=False):
             return block_transform(weight, rot)
 
@@ -200,6 +209,9 @@ class Hclip(WeightSpaceHandle):
         widths = {"text": clip.transformer.width, "image": clip.visual.transformer.width}
         depths = {"text": len(clip.transformer.resblocks), "image": len(clip.visual.transformer.resblocks)}
         q = min(cfg.block_size, *widths.values())
+        if q != cfg.block_size:  # tiny towers: the block is the whole width; the adapter records it
+            log.info("hclip: block size %d is wider than a tower (%s); using %d", cfg.block_size, widths, q)
+            cfg.block_size = q
         hub = HypersphericalTransforms(
             widths, depths, q, cfg.dcrc, cfg.orthogonal, device=clip.visual.conv1.weight.device
         )
@@ -209,10 +221,15 @@ class Hclip(WeightSpaceHandle):
         for tower, layer, attn in attention_targets(clip):
             self.weights.register(attn, "in_proj_weight", InProjTransform(hub, tower, layer))
             self.weights.register(attn.out_proj, "weight", OutProjTransform(hub, tower, layer))
+        self._hub = hub
+        self._hooks = [
+            transformer.register_forward_pre_hook(lambda *_, t=tower: hub.starting(t))
+            for tower, transformer in (("text", clip.transformer), ("image", clip.visual.transformer))
+        ]
 
     def _merge(self) -> None:
+        self._hub.forget()  # values computed now, from the parameters as they are
         super()._merge()
-        self._hub = self.model.hclip
         del self.model.hclip
 
     def _unmerge(self) -> None:
@@ -221,12 +238,14 @@ class Hclip(WeightSpaceHandle):
 
     def _detach(self) -> None:
         super()._detach()
+        for hook in self._hooks:
+            hook.remove()
         del self.model.hclip
 
     def count(self) -> dict:
         """Adds `adapter_effective`: degrees of freedom, counting a Cayley block's q(q-1)/2."""
         counts = super().count()
-        hub = self._hub if self.merged else self.model.hclip
+        hub = self._hub
         effective = counts["adapter"]
         q = hub.q
         for t in hub.towers:

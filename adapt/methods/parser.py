@@ -9,7 +9,8 @@ Implementation notes (why it looks the way it does):
   arithmetic but is bit-identical to W at initialisation (the SVD's own round-off never enters the
   step-0 output), so identity at step 0 is exact rather than ~1e-6.
 - The SVD is taken in float64 and stored in float32; the reconstruction runs in float32 even under
-  autocast, then is cast to the weight's dtype.
+  autocast, then is cast to the weight's dtype. The factors and coefficients stay float32 when the
+  model is cast to bf16 or fp16 (Float32Module).
 - Forward: the weight is rebuilt once per access (a parametrization), not applied as
   x -> (x V) * sigma -> U. Rebuilding costs out*in*r multiply-adds per layer and step, the
   factored form costs tokens*r*(in+out); SAM's encoder sees 4096 tokens per image at 1024 px, so
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapt.methods.base import MethodConfig, Variant, WeightSpaceHandle
+from adapt.methods.base import Float32Module, MethodConfig, Variant, WeightSpaceHandle
 
 
 @dataclass
@@ -39,7 +40,7 @@ class ParserConfig(MethodConfig):
     reparam: str = "sigma"  # "sigma" | "delta"
 
 
-class SpectralCoefficients(nn.Module):
+class SpectralCoefficients(Float32Module):
     """The parametrization: returns W + U diag(sigma - s) V^T, reshaped to W's own shape."""
 
     def __init__(self, weight: torch.Tensor, reparam: str = "sigma"):
@@ -91,7 +92,7 @@ class Parser(WeightSpaceHandle):
         Variant({"scope": "conv"}, "the official demo's scope: patch embedding and neck convolutions only"),
         Variant(
             {"reparam": "delta"},
-            "W + U diag(s - sigma) V^T written as a delta (same maths, other rounding)",
+            "sigma = s (1 + delta), delta = 0 at init: one learning rate for coefficients of any magnitude",
             compare=False,
         ),
     )
