@@ -12,7 +12,6 @@ failure never leaves a half-written adapter.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import zipfile
 from datetime import UTC, datetime
@@ -22,10 +21,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import adapt
-from adapt.backbones import Backbone, build_backbone, load_into, load_state_dict_file
+from adapt.archive import ArchiveError, safe_extract
+from adapt.backbones import BACKBONES, Backbone, build_backbone, load_into, load_state_dict_file
 from adapt.files import atomic_folder, atomic_path
-from adapt.methods import METHODS, Handle, attach
-from adapt.tasks import attach_task_head
+from adapt.methods import METHODS, Handle, attach, make_config
+from adapt.tasks import TASKS, attach_task_head
 from adapt.weights import resolve_checkpoint
 
 CONFIG_NAME = "adapter_config.json"
@@ -116,17 +116,16 @@ def zip_adapter(folder: str | Path, zip_path: str | Path) -> Path:
 
 
 def _unpack(zip_path: Path, dest: Path) -> Path:
-    with zipfile.ZipFile(zip_path) as z:
-        names = z.namelist()
-        for n in names:
-            target = (dest / n).resolve()
-            if not str(target).startswith(str(dest.resolve()) + os.sep):
-                raise AdapterError(f"{zip_path.name}: entry {n!r} would be written outside the folder")
-        config = [n for n in names if n.endswith(CONFIG_NAME)]
-        if len(config) != 1:
-            raise AdapterError(f"{zip_path.name}: expected one {CONFIG_NAME} in the zip, found {len(config)}")
-        z.extractall(dest)
-    return (dest / config[0]).parent
+    """Extract an adapter zip through the archive guard (adapt.archive); the folder holding its
+    one adapter_config.json."""
+    try:
+        written = safe_extract(zip_path, dest)
+    except ArchiveError as e:
+        raise AdapterError(f"not a usable adapter zip: {e}") from None
+    config = [p for p in written if p.name == CONFIG_NAME]
+    if len(config) != 1:
+        raise AdapterError(f"{zip_path.name}: expected one {CONFIG_NAME} in the zip, found {len(config)}")
+    return config[0].parent
 
 
 def read_adapter(path: str | Path) -> tuple[dict, dict]:
@@ -145,20 +144,68 @@ def read_adapter(path: str | Path) -> tuple[dict, dict]:
             raise AdapterError(f"adapter folder {path} has no {name}")
     try:
         cfg = json.loads((path / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(f"{path / CONFIG_NAME} is not valid JSON: {e}") from e
-    if cfg.get("format") != FORMAT:
-        raise AdapterError(f"{path / CONFIG_NAME} is not an adapt adapter (format {cfg.get('format')!r})")
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise AdapterError(
-            f"adapter format version {cfg['format_version']} is newer than this library reads "
-            f"({FORMAT_VERSION}); upgrade adapt"
-        )
+    validate_config(cfg, where=str(path / CONFIG_NAME))
     try:
         tensors = load_file(str(path / WEIGHTS_NAME))
     except Exception as e:
         raise AdapterError(f"{path / WEIGHTS_NAME} cannot be read: {e}") from e
     return cfg, tensors
+
+
+def _check(ok: bool, where: str, field: str, expected: str, value) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise AdapterError(f"{where}: {field} must be {expected}, not {shown}")
+
+
+def validate_config(cfg, where: str = CONFIG_NAME) -> dict:
+    """Check an adapter config against the format (one schema, at load): the types of every field
+    the library reads, a method it knows with options that method takes, a known backbone and task.
+    An AdapterError names the field and what it should be; nothing fails later at predict time."""
+    _check(isinstance(cfg, dict), where, "the config", "a JSON object", type(cfg).__name__)
+    if cfg.get("format") != FORMAT:
+        raise AdapterError(f"{where} is not an adapt adapter (format {cfg.get('format')!r})")
+    version = cfg.get("format_version", FORMAT_VERSION)
+    _check(isinstance(version, int) and not isinstance(version, bool), where, "format_version", "an integer", version)
+    if version > FORMAT_VERSION:
+        raise AdapterError(
+            f"adapter format version {version} is newer than this library reads ({FORMAT_VERSION}); upgrade adapt"
+        )
+    method = cfg.get("method")
+    _check(isinstance(method, str) and method in METHODS, where, "method", f"one of {', '.join(METHODS)}", method)
+    options = cfg.get("config", {})
+    _check(isinstance(options, dict), where, "config", "an object of method options", options)
+    try:
+        make_config(method, **options)
+    except (TypeError, ValueError) as e:
+        raise AdapterError(f"{where}: config does not fit method {method!r}: {e}") from None
+    base = cfg.get("base_model")
+    _check(isinstance(base, dict), where, "base_model", "an object {name, weights_id}", base)
+    _check(base.get("name") in BACKBONES, where, "base_model.name", "a known backbone", base.get("name"))
+    _check(isinstance(base.get("weights_id"), str), where, "base_model.weights_id", "a string", base.get("weights_id"))
+    task = cfg.get("task")
+    _check(task is None or task in TASKS, where, "task", f"null or one of {', '.join(TASKS)}", task)
+    classes = cfg.get("classes")
+    _check(
+        classes is None or (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)),
+        where,
+        "classes",
+        "null or a list of names",
+        classes,
+    )
+    for field in ("counts", "metrics", "data"):
+        _check(isinstance(cfg.get(field, {}), dict), where, field, "an object", cfg.get(field))
+    counts = cfg.get("counts", {})
+    _check(
+        all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()),
+        where,
+        "counts",
+        "an object of integers",
+        counts,
+    )
+    return cfg
 
 
 def check_compatible(cfg: dict, backbone: Backbone, method: str | None = None) -> None:

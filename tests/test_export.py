@@ -21,7 +21,7 @@ def test_save_load_round_trip(tmp_path, case):
     perturb(handle)
     with torch.no_grad():
         expected = backbone.forward(inputs)
-    folder = save_adapter(handle, tmp_path / "adapter", task="test")
+    folder = save_adapter(handle, tmp_path / "adapter", task="openvocab" if family == "clip" else "dichotomous")
     assert {p.name for p in folder.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["method"] == method and cfg["base_model"]["name"] == backbone.name

@@ -143,6 +143,7 @@ class HypersphericalTransforms(Float32Module):
     def forget(self) -> None:
         self._cache = None
 
+
 def block_transform(weight: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """W R for W (out x in) and R = blockdiag(rotations) with rotations (b, q, q)."""
     b, q, _ = rotations.shape
