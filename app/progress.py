@@ -10,6 +10,7 @@ from pathlib import Path
 from app.config import JobFiles
 
 LOG_LINES = 40
+METRICS = ("iou", "dice", "miou", "pixel_acc")  # what the held-out chart draws
 
 
 @dataclass
@@ -25,12 +26,22 @@ class Progress:
     signature: tuple = ()  # changes whenever the file does
 
     def curves(self) -> dict:
-        """Rows for the loss and held-out metric plots."""
+        """Rows for the loss and held-out metric plots.
+
+        A line needs two points, and a run scores the frozen model once: once the adapted model
+        has been scored, the frozen score is drawn as a flat reference up to the latest adapted
+        evaluation, and the adapted line starts from it at step 0 (every method is the identity at
+        step 0, so the adapted model's step-0 score is the frozen one)."""
         loss = [{"step": s, "loss": v} for s, v in self.steps]
+        evals = [(s, model, m) for s, model, m in self.evals]
+        frozen = next((m for _, model, m in evals if model == "frozen"), None)
+        last = max((s for s, model, _ in evals if model == "adapted"), default=None)
+        if frozen is not None and last:
+            evals = [(0, "adapted", frozen), *evals, (last, "frozen", frozen)]
         metric = [
             {"step": s, "score": float(m[k]), "series": f"{k} {model}"}
-            for s, model, m in self.evals
-            for k in ("iou", "dice", "miou", "pixel_acc")
+            for s, model, m in sorted(evals, key=lambda e: (e[1], e[0]))
+            for k in METRICS
             if isinstance(m.get(k), (int, float))
         ]
         return {"loss": loss, "metric": metric}

@@ -159,3 +159,23 @@ def test_click_labelling_makes_a_valid_dataset(tmp_path, monkeypatch):
     assert len(labelling.gallery(folder, "dichotomous")) == 2
     with pytest.raises(ValueError, match="nothing is labelled"):
         labelling.save_pair(labelling.new_state(np.zeros((8, 8, 3), np.uint8), "b"), folder, "dichotomous", [])
+
+
+def test_the_metric_chart_has_lines_from_the_first_adapted_score(tmp_path):
+    """Mid-training (one adapted evaluation so far) every series must have two points to draw."""
+    events = [
+        {"type": "eval", "time": 0, "step": 0, "model": "frozen", "metrics": {"iou": 0.1, "dice": 0.2}},
+        {"type": "step", "time": 1, "step": 7, "loss": 0.5, "lr": 1e-3, "eta_s": 3.0},
+        {"type": "eval", "time": 1, "step": 7, "model": "adapted", "metrics": {"iou": 0.3, "dice": 0.4}},
+    ]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    rows = read_progress(tmp_path).curves()["metric"]
+    series = {}
+    for r in rows:
+        series.setdefault(r["series"], []).append((r["step"], r["score"]))
+    assert series == {
+        "iou adapted": [(0, 0.1), (7, 0.3)],
+        "dice adapted": [(0, 0.2), (7, 0.4)],
+        "iou frozen": [(0, 0.1), (7, 0.1)],
+        "dice frozen": [(0, 0.2), (7, 0.2)],
+    }
