@@ -70,6 +70,15 @@ def atomic_folder(dest: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_parts(folder: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in `folder` (only call it where no writer
+    is at work, e.g. before a resumed run starts); returns what was removed."""
+    removed = [p for p in Path(folder).glob(f".*{PART_SUFFIX}") if p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
 def write_text(path: str | Path, text: str, mode: int | None = None) -> Path:
     """Write a text file atomically; returns its path."""
     with atomic_path(path, mode=mode) as tmp:

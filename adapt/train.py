@@ -30,7 +30,7 @@ import torch
 
 from adapt.backbones import build_backbone
 from adapt.data.augment import augment
-from adapt.files import atomic_path
+from adapt.files import atomic_path, remove_parts, write_text
 from adapt.methods import attach
 from adapt.tasks import Task, make_task
 from adapt.weights import resolve_checkpoint
@@ -95,6 +95,22 @@ class Evaluated:
 class EventLog:
     def __init__(self, path: Path | None, echo: Callable[[dict], None] | None = None):
         self.path, self.echo = path, echo
+
+    def rewind(self, step: int) -> None:
+        """Drop the events a resumed run will repeat: everything after the step its checkpoint was
+        taken at (steps, evaluations, and how the interrupted run ended). The file is rewritten
+        atomically; a half-written last line (a kill mid-write) goes too."""
+        if self.path is None or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("step", 0) <= step and event.get("type") not in ("done", "cancelled", "error"):
+                kept.append(line)
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def __call__(self, kind: str, **fields):
         event = {"type": kind, "time": round(time.time(), 3), **fields}
@@ -208,10 +224,13 @@ def train(
     run = Run(cfg)
     ckpt_path = out / CHECKPOINT_NAME if out else None
     frozen_metrics = None
+    if out is not None:
+        remove_parts(out)  # temporary files of a run that was killed mid-write
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=run.device, weights_only=True)
         run.load(state)
         frozen_metrics = state.get("frozen_metrics")
+        log.rewind(run.step)  # each step shows once in curves, ETA and the log
         log("resumed", step=run.step)
     else:
         log(

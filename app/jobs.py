@@ -7,8 +7,10 @@
 - A worker claims the oldest queued job in one `BEGIN IMMEDIATE` transaction, so two workers can
   never take the same job; it stamps the job with its worker id and pid and beats a heartbeat.
 - Cancel is a flag the worker polls between steps (a queued job is cancelled at once).
-- The supervisor marks a dead worker's job failed; an app (re)start puts jobs whose worker is gone
-  back in the queue, and the trainer resumes them from their last checkpoint.
+- The supervisor marks a dead worker's job failed, or, when the worker was killed (out of memory,
+  typically) and a checkpoint exists, queues it again once per step of death (`died_at`); an app
+  (re)start puts jobs whose worker is gone back in the queue, and the trainer resumes them from
+  their last checkpoint. A failed job can be resumed by its owner.
 WAL mode lets the UI read while a worker writes; every connection waits for the lock (busy timeout).
 """
 
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created     REAL NOT NULL,
     started     REAL,
     finished    REAL,
-    heartbeat   REAL
+    heartbeat   REAL,
+    died_at     INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
@@ -58,6 +61,9 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+            if "died_at" not in columns:  # a store made by an older version
+                db.execute("ALTER TABLE jobs ADD COLUMN died_at INTEGER")
 
     @contextmanager
     def _connect(self):
@@ -190,6 +196,27 @@ class JobStore:
             )
             db.execute("COMMIT")
         return ids
+
+    def retry_after_death(self, job_id: str, worker: str, step: int, note: str) -> bool:
+        """Put the job a killed worker held back in the queue (it resumes from its checkpoint),
+        once per step of death: False, and nothing changed, when it already died at this step."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'queued', worker = NULL, pid = NULL, died_at = ?, note = ? "
+                "WHERE id = ? AND status = 'running' AND worker = ? AND (died_at IS NULL OR died_at != ?)",
+                (step, note, job_id, worker, step),
+            )
+        return cur.rowcount == 1
+
+    def resume(self, job_id: str, owner: str) -> bool:
+        """A failed job back in the queue at its owner's request (it resumes from its checkpoint)."""
+        with self._connect() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'queued', error = NULL, finished = NULL, cancel = 0, died_at = NULL, "
+                "note = 'resumed by its owner from its last checkpoint' WHERE id = ? AND owner = ? AND status = 'failed'",
+                (job_id, owner),
+            )
+        return cur.rowcount == 1
 
     def requeue_interrupted(self) -> list[str]:
         """On start: jobs left running by an app that stopped go back in the queue (they resume

@@ -345,6 +345,17 @@ class Studio:
         status = self.store.cancel(job["id"], owner)
         return "cancelled" if status == "cancelled" else "cancelling: the worker stops after its current step"
 
+    def resume(self, owner: str, job_id: str) -> str:
+        """A failed job back in the queue, resuming from its last checkpoint."""
+        job = self.job(owner, job_id)
+        if job["status"] != "failed":
+            return f"job {job['id']} is {job['status']}: only a failed job can be resumed"
+        if not self.paths.job_files(job["id"]).checkpoint.exists():
+            raise UserError(f"job {job['id']} failed before its first checkpoint: start it again from the Train tab")
+        if not self.store.resume(job["id"], owner):
+            return f"job {job['id']} is no longer failed"
+        return "queued again: it resumes from its last checkpoint"
+
     # --- adapters ------------------------------------------------------------------------------
     def adapter_zip(self, owner: str, job_id: str) -> Path:
         job = self.job(owner, job_id)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from app.config import Paths
 from app.jobs import JobStore, new_token
+from app.progress import read_progress
 
 REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("app.supervisor")
@@ -149,15 +150,34 @@ class Supervisor:
             return
         reason = describe_exit(code)
         tail = log_tail(slot.log_path, slot.log_start)
-        error = reason + (f". Last output:\n{tail}" if tail else "")
-        failed = self.store.fail_worker_jobs(slot.worker_id, error)
-        log.warning("%s; failed job(s) %s; starting a new worker", reason, failed)
+        retried = self._retry_killed_job(slot, code, reason)
+        if retried is not True:
+            error = reason + (retried or "") + (f". Last output:\n{tail}" if tail else "")
+            failed = self.store.fail_worker_jobs(slot.worker_id, error)
+            log.warning("%s; failed job(s) %s; starting a new worker", reason, failed)
         now = time.time()
         slot.crashes = [t for t in slot.crashes if now - t < 60] + [now]
         if len(slot.crashes) >= 5:  # crashing at start-up: do not spin, try again later
             slot.crashes = []
             self._stop.wait(30)
         self._spawn(slot)
+
+    def _retry_killed_job(self, slot: Slot, code: int, reason: str) -> bool | str | None:
+        """A worker killed by SIGKILL (the kernel's out-of-memory killer, typically) while its job
+        has a checkpoint: the job goes back in the queue and resumes from it (True), once per step
+        of death. Otherwise the caller fails the job; a string says why it was not retried."""
+        job = self.store.running_job(slot.worker_id)
+        if job is None or code != -signal.SIGKILL:
+            return None
+        files = self.paths.job_files(job["id"])
+        if not files.checkpoint.exists():
+            return None
+        step = read_progress(files.folder).step
+        note = f"{reason} at step {step}; retrying once from its last checkpoint"
+        if self.store.retry_after_death(job["id"], slot.worker_id, step, note):
+            log.warning("job %s: %s", job["id"], note)
+            return True
+        return f" again at step {step}, after a retry from its checkpoint; not retried a second time"
 
     def _check_heartbeat(self, slot: Slot) -> None:
         row = self.store.running_job(slot.worker_id)

@@ -231,6 +231,7 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
             jobs = gr.Dropdown([], label="My jobs", elem_id="jobs", scale=3)
             job_view = gr.Textbox(label="Job id", elem_id="job-id", scale=3)
             cancel = gr.Button("Cancel job", variant="stop", scale=1, elem_id="cancel")
+            resume = gr.Button("Resume", scale=1, elem_id="resume")  # a failed job, from its checkpoint
         status_md = gr.Markdown("No job yet: start one in the Train tab.", elem_id="job-status")
         with gr.Row():
             loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="loss-plot")
@@ -306,6 +307,10 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
         return studio.cancel(owner, job)
 
     @user_errors
+    def do_resume(owner, job):
+        return studio.resume(owner, job)
+
+    @user_errors
     def download(owner, job, merged):
         if merged:
             return outbox(studio.merged_checkpoint(owner, job), f"merged-{job[:8]}.safetensors")
@@ -318,6 +323,7 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
     job_view.submit(lambda j: j.strip(), job_view, job, api_visibility="private")
     job.change(lambda o, j: _job_choices(studio, o, j), [owner, job], jobs, api_visibility="private")
     cancel.click(do_cancel, [owner, job_view], status_md, api_name="cancel")
+    resume.click(do_resume, [owner, job_view], status_md, api_name="resume")
     get.click(download, [owner, job_view, merged], out_file, api_name="download")
     return {"jobs": jobs}
 

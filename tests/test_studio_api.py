@@ -177,6 +177,21 @@ def test_worker_killed_mid_job_marks_it_failed_and_the_app_goes_on(app, client, 
     assert wait_finished(client, again)["status"] == "done"
 
 
+def test_worker_killed_after_a_checkpoint_resumes_the_job_once(app, client, data):
+    job = train(client, data, steps=40)  # checkpoints every 5 steps
+    wait_for(lambda: status(client, job)["step"] >= 7, 180, what="a checkpoint")
+    os.kill(app.job_row(job)["pid"], signal.SIGKILL)  # what the out-of-memory killer does
+    s = wait_finished(client, job, timeout=240)
+    assert s["status"] == "done", s
+    row = app.job_row(job)
+    assert row["died_at"] >= 7 and "retrying once from its last checkpoint" in row["note"]
+    events = [json.loads(line) for line in (app.root / "jobs" / job / "events.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in events if e["type"] == "step"]
+    assert steps == list(range(1, 41))  # each step once, though steps after the checkpoint ran twice
+    assert [e["type"] for e in events].count("resumed") == 1
+    assert not [p for p in (app.root / "jobs" / job).iterdir() if p.name.endswith(".part")]
+
+
 def test_restart_resumes_interrupted_and_queued_jobs(app, client, data):
     first = train(client, data, steps=40)  # checkpoints every 5 steps
     second = train(client, data, steps=2)  # waits in the queue behind it

@@ -179,3 +179,41 @@ def test_the_metric_chart_has_lines_from_the_first_adapted_score(tmp_path):
         "iou frozen": [(0, 0.1), (7, 0.1)],
         "dice frozen": [(0, 0.2), (7, 0.2)],
     }
+
+
+def test_a_killed_job_is_retried_once_per_step_of_death(store):
+    job = store.submit("o", {}, "d")
+    store.claim("w1", 1)
+    assert store.retry_after_death(job, "w1", step=12, note="killed at step 12")
+    got = store.get(job, "o")
+    assert got["status"] == "queued" and got["died_at"] == 12 and "step 12" in got["note"]
+    store.claim("w2", 2)
+    assert not store.retry_after_death(job, "w2", step=12, note="again")  # same step: not again
+    assert store.get(job, "o")["status"] == "running"
+    assert store.retry_after_death(job, "w2", step=17, note="later")  # it got further: one more try
+    store.claim("w3", 3)
+    assert not store.retry_after_death(job, "other", step=30, note="x")  # only the holding worker's death
+
+
+def test_an_owner_resumes_a_failed_job_only(store):
+    job = store.submit("o", {}, "d")
+    assert not store.resume(job, "o")  # queued, not failed
+    store.claim("w", 1)
+    store.fail_worker_jobs("w", "killed")
+    assert not store.resume(job, "someone else")
+    assert store.resume(job, "o")
+    got = store.get(job, "o")
+    assert got["status"] == "queued" and got["error"] is None and got["finished"] is None
+
+
+def test_a_store_from_an_older_version_gains_its_new_column(tmp_path):
+    import sqlite3
+
+    from app.jobs import SCHEMA
+
+    old = SCHEMA.replace(",\n    died_at     INTEGER", "")
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:
+        db.executescript(old)
+    store = JobStore(tmp_path / "old.sqlite")
+    job = store.submit("o", {}, "d")
+    assert store.get(job, "o")["died_at"] is None

@@ -102,3 +102,26 @@ def test_events_and_frozen_vs_adapted(tmp_path):
 def test_empty_training_set_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="no training samples"):
         train(config(), [], [], tmp_path / "x")
+
+
+def test_a_run_killed_after_its_checkpoint_resumes_with_each_step_once(tmp_path):
+    """The kill came at step 3, after the checkpoint of step 2: the events of step 3, the
+    half-written line and the temporary checkpoint file the kill left behind are gone after resume."""
+    data, held = samples(4), samples(2, seed=1)
+    out = tmp_path / "run"
+    stop_after = {"n": 0}
+
+    def stop():
+        stop_after["n"] += 1
+        return stop_after["n"] > 2
+
+    train(config(steps=4, checkpoint_every=2), data, held, out, should_stop=stop)
+    events = out / "events.jsonl"
+    lines = [json.loads(x) for x in events.read_text().splitlines() if '"cancelled"' not in x]
+    lines.append({"type": "step", "time": 0, "step": 3, "loss": 9.9, "lr": 0.0, "eta_s": 1.0})  # after the checkpoint
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"type": "st')
+    (out / ".checkpoint.pt.dead.part").write_bytes(b"half a checkpoint")
+    train(config(steps=4, checkpoint_every=2), data, held, out, resume=True)
+    steps = [json.loads(x)["step"] for x in events.read_text().splitlines() if '"type": "step"' in x]
+    assert steps == [1, 2, 3, 4] and 9.9 not in losses(out)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
