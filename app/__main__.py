@@ -37,6 +37,9 @@ def main() -> None:
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
             max_file_size=f"{limits.upload_mb}mb",
+            # every endpoint turns its own errors into messages (app.ui_common.user_errors); this
+            # makes the few gradio raises itself, checking a malformed payload, say what they are
+            show_error=True,
             css=CSS,
             footer_links=["api"],
         )

@@ -62,9 +62,7 @@ def describe_method(backbone: str, method: str) -> tuple[str, dict]:
 
 
 def family_for_task(task: str) -> str:
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}; choose {' or '.join(TASKS)}")
-    return TASKS[task].family
+    return TASKS[choice(task, "task", TASKS)].family
 
 
 def backbones_for(task: str) -> list[str]:
@@ -136,8 +134,64 @@ def _has_gpu() -> bool:
 # --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
 
 
+# --- what a request may carry: every variable-size input is bounded, every value type-checked ----
+
+MAX_CLICKS = 100  # points and boxes in one prediction request
+MAX_CLASSES = 64  # class names in one request (background included)
+MAX_NAME = 60  # characters in one class name
+MAX_TEXT = 4096  # characters in any free-text field (clicks, class lists)
+MAX_ID = 64  # characters in a job or adapter id
+
+
+def as_text(value, what: str, limit: int = MAX_TEXT) -> str:
+    """A text field as a string (None: ""), at most `limit` characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{what} must be text, not {type(value).__name__}")
+    if len(value) > limit:
+        raise UserError(f"{what} is {len(value):,} characters long; at most {limit:,} are accepted")
+    return value
+
+
+def number(value, what: str, lo: float, hi: float, integer: bool = False) -> float | int:
+    """A numeric field within [lo, hi] (numeric strings are read as numbers)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        x = float(value)
+        if integer and x != int(x):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if integer else "a number"
+        raise UserError(f"{what} must be {kind} between {lo:g} and {hi:g}, got {str(value)[:40]!r}") from None
+    if not lo <= x <= hi:
+        raise UserError(f"{what} must be between {lo:g} and {hi:g}, got {x:g}")
+    return int(x) if integer else x
+
+
+def choice(value, what: str, options) -> str:
+    """One of `options` (a registry's names)."""
+    value = as_text(value, what, MAX_ID)
+    if value not in options:
+        raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")
+    return value
+
+
+def file_list(files, what: str, limit: int) -> list[str]:
+    """Uploaded file paths (one, or a list), at most `limit` of them."""
+    if files is None:
+        return []
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, (list, tuple)) or not all(isinstance(f, str) for f in files):
+        raise UserError(f"{what} must be a list of uploaded files")
+    if len(files) > limit:
+        raise UserError(f"{len(files)} {what} uploaded at once; at most {limit} are accepted")
+    return list(files)
+
+
 def check_owner(owner: str | None) -> str:
-    if not owner or not TOKEN_RE.match(owner):
+    if not isinstance(owner, str) or not TOKEN_RE.match(owner):
         raise UserError(
             "missing or malformed owner token: the page makes one for each browser; API clients "
             "pass any random string of 16-128 letters, digits, '-' or '_' (e.g. secrets.token_urlsafe())"
@@ -207,6 +261,10 @@ class Studio:
         them as one dataset zip; returns (zip path, summary). Nothing is kept on failure."""
         check_owner(owner)
         family_for_task(task)  # a known task
+        classes = as_text(classes, "the class list")
+        images = file_list(images, "image files", self.limits.max_images)
+        masks = file_list(masks, "mask files", self.limits.max_images)
+        zip_file = as_text(zip_file, "the dataset zip", 4096) or None
         dest = self.paths.owner_uploads(owner) / f"dataset-{new_token()[:12]}.zip"
         if zip_file:
             if images or masks:
@@ -252,22 +310,17 @@ class Studio:
         from adapt.train import TrainConfig
 
         check_owner(owner)
-        if not dataset_zip:
+        if not as_text(dataset_zip, "the dataset zip"):
             raise UserError("no dataset: upload pairs or label images in the Data tab first (or pass a dataset zip)")
         family = family_for_task(task)
-        if backbone not in backbones_for(task):
-            raise UserError(
-                f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(backbones_for(task))}"
-            )
-        if method not in methods_for(family):
-            raise UserError(f"{method!r} does not apply to {backbone}; choose one of {', '.join(methods_for(family))}")
-        steps, batch_size = int(steps), int(batch_size)
-        if not 1 <= steps <= self.limits.max_steps:
-            raise UserError(f"steps must be between 1 and {self.limits.max_steps}")
-        if not 1 <= batch_size <= 64:
-            raise UserError("batch size must be between 1 and 64")
-        if not (0 < float(lr) <= 1 and 0 <= float(head_lr) <= 1):
-            raise UserError("learning rates must be positive and at most 1")
+        backbone = choice(backbone, f"backbone for {task}", backbones_for(task))
+        method = choice(method, f"method for {backbone}", methods_for(family))
+        steps = number(steps, "steps", 1, self.limits.max_steps, integer=True)
+        batch_size = number(batch_size, "batch size", 1, 64, integer=True)
+        lr, head_lr = number(lr, "lr", 1e-12, 1), number(head_lr, "head lr", 0, 1)
+        seed = number(seed, "seed", 0, 2**31 - 1, integer=True)
+        if options is not None and not isinstance(options, dict):
+            raise UserError("method options must be an object of option names and values")
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
         dataset.close()
         every = max(1, steps // 8)
@@ -294,7 +347,7 @@ class Studio:
 
     def job(self, owner: str, job_id: str) -> dict:
         check_owner(owner)
-        job = self.store.get((job_id or "").strip(), owner)
+        job = self.store.get(as_text(job_id, "the job id", MAX_ID).strip(), owner)
         if job is None:
             raise UserError("no such job for this browser (job ids are private to the browser that started them)")
         return job
@@ -366,12 +419,15 @@ class Studio:
 
     def merged_checkpoint(self, owner: str, job_id: str) -> Path:
         """Base model + adapter folded into one .safetensors file (made once, then kept)."""
-        from adapt.export import save_merged
+        from adapt.export import AdapterError, save_merged
 
         self.adapter_zip(owner, job_id)  # a finished job of this owner
         files = self.paths.job_files(job_id)
         if not files.merged.exists():
-            save_merged(files.adapter, files.merged, source=job_id)
+            try:
+                save_merged(files.adapter, files.merged, source=job_id)
+            except AdapterError as e:  # a method that cannot be folded: the reason, and what to use
+                raise UserError(str(e)) from None
         return files.merged
 
     def upload_adapter(self, owner: str, zip_path: str) -> tuple[str, str]:
@@ -379,7 +435,7 @@ class Studio:
         from adapt.export import AdapterError, read_adapter
 
         check_owner(owner)
-        if not zip_path:
+        if not as_text(zip_path, "the adapter zip"):
             raise UserError("choose an adapter .zip to load")
         try:
             cfg, tensors = read_adapter(Path(zip_path))
@@ -409,7 +465,7 @@ class Studio:
         return out
 
     def _adapter_path(self, owner: str, ref: str) -> Path:
-        ref = (ref or "").strip()
+        ref = as_text(ref, "the adapter id", MAX_ID).strip()
         if ref.startswith("upload-"):
             path = self.paths.uploaded_adapters(owner) / f"{ref}.zip"
             if not re.fullmatch(r"upload-[A-Za-z0-9_-]+", ref) or not path.exists():
@@ -421,12 +477,12 @@ class Studio:
     # --- prediction ----------------------------------------------------------------------------
     def model(self, owner: str, adapter_ref: str | None, backbone: str, task: str):
         """(task object, description) for an adapter, or the frozen backbone when none is chosen."""
-        if adapter_ref:
+        family_for_task(task)  # a known task
+        if as_text(adapter_ref, "the adapter id", MAX_ID):
             path = self._adapter_path(owner, adapter_ref)
             key = ("adapter", str(path))
         else:
-            if backbone not in backbones_for(task):
-                raise UserError(f"{backbone!r} is not a backbone for {task}")
+            backbone = choice(backbone, f"backbone for {task}", backbones_for(task))
             key = ("frozen", backbone, task)
         with self._models_lock:
             if key in self._models:
@@ -459,7 +515,7 @@ class Studio:
     def load_image(self, path: str | None) -> np.ndarray:
         from adapt.data import DatasetError, load_image
 
-        if not path:
+        if not as_text(path, "the image"):
             raise UserError("upload an image first")
         try:
             return load_image(path, max_pixels=self.limits.max_pixels)
@@ -478,18 +534,17 @@ class Studio:
     ) -> tuple[dict, str]:
         """The task's named outputs at the image's full resolution, and a line about the model used."""
         check_owner(owner)
+        names, points = parse_classes(classes, background=False), parse_clicks(clicks)  # cheap checks first
         image = self.load_image(image_path)
         task_obj, desc = self.model(owner, adapter_ref, backbone, task)
         request = {}
         if task_obj.name == "openvocab":
-            names = parse_classes(classes, background=False) or list(task_obj.classes or [])
+            names = names or list(task_obj.classes or [])
             if not names:
                 raise UserError("give the class names to look for, separated by commas (e.g. sky, road, car)")
             request["classes"] = names
-        else:
-            points = parse_clicks(clicks)
-            if points is not None:
-                request["points"] = points
+        elif points is not None:
+            request["points"] = points
         import torch
 
         with torch.no_grad():
@@ -513,8 +568,13 @@ def describe_adapter(cfg: dict, n_tensors: int | None = None) -> str:
     return text
 
 
-def parse_classes(text: str, background: bool) -> list[str]:
-    names = [c.strip() for c in (text or "").split(",") if c.strip()]
+def parse_classes(value: str, background: bool) -> list[str]:
+    names = [c.strip() for c in as_text(value, "the class list").split(",") if c.strip()]
+    if len(names) + background > MAX_CLASSES:
+        raise UserError(f"{len(names)} class names; at most {MAX_CLASSES - background} are accepted")
+    long = [n for n in names if len(n) > MAX_NAME]
+    if long:
+        raise UserError(f"class name {long[0][:20]!r}... is longer than {MAX_NAME} characters")
     if len(set(n.lower() for n in names)) != len(names):
         raise UserError("class names repeat; give each class once")
     if background and (not names or names[0].lower() != "background"):
@@ -522,9 +582,13 @@ def parse_classes(text: str, background: bool) -> list[str]:
     return names
 
 
-def parse_clicks(text: str):
-    """Clicks as the page and the API send them (see parse_points); a bad one is a UserError."""
+def parse_clicks(value: str):
+    """Clicks as the page and the API send them (see parse_points), at most MAX_CLICKS of them; a
+    bad one is a UserError."""
     try:
-        return parse_points(text)
+        clicks = parse_points(as_text(value, "clicks"))
     except ValueError as e:
         raise UserError(str(e)) from None
+    if clicks is not None and len(clicks[0]) > MAX_CLICKS:
+        raise UserError(f"{len(clicks[0])} clicks; at most {MAX_CLICKS} are accepted in one request")
+    return clicks

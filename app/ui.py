@@ -163,8 +163,9 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
             fetch = gr.Button("Download weights", size="sm", scale=0)
         method_md = gr.Markdown(describe_method("tiny-sam", "parser")[0], elem_id="method-info")
         with gr.Row():
-            steps = gr.Number(100, label="Steps", precision=0, minimum=1, elem_id="steps")
-            batch = gr.Number(2, label="Batch size", precision=0, minimum=1, elem_id="batch")
+            # no precision/minimum here: the service checks every value and says what is wrong
+            steps = gr.Number(100, label="Steps", elem_id="steps")
+            batch = gr.Number(2, label="Batch size", elem_id="batch")
             lr = gr.Number(1e-3, label="Learning rate (adapter)", elem_id="lr")
             head_lr = gr.Number(1e-4, label="Learning rate (head)", elem_id="head-lr")
         memory_md = gr.Markdown(estimate_memory("tiny-sam", "parser", 2), elem_id="memory")
@@ -177,6 +178,7 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
         train_msg = gr.Markdown(elem_id="train-msg", elem_classes="studio-msg")
         job = gr.Textbox(label="job", visible=False)
 
+    @user_errors
     def check_data(owner, task, dataset_zip, images, masks, classes):
         """Validate uploaded pairs; a bad upload is a message that stays in the page (and the API's error)."""
         try:
@@ -189,9 +191,7 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
 
     @user_errors
     def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size):
-        job_id = studio.submit(
-            owner, dataset, task, backbone, method, steps or 0, lr or 0, head_lr or 0, batch_size or 0
-        )
+        job_id = studio.submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size)
         return job_id, f"Job `{job_id}` queued."
 
     def on_backbone(bb, t):
@@ -533,20 +533,17 @@ def _methods_tab() -> None:
 
 
 def _api(studio: Studio) -> None:
+    @user_errors
     def status(owner: str, job: str) -> dict:
         """A job's state: status, step / steps, loss, eta_s, frozen and adapted held-out metrics, error."""
-        try:
-            return studio.status(owner, job)
-        except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+        return studio.status(owner, job)
 
+    @user_errors
     def jobs(owner: str) -> list:
         """This owner's jobs, newest first."""
-        try:
-            return studio.jobs(owner)
-        except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from None
+        return studio.jobs(owner)
 
+    @user_errors
     def tasks() -> dict:
         """Which tasks this server can train, with their backbones and methods."""
         return {

@@ -4,6 +4,8 @@ files to the browser, the bundled example images, owner-token checks."""
 from __future__ import annotations
 
 import functools
+import logging
+import secrets
 import shutil
 import tempfile
 import time
@@ -15,12 +17,15 @@ import numpy as np
 
 from app.service import UserError, check_owner
 
+log = logging.getLogger("app")
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
 
 
 def user_errors(fn):
-    """Show a UserError as a message in the page (and as the API's error text)."""
+    """Every endpoint's guard: a UserError is shown as its message in the page (and is the API's
+    error text); anything unexpected becomes a short message with an error id, while the
+    traceback goes to the server log under that id. Gradio's generic error never reaches a user."""
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -28,6 +33,16 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception as e:
+            error_id = secrets.token_hex(4)
+            log.exception("error %s in %s", error_id, fn.__name__)
+            raise gr.Error(
+                f"something went wrong on the server ({type(e).__name__}, error id {error_id}); "
+                "the server log has the details under that id",
+                print_exception=False,
+            ) from None
 
     return wrapped
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import zipfile
 from pathlib import Path
@@ -208,3 +209,81 @@ def test_restart_resumes_interrupted_and_queued_jobs(app, client, data):
     assert resumed and resumed[0]["step"] >= 10  # from its last checkpoint, not from the start
     steps = [e["step"] for e in events if e["type"] == "step"]
     assert steps[-1] == 40
+
+
+GENERIC = "upstream Gradio app has raised an exception"
+
+
+def malformed_requests(data):
+    """(endpoint, arguments, what the answer must say) for values no page would send."""
+    ok = [handle_file(str(data)), "dichotomous", "tiny-sam", "parser", 5, 1e-3, 1e-4, 2]
+
+    def train_with(i, value):
+        args = list(ok)
+        args[i] = value
+        return ("/train", (OWNER, *args))
+
+    image = handle_file(str(EXAMPLE))
+    predict = (OWNER, image, "", "tiny-sam", "dichotomous", "", "")
+
+    def predict_with(i, value):
+        args = list(predict)
+        args[i] = value
+        return ("/predict", tuple(args))
+
+    return [
+        (("/status", ("short", "x")), "malformed owner token"),
+        (("/status", (OWNER, "x" * 500)), "at most 64 are accepted"),
+        (("/status", (OWNER, "no-such-job")), "no such job"),
+        (("/jobs", (None,)), "malformed owner token"),
+        (("/cancel", (OWNER, None)), "no such job"),
+        (("/resume", (OWNER, "no-such-job")), "no such job"),
+        (("/download", (OWNER, "no-such-job", True)), "no such job"),
+        (train_with(0, None), "no dataset"),
+        (train_with(0, "/etc/passwd"), "validation error"),  # a path string, not an uploaded file
+        (train_with(1, "depth"), "unknown task 'depth'|'depth' .* is not in the list of choices"),
+        (train_with(1, 7), "task must be text|7 .* is not in the list of choices"),
+        (train_with(2, "sam-vit-z"), "unknown backbone for dichotomous 'sam-vit-z'"),
+        (train_with(2, "tiny-clip"), "unknown backbone for dichotomous 'tiny-clip'"),
+        (train_with(3, "magic"), "unknown method for tiny-sam 'magic'"),
+        (train_with(4, "many"), "steps must be a whole number"),
+        (train_with(4, 2.5), "steps must be a whole number"),
+        (train_with(4, 10**9), "steps must be between 1 and"),
+        (train_with(5, -1), "lr must be between"),
+        (train_with(6, "fast"), "head lr must be a number"),
+        (train_with(7, 0), "batch size must be between 1 and 64"),
+        (predict_with(1, None), "upload an image first"),
+        (predict_with(2, "upload-../../etc/passwd"), "no uploaded adapter"),
+        (predict_with(2, "x" * 100), "at most 64 are accepted"),
+        (predict_with(3, "tiny-clip"), "unknown backbone for dichotomous 'tiny-clip'"),
+        (predict_with(4, ["dichotomous"]), r"task must be text|\['dichotomous'\] .* is not in the list of choices"),
+        (predict_with(5, ",".join(f"c{i}" for i in range(300))), "300 class names; at most 64 are accepted"),
+        (predict_with(5, "x" * 100), "longer than 60 characters"),
+        (predict_with(6, "; ".join(["10,10,1"] * 20_000)), "characters long; at most 4,096 are accepted"),
+        (predict_with(6, "; ".join(["10,10,1"] * 200)), "200 clicks; at most 100 are accepted"),
+        (predict_with(6, "a,b"), "clicks are 'x,y' or 'x,y,label'"),
+        (("/load_adapter", (OWNER, None)), "choose an adapter .zip"),
+        (("/load_adapter", (OWNER, image)), r"not a usable adapter|Invalid file type.*\.zip"),
+        (("/check_data", ("short", "dichotomous", None, None, None, "")), "malformed owner token"),
+        (
+            ("/check_data", (OWNER, "depth", None, None, None, "")),
+            "unknown task 'depth'|'depth' .* not in the list of choices",
+        ),
+        (("/check_data", (OWNER, "dichotomous", None, None, None, "")), "upload a dataset zip"),
+        (("/check_data", (OWNER, "openvocab", None, [image], [image], "a," * 100)), "at most 63 are accepted"),
+    ]
+
+
+def test_every_endpoint_answers_malformed_values_with_a_specific_message(client, data):
+    """No request, whatever its values, gets Gradio's generic error: each gets a message that says
+    what is wrong (raised, or returned in the page's message for /check_data). A component that
+    checks a value itself (a radio's choices) answers with its own specific message."""
+    wrong = []
+    for (endpoint, args), expected in malformed_requests(data):
+        try:
+            answer = " ".join(str(x) for x in client.predict(*args, api_name=endpoint))
+        except Exception as e:  # gradio_client raises the endpoint's error text
+            answer = str(e)
+        if GENERIC in answer or not re.search(expected, answer):
+            wrong.append((endpoint, str(args)[:160], expected, answer[:300]))
+    assert not wrong, "\n".join(map(str, wrong))

@@ -217,3 +217,36 @@ def test_a_store_from_an_older_version_gains_its_new_column(tmp_path):
     store = JobStore(tmp_path / "old.sqlite")
     job = store.submit("o", {}, "d")
     assert store.get(job, "o")["died_at"] is None
+
+
+def test_request_values_are_typed_and_bounded():
+    from app.service import MAX_CLICKS, as_text, choice, file_list, number, parse_classes
+
+    assert number("3", "steps", 1, 10, integer=True) == 3 and number(2.0, "steps", 1, 10, integer=True) == 2
+    for bad, message in [
+        ("x", "must be a whole number"),
+        (2.5, "must be a whole number"),
+        (True, "whole number"),
+        (None, "whole number"),
+        (11, "between 1 and 10, got 11"),
+        ([3], "whole number"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            number(bad, "steps", 1, 10, integer=True)
+    assert as_text(None, "x") == "" and as_text("ab", "x") == "ab"
+    with pytest.raises(UserError, match="x must be text, not dict"):
+        as_text({}, "x")
+    with pytest.raises(UserError, match="x is 5 characters long; at most 4 are accepted"):
+        as_text("abcde", "x", 4)
+    with pytest.raises(UserError, match="unknown task 'depth'; choose one of dichotomous, openvocab"):
+        choice("depth", "task", ["dichotomous", "openvocab"])
+    assert file_list("a.png", "images", 2) == ["a.png"] and file_list(None, "images", 2) == []
+    with pytest.raises(UserError, match="3 images uploaded at once; at most 2 are accepted"):
+        file_list(["a", "b", "c"], "images", 2)
+    with pytest.raises(UserError, match="must be a list of uploaded files"):
+        file_list([1], "images", 2)
+    with pytest.raises(UserError, match=f"at most {MAX_CLICKS} are accepted"):
+        parse_clicks(";".join(["1,2,1"] * (MAX_CLICKS + 1)))
+    assert len(parse_clicks(";".join(["1,2,1"] * MAX_CLICKS))[0]) == MAX_CLICKS
+    with pytest.raises(UserError, match="at most 63 are accepted"):
+        parse_classes(",".join(f"c{i}" for i in range(64)), background=True)
