@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.config import JobFiles
@@ -67,36 +69,60 @@ def _line(event: dict) -> str | None:
     return None
 
 
+def _apply(p: Progress, raw: bytes) -> None:
+    try:
+        event = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a line cut by a kill
+        return
+    kind = event.get("type")
+    if kind == "step":
+        p.steps.append((event["step"], event["loss"]))
+        p.step, p.eta_s, p.last_loss = event["step"], event.get("eta_s"), event["loss"]
+    elif kind == "eval":
+        p.evals.append((event["step"], event.get("model"), event.get("metrics", {})))
+        if event.get("model") == "frozen":
+            p.frozen = event.get("metrics")
+    elif kind in ("done", "resumed"):
+        p.step = event.get("step", p.step)
+        if kind == "done":
+            p.adapted, p.eta_s = event.get("adapted"), 0
+    line = _line(event)
+    if line:
+        p.log.append(line)
+
+
+# Every poll of every client reads its job's progress: the parsed events are kept per file (as
+# long as it is the same file, i.e. not rewritten by a resume) and only lines appended since the
+# last read are parsed, so a status call costs a stat and a few lines, not the whole run.
+_CACHE: OrderedDict[str, tuple[int, int, Progress]] = OrderedDict()  # path -> (inode, offset, progress)
+_CACHE_SIZE = 256
+_LOCK = threading.Lock()
+
+
 def read_progress(folder: Path) -> Progress:
-    """The progress of the job whose folder this is (an empty Progress when nothing is written yet)."""
+    """The progress of the job whose folder this is (an empty Progress when nothing is written yet).
+    A line still being written (no newline yet) is left for the next read."""
     path = JobFiles(Path(folder)).events
-    p = Progress()
     try:
         st = path.stat()
     except OSError:
-        return p
-    p.signature = (st.st_size, st.st_mtime_ns)
-    with open(path) as f:
-        for raw in f:
-            try:
-                event = json.loads(raw)
-            except json.JSONDecodeError:  # the line being written right now
-                continue
-            kind = event.get("type")
-            if kind == "step":
-                p.steps.append((event["step"], event["loss"]))
-                p.step, p.eta_s, p.last_loss = event["step"], event.get("eta_s"), event["loss"]
-            elif kind == "eval":
-                p.evals.append((event["step"], event.get("model"), event.get("metrics", {})))
-                if event.get("model") == "frozen":
-                    p.frozen = event.get("metrics")
-            elif kind in ("done", "resumed"):
-                p.step = event.get("step", p.step)
-                if kind == "done":
-                    p.adapted, p.eta_s = event.get("adapted"), 0
-            line = _line(event)
-            if line:
-                p.log.append(line)
-    if len(p.log) > LOG_LINES:
-        p.log = p.log[:1] + ["..."] + p.log[-(LOG_LINES - 2) :]
-    return p
+        return Progress()
+    key = str(path)
+    with _LOCK:
+        inode, offset, p = _CACHE.pop(key, (None, 0, None))
+        if p is None or inode != st.st_ino or st.st_size < offset:  # new, or rewritten: from the start
+            inode, offset, p = st.st_ino, 0, Progress()
+        if st.st_size > offset:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(st.st_size - offset)
+            end = chunk.rfind(b"\n") + 1
+            for raw in chunk[:end].splitlines():
+                _apply(p, raw)
+            offset += end
+        p.signature = (st.st_size, st.st_mtime_ns)
+        _CACHE[key] = (inode, offset, p)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        log = p.log if len(p.log) <= LOG_LINES else p.log[:1] + ["..."] + p.log[-(LOG_LINES - 2) :]
+        return replace(p, steps=list(p.steps), evals=list(p.evals), log=log)

@@ -313,8 +313,14 @@ class Studio:
         if not as_text(dataset_zip, "the dataset zip"):
             raise UserError("no dataset: upload pairs or label images in the Data tab first (or pass a dataset zip)")
         family = family_for_task(task)
-        backbone = choice(backbone, f"backbone for {task}", backbones_for(task))
-        method = choice(method, f"method for {backbone}", methods_for(family))
+        backbone = as_text(backbone, "backbone", MAX_ID)
+        if backbone not in backbones_for(task):
+            raise UserError(
+                f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(backbones_for(task))}"
+            )
+        method = as_text(method, "method", MAX_ID)
+        if method not in methods_for(family):
+            raise UserError(f"{method!r} does not apply to {backbone}; choose one of {', '.join(methods_for(family))}")
         steps = number(steps, "steps", 1, self.limits.max_steps, integer=True)
         batch_size = number(batch_size, "batch size", 1, 64, integer=True)
         lr, head_lr = number(lr, "lr", 1e-12, 1), number(head_lr, "head lr", 0, 1)
@@ -482,7 +488,9 @@ class Studio:
             path = self._adapter_path(owner, adapter_ref)
             key = ("adapter", str(path))
         else:
-            backbone = choice(backbone, f"backbone for {task}", backbones_for(task))
+            backbone = as_text(backbone, "backbone", MAX_ID)
+            if backbone not in backbones_for(task):
+                raise UserError(f"{backbone!r} is not a backbone for {task}")
             key = ("frozen", backbone, task)
         with self._models_lock:
             if key in self._models:

@@ -533,13 +533,15 @@ def _methods_tab() -> None:
 
 
 def _api(studio: Studio) -> None:
+    # async: answered on the server's event loop (a millisecond of SQLite and a stat), with no hop
+    # to a worker thread
     @user_errors
-    def status(owner: str, job: str) -> dict:
+    async def status(owner: str, job: str) -> dict:
         """A job's state: status, step / steps, loss, eta_s, frozen and adapted held-out metrics, error."""
         return studio.status(owner, job)
 
     @user_errors
-    def jobs(owner: str) -> list:
+    async def jobs(owner: str) -> list:
         """This owner's jobs, newest first."""
         return studio.jobs(owner)
 
@@ -551,9 +553,10 @@ def _api(studio: Studio) -> None:
             for t in TASKS
         }
 
-    gr.api(status, api_name="status")
-    gr.api(jobs, api_name="jobs")
-    gr.api(tasks, api_name="tasks")
+    # reads of the job store and a stat of the events file: answered at once, outside the queue
+    # (which orders the heavy work: training submissions, predictions), with no concurrency cap
+    for fn in (status, jobs, tasks):
+        gr.api(fn, api_name=fn.__name__, queue=False, concurrency_limit=None)
 
 
 __all__ = ["build", "METHODS"]

@@ -4,6 +4,7 @@ files to the browser, the bundled example images, owner-token checks."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import secrets
 import shutil
@@ -25,24 +26,41 @@ EXAMPLES = REPO / "assets" / "examples"
 def user_errors(fn):
     """Every endpoint's guard: a UserError is shown as its message in the page (and is the API's
     error text); anything unexpected becomes a short message with an error id, while the
-    traceback goes to the server log under that id. Gradio's generic error never reaches a user."""
+    traceback goes to the server log under that id. Gradio's generic error never reaches a user.
+    Works for plain and async endpoints alike."""
+
+    def translate(e: Exception) -> gr.Error:
+        if isinstance(e, UserError):
+            return gr.Error(str(e), print_exception=False)
+        error_id = secrets.token_hex(4)
+        log.error("error %s in %s", error_id, fn.__name__, exc_info=e)
+        return gr.Error(
+            f"something went wrong on the server ({type(e).__name__}, error id {error_id}); "
+            "the server log has the details under that id",
+            print_exception=False,
+        )
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awaited(*args, **kwargs):
+            try:
+                return await fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as e:
+                raise translate(e) from None
+
+        return awaited
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from None
         except gr.Error:
             raise
         except Exception as e:
-            error_id = secrets.token_hex(4)
-            log.exception("error %s in %s", error_id, fn.__name__)
-            raise gr.Error(
-                f"something went wrong on the server ({type(e).__name__}, error id {error_id}); "
-                "the server log has the details under that id",
-                print_exception=False,
-            ) from None
+            raise translate(e) from None
 
     return wrapped
 

@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--poll", type=float, default=0.5)
     args = parser.parse_args(argv)
     _die_with_parent()
+    os.nice(int(os.environ.get("ADAPT_WORKER_NICE", "10")))  # training yields the CPU to the page and its API
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
     shutdown = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: shutdown.set())

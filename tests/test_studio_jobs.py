@@ -250,3 +250,26 @@ def test_request_values_are_typed_and_bounded():
     assert len(parse_clicks(";".join(["1,2,1"] * MAX_CLICKS))[0]) == MAX_CLICKS
     with pytest.raises(UserError, match="at most 63 are accepted"):
         parse_classes(",".join(f"c{i}" for i in range(64)), background=True)
+
+
+def test_progress_reads_only_what_was_appended_and_starts_over_on_a_rewrite(tmp_path):
+    from adapt.files import write_text
+
+    events = tmp_path / "events.jsonl"
+
+    def step(i):
+        return json.dumps({"type": "step", "time": i, "step": i, "loss": 1.0 / i, "lr": 1e-3, "eta_s": 0}) + "\n"
+
+    events.write_text(step(1) + step(2))
+    assert read_progress(tmp_path).step == 2
+    with open(events, "a") as f:
+        f.write(step(3) + step(4)[:10])  # step 4 still being written
+    p = read_progress(tmp_path)
+    assert [s for s, _ in p.steps] == [1, 2, 3]
+    with open(events, "a") as f:
+        f.write(step(4)[10:])
+    assert [s for s, _ in read_progress(tmp_path).steps] == [1, 2, 3, 4]
+    write_text(events, step(1) + step(2))  # a resume rewinds the file (a new file, atomically)
+    assert [s for s, _ in read_progress(tmp_path).steps] == [1, 2]
+    p.steps.append((99, 0.0))  # what a caller does with its copy stays its own
+    assert read_progress(tmp_path).step == 2
