@@ -18,8 +18,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -123,8 +125,13 @@ class EventLog:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # our handle: closed (and freed) on failure
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's writer reports a short write as a RuntimeError
+            if shutil.disk_usage(path.parent).free < 64 << 20:
+                raise OSError(errno.ENOSPC, f"no space left on the device writing {path.name}") from e
+            raise
 
 
 def _step_rng(seed: int, step: int) -> np.random.Generator:

@@ -7,8 +7,23 @@ Binds to 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise; files live under AD
 import logging
 import os
 import signal
+import threading
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the app works offline
+
+
+def janitor(studio, every_s: float = 3600) -> None:
+    """Remove expired jobs and uploads (ADAPT_RETENTION_DAYS) at start and then hourly."""
+    log = logging.getLogger("app.janitor")
+    while True:
+        try:
+            removed = studio.clean()
+            if removed["jobs"] or removed["uploads"]:
+                log.info("removed %d expired job(s) and %d upload(s)", len(removed["jobs"]), len(removed["uploads"]))
+        except Exception:  # a full or read-only disk must not end the app
+            log.exception("cleanup failed; trying again later")
+        time.sleep(every_s)
 
 
 def main() -> None:
@@ -31,6 +46,7 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=janitor, args=(studio,), name="janitor", daemon=True).start()
     logging.getLogger("app").info("studio folder: %s; workers: %s", paths.root, supervisor.worker_pids())
     try:
         build(studio).queue(default_concurrency_limit=4).launch(

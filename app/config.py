@@ -42,6 +42,9 @@ class Limits:
     max_pixels: int = 40_000_000
     max_images: int = 500
     max_steps: int = 20_000
+    active_jobs: int = 3  # queued + running jobs per owner
+    owner_storage_mb: int = 2048  # uploads + job folders per owner
+    retention_days: float = 7.0  # finished jobs and uploads older than this are removed (0: never)
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -50,6 +53,9 @@ class Limits:
             max_pixels=_int("ADAPT_MAX_PIXELS", cls.max_pixels),
             max_images=_int("ADAPT_MAX_IMAGES", cls.max_images),
             max_steps=_int("ADAPT_MAX_STEPS", cls.max_steps),
+            active_jobs=_int("ADAPT_MAX_ACTIVE_JOBS", cls.active_jobs),
+            owner_storage_mb=_int("ADAPT_OWNER_STORAGE_MB", cls.owner_storage_mb),
+            retention_days=float(os.environ.get("ADAPT_RETENTION_DAYS") or cls.retention_days),
         )
 
 

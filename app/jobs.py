@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started     REAL,
     finished    REAL,
     heartbeat   REAL,
-    died_at     INTEGER
+    died_at     INTEGER,
+    seen        REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
@@ -62,8 +63,9 @@ class JobStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
-            if "died_at" not in columns:  # a store made by an older version
-                db.execute("ALTER TABLE jobs ADD COLUMN died_at INTEGER")
+            for name, kind in (("died_at", "INTEGER"), ("seen", "REAL")):  # a store made by an older version
+                if name not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     @contextmanager
     def _connect(self):
@@ -127,6 +129,38 @@ class JobStore:
                 db.execute("UPDATE jobs SET cancel = 1 WHERE id = ?", (job_id,))
             db.execute("COMMIT")
         return self.get(job_id, owner)["status"]
+
+    def active_count(self, owner: str) -> int:
+        """How many of the owner's jobs are queued or running."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')", (owner,)
+            ).fetchone()
+        return int(row[0])
+
+    def owner_jobs(self, owner: str) -> list[str]:
+        """Every job id of an owner (for storage accounting)."""
+        with self._connect() as db:
+            return [r["id"] for r in db.execute("SELECT id FROM jobs WHERE owner = ?", (owner,))]
+
+    def seen(self, job_id: str, when: float) -> None:
+        """Record that the owner looked at the job (cleanup keeps what is looked at)."""
+        with self._connect() as db:
+            db.execute("UPDATE jobs SET seen = ? WHERE id = ?", (when, job_id))
+
+    def expired(self, before: float) -> list[str]:
+        """Finished jobs that ended, and were last looked at, before `before`."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE status IN ('done', 'failed', 'cancelled') AND finished < ? "
+                "AND COALESCE(seen, 0) < ?",
+                (before, before),
+            )
+            return [r["id"] for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def queue_position(self, job_id: str) -> int:
         """How many queued jobs are ahead of this one (0: next)."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import tempfile
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from dataclasses import asdict
@@ -235,6 +237,38 @@ class Studio:
         self.store = JobStore(paths.db)
         self._models: OrderedDict[tuple, object] = OrderedDict()
         self._models_lock = threading.Lock()
+        self._seen: dict[str, float] = {}  # job -> when its owner last looked (written at most once a minute)
+
+    # --- quotas and cleanup --------------------------------------------------------------------
+    def usage(self, owner: str) -> int:
+        """Bytes an owner's uploads and job folders take on disk."""
+        folders = [self.paths.owner_uploads(owner)] + [self.paths.job_dir(j) for j in self.store.owner_jobs(owner)]
+        return sum(f.stat().st_size for folder in folders if folder.exists() for f in folder.rglob("*") if f.is_file())
+
+    def check_storage(self, owner: str, adding: int = 0) -> None:
+        """Refuse what would take the owner past their storage limit, saying what to remove."""
+        limit = self.limits.owner_storage_mb << 20
+        used = self.usage(owner)
+        if used + adding > limit:
+            raise UserError(
+                f"this would take your storage to {format_bytes(used + adding)}, over the {format_bytes(limit)} "
+                "each user has here: cancel or let old jobs expire, or use fewer or smaller uploads"
+            )
+
+    def clean(self, now: float | None = None) -> dict:
+        """Remove finished jobs and uploads nobody has touched for the retention time (a job whose
+        owner looked at it recently is kept); returns what was removed."""
+        if self.limits.retention_days <= 0:
+            return {"jobs": [], "uploads": []}
+        before = (now or time.time()) - self.limits.retention_days * 86400
+        jobs = self.store.expired(before)
+        for job_id in jobs:
+            shutil.rmtree(self.paths.job_dir(job_id), ignore_errors=True)
+            self.store.delete(job_id)
+        uploads = [f for f in self.paths.uploads.rglob("*") if f.is_file() and f.stat().st_mtime < before]
+        for f in uploads:
+            f.unlink(missing_ok=True)
+        return {"jobs": jobs, "uploads": [str(f) for f in uploads]}
 
     # --- datasets ------------------------------------------------------------------------------
     def load_checked(self, path: Path, task: str):
@@ -265,6 +299,8 @@ class Studio:
         images = file_list(images, "image files", self.limits.max_images)
         masks = file_list(masks, "mask files", self.limits.max_images)
         zip_file = as_text(zip_file, "the dataset zip", 4096) or None
+        uploaded = [Path(f) for f in [*images, *masks, *([zip_file] if zip_file else [])]]
+        self.check_storage(owner, sum(f.stat().st_size for f in uploaded if f.is_file()))
         dest = self.paths.owner_uploads(owner) / f"dataset-{new_token()[:12]}.zip"
         if zip_file:
             if images or masks:
@@ -327,6 +363,13 @@ class Studio:
         seed = number(seed, "seed", 0, 2**31 - 1, integer=True)
         if options is not None and not isinstance(options, dict):
             raise UserError("method options must be an object of option names and values")
+        active = self.store.active_count(owner)
+        if active >= self.limits.active_jobs:
+            raise UserError(
+                f"you have {active} jobs queued or running; at most {self.limits.active_jobs} at once: "
+                "wait for one to finish, or cancel one"
+            )
+        self.check_storage(owner, Path(dataset_zip).stat().st_size if Path(dataset_zip).is_file() else 0)
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
         dataset.close()
         every = max(1, steps // 8)
@@ -361,6 +404,13 @@ class Studio:
     def status(self, owner: str, job_id: str) -> dict:
         """Everything a client needs to follow a job (JSON-serialisable)."""
         job = self.job(owner, job_id)
+        now = time.time()
+        if now - self._seen.get(job["id"], 0) > 60:  # kept from cleanup while its owner looks at it
+            self._seen[job["id"]] = now
+            try:
+                self.store.seen(job["id"], now)
+            except sqlite3.OperationalError:  # a full disk: reading a job's status must still work
+                pass
         files = self.paths.job_files(job["id"])
         progress = read_progress(files.folder)
         result = {
@@ -447,6 +497,7 @@ class Studio:
             cfg, tensors = read_adapter(Path(zip_path))
         except (AdapterError, zipfile.BadZipFile, OSError) as e:
             raise UserError(f"not a usable adapter: {e}") from None
+        self.check_storage(owner, Path(zip_path).stat().st_size if Path(zip_path).is_file() else 0)
         ref = f"upload-{new_token()[:16]}"
         copy_file(Path(zip_path), self.paths.uploaded_adapters(owner) / f"{ref}.zip")
         return ref, describe_adapter(cfg, len(tensors))

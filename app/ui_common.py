@@ -3,6 +3,7 @@ files to the browser, the bundled example images, owner-token checks."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -32,6 +33,11 @@ def user_errors(fn):
     def translate(e: Exception) -> gr.Error:
         if isinstance(e, UserError):
             return gr.Error(str(e), print_exception=False)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            log.error("the studio's disk is full (%s)", fn.__name__)
+            return gr.Error(
+                "the studio's disk is full right now: nothing was kept; try again later", print_exception=False
+            )
         error_id = secrets.token_hex(4)
         log.error("error %s in %s", error_id, fn.__name__, exc_info=e)
         return gr.Error(

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 
 HEARTBEAT_S = 2.0
@@ -109,9 +112,29 @@ def user_message(e: BaseException) -> str:
 
     if isinstance(e, (DatasetError, TrainingError, WeightsUnavailable, AdapterError)):
         return str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return (
+            "the studio's disk is full, so the job could not write its files (nothing half-written was "
+            "kept); it can be resumed from its last checkpoint once space is freed"
+        )
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
         return f"out of memory: {e}. Try a smaller batch size, a smaller backbone or a lighter method."
     return f"{type(e).__name__}: {e}"
+
+
+def record_failure(store, job_id: str, worker: str, message: str, tries: int = 5) -> None:
+    """Mark the job failed. A full disk can refuse even that (SQLite needs room for its journal):
+    retry a few times, then exit with the message as the last output, so that the supervisor
+    marks the job failed with it instead of the job hanging as running."""
+    for attempt in range(tries):
+        try:
+            store.finish(job_id, "failed", error=message, worker=worker)
+            return
+        except sqlite3.OperationalError as e:
+            log.warning("cannot record job %s as failed (%s); retrying", job_id, e)
+            time.sleep(1 + attempt)
+    log.error("job %s failed: %s", job_id, message)
+    sys.exit(3)
 
 
 def main(argv=None) -> int:
@@ -148,7 +171,7 @@ def main(argv=None) -> int:
         except Exception as e:  # the job failed, the worker lives on
             log.exception("job %s failed", job["id"])
             status = "failed"
-            store.finish(job["id"], "failed", error=user_message(e), worker=args.worker_id)
+            record_failure(store, job["id"], args.worker_id, user_message(e))
         log.info("job %s: %s", job["id"], status)
     return 0
 

@@ -273,3 +273,52 @@ def test_progress_reads_only_what_was_appended_and_starts_over_on_a_rewrite(tmp_
     assert [s for s, _ in read_progress(tmp_path).steps] == [1, 2]
     p.steps.append((99, 0.0))  # what a caller does with its copy stays its own
     assert read_progress(tmp_path).step == 2
+
+
+def test_quotas_per_owner(tmp_path):
+    from app.config import Limits
+
+    studio = Studio(Paths(tmp_path / "studio"), Limits(active_jobs=2, owner_storage_mb=1))
+    data = str(dataset_zip(tmp_path, n=3, size=64))
+    for _ in range(2):
+        studio.submit(OWNER, data, "dichotomous", "tiny-sam", "parser", 5, 1e-3, 1e-4)
+    with pytest.raises(UserError, match="you have 2 jobs queued or running; at most 2 at once"):
+        studio.submit(OWNER, data, "dichotomous", "tiny-sam", "parser", 5, 1e-3, 1e-4)
+    studio.submit(
+        "another-owner-" + "c" * 10, data, "dichotomous", "tiny-sam", "parser", 5, 1e-3, 1e-4
+    )  # their own quota
+    studio.paths.owner_uploads(OWNER).mkdir(parents=True, exist_ok=True)
+    (studio.paths.owner_uploads(OWNER) / "big.bin").write_bytes(bytes(1 << 20))
+    with pytest.raises(UserError, match="over the 1.0 MB each user has here"):
+        studio.stage_upload(OWNER, "dichotomous", zip_file=data)
+    assert studio.usage(OWNER) > 1 << 20
+
+
+def test_cleanup_removes_what_nobody_touched(tmp_path):
+    import os
+    import time
+
+    from app.config import Limits
+
+    studio = Studio(Paths(tmp_path / "studio"), Limits(retention_days=1))
+    data = str(dataset_zip(tmp_path, n=3, size=64))
+    old, watched, running = (
+        studio.submit(OWNER, data, "dichotomous", "tiny-sam", "parser", 5, 1e-3, 1e-4) for _ in range(3)
+    )
+    for _ in (old, watched):
+        studio.store.claim("w", 1)
+    studio.store.finish(old, "done", worker="w")
+    studio.store.finish(watched, "done", worker="w")
+    stale = studio.paths.owner_uploads(OWNER) / "dataset-old.zip"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"x")
+    two_days = time.time() - 2 * 86400
+    os.utime(stale, (two_days, two_days))
+    with studio.store._connect() as db:  # they finished two days ago
+        db.execute("UPDATE jobs SET finished = ? WHERE id IN (?, ?)", (two_days, old, watched))
+    studio.status(OWNER, watched)  # its owner is looking at it now
+    removed = studio.clean()
+    assert removed["jobs"] == [old] and removed["uploads"] == [str(stale)]
+    assert studio.store.get(old, OWNER) is None and not studio.paths.job_dir(old).exists()
+    assert studio.store.get(watched, OWNER) and studio.store.get(running, OWNER)["status"] in ("queued", "running")
+    assert Studio(Paths(tmp_path / "studio"), Limits(retention_days=0)).clean() == {"jobs": [], "uploads": []}
