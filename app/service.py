@@ -68,9 +68,12 @@ def family_for_task(task: str) -> str:
 
 
 def backbones_for(task: str) -> list[str]:
+    """The task's backbones, the one to propose first: on a GPU the official models (their weights
+    are downloaded on first use), smallest first; on the CPU the bundled tiny model, which trains in
+    seconds there, then the official ones."""
     family = family_for_task(task)
-    names = [n for n in BACKBONES if family_of(n) == family]
-    return sorted(names, key=lambda n: (not BACKBONES[n].bundled, n))  # bundled first
+    names = [n for n in BACKBONES if family_of(n) == family]  # catalog order: official by size
+    return sorted(names, key=lambda n: BACKBONES[n].bundled == _has_gpu())
 
 
 def backbone_status(name: str) -> str:

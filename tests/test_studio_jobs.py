@@ -322,3 +322,14 @@ def test_cleanup_removes_what_nobody_touched(tmp_path):
     assert studio.store.get(old, OWNER) is None and not studio.paths.job_dir(old).exists()
     assert studio.store.get(watched, OWNER) and studio.store.get(running, OWNER)["status"] in ("queued", "running")
     assert Studio(Paths(tmp_path / "studio"), Limits(retention_days=0)).clean() == {"jobs": [], "uploads": []}
+
+
+def test_the_official_backbone_is_proposed_first_on_a_gpu(monkeypatch):
+    from app import service
+
+    monkeypatch.setattr(service, "_has_gpu", lambda: True)
+    assert service.backbones_for("dichotomous")[0] == "sam-vit-b"
+    assert service.backbones_for("openvocab")[0] == "clip-vit-b-16"
+    monkeypatch.setattr(service, "_has_gpu", lambda: False)
+    assert service.backbones_for("dichotomous")[0] == "tiny-sam"
+    assert service.backbones_for("openvocab")[0] == "tiny-clip"
