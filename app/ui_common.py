@@ -9,6 +9,7 @@ import inspect
 import logging
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,9 @@ def user_errors(fn):
     def translate(e: Exception) -> gr.Error:
         if isinstance(e, UserError):
             return gr.Error(str(e), print_exception=False)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (
+            isinstance(e, sqlite3.OperationalError) and "full" in str(e)
+        ):
             log.error("the studio's disk is full (%s)", fn.__name__)
             return gr.Error(
                 "the studio's disk is full right now: nothing was kept; try again later", print_exception=False
