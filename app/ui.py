@@ -299,12 +299,13 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
         shown = next((im for im in map(read_rgb, pictures) if im is not None), None)
         before = read_rgb(JobFiles.predictions(job_files.before))
         after = read_rgb(JobFiles.predictions(job_files.after))
-        # no rows: None, not an empty frame (gradio's plot never recovers from an empty one)
+        # None until the adapted model has a score: gradio's plot keeps the series (and legend) of its
+        # first draw, so that draw must hold both the frozen and the adapted lines
         return (
             signature,
             _status_text(s),
             loss_df if len(loss_df) else None,
-            metric_df if len(metric_df) else None,
+            metric_df if metric_df["series"].str.endswith("adapted").any() else None,
             shown,
             (before, after) if before is not None and after is not None else None,
             _scores(s["frozen"], s["adapted"]),

@@ -128,6 +128,8 @@ def test_train_watch_and_reattach(page, shots):
     status = page.locator("#job-status")
     expect(status).to_contain_text("done", timeout=180_000)
     expect(page.locator("#scores")).to_contain_text("adapted")
+    expect(page.locator("#metric-plot")).to_contain_text("iou adapted")  # both lines drawn, legend included
+    expect(page.locator("#metric-plot")).to_contain_text("iou frozen")
     if SCREENSHOTS:  # the README's picture must show what adapting is for
         text = page.locator("#scores").inner_text()
         frozen, adapted = map(float, re.search(r"^\s*iou\s+([0-9.]+)\s+([0-9.]+)", text, re.M).groups())
