@@ -109,15 +109,19 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--idle", action="store_true", help="also measure with no job running (the baseline)")
+    p.add_argument("--nice", type=int, help="the worker's nice value (default: the app's, ADAPT_WORKER_NICE)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    extra = {"ADAPT_WORKER_NICE": str(args.nice)} if args.nice is not None else {}
     from gradio_client import Client, handle_file
 
     report = {"command": "python bench/status_latency.py " + " ".join(argv or sys.argv[1:]), "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cores = str(os.cpu_count() or 1)
-        app = StudioProcess(tmp / "studio", env={"ADAPT_WORKER_THREADS": cores, "OMP_NUM_THREADS": cores}).start()
+        app = StudioProcess(
+            tmp / "studio", env={"ADAPT_WORKER_THREADS": cores, "OMP_NUM_THREADS": cores, **extra}
+        ).start()
         try:
             client = Client(app.url, verbose=False)
             data = handle_file(str(dataset_zip(tmp)))
