@@ -39,9 +39,9 @@ TASK_LABELS = {
     "dichotomous": "Dichotomous (SAM: one foreground mask)",
     "openvocab": "Open-vocabulary (CLIP: label map of named classes)",
 }
-# What a newcomer should know before the first preview, from weights/manifest.json and a zero-shot
-# check (frozen tiny-clip labels the example scenes' object pixels right 35-37% of the time, shape or
-# colour names alike: near chance)
+# What a newcomer should know before the first preview: weights/manifest.json (tiny-sam's held-out
+# box IoU per domain) and docs/benchmarks.md (frozen tiny-clip's zero-shot mIoU with colour names is
+# 0.02, bench/openvocab.py --split colours; with shape names it is at chance)
 BUNDLED_NOTE = (
     "*The bundled `tiny-sam` and `tiny-clip` are small demo models trained on this project's synthetic "
     "scenes: they run offline on a CPU in seconds to show the whole loop, not to segment real photos. "
