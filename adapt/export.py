@@ -261,15 +261,14 @@ def save_merged(
     Methods with a non-linear branch (the AdaptFormer family) cannot be folded into the base
     architecture: refused with the reason, since a file that no builder can load is worse than none.
     """
-    cfg, _ = read_adapter(adapter)
-    method = METHODS.get(cfg.get("method"))
-    if method is not None and not method.fully_mergeable:
+    handle = load_adapter(adapter, checkpoint=checkpoint)
+    cfg = handle.info
+    if not handle.fully_mergeable:
         raise AdapterError(
             f"a {cfg['method']!r} adapter cannot be merged: its bottleneck branch is non-linear (LayerNorm, "
             f"ReLU) and cannot be folded into {cfg['base_model']['name']}'s weights. Use the adapter itself "
             "(the adapter folder or zip), which loads onto the base model with adapt.export.load_adapter."
         )
-    handle = load_adapter(adapter, checkpoint=checkpoint)
     handle.merge()
     state = {k: v.detach().contiguous().cpu() for k, v in handle.model.state_dict().items()}
     for i, head in enumerate(handle.backbone.heads):

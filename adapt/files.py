@@ -12,11 +12,13 @@ This module imports only the standard library, so every other module may use it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +107,14 @@ def sha256_file(path: str | Path) -> str:
         while block := f.read(CHUNK):
             h.update(block)
     return h.hexdigest()
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether an error means the disk is full: the OS's ENOSPC, or SQLite's "database or disk is
+    full" (which it raises as an OperationalError)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
 
 
 def format_bytes(n: float | None) -> str:

@@ -35,7 +35,7 @@ class Progress:
         evaluation, and the adapted line starts from it at step 0 (every method is the identity at
         step 0, so the adapted model's step-0 score is the frozen one)."""
         loss = [{"step": s, "loss": v} for s, v in self.steps]
-        evals = [(s, model, m) for s, model, m in self.evals]
+        evals = list(self.evals)
         frozen = next((m for _, model, m in evals if model == "frozen"), None)
         last = max((s for s, model, _ in evals if model == "adapted"), default=None)
         if frozen is not None and last:

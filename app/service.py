@@ -76,6 +76,15 @@ def backbones_for(task: str) -> list[str]:
     return sorted(names, key=lambda n: BACKBONES[n].bundled == _has_gpu())
 
 
+def backbone_for(task: str, backbone) -> str:
+    """`backbone`, checked to be text and one of the task's backbones."""
+    backbone = as_text(backbone, "backbone", MAX_ID)
+    names = backbones_for(task)
+    if backbone not in names:
+        raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(names)}")
+    return backbone
+
+
 def backbone_status(name: str) -> str:
     from adapt.weights import available
 
@@ -301,7 +310,7 @@ class Studio:
         classes = as_text(classes, "the class list")
         images = file_list(images, "image files", self.limits.max_images)
         masks = file_list(masks, "mask files", self.limits.max_images)
-        zip_file = as_text(zip_file, "the dataset zip", 4096) or None
+        zip_file = as_text(zip_file, "the dataset zip") or None
         uploaded = [Path(f) for f in [*images, *masks, *([zip_file] if zip_file else [])]]
         self.check_storage(owner, sum(f.stat().st_size for f in uploaded if f.is_file()))
         dest = self.paths.owner_uploads(owner) / f"dataset-{new_token()[:12]}.zip"
@@ -352,11 +361,7 @@ class Studio:
         if not as_text(dataset_zip, "the dataset zip"):
             raise UserError("no dataset: upload pairs or label images in the Data tab first (or pass a dataset zip)")
         family = family_for_task(task)
-        backbone = as_text(backbone, "backbone", MAX_ID)
-        if backbone not in backbones_for(task):
-            raise UserError(
-                f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(backbones_for(task))}"
-            )
+        backbone = backbone_for(task, backbone)
         method = as_text(method, "method", MAX_ID)
         if method not in methods_for(family):
             raise UserError(f"{method!r} does not apply to {backbone}; choose one of {', '.join(methods_for(family))}")
@@ -542,9 +547,7 @@ class Studio:
             path = self._adapter_path(owner, adapter_ref)
             key = ("adapter", str(path))
         else:
-            backbone = as_text(backbone, "backbone", MAX_ID)
-            if backbone not in backbones_for(task):
-                raise UserError(f"{backbone!r} is not a backbone for {task}")
+            backbone = backbone_for(task, backbone)
             key = ("frozen", backbone, task)
         with self._models_lock:
             if key in self._models:

@@ -3,13 +3,11 @@ files to the browser, the bundled example images, owner-token checks."""
 
 from __future__ import annotations
 
-import errno
 import functools
 import inspect
 import logging
 import secrets
 import shutil
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ import cv2
 import gradio as gr
 import numpy as np
 
+from adapt.files import disk_full
 from app.service import UserError, check_owner
 
 log = logging.getLogger("app")
@@ -34,9 +33,7 @@ def user_errors(fn):
     def translate(e: Exception) -> gr.Error:
         if isinstance(e, UserError):
             return gr.Error(str(e), print_exception=False)
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (
-            isinstance(e, sqlite3.OperationalError) and "full" in str(e)
-        ):
+        if disk_full(e):
             log.error("the studio's disk is full (%s)", fn.__name__)
             return gr.Error(
                 "the studio's disk is full right now: nothing was kept; try again later", print_exception=False

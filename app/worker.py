@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
 import logging
 import os
 import signal
@@ -107,12 +106,13 @@ def user_message(e: BaseException) -> str:
     """What the job page shows: our own errors speak for themselves; others get their type."""
     from adapt.data import DatasetError
     from adapt.export import AdapterError
+    from adapt.files import disk_full
     from adapt.train import TrainingError
     from adapt.weights import WeightsUnavailable
 
     if isinstance(e, (DatasetError, TrainingError, WeightsUnavailable, AdapterError)):
         return str(e)
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    if disk_full(e):
         return (
             "the studio's disk is full, so the job could not write its files (nothing half-written was "
             "kept); it can be resumed from its last checkpoint once space is freed"
