@@ -30,6 +30,7 @@ def main() -> None:
     import torch
 
     from app.config import Limits, Paths, default_root
+    from app.rest import add_routes
     from app.service import Studio
     from app.supervisor import Supervisor
     from app.ui import CSS, build
@@ -49,7 +50,8 @@ def main() -> None:
     threading.Thread(target=janitor, args=(studio,), name="janitor", daemon=True).start()
     logging.getLogger("app").info("studio folder: %s; workers: %s", paths.root, supervisor.worker_pids())
     try:
-        build(studio).queue(default_concurrency_limit=4).launch(
+        blocks = build(studio).queue(default_concurrency_limit=4)
+        blocks.launch(
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
             max_file_size=f"{limits.upload_mb}mb",
@@ -58,7 +60,10 @@ def main() -> None:
             show_error=True,
             css=CSS,
             footer_links=["api"],
+            prevent_thread_lock=True,
         )
+        add_routes(blocks.app, studio)  # the light JSON routes for polling clients (app/rest.py)
+        blocks.block_thread()
     finally:
         supervisor.stop()
 

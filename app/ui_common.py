@@ -24,6 +24,22 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "assets" / "examples"
 
 
+def error_message(e: Exception, where: str) -> str:
+    """What a user is told of an exception: a UserError's own message; a full disk said as such;
+    anything else a short line with an error id, the traceback logged under that id."""
+    if isinstance(e, UserError):
+        return str(e)
+    if disk_full(e):
+        log.error("the studio's disk is full (%s)", where)
+        return "the studio's disk is full right now: nothing was kept; try again later"
+    error_id = secrets.token_hex(4)
+    log.error("error %s in %s", error_id, where, exc_info=e)
+    return (
+        f"something went wrong on the server ({type(e).__name__}, error id {error_id}); "
+        "the server log has the details under that id"
+    )
+
+
 def user_errors(fn):
     """Every endpoint's guard: a UserError is shown as its message in the page (and is the API's
     error text); anything unexpected becomes a short message with an error id, while the
@@ -31,20 +47,7 @@ def user_errors(fn):
     Works for plain and async endpoints alike."""
 
     def translate(e: Exception) -> gr.Error:
-        if isinstance(e, UserError):
-            return gr.Error(str(e), print_exception=False)
-        if disk_full(e):
-            log.error("the studio's disk is full (%s)", fn.__name__)
-            return gr.Error(
-                "the studio's disk is full right now: nothing was kept; try again later", print_exception=False
-            )
-        error_id = secrets.token_hex(4)
-        log.error("error %s in %s", error_id, fn.__name__, exc_info=e)
-        return gr.Error(
-            f"something went wrong on the server ({type(e).__name__}, error id {error_id}); "
-            "the server log has the details under that id",
-            print_exception=False,
-        )
+        return gr.Error(error_message(e, fn.__name__), print_exception=False)
 
     if inspect.iscoroutinefunction(fn):
 

@@ -5,8 +5,9 @@
 
 The app runs as its own process (app.launcher), with one worker training a long tiny-sam PARSER job
 on the CPU (the worker uses all cores, as in a default deployment). Each client calls /status in a
-loop, as plain HTTP POSTs to its REST route and then through gradio_client; the latency of every
-call is recorded from the client's side. Reported:
+loop: as plain HTTP POSTs to the studio's light JSON route (/studio/v1/status, app/rest.py), as
+plain HTTP POSTs to Gradio's REST route for the endpoint, and through gradio_client; the latency of
+every call is recorded from the client's side. Reported:
 median, p90, p99 and max, calls per second, and the same with no job running (--idle), so that
 the figures are read as a ratio to the idle app on the same machine. Bounded in time; the app and
 its worker are stopped at the end.
@@ -47,14 +48,18 @@ def dataset_zip(folder: Path) -> Path:
 
 def poll(url: str, job: str, seconds: float, clients: int, via: str) -> dict:
     """`clients` threads calling /status for `seconds`: through gradio_client (what a Python user
-    runs; its own overhead, ~80 ms a call here, is part of the figure) or as plain HTTP POSTs to
-    the endpoint's REST route (the server's answer time)."""
+    runs; its own overhead, ~80 ms a call here, is part of the figure), or as plain HTTP POSTs to
+    Gradio's REST route for the endpoint ("http") or to the studio's JSON route ("json")."""
     from gradio_client import Client
 
     latencies, errors = [], []
     lock = threading.Lock()
     deadline = time.time() + seconds
-    body = json.dumps({"data": [OWNER, job]}).encode()
+    route, body, unwrap = {
+        "http": ("/gradio_api/run/status", {"data": [OWNER, job]}, lambda a: a.get("data", [{}])[0]),
+        "json": ("/studio/v1/status", {"owner": OWNER, "job": job}, lambda a: a),
+    }.get(via, (None, None, None))
+    body = json.dumps(body).encode()
 
     def http_caller():
         """POSTs over one kept-alive connection, as a browser or httpx client would."""
@@ -62,9 +67,9 @@ def poll(url: str, job: str, seconds: float, clients: int, via: str) -> dict:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
 
         def call():
-            connection.request("POST", "/gradio_api/run/status", body, {"Content-Type": "application/json"})
+            connection.request("POST", route, body, {"Content-Type": "application/json"})
             answer = json.loads(connection.getresponse().read())
-            if answer.get("data", [{}])[0].get("job") != job:
+            if unwrap(answer).get("job") != job:
                 raise RuntimeError(f"unexpected answer {str(answer)[:100]}")
 
         return call
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
             )
             while client.predict(OWNER, idle_job, api_name="/status")["status"] not in ("done", "failed"):
                 time.sleep(0.5)
-            vias = ("http", "gradio_client")
+            vias = ("json", "http", "gradio_client")
             if args.idle:
                 for via in vias:
                     report[f"idle {via}"] = poll(app.url, idle_job, args.seconds, args.clients, via)

@@ -290,8 +290,9 @@ def test_every_endpoint_answers_malformed_values_with_a_specific_message(client,
 
 
 def test_status_under_load_while_a_job_trains(app, client, data):
-    """8 clients poll /status over kept-alive HTTP for 3 s while a job trains (127.0.0.1 only,
-    bounded in time): every answer is the job's state. The latency figures are a benchmark's
+    """8 clients poll a job's status over kept-alive HTTP for 3 s while it trains (127.0.0.1 only,
+    bounded in time), four through Gradio's REST route and four through the studio's light JSON
+    route (app/rest.py): every answer is the job's state. The latency figures are a benchmark's
     (bench/status_latency.py, docs/benchmarks.md), not a timed test's."""
     import http.client
     import threading
@@ -299,25 +300,70 @@ def test_status_under_load_while_a_job_trains(app, client, data):
 
     job = train(client, data, steps=5000)
     wait_for(lambda: status(client, job)["step"] >= 1, 120, what="the first step")
-    body = json.dumps({"data": [OWNER, job]}).encode()
-    answers, errors = [], []
+    routes = {
+        "/gradio_api/run/status": (json.dumps({"data": [OWNER, job]}).encode(), lambda a: a["data"][0]),
+        "/studio/v1/status": (json.dumps({"owner": OWNER, "job": job}).encode(), lambda a: a),
+    }
+    answers = {route: [] for route in routes}
+    errors = []
 
-    def poll():
+    def poll(route):
+        body, unwrap = routes[route]
         connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=30)
         deadline = time.time() + 3
         while time.time() < deadline:
             try:
-                connection.request("POST", "/gradio_api/run/status", body, {"Content-Type": "application/json"})
-                answers.append(json.loads(connection.getresponse().read())["data"][0])
+                connection.request("POST", route, body, {"Content-Type": "application/json"})
+                answers[route].append(unwrap(json.loads(connection.getresponse().read())))
             except Exception as e:
                 errors.append(repr(e))
 
-    threads = [threading.Thread(target=poll) for _ in range(8)]
+    threads = [threading.Thread(target=poll, args=(route,)) for route in routes for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     client.predict(OWNER, job, api_name="/cancel")
-    assert not errors and len(answers) > 8
-    assert all(a["job"] == job and a["status"] == "running" for a in answers)
-    assert max(a["step"] for a in answers) >= 1
+    assert not errors
+    for route, got in answers.items():
+        assert len(got) > 4, route
+        assert all(a["job"] == job and a["status"] == "running" for a in got), route
+        assert max(a["step"] for a in got) >= 1, route
+        assert set(got[0]) == set(answers["/gradio_api/run/status"][0]), route  # the same answer
+
+
+def test_light_json_routes_answer_like_the_endpoints_and_refuse_bad_bodies(app, client, data):
+    import urllib.error
+    import urllib.request
+
+    def post(route, raw: bytes):
+        request = urllib.request.Request(f"{app.url.rstrip('/')}{route}", data=raw, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    jobs = client.predict(OWNER, api_name="/jobs")
+    assert post("/studio/v1/jobs", json.dumps({"owner": OWNER}).encode()) == (200, jobs)
+    job = jobs[-1]["job"]
+    code, answer = post("/studio/v1/status", json.dumps({"owner": OWNER, "job": job}).encode())
+    assert code == 200 and answer["job"] == job and answer["status"] == status(client, job)["status"]
+    table = [
+        ("/studio/v1/status", json.dumps({"owner": "someone-else-" + "b" * 20, "job": job}), 400, "no such job"),
+        ("/studio/v1/status", json.dumps({"owner": OWNER, "job": 5}), 400, "job id must be text"),
+        ("/studio/v1/status", json.dumps({"owner": OWNER, "job": "x" * 1000}), 400, "job id"),
+        ("/studio/v1/status", json.dumps({"owner": OWNER, "jobs": job}), 400, "unknown field"),
+        ("/studio/v1/jobs", json.dumps({"owner": "short"}), 400, "owner token"),
+        ("/studio/v1/jobs", json.dumps({}), 400, "owner token"),
+        ("/studio/v1/jobs", "[1, 2]", 400, "JSON object"),
+        ("/studio/v1/jobs", "{not json", 400, "not JSON"),
+        ("/studio/v1/jobs", "\udcff", 400, "not JSON"),
+        ("/studio/v1/jobs", json.dumps({"owner": OWNER, "pad": "x" * 5000}), 413, "over 4096 bytes"),
+    ]
+    wrong = []
+    for route, body, code, expected in table:
+        got = post(route, body.encode("utf-8", "surrogateescape"))
+        if got[0] != code or expected not in got[1].get("error", ""):
+            wrong.append((route, body[:60], got))
+    assert not wrong, wrong
