@@ -324,6 +324,9 @@ def main(argv=None) -> int:
     p.add_argument("--init", help="tiny-clip: start from this checkpoint instead of random init")
     p.add_argument("--dense-weight", type=float, default=1.0, help="tiny-clip: weight of the dense patch loss")
     p.add_argument(
+        "--colour-weight", type=float, default=0.0, help="tiny-clip: weight of the dense patch loss on colour names"
+    )
+    p.add_argument(
         "--object-weight",
         type=float,
         default=0.5,

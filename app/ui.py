@@ -40,16 +40,20 @@ TASK_LABELS = {
     "openvocab": "Open-vocabulary (CLIP: label map of named classes)",
 }
 # What a newcomer should know before the first preview: weights/manifest.json (tiny-sam's held-out
-# box IoU per domain) and docs/benchmarks.md (frozen tiny-clip's zero-shot mIoU with colour names is
-# 0.02, bench/openvocab.py --split colours; with shape names it is at chance)
+# box IoU per domain; tiny-clip's zero-shot colour accuracy on object patches) and
+# docs/benchmarks.md (bench/openvocab.py: what tiny-clip knows, with colour and shape names)
 BUNDLED_NOTE = (
     "*The bundled `tiny-sam` and `tiny-clip` are small demo models trained on this project's synthetic "
     "scenes: they run offline on a CPU in seconds to show the whole loop, not to segment real photos. "
     "`tiny-sam` segments a boxed object in scenes like `shapes.jpg` (held-out IoU 0.80) and fails on "
-    "`camouflage.jpg` (0.10) until adapted, which is the demo; `tiny-clip`'s zero-shot label maps are "
-    "close to chance until it is adapted on a few labelled images. For real images choose an official "
-    "SAM or CLIP backbone (downloaded on first use; a GPU is advised).*"
+    "`camouflage.jpg` (0.10) until adapted, which is the demo. `tiny-clip` names the colour of objects "
+    "(`colours.jpg` with classes like `red object`: 95% of object patches right on its training domain) "
+    "but hardly knows shapes until it is adapted on a few labelled images. For real images choose an "
+    "official SAM or CLIP backbone (downloaded on first use; a GPU is advised).*"
 )
+# the open-vocabulary preview's default classes: the objects of assets/examples/colours.jpg, which
+# the bundled tiny-clip tells apart zero-shot (see assets/examples/README.md)
+EXAMPLE_CLASSES = "background, red object, cyan object, yellow object, white object"
 TASK_CHOICES = [(TASK_LABELS.get(name, name), name) for name in TASKS]
 URL_JS = """(job) => { const u = new URL(window.location.href);
   if (job) { u.searchParams.set('job', job); } else { u.searchParams.delete('job'); }
@@ -420,7 +424,11 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
                     elem_id="predict-backbone",
                 )
                 classes = gr.Textbox(
-                    label="classes", placeholder="sky, road, car", visible=False, elem_id="predict-classes"
+                    EXAMPLE_CLASSES,
+                    label="classes (with tiny-clip: colour names, as for colours.jpg)",
+                    placeholder="background, sky, road, car",
+                    visible=False,
+                    elem_id="predict-classes",
                 )
                 run = gr.Button("Predict", variant="primary", elem_id="predict")
             with gr.Column():

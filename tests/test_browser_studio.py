@@ -178,18 +178,22 @@ def test_preview_and_adapters(page, shots):
 
 
 def test_open_vocabulary_preview(page, shots):
-    """Zero-shot label map from typed class names with the frozen tiny-clip, legend beside it."""
+    """A newcomer's first open-vocabulary preview: the colours example with the page's default
+    classes (which the frozen tiny-clip can do), zero-shot label map, legend beside it."""
     tab(page, "Preview")
     page.locator("#task").get_by_text(re.compile("Open-vocabulary")).click()
-    expect(page.locator("#predict-classes")).to_be_visible()
+    classes = page.locator("#predict-classes textarea, #predict-classes input").first
+    expect(classes).to_be_visible()
+    expect(classes).to_have_value(re.compile("background, red object, cyan object"))  # the default
     expect(page.locator("#predict-backbone input")).to_have_value("tiny-clip")
     page.locator("#adapter input").click()
     page.get_by_role("option", name=re.compile("none")).click()
-    page.locator("#predict-classes textarea, #predict-classes input").first.fill("yellow object, cyan object")
     clear = page.locator("#predict-image").get_by_role("button", name=re.compile("Clear|Remove", re.I))
     if clear.count():  # the image of the previous test is still there
         clear.first.click()
-    upload(page, "predict-image", str(EXAMPLE))
+    page.locator("#predict-example input").click()
+    page.get_by_role("option", name="colours").click()
+    expect(page.locator("#predict-view img")).to_be_visible()
     page.locator("#predict").click()
     expect(page.locator("#predict-info")).to_contain_text("tiny-clip")
     expect(page.locator("#predict-extra img")).to_be_visible()  # the legend

@@ -42,10 +42,12 @@ def _main(args) -> int:
         f"--prompts-per-image {args.prompts_per_image} --warmup {args.warmup} --lr {args.lr:g} "
         f"--seed {args.seed} --threads {args.threads} --out weights"
     )
-    if args.backbone == "tiny-clip" and (args.init or args.dense_weight != 1.0 or args.object_weight != 0.5):
-        command += f" --dense-weight {args.dense_weight:g} --object-weight {args.object_weight:g}" + (
-            f" --init {args.init}" if args.init else ""
-        )
+    if args.backbone == "tiny-clip" and (
+        args.init or args.dense_weight != 1.0 or args.object_weight != 0.5 or args.colour_weight
+    ):
+        command += f" --dense-weight {args.dense_weight:g} --object-weight {args.object_weight:g}"
+        command += f" --colour-weight {args.colour_weight:g}" if args.colour_weight else ""
+        command += f" --init {args.init}" if args.init else ""
     if args.backbone == "tiny-sam":
         from adapt.pretrain.sam import pretrain_sam
 
