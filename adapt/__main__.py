@@ -147,14 +147,19 @@ def cmd_predict(args) -> int:
 
     if not args.adapter and not args.backbone:
         raise ValueError("give --adapter DIR, or --backbone NAME to predict with the frozen model")
+    if bool(args.image) == bool(args.images):
+        raise ValueError("give --image FILE (one image) or --images DIR_OR_ZIP (a batch)")
     task, _ = inference_task(args.adapter, args.backbone, args.task, args.checkpoint)
     if args.adapter and args.task and args.task != task.name:
         raise ValueError(f"the adapter was trained for the {task.name} task, not {args.task}")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    if args.images:
+        return _predict_images(args, task, classes)
     image = load_image(args.image)
     request = {
         "box": [float(v) for v in args.box.split(",")] if args.box else None,
         "points": parse_points(args.points),
-        "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        "classes": classes,
         "refine": args.refine,
     }
     outputs = task.predict_outputs(image, **{k: v for k, v in request.items() if v is not None})
@@ -162,6 +167,45 @@ def cmd_predict(args) -> int:
     h, w = outputs["main"].shape[:2]
     for path in written:
         print(f"wrote {path} ({w}x{h})")
+    return 0
+
+
+def _predict_images(args, task, classes) -> int:
+    """predict --images: the batch path (adapt.batch), with a progress bar."""
+    from tqdm import tqdm
+
+    from adapt.batch import FAILED, SCORES, label_images
+
+    bar = tqdm(unit="image", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(done, total, name):
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(name[-40:], refresh=False)
+        bar.refresh()
+
+    try:
+        report = label_images(
+            task,
+            args.images,
+            args.out,
+            classes=classes,
+            batch_size=args.batch_size,
+            resume=args.resume,
+            soft=args.soft,
+            cutout=args.cutout,
+            model=args.adapter or args.backbone,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    r = report.as_dict()
+    print(
+        f"{r['written']} image(s) labelled, {r['skipped']} already done, {r['failed']} failed, in {r['seconds']:.1f} s "
+        f"-> {args.out} (masks/, {SCORES} most uncertain first, annotations.json)"
+    )
+    for f in report.failed:
+        print(f"failed: {f['file']}: {f['error']} (listed in {FAILED})")
     return 0
 
 
@@ -270,12 +314,24 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict one image: a mask (dichotomous) or a label map (openvocab)")
+    p = sub.add_parser(
+        "predict",
+        help="predict one image (--image) or label a folder/zip of them (--images): masks or label maps",
+    )
     p.add_argument("--adapter", help="adapter folder or zip (default: the frozen --backbone)")
     p.add_argument("--backbone", help="with no adapter: predict with this frozen backbone (zero-shot)")
     p.add_argument("--task", choices=TASK_NAMES, help="default: the adapter's task")
-    p.add_argument("--image", required=True)
-    p.add_argument("--out", required=True, help="PNG: the binary mask, or the colour label map")
+    p.add_argument("--image", help="one image")
+    p.add_argument(
+        "--images",
+        help="a folder or .zip of images to label: writes OUT/masks/, scores.csv (most uncertain first), "
+        "annotations.json (COCO), failed.json",
+    )
+    p.add_argument("--out", required=True, help="--image: the PNG to write; --images: the output folder")
+    p.add_argument("--batch-size", type=int, default=4, help="--images: images per encoder call")
+    p.add_argument("--resume", action="store_true", help="--images: skip images already written to OUT")
+    p.add_argument("--soft", action="store_true", help="--images, dichotomous: also OUT/alpha/ (soft masks)")
+    p.add_argument("--cutout", action="store_true", help="--images, dichotomous: also OUT/cutout/ (RGBA)")
     p.add_argument(
         "--all",
         action="store_true",

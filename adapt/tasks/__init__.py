@@ -45,6 +45,10 @@ class Task(Protocol):
 
     def predict_outputs(self, image: np.ndarray, **request) -> dict: ...
 
+    def predict_many(self, images: list[np.ndarray], device="cpu") -> list[tuple[dict, dict]]:
+        """Auto-labelling a batch: [(outputs, scores)] per image, outputs at each image's size with
+        "main" the picture a user checks, scores from adapt.uncertainty ("uncertainty" first)."""
+
 
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (DichotomousTask, OpenVocabTask)}
 

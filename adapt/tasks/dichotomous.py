@@ -371,6 +371,27 @@ class DichotomousTask:
             "overlay": overlay(image, alpha.astype(np.float32) / 255),
         }
 
+    @torch.no_grad()
+    def predict_many(self, images: list[np.ndarray], device="cpu", refine: bool | None = None) -> list[tuple]:
+        """Auto-labelling: prompt-free masks for a batch of images, the encoder run once on the
+        batch. Returns [(outputs, scores)] in order: outputs "main" (0/255) and "alpha" (0-255
+        soft mask) at each image's resolution; scores from adapt.uncertainty.mask_uncertainty.
+        Images larger than the encoder input are refined as `predict` refines them (refine None)."""
+        from adapt.uncertainty import mask_uncertainty
+
+        prepared = [self.prepare(image) for image in images]
+        embeddings = self.backbone.model.image_encoder(torch.stack([p.image for p in prepared]).to(device))
+        results = []
+        for i, (image, p) in enumerate(zip(images, prepared)):
+            prob = self.predict_embedded(p, embeddings[i : i + 1], {"box": self.whole_image_box(p)}, device)
+            if self.should_refine(image.shape) if refine is None else refine:
+                prob = refine_crops(prob, self.crop_predictor(image, prob, device=device), self.size, RefineConfig())[0]
+            alpha = np.round(prob * 255).astype(np.uint8)
+            results.append(
+                ({"main": np.where(alpha > 127, 255, 0).astype(np.uint8), "alpha": alpha}, mask_uncertainty(prob))
+            )
+        return results
+
     def to_source(self, prob: torch.Tensor, prepared: Prepared) -> np.ndarray:
         """(S, S) in the padded input frame -> (H, W) float32 at the source resolution."""
         return unletterbox(prob.float(), prepared.box).cpu().numpy()

@@ -236,11 +236,19 @@ class OpenVocabTask:
         if len(classes) > 255:
             raise ValueError(f"at most 255 classes at once, got {len(classes)}")
         scores = self.class_scores(image, classes, device)
+        labels, confidence = self.labels_from_scores(scores, image.shape[:2], threshold)
+        return labels, classes, confidence
+
+    def labels_from_scores(
+        self, scores: torch.Tensor, shape: tuple[int, int], threshold: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (H, W) uint8, confidence (H, W) float32) at the source size `shape` from per-class
+        scores at the working resolution, upsampled in row bands (never a K x H x W array)."""
         threshold = self.threshold if threshold is None else threshold
-        h, w = image.shape[:2]
+        h, w = shape
         labels = np.zeros((h, w), np.uint8)
         confidence = np.zeros((h, w), np.float32)
-        band = max(1, (1 << 22) // max(1, len(classes) * w))
+        band = max(1, (1 << 22) // max(1, scores.shape[0] * w))
         sy = scores.shape[1] / h
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
@@ -258,7 +266,25 @@ class OpenVocabTask:
                 idx = torch.where(best < threshold, torch.zeros_like(idx), idx)
             labels[y0:y1] = idx.numpy().astype(np.uint8)
             confidence[y0:y1] = best.numpy()
-        return labels, classes, confidence
+        return labels, confidence
+
+    @torch.no_grad()
+    def predict_many(self, images: list[np.ndarray], classes: list[str] | None = None, device="cpu") -> list[tuple]:
+        """Auto-labelling: [(outputs, scores)] per image: outputs "index" (class ids, uint8) and
+        "main" (the colour map) at each image's resolution; scores from
+        adapt.uncertainty.label_uncertainty on the working-resolution class scores. The class list
+        is the same for every image (see `vocabulary`)."""
+        from adapt.render import colorize
+        from adapt.uncertainty import label_uncertainty
+
+        classes = self.vocabulary(classes)
+        colors = class_colors(classes)
+        results = []
+        for image in images:  # class_scores batches each image's windows already
+            scores = self.class_scores(image, classes, device)
+            labels, _ = self.labels_from_scores(scores, image.shape[:2])
+            results.append(({"index": labels, "main": colorize(labels, colors)}, label_uncertainty(scores)))
+        return results
 
     def predict_outputs(
         self, image: np.ndarray, classes: list[str] | None = None, threshold: float | None = None, device="cpu", **_
