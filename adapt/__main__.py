@@ -66,18 +66,27 @@ def _progress(total: int):
 
 
 def cmd_train(args) -> int:
+    from dataclasses import replace
+
     from adapt.data import load_dataset
-    from adapt.pipeline import train_adapter
+    from adapt.pipeline import train_adapter, warm_start
     from adapt.train import TrainConfig
 
-    dataset = load_dataset(args.data, task=args.task)
-    task_options = {"prompt": args.prompt} if args.task == "dichotomous" else {}
-    cfg = TrainConfig(
-        task=args.task,
-        backbone=args.backbone,
-        checkpoint=args.checkpoint,
-        method=args.method,
-        method_options=_parse_options(args.option),
+    given = {k: v for k, v in {"task": args.task, "backbone": args.backbone, "method": args.method}.items() if v}
+    if args.init_adapter:  # the adapter decides what was not given (and refuses what disagrees)
+        if args.option:
+            raise ValueError("--option cannot be combined with --init-adapter: the adapter's method options are kept")
+        cfg = warm_start(TrainConfig(**given), args.init_adapter, explicit=set(given))
+    else:
+        cfg = TrainConfig(
+            task=args.task or "dichotomous", backbone=args.backbone or "tiny-sam", method=args.method or "parser"
+        )
+    dataset = load_dataset(args.data, task=cfg.task)
+    task_options = {"prompt": args.prompt} if cfg.task == "dichotomous" else {}
+    cfg = replace(
+        cfg,
+        checkpoint=args.checkpoint or cfg.checkpoint,
+        method_options=_parse_options(args.option) if args.option else cfg.method_options,
         task_options=task_options,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -274,12 +283,16 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="adapt a backbone to a dataset; writes OUT/adapter")
-    p.add_argument("--task", default="dichotomous", choices=TASK_NAMES)
-    p.add_argument("--backbone", default="tiny-sam")
+    p.add_argument("--task", choices=TASK_NAMES, help="default: dichotomous (or the --init-adapter's)")
+    p.add_argument("--backbone", help="default: tiny-sam (or the --init-adapter's)")
     p.add_argument("--checkpoint", help="base weights file (default: bundled or official weights)")
-    p.add_argument("--method", default="parser")
+    p.add_argument("--method", help="default: parser (or the --init-adapter's)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
     p.add_argument("--data", required=True, help="dataset folder or zip")
+    p.add_argument(
+        "--init-adapter",
+        help="warm start: continue from this adapter (folder or zip) on --data, with its backbone, method and options",
+    )
     p.add_argument(
         "--holdout",
         type=float,

@@ -1,6 +1,7 @@
 """The use cases: what the CLI and the studio ask of the library, each spelled out once.
 
     train_adapter(cfg, dataset, out)          split, train, save OUT/adapter with its model card
+    warm_start(cfg, adapter)                  cfg continuing from a saved adapter (the retrain step)
     evaluate_adapter(adapter, dataset)        frozen vs adapted scores on a dataset
     inference_task(adapter=... | backbone=...)  a task ready to predict, and the adapter's config
     count_params(backbone, method, **options) parameter counts on the real architecture, instantly
@@ -41,6 +42,31 @@ def configure(cfg: TrainConfig, dataset) -> TrainConfig:
     return replace(cfg, task_options=task_options(cfg.task, dataset, **cfg.task_options))
 
 
+def warm_start(cfg: TrainConfig, adapter: str | Path, explicit: frozenset[str] | set[str] = frozenset()) -> TrainConfig:
+    """`cfg` set to continue from `adapter` (folder or zip): its base model, method, method options
+    and task, with `init_adapter` pointing at it. A field the caller chose itself (`explicit`: names
+    among "backbone", "method", "task", "method_options") that disagrees with the adapter is refused
+    with a message; everything else of `cfg` (steps, lrs, seed) is kept."""
+    from adapt.export import AdapterError
+
+    saved, _ = read_adapter(adapter)
+    wanted = {
+        "backbone": saved["base_model"]["name"],
+        "method": saved["method"],
+        "method_options": dict(saved.get("config") or {}),
+        "task": saved.get("task") or task_for_family(family_of(saved["base_model"]["name"])),
+    }
+    for name in sorted(explicit):
+        if name in wanted and getattr(cfg, name) not in (wanted[name], {}):
+            raise AdapterError(
+                f"the adapter to continue from is a {wanted['method']!r} adapter on {wanted['backbone']!r} for the "
+                f"{wanted['task']} task; its {name} is {wanted[name]!r}, not {getattr(cfg, name)!r} "
+                "(leave it out to take the adapter's)"
+            )
+    checkpoint = "random" if saved["base_model"].get("weights_id") == "random-init" else cfg.checkpoint
+    return replace(cfg, **wanted, checkpoint=checkpoint, init_adapter=str(adapter))
+
+
 def train_adapter(
     cfg: TrainConfig,
     dataset,
@@ -58,7 +84,8 @@ def train_adapter(
     `resume` continues from it) and, when training finished, save the adapter to OUT/adapter
     with the held-out scores and a data summary in its model card (`adapter`: another folder).
 
-    Returns the trainer's summary (status, step, frozen, adapted, counts, seconds) plus
+    A warm start (cfg.init_adapter, see `warm_start`) is recorded in the model card's data.
+    Returns the trainer's summary (status, step, frozen, adapted, initial, counts, seconds) plus
     "adapter" (its folder, or None when the run was cancelled) and "train_images" /
     "heldout_images".
     """
@@ -78,6 +105,8 @@ def train_adapter(
         "heldout_stems": ", ".join(s.stem for s in heldout),
         "steps": cfg.steps,
     }
+    if cfg.init_adapter:
+        data["warm_start"] = Path(cfg.init_adapter).name
     summary["adapter"] = save_adapter(
         run.handle,
         Path(adapter) if adapter is not None else Path(out) / ADAPTER_DIR,

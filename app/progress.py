@@ -39,7 +39,8 @@ class Progress:
         frozen = next((m for _, model, m in evals if model == "frozen"), None)
         last = max((s for s, model, _ in evals if model == "adapted"), default=None)
         if frozen is not None and last:
-            evals = [(0, "adapted", frozen), *evals, (last, "frozen", frozen)]
+            start = [] if any(s == 0 and model == "adapted" for s, model, _ in evals) else [(0, "adapted", frozen)]
+            evals = [*start, *evals, (last, "frozen", frozen)]
         metric = [
             {"step": s, "score": float(m[k]), "series": f"{k} {model}"}
             for s, model, m in sorted(evals, key=lambda e: (e[1], e[0]))
