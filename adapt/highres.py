@@ -269,5 +269,6 @@ def refine(
         del probs
         following = boxes[i + cfg.batch][0] if i + cfg.batch < len(boxes) else top + len(num)
         if following > top:
-            flush(following)
+            flush(min(following, top + len(num)))
+            top = max(top, following)  # rows in a gap between crop rows: no crop there, nothing to blend
     return out, plan

@@ -190,3 +190,22 @@ def test_a_large_image_never_holds_a_stack_of_full_size_maps():
     # two row-band accumulators of about a crop side each, and a few crops; a stack of full-size
     # float maps (sums, weights, refined map) would be 3-5 x `full`
     assert peak < 1.5 * full + 8 * crop, (peak / full, plan.side)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 8])
+def test_crop_rows_with_a_gap_between_them_blend_each_row_and_leave_the_gap(batch):
+    """Crops only where the band is: two objects far apart give crop rows with uncovered rows
+    between them (found labelling 200 mixed-size images: the blend once ran past its buffer)."""
+    from adapt.highres import CropPlan
+
+    coarse = np.full((600, 300), 0.5, np.float32)
+    plan = CropPlan(side=100, boxes=[(0, 0, 100, 100), (0, 100, 100, 200), (400, 0, 500, 100), (450, 150, 560, 260)])
+    out, _ = refine(
+        coarse,
+        lambda boxes: [np.full((c - a, d - b), 0.9, np.float32) for a, b, c, d in boxes],
+        256,
+        RefineConfig(band_only=False, trust=False, batch=batch),
+        plan=plan,
+    )
+    assert np.allclose(out[150:350], 0.5)  # the gap: untouched
+    assert out[50, 50] > 0.8 and out[450, 50] > 0.8 and out[500, 200] > 0.8
