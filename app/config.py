@@ -6,6 +6,7 @@ ADAPT_MAX_UPLOAD_MB  largest single upload (default 200)
 ADAPT_MAX_PIXELS     largest image, in pixels, checked from the file header (default 40 M)
 ADAPT_MAX_IMAGES     most image/mask pairs in one dataset (default 500)
 ADAPT_MAX_STEPS      most training steps one job may ask for (default 20000)
+ADAPT_MAX_LABEL_IMAGES  most images one labelling job may take (default 2000)
 ADAPT_WORKER_THREADS torch threads in each worker (default: all cores)
 ADAPT_WORKERS        worker processes (default: one per GPU, one when there is none)
 """
@@ -42,6 +43,7 @@ class Limits:
     max_pixels: int = 40_000_000
     max_images: int = 500
     max_steps: int = 20_000
+    label_images: int = 2000  # images in one label-the-rest job
     active_jobs: int = 3  # queued + running jobs per owner
     owner_storage_mb: int = 2048  # uploads + job folders per owner
     retention_days: float = 7.0  # finished jobs and uploads older than this are removed (0: never)
@@ -53,6 +55,7 @@ class Limits:
             max_pixels=_int("ADAPT_MAX_PIXELS", cls.max_pixels),
             max_images=_int("ADAPT_MAX_IMAGES", cls.max_images),
             max_steps=_int("ADAPT_MAX_STEPS", cls.max_steps),
+            label_images=_int("ADAPT_MAX_LABEL_IMAGES", cls.label_images),
             active_jobs=_int("ADAPT_MAX_ACTIVE_JOBS", cls.active_jobs),
             owner_storage_mb=_int("ADAPT_OWNER_STORAGE_MB", cls.owner_storage_mb),
             retention_days=float(os.environ.get("ADAPT_RETENTION_DAYS") or cls.retention_days),
@@ -131,6 +134,13 @@ class JobFiles:
     before = property(lambda self: self.folder / "before.png")
     preview = property(lambda self: self.folder / "preview.png")
     after = property(lambda self: self.folder / "after.png")
+
+    # a label-the-rest job: its images (extracted in the worker), adapt.batch's output, the download
+    inputs = property(lambda self: self.folder / "inputs")
+    inputs_zip = property(lambda self: self.folder / "inputs.zip")
+    labels = property(lambda self: self.folder / "labels")
+    labels_zip = property(lambda self: self.folder / "labels.zip")
+    init_adapter = property(lambda self: self.folder / "init_adapter.zip")  # a retrain job's starting adapter
 
     @staticmethod
     def predictions(picture: Path) -> Path:

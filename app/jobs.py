@@ -51,6 +51,16 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
 """
 
 
+def brief(config: dict) -> dict:
+    """What a job is, whatever its kind: kind ("train" | "label"), task, backbone, method, and its
+    length (steps; for a labelling job, images)."""
+    if config.get("kind") == "label":
+        spec = config["label"]
+        return {"kind": "label", **{k: spec[k] for k in ("task", "backbone", "method")}, "steps": spec["images"]}
+    spec = config["train"]
+    return {"kind": "train", **{k: spec[k] for k in ("task", "backbone", "method", "steps")}}
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(16)
 

@@ -53,6 +53,8 @@ class Progress:
 def _line(event: dict) -> str | None:
     kind = event.get("type")
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
+    if kind == "start" and "images" in event:  # a labelling job
+        return f"{stamp} start: labelling {event['images']} images with {event.get('model')} on {event.get('backbone')}"
     if kind == "start":
         return (
             f"{stamp} start: {event.get('train')} training / {event.get('heldout')} held-out images on "
@@ -64,6 +66,8 @@ def _line(event: dict) -> str | None:
         m = event.get("metrics", {})
         scores = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
         return f"{stamp} held-out ({event.get('model')}) at step {event['step']}: {scores}"
+    if kind == "labelled":
+        return None  # one per image: the status line shows the count
     if kind in ("done", "cancelled", "resumed", "error"):
         extra = event.get("message") or (f"at step {event.get('step')}" if "step" in event else "")
         return f"{stamp} {kind} {extra}".rstrip()
@@ -79,6 +83,8 @@ def _apply(p: Progress, raw: bytes) -> None:
     if kind == "step":
         p.steps.append((event["step"], event["loss"]))
         p.step, p.eta_s, p.last_loss = event["step"], event.get("eta_s"), event["loss"]
+    elif kind == "labelled":  # a labelling job: images done so far
+        p.step, p.eta_s = event["step"], event.get("eta_s")
     elif kind == "eval":
         p.evals.append((event["step"], event.get("model"), event.get("metrics", {})))
         if event.get("model") == "frozen":

@@ -27,7 +27,7 @@ from adapt.methods import METHODS, methods_for
 from adapt.tasks import TASKS
 from adapt.tasks.dichotomous import parse_points
 from app.config import Limits, Paths
-from app.jobs import FINISHED, JobStore, new_token
+from app.jobs import FINISHED, JobStore, brief, new_token
 from app.progress import read_progress
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -267,6 +267,15 @@ class Studio:
                 "each user has here: cancel or let old jobs expire, or use fewer or smaller uploads"
             )
 
+    def check_active(self, owner: str) -> None:
+        """Refuse a new job while the owner has as many queued or running as allowed."""
+        active = self.store.active_count(owner)
+        if active >= self.limits.active_jobs:
+            raise UserError(
+                f"you have {active} jobs queued or running; at most {self.limits.active_jobs} at once: "
+                "wait for one to finish, or cancel one"
+            )
+
     def clean(self, now: float | None = None) -> dict:
         """Remove finished jobs and uploads nobody has touched for the retention time (a job whose
         owner looked at it recently is kept); returns what was removed."""
@@ -353,8 +362,11 @@ class Studio:
         batch_size: int = 2,
         seed: int = 0,
         options: dict | None = None,
+        init_adapter: Path | None = None,
     ) -> str:
-        from adapt.pipeline import configure
+        """Queue a training job; `init_adapter` (an adapter folder or zip the owner may use):
+        a warm start from it, with its backbone, method and options (adapt.pipeline.warm_start)."""
+        from adapt.pipeline import configure, warm_start
         from adapt.train import TrainConfig
 
         check_owner(owner)
@@ -371,12 +383,7 @@ class Studio:
         seed = number(seed, "seed", 0, 2**31 - 1, integer=True)
         if options is not None and not isinstance(options, dict):
             raise UserError("method options must be an object of option names and values")
-        active = self.store.active_count(owner)
-        if active >= self.limits.active_jobs:
-            raise UserError(
-                f"you have {active} jobs queued or running; at most {self.limits.active_jobs} at once: "
-                "wait for one to finish, or cancel one"
-            )
+        self.check_active(owner)
         self.check_storage(owner, Path(dataset_zip).stat().st_size if Path(dataset_zip).is_file() else 0)
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
         dataset.close()
@@ -398,6 +405,20 @@ class Studio:
         )
         cfg = configure(cfg, dataset)  # what the worker will run, classes included
         job_id = new_token()
+        if init_adapter is not None:  # the job keeps its own copy: the source may expire first
+            from adapt.export import AdapterError, zip_adapter
+
+            start = self.paths.job_files(job_id).init_adapter
+            start.parent.mkdir(parents=True, exist_ok=True)
+            if Path(init_adapter).is_file():
+                copy_file(Path(init_adapter), start)
+            else:
+                zip_adapter(init_adapter, start)
+            try:
+                cfg = warm_start(cfg, start, explicit={"task", "backbone", "method"})
+            except AdapterError as e:
+                shutil.rmtree(start.parent, ignore_errors=True)
+                raise UserError(str(e)) from None
         data = copy_file(Path(dataset_zip), self.paths.job_files(job_id).data_zip)
         self.store.submit(owner, {"train": asdict(cfg), "data_name": Path(dataset_zip).name}, str(data), job_id=job_id)
         return job_id
@@ -426,10 +447,7 @@ class Studio:
             "status": job["status"],
             "error": job["error"],
             "note": job["note"],
-            "task": job["config"]["train"]["task"],
-            "backbone": job["config"]["train"]["backbone"],
-            "method": job["config"]["train"]["method"],
-            "steps": job["config"]["train"]["steps"],
+            **brief(job["config"]),
             "step": progress.step,
             "loss": progress.last_loss,
             "eta_s": progress.eta_s,
@@ -437,6 +455,7 @@ class Studio:
             "adapted": progress.adapted,
             "created": job["created"],
             "adapter_ready": job["status"] == "done" and files.adapter_zip.exists(),
+            "labels_ready": job["status"] == "done" and files.labels_zip.exists(),
         }
         if job["status"] == "queued":
             result["queue_position"] = self.store.queue_position(job["id"])
@@ -448,8 +467,7 @@ class Studio:
             {
                 "job": j["id"],
                 "status": j["status"],
-                "method": j["config"]["train"]["method"],
-                "backbone": j["config"]["train"]["backbone"],
+                **{k: v for k, v in brief(j["config"]).items() if k in ("kind", "method", "backbone")},
                 "created": j["created"],
             }
             for j in self.store.list(owner)
@@ -517,7 +535,7 @@ class Studio:
         check_owner(owner)
         out = []
         for j in self.store.list(owner):
-            if j["status"] == "done":
+            if j["status"] == "done" and "train" in j["config"]:
                 t = j["config"]["train"]
                 out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
         folder = self.paths.uploaded_adapters(owner)

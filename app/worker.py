@@ -74,9 +74,13 @@ def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max
     from adapt.train import TrainConfig
     from app.preview import Previewer
 
+    spec = job["config"]
+    if spec.get("kind") == "label":  # label the rest: adapt.batch in this worker
+        from app.labelrest import run_labelling
+
+        return run_labelling(store, paths, job, worker, shutdown, max_pixels, Heartbeat)
     files = paths.job_files(job["id"])
     files.folder.mkdir(parents=True, exist_ok=True)
-    spec = job["config"]
     cfg = TrainConfig(**spec["train"])
     with Heartbeat(store, job["id"], worker) as beat:
         dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)

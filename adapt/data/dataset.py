@@ -129,6 +129,26 @@ class Dataset(Sequence):
     def stems(self) -> list[str]:
         return [s.stem for s in self.samples]
 
+    def write(self, folder, prefix: str = "", with_heldout: bool = True) -> int:
+        """Write the pairs as the standard layout: images/<prefix><stem>.png + masks/ (dichotomous
+        0/255; openvocab class ids, with classes.json), the given held-out folder's pairs among
+        them (`with_heldout`). One sample in memory at a time; returns the number written."""
+        import json
+
+        from PIL import Image
+
+        folder = Path(folder)
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        samples = list(self.samples) + (list(self.given_heldout.samples) if with_heldout and self.given_heldout else [])
+        for s in samples:
+            Image.fromarray(s.image).save(folder / "images" / f"{prefix}{s.stem}.png")
+            mask = (s.mask > 0).astype(np.uint8) * 255 if self.task == "dichotomous" else s.mask.astype(np.uint8)
+            Image.fromarray(mask).save(folder / "masks" / f"{prefix}{s.stem}.png")
+        if self.task == "openvocab":
+            (folder / "classes.json").write_text(json.dumps(self.classes))
+        return len(samples)
+
     def close(self):
         """Remove the temporary folder a zip was extracted into (lazy datasets only)."""
         if self._storage is not None:
