@@ -265,6 +265,7 @@ class LabelRest:
     ) -> str:
         """A training job warm-started from the labelling job's adapter, on the data that adapter
         was trained on (when it came from a job here) plus the labelled set; returns its id."""
+        from adapt.data import DatasetError, load_dataset
 
         job, spec = self._done_job(owner, job_id)
         if not spec["adapter"]:
@@ -283,7 +284,10 @@ class LabelRest:
             folder = Path(tmp) / "dataset"
             classes = None
             for i, source in enumerate(sources):
-                dataset = self.studio.load_checked(Path(source), spec["task"])
+                try:  # each part may be small; the merged set is checked as a whole by submit
+                    dataset = load_dataset(Path(source), task=spec["task"], max_pixels=self.limits.max_pixels)
+                except DatasetError as e:
+                    raise UserError(str(e)) from None
                 if classes is not None and dataset.classes != classes:
                     dataset.close()
                     raise UserError(

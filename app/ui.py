@@ -34,6 +34,7 @@ from app.service import (
 )
 from app.ui_common import example_path, examples, outbox, read_rgb, user_errors, valid_owner
 from app.ui_data import data_tab
+from app.ui_label import label_tab
 
 TASK_LABELS = {
     "dichotomous": "Dichotomous (SAM: one foreground mask)",
@@ -92,6 +93,7 @@ def build(studio: Studio | None = None) -> gr.Blocks:
             with gr.Tab("3. Progress", id="progress"):
                 progress_area = gr.Column()
             preview = _preview_tab(studio, owner, task)
+            rest = label_tab(studio, owner, task, data, tabs, train["job"])
             adapters = _adapters_tab(studio, owner, preview)
             with progress_area:
                 progress = _progress_tab(studio, owner, train["job"], preview["adapter"])
@@ -115,7 +117,15 @@ def build(studio: Studio | None = None) -> gr.Blocks:
         task.change(
             lambda t: _on_task(t),
             task,
-            [data["classes"], data["lab_class"], train["backbone"], preview["classes"], preview["backbone"]],
+            [
+                data["classes"],
+                data["lab_class"],
+                train["backbone"],
+                preview["classes"],
+                preview["backbone"],
+                rest["classes"],
+                rest["backbone"],
+            ],
             api_visibility="private",
         )
     demo.studio = studio
@@ -128,6 +138,8 @@ def _on_task(task: str):
     return (
         gr.Textbox(visible=openvocab),
         gr.Dropdown(visible=openvocab),
+        gr.Dropdown(choices=names, value=names[0]),
+        gr.Textbox(visible=openvocab),
         gr.Dropdown(choices=names, value=names[0]),
         gr.Textbox(visible=openvocab),
         gr.Dropdown(choices=names, value=names[0]),
@@ -475,7 +487,7 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
 
 
 def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
-    with gr.Tab("5. Adapters", id="adapters"):
+    with gr.Tab("6. Adapters", id="adapters"):
         gr.Markdown(
             "Your finished adapters (and any you load) can be downloaded, and used in the Preview tab. "
             "An adapter zip holds adapter_config.json, adapter_model.safetensors and a model card; "

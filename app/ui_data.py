@@ -223,6 +223,8 @@ def data_tab(studio: Studio, owner, task) -> dict:
         "masks": up_masks,
         "owner": owner,
         "use_labelled": use_labelled,
+        "lab_state": lab_state,  # the labeller, which the Label-the-rest tab opens results in
+        "lab_view": lab_view,
     }
 
 

@@ -77,7 +77,9 @@ def test_label_the_rest_then_correct_accept_and_retrain(loop):
 
     with zipfile.ZipFile(rest.download(OWNER, job)) as z:
         names = set(z.namelist())
-    assert {"annotations.json", "scores.csv", "failed.json"} <= names and sum(n.startswith("masks/") for n in names) == 7
+    assert {"annotations.json", "scores.csv", "failed.json"} <= names and sum(
+        n.startswith("masks/") for n in names
+    ) == 7
 
     retrain = rest.retrain(OWNER, job, steps=3)
     spec = studio.store.get(retrain, OWNER)["config"]["train"]

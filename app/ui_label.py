@@ -1,0 +1,172 @@
+"""The studio's "Label the rest" tab: auto-label unlabelled images with an adapter (a background
+job), look at the results most uncertain first, correct a few in the Data tab's click labeller or
+accept them, retrain warm-started, download everything (actions in app.labelrest)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.labelrest import LabelRest
+from app.service import Studio, UserError, backbones_for
+from app.ui_common import outbox, user_errors, valid_owner
+
+
+def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
+    rest = LabelRest(studio)
+    with gr.Tab("5. Label the rest", id="label-rest"):
+        gr.Markdown(
+            "Run an adapter over the rest of your images. The results come back **most uncertain first**: "
+            "open one to correct it in the Data tab's labeller (it starts from the model's mask), or accept it "
+            "as is; both go to your labelled set. *Retrain* continues the adapter on its data plus the "
+            "labelled set. *Download all* gives the masks, a COCO file and the scores."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                images = gr.File(
+                    label="Unlabelled images (files, or one zip)",
+                    file_count="multiple",
+                    file_types=["image", ".zip"],
+                    elem_id="rest-upload",
+                    height=160,
+                )
+                adapter = gr.Dropdown(
+                    [("none: the frozen backbone", "")],
+                    value="",
+                    label="adapter",
+                    allow_custom_value=True,
+                    elem_id="rest-adapter",
+                )
+                backbone = gr.Dropdown(
+                    backbones_for("dichotomous"),
+                    value=backbones_for("dichotomous")[0],
+                    allow_custom_value=True,
+                    label="backbone (when no adapter is chosen)",
+                    elem_id="rest-backbone",
+                )
+                classes = gr.Textbox(label="classes (open-vocabulary, frozen model)", visible=False)
+                run = gr.Button("Label them", variant="primary", elem_id="rest-run")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    job = gr.Textbox(label="Labelling job", elem_id="rest-job", scale=3)
+                    cancel = gr.Button("Cancel", variant="stop", scale=1, elem_id="rest-cancel")
+                status = gr.Markdown("No labelling job yet.", elem_id="rest-status", elem_classes="studio-msg")
+                gallery = gr.Gallery(
+                    label="Results, most uncertain first (click one to correct it)",
+                    columns=5,
+                    height=420,
+                    allow_preview=False,
+                    object_fit="contain",
+                    elem_id="rest-gallery",
+                )
+                chosen_md = gr.Markdown(elem_id="rest-chosen", elem_classes="studio-msg")
+                with gr.Row():
+                    accept = gr.Button("Accept as is", elem_id="rest-accept")
+                    correct = gr.Button("Correct in the labeller", elem_id="rest-correct")
+                    download = gr.DownloadButton("Download all (zip)", elem_id="rest-download")
+                with gr.Row():
+                    steps = gr.Number(100, label="retrain steps", precision=0, minimum=1, elem_id="rest-steps")
+                    retrain = gr.Button("Retrain on the enlarged set", variant="primary", elem_id="rest-retrain")
+        rows = gr.State([])  # the gallery's score rows, in its order
+        chosen = gr.Textbox(label="result", visible=False)  # the selected result's name (an API input)
+        shown = gr.State("")  # the job whose results the gallery shows
+        timer = gr.Timer(2.0)
+
+    @user_errors
+    def predict_batch(o, files, ref, bb, t, names):
+        """Queue a labelling job; returns (job id, message)."""
+        job_id = rest.submit(o, files, ref, bb, t, names)
+        return job_id, f"Labelling job `{job_id}` queued; the results appear here when it is done."
+
+    @user_errors
+    def batch_results(owner: str, job: str) -> list:
+        """A finished labelling job's results, most uncertain first: one dict per image (name, file,
+        width, height, uncertainty and the numbers it comes from)."""
+        return rest.results(owner, job)[1]
+
+    @user_errors
+    def accept_label(o, job_id, name):
+        """Save one result's mask, as the model made it, into this browser's labelled set."""
+        return f"Saved **{rest.accept(o, job_id, name)}** to the labelled set (Data tab)."
+
+    @user_errors
+    def retrain_labels(o, job_id, n):
+        """Start a training job warm-started from the labelling job's adapter; returns (job id, message)."""
+        new = rest.retrain(o, job_id, steps=n)
+        return new, f"Retraining as job `{new}` (Progress tab)."
+
+    @user_errors
+    def download_labels(o, job_id):
+        """The masks, annotations.json (COCO) and scores.csv of a finished labelling job, as one zip."""
+        return outbox(rest.download(o, job_id), f"labels-{job_id[:8]}.zip")
+
+    def poll(o, job_id, loaded):
+        """The job's state; the gallery once it is done (loaded once per job)."""
+        if not job_id or not valid_owner(o or ""):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            s = studio.status(o, job_id)
+        except UserError as e:
+            return str(e), gr.skip(), gr.skip(), gr.skip()
+        if s.get("kind") != "label":
+            return "That is a training job: see the Progress tab.", gr.skip(), gr.skip(), gr.skip()
+        if s["status"] != "done":
+            eta = f", about {s['eta_s']:.0f} s left" if s["status"] == "running" and s["eta_s"] else ""
+            error = f": {s['error']}" if s["error"] else ""
+            return f"**{s['status']}**: {s['step']} / {s['steps']} images{eta}{error}", gr.skip(), gr.skip(), gr.skip()
+        if loaded == job_id:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        items, scored, text = rest.results(o, job_id)
+        return text, items, scored, job_id
+
+    def select(scored, evt: gr.SelectData):
+        if not scored or evt.index is None or evt.index >= len(scored):
+            return gr.skip(), gr.skip()
+        r = scored[evt.index]
+        return r["name"], f"Chosen: **{r['file']}** (#{r['rank']}, uncertainty {r['uncertainty']:.2f})"
+
+    @user_errors
+    def open_correction(o, job_id, name):
+        if not name:
+            raise UserError("click a result in the gallery first")
+        state = rest.correction(o, job_id, name)
+        from app import labelling
+
+        shown_image = labelling.render(state, len(rest.classes(o, job_id)))
+        message = (
+            f"Correcting **{state['name']}**, starting from the model's mask: click to propose and *Add region*, "
+            "or fix it with the brush; then *Save pair to set*."
+        )
+        return state, shown_image, message, gr.Tabs(selected="data")
+
+    run.click(predict_batch, [owner, images, adapter, backbone, task, classes], [job, status], api_name="predict_batch")
+    gr.api(batch_results, api_name="batch_results", queue=False)
+    accept.click(accept_label, [owner, job, chosen], chosen_md, api_name="accept_label")
+    retrain.click(retrain_labels, [owner, job, steps], [train_job, chosen_md], api_name="retrain").success(
+        lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private"
+    )
+    download.click(download_labels, [owner, job], download, api_name="download_labels")
+    cancel.click(user_errors(lambda o, j: studio.cancel(o, j)), [owner, job], status, api_visibility="private")
+    timer.tick(
+        poll, [owner, job, shown], [status, gallery, rows, shown], api_visibility="private", show_progress="hidden"
+    )
+    gallery.select(select, rows, [chosen, chosen_md], api_visibility="private")
+    correct.click(
+        open_correction,
+        [owner, job, chosen],
+        [data["lab_state"], data["lab_view"], data["msg"], tabs],
+        api_visibility="private",
+    )
+    adapter.focus(
+        lambda o, v: gr.Dropdown(choices=[("none: the frozen backbone", "")] + _adapters(studio, o), value=v),
+        [owner, adapter],
+        adapter,
+        api_visibility="private",
+    )
+    return {"adapter": adapter, "backbone": backbone, "classes": classes}
+
+
+def _adapters(studio: Studio, owner: str) -> list:
+    try:
+        return studio.adapters(owner)
+    except UserError:
+        return []
