@@ -271,7 +271,75 @@ def malformed_requests(data):
         ),
         (("/check_data", (OWNER, "dichotomous", None, None, None, "")), "upload a dataset zip"),
         (("/check_data", (OWNER, "openvocab", None, [image], [image], "a," * 100)), "at most 63 are accepted"),
+        (("/predict_batch", (OWNER, None, "", "tiny-sam", "dichotomous", "")), "upload the images to label"),
+        (("/predict_batch", ("short", [image], "", "tiny-sam", "dichotomous", "")), "malformed owner token"),
+        (("/predict_batch", (OWNER, [image], "no-such-job", "tiny-sam", "dichotomous", "")), "no such job"),
+        (("/predict_batch", (OWNER, [image], "", "tiny-sam", "openvocab", "")), "name the classes"),
+        (("/predict_batch", (OWNER, [image], "", "sam-vit-z", "dichotomous", "")), "not a backbone"),
+        (("/batch_results", (OWNER, "no-such-job")), "no such job"),
+        (("/batch_results", (OWNER, None)), "no such job"),
+        (("/accept_label", (OWNER, "no-such-job", "x")), "no such job"),
+        (("/retrain", (OWNER, "no-such-job", 10)), "no such job"),
+        (("/download_labels", (OWNER, "no-such-job")), "no such job"),
     ]
+
+
+def test_label_the_rest_through_the_api(client, data, workdir):
+    """/predict_batch with an adapter on a set of images with a corrupt one: a background job whose
+    results come back most uncertain first, the corrupt file named; results are private; a second
+    batch is cancelled mid-way; accept one, retrain warm-started, download all."""
+    job = train(client, data, steps=4)
+    assert wait_finished(client, job)["status"] == "done"
+    folder = workdir / "unlabelled"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(6):
+        path = folder / f"u{i}.png"
+        Image.fromarray(rng.integers(0, 255, (int(rng.integers(60, 140)), 100, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    broken = folder / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    files = [handle_file(str(p)) for p in [*paths[:3], broken, *paths[3:]]]
+    label_job, message = client.predict(OWNER, files, job, "tiny-sam", "dichotomous", "", api_name="/predict_batch")
+    assert label_job in message
+    s = wait_finished(client, label_job)
+    assert s["status"] == "done" and s["kind"] == "label" and s["labels_ready"] and s["step"] == 7
+    rows = client.predict(OWNER, label_job, api_name="/batch_results")
+    assert len(rows) == 6 and [r["rank"] for r in rows] == list(range(1, 7))
+    assert [r["uncertainty"] for r in rows] == sorted((r["uncertainty"] for r in rows), reverse=True)
+    other = "someone-else-" + "d" * 20
+    with pytest.raises(Exception, match="no such job"):
+        client.predict(other, label_job, api_name="/batch_results")
+    with pytest.raises(Exception, match="no such job"):
+        client.predict(other, label_job, api_name="/download_labels")
+    path = client.predict(OWNER, label_job, api_name="/download_labels")
+    with zipfile.ZipFile(path) as z:
+        failed = json.loads(z.read("failed.json"))
+        assert [f["file"] for f in failed] == ["broken.png"]
+        assert len([n for n in z.namelist() if n.startswith("masks/")]) == 6
+    assert "Saved" in client.predict(OWNER, label_job, rows[0]["name"], api_name="/accept_label")
+    assert "Saved" in client.predict(OWNER, label_job, rows[1]["name"], api_name="/accept_label")
+    retrain, message = client.predict(OWNER, label_job, 3, api_name="/retrain")
+    s = wait_finished(client, retrain)
+    assert s["status"] == "done" and s["kind"] == "train" and s["adapted"]
+
+    twice = [handle_file(str(p)) for p in [*paths, paths[0]]]  # two files with one name: refused
+    with pytest.raises(Exception, match="two images are named"):
+        client.predict(OWNER, twice, job, "tiny-sam", "dichotomous", "", api_name="/predict_batch")
+    big = folder / "big.zip"
+    with zipfile.ZipFile(big, "w") as z:
+        for i in range(400):
+            z.write(paths[i % 6], f"many/{i:03d}.png")
+    slow, _ = client.predict(
+        OWNER, [handle_file(str(big))], job, "tiny-sam", "dichotomous", "", api_name="/predict_batch"
+    )
+    wait_for(lambda: status(client, slow)["step"] >= 4, 120, what="the batch under way")
+    client.predict(OWNER, slow, api_name="/cancel")
+    s = wait_finished(client, slow, timeout=60)
+    assert s["status"] == "cancelled" and 4 <= s["step"] < 400
+    with pytest.raises(Exception, match="is cancelled"):
+        client.predict(OWNER, slow, api_name="/batch_results")
 
 
 def test_every_endpoint_answers_malformed_values_with_a_specific_message(client, data):
