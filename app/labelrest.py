@@ -313,7 +313,7 @@ class LabelRest:
 
 
 def _caption(record: dict) -> str:
-    return f"#{record['rank']} · uncertainty {record['uncertainty']:.2f} · {record['file']}"
+    return f"#{record['rank']} · {record['uncertainty']:.2f}"  # short: the gallery cuts long captions
 
 
 # --- the worker's side ---------------------------------------------------------------------------

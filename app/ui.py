@@ -1,4 +1,4 @@
-"""The studio's page: Data -> Train -> Progress -> Preview -> Adapters (+ the method explorer).
+"""The studio's page: Data -> Train -> Progress -> Preview -> Label the rest -> Adapters (+ the method explorer).
 
 Only layout and wiring live here; every action is a call into app.service (or app.labelling).
 Events that make up the public API are named (api_name); the rest are private. The browser keeps
@@ -99,6 +99,8 @@ def build(studio: Studio | None = None) -> gr.Blocks:
                 progress = _progress_tab(studio, owner, train["job"], preview["adapter"])
             _methods_tab()
         _api(studio)
+        for fn in rest["api"]:
+            gr.api(fn, api_name=fn.__name__, queue=False)
 
         def on_load(stored_owner, stored_job, request: gr.Request):
             ok = isinstance(stored_owner, str) and bool(stored_owner) and valid_owner(stored_owner)

@@ -51,7 +51,7 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
                     cancel = gr.Button("Cancel", variant="stop", scale=1, elem_id="rest-cancel")
                 status = gr.Markdown("No labelling job yet.", elem_id="rest-status", elem_classes="studio-msg")
                 gallery = gr.Gallery(
-                    label="Results, most uncertain first (click one to correct it)",
+                    label="Results, most uncertain first: rank · uncertainty (click one)",
                     columns=5,
                     height=420,
                     allow_preview=False,
@@ -139,7 +139,6 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         return state, shown_image, message, gr.Tabs(selected="data")
 
     run.click(predict_batch, [owner, images, adapter, backbone, task, classes], [job, status], api_name="predict_batch")
-    gr.api(batch_results, api_name="batch_results", queue=False)
     accept.click(accept_label, [owner, job, chosen], chosen_md, api_name="accept_label")
     retrain.click(retrain_labels, [owner, job, steps], [train_job, chosen_md], api_name="retrain").success(
         lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private"
@@ -162,7 +161,8 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         adapter,
         api_visibility="private",
     )
-    return {"adapter": adapter, "backbone": backbone, "classes": classes}
+    # API-only: registered outside the Tabs (a gr.api inside them is drawn as a stray tab)
+    return {"adapter": adapter, "backbone": backbone, "classes": classes, "api": [batch_results]}
 
 
 def _adapters(studio: Studio, owner: str) -> list:

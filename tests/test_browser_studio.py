@@ -2,7 +2,8 @@
 
 Upload pairs and see a bad upload refused in the page; label an image by clicking (SAM's proposal)
 and save it to the labelled set; train on the tiny model and watch it finish; reload the page and
-see it re-attach to the job; predict at full resolution; download the adapter zip and load it back.
+see it re-attach to the job; predict at full resolution; download the adapter zip and load it back;
+label the rest with the adapter, correct the most uncertain result, retrain.
 A screenshot of each tab is saved to $STUDIO_SCREENSHOTS (`make screenshots` writes docs/img/).
 
 Skipped, with the reason, only when Chromium or Playwright is missing outside CI; in CI (CI=true)
@@ -175,6 +176,54 @@ def test_preview_and_adapters(page, shots):
     page.locator("#load-adapter").click()
     expect(page.locator("#adapter-msg")).to_contain_text("Loaded")
     page.screenshot(path=str(shots / "studio-adapters.png"), full_page=True)
+
+
+def test_label_the_rest_correct_one_and_retrain(page, shots):
+    """The loop: label unlabelled images with the finished job's adapter in the background, open
+    the most uncertain result in the labeller, correct and save it, retrain warm-started, and see
+    the new job's held-out scores."""
+    from PIL import Image
+
+    from adapt.data.synthetic import make_dataset
+
+    folder = page.workdir / "unlabelled"
+    folder.mkdir()
+    files = []
+    for i, scene in enumerate(make_dataset(DOMAIN, n=5, size=128, seed=11)):
+        files.append(str(folder / f"photo{i}.png"))
+        Image.fromarray(scene.image).save(files[-1])
+    tab(page, "Label the rest")
+    upload(page, "rest-upload", files)
+    page.locator("#rest-adapter input").click()
+    page.get_by_role("option", name=re.compile("job")).first.click()
+    page.locator("#rest-run").click()
+    expect(page.locator("#rest-status")).to_contain_text("images labelled", timeout=180_000)
+    expect(page.locator("#rest-status")).to_contain_text("most uncertain first")
+    thumbs = page.locator("#rest-gallery img")
+    expect(thumbs).to_have_count(5)
+    thumbs.first.click()
+    expect(page.locator("#rest-chosen")).to_contain_text("#1")
+    page.screenshot(path=str(shots / "studio-label-rest.png"), full_page=True)
+
+    page.locator("#rest-correct").click()  # opens in the Data tab's labeller, from the model's mask
+    expect(page.get_by_role("tab", name=re.compile("Data"))).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#data-msg")).to_contain_text("Correcting")
+    view = page.locator("#label-view img")
+    before = view.get_attribute("src")
+    box = view.bounding_box()
+    view.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})  # the picture is centred
+    expect(view).not_to_have_attribute("src", before)
+    page.locator("#add-region").click()
+    page.locator("#save-pair").click()
+    expect(page.locator("#data-msg")).to_contain_text("Saved")
+
+    tab(page, "Label the rest")
+    page.locator("#rest-steps input").fill("4")
+    page.locator("#rest-steps input").press("Tab")
+    page.locator("#rest-retrain").click()
+    expect(page.get_by_role("tab", name=re.compile("Progress"))).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#job-status")).to_contain_text("done", timeout=180_000)
+    expect(page.locator("#scores")).to_contain_text("adapted")
 
 
 def test_open_vocabulary_preview(page, shots):

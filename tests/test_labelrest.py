@@ -60,7 +60,7 @@ def test_label_the_rest_then_correct_accept_and_retrain(loop):
     items, rows, text = rest.results(OWNER, job)
     assert len(items) == len(rows) == 7 and "broken.png" in text
     assert [r["uncertainty"] for r in rows] == sorted((r["uncertainty"] for r in rows), reverse=True)
-    assert items[0][1].startswith("#1 · uncertainty")
+    assert items[0][1] == f"#1 · {rows[0]['uncertainty']:.2f}"
 
     # the most uncertain result, opened for correction: the model's mask is the starting label map
     state = rest.correction(OWNER, job, rows[0]["name"])
