@@ -170,7 +170,8 @@ class Supervisor:
         if job is None or code != -signal.SIGKILL:
             return None
         files = self.paths.job_files(job["id"])
-        if not files.checkpoint.exists():
+        labelling = job["config"].get("kind") == "label"  # its ledger is its checkpoint (adapt.batch)
+        if not (files.checkpoint.exists() or (labelling and files.labels.exists())):
             return None
         step = read_progress(files.folder).step
         note = f"{reason} at step {step}; retrying once from its last checkpoint"
