@@ -95,6 +95,8 @@ def cmd_train(args) -> int:
         seed=args.seed,
         eval_every=args.eval_every,
         device=args.device,
+        accumulate=args.accumulate,
+        checkpointing=args.checkpointing,
     )
     summary = train_adapter(
         cfg,
@@ -311,6 +313,17 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--head-lr", type=float, default=1e-4)
     p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="gradient accumulation: each step's --batch-size images in this many micro-batches (less memory)",
+    )
+    p.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="activation checkpointing of the encoder blocks: recompute activations in backward (less memory)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)

@@ -67,6 +67,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     device: str = "auto"
     init_adapter: str | None = None  # warm start: continue from this adapter (see adapt.pipeline.warm_start)
+    accumulate: int = 1  # micro-batches per optimizer step: batch_size images in `accumulate` pieces
+    checkpointing: bool = False  # activation checkpointing of the encoder blocks (Backbone.set_checkpointing)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -156,6 +158,12 @@ class Run:
         self.cfg = cfg
         self.device = cfg.resolved_device()
         self.backbone, self.task, self.handle = build_model(cfg)
+        if cfg.accumulate < 1 or cfg.accumulate > cfg.batch_size:
+            raise TrainingError(
+                f"accumulate must be between 1 and the batch size ({cfg.batch_size}), not {cfg.accumulate}"
+            )
+        if cfg.checkpointing:
+            self.backbone.set_checkpointing(True)
         self.backbone.model.to(self.device)
         for head in self.backbone.heads:
             head.to(self.device)
@@ -207,6 +215,12 @@ class Run:
             self.optimizer.load_state_dict(state["optimizer"])
             self.groups = self.optimizer.param_groups  # load_state_dict replaces the group dicts
         self.step = state["step"]
+
+
+def _micro_batches(prepared: list, pieces: int) -> list[list]:
+    """`prepared` in `pieces` consecutive parts of near-equal size (none empty)."""
+    size = -(-len(prepared) // pieces)
+    return [prepared[i : i + size] for i in range(0, len(prepared), size)]
 
 
 def _batch(samples, step: int, cfg: TrainConfig, task: Task) -> tuple[list, np.random.Generator]:
@@ -303,18 +317,24 @@ def train(
         lr_f = run.set_lr()
         prepared, rng = _batch(train_samples, run.step, cfg, run.task)
         torch.manual_seed(cfg.seed * 1_000_003 + run.step)  # dropout etc.: a function of the step
-        with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = run.task.loss(prepared, rng, run.device)
-        if not torch.isfinite(loss):
-            save_checkpoint()
-            msg = (
-                f"the loss became {loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
-                f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks."
-            )
-            log("error", step=run.step, message=msg)
-            raise TrainingError(msg)
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=run.device)
+        # gradient accumulation: the step's batch in `accumulate` micro-batches, each loss weighted
+        # by its share of the batch, so the summed gradient is the whole batch's (the tasks' losses
+        # are means over samples; prompts are drawn from the same generator in the same order)
+        for part in _micro_batches(prepared, cfg.accumulate):
+            with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                part_loss = run.task.loss(part, rng, run.device) * (len(part) / len(prepared))
+            if not torch.isfinite(part_loss):
+                save_checkpoint()
+                msg = (
+                    f"the loss became {part_loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
+                    f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks."
+                )
+                log("error", step=run.step, message=msg)
+                raise TrainingError(msg)
+            part_loss.backward()
+            loss = loss + part_loss.detach()
         grad_norm = (
             torch.nn.utils.clip_grad_norm_([p for g in run.groups for p in g["params"]], cfg.clip_grad)
             if cfg.clip_grad

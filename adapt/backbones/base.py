@@ -53,6 +53,45 @@ class Backbone:
         """One flat output tensor that depends on every adapted weight (for equivalence checks)."""
         raise NotImplementedError
 
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks whose activations dominate training memory (what activation
+        checkpointing recomputes): SAM's image-encoder blocks, both CLIP towers' residual blocks."""
+        raise NotImplementedError
+
+    def set_checkpointing(self, enabled: bool = True) -> int:
+        """Activation checkpointing of every block (`blocks`): in training with gradients on, a
+        block keeps only its input and recomputes its activations during backward
+        (torch.utils.checkpoint, non-reentrant), so memory no longer grows with depth x batch.
+        Whatever a method put inside a block (wrapped linears, weight parametrizations) is
+        recomputed with it. The state dict is untouched (the block's forward is wrapped on the
+        instance); returns the number of blocks."""
+        blocks = self.blocks()
+        for block in blocks:
+            if enabled and "forward" not in vars(block):
+                block.forward = _Checkpointed(block.forward)
+            elif not enabled and isinstance(vars(block).get("forward"), _Checkpointed):
+                del block.forward
+        return len(blocks)
+
+    @property
+    def checkpointing(self) -> bool:
+        return any(isinstance(vars(b).get("forward"), _Checkpointed) for b in self.blocks())
+
+
+class _Checkpointed:
+    """A block's bound forward, run under non-reentrant activation checkpointing when it matters."""
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        block = self.forward.__self__
+        if block.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self.forward, *args, use_reentrant=False, **kwargs)
+        return self.forward(*args, **kwargs)
+
 
 def load_state_dict_file(path: str | Path) -> tuple[dict, str]:
     """Read a checkpoint without unpickling code: safetensors, or torch.load(weights_only=True)."""

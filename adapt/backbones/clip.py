@@ -39,6 +39,9 @@ class ClipBackbone(Backbone):
             out.append(head(dense, torch.nn.functional.normalize(txt, dim=-1), inputs["images"].shape[-2:]).flatten())
         return torch.cat(out)
 
+    def blocks(self) -> list:
+        return list(self.model.visual.transformer.resblocks) + list(self.model.transformer.resblocks)
+
 
 def spec_for(entry: BackboneEntry) -> dict:
     if "open_clip_name" in entry.arch:

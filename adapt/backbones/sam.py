@@ -41,6 +41,9 @@ class SamBackbone(Backbone):
     def forward(self, inputs: dict) -> torch.Tensor:
         return sam_mask_logits(self.model, inputs["images"], boxes=inputs["boxes"])
 
+    def blocks(self) -> list:
+        return list(self.model.image_encoder.blocks)
+
 
 def build_sam_model(spec: dict) -> Sam:
     emb = spec["img_size"] // spec["patch_size"]

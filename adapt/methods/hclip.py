@@ -25,9 +25,10 @@ instead of exchanging what the blocks have learned. Towers of different depth (V
 Numerics: transforms, the Cayley solve and DCRC run in float32 whatever the model dtype (the
 parameters stay float32 when the model is cast: Float32Module). All R are computed once per model
 forward: a cache keyed by the parameters' versions and grad mode, shared by the two towers of one
-forward and renewed when a tower starts its next forward (a pre-hook on each transformer), so the
-4 targets x L layers x 2 towers do not recompute the DCRC mixing each, and every forward has an
-autograd graph of its own.
+forward and renewed when a tower starts its next forward (a pre-hook on each transformer, which
+also computes them there, outside the blocks, so activation checkpointing recomputes blocks
+exactly), so the 4 targets x L layers x 2 towers do not recompute the DCRC mixing each, and every
+forward has an autograd graph of its own.
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ class HypersphericalTransforms(Float32Module):
         edits made through .data between forwards are seen."""
         if tower in self._served:
             self.forget()
+        if torch.is_grad_enabled():
+            # computed here, outside the tower's blocks: under activation checkpointing a block's
+            # recomputation must save what its first run saved, so the shared transforms may not be
+            # first computed inside one block (and only served from the cache in its recomputation)
+            self.transforms()
 
     def forget(self) -> None:
         self._cache = None
