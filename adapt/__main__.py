@@ -97,6 +97,7 @@ def cmd_train(args) -> int:
         device=args.device,
         accumulate=args.accumulate,
         checkpointing=args.checkpointing,
+        precision=args.precision,
     )
     summary = train_adapter(
         cfg,
@@ -318,6 +319,12 @@ def main(argv=None) -> int:
         type=int,
         default=1,
         help="gradient accumulation: each step's --batch-size images in this many micro-batches (less memory)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="autocast precision (auto: bf16 where the GPU has it, fp16 with loss scaling where not, fp32 on CPU)",
     )
     p.add_argument(
         "--checkpointing",

@@ -105,6 +105,9 @@ def train_adapter(
         "heldout_stems": ", ".join(s.stem for s in heldout),
         "steps": cfg.steps,
     }
+    data["precision"] = summary["precision"]
+    if summary["accumulate"] > 1 or cfg.checkpointing:
+        data["memory"] = f"accumulation {summary['accumulate']}, checkpointing {'on' if cfg.checkpointing else 'off'}"
     if cfg.init_adapter:
         data["warm_start"] = Path(cfg.init_adapter).name
     summary["adapter"] = save_adapter(

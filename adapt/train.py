@@ -60,7 +60,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: int = 10
     clip_grad: float = 1.0
-    amp: bool = True
+    amp: bool = True  # mixed precision on a GPU (see `precision`); False: fp32 everywhere
+    precision: str = "auto"  # "auto" (bf16 where the GPU has it, fp16 + loss scaling where not, fp32 on CPU) | "bf16" | "fp16" | "fp32"
     augment: bool = True
     seed: int = 0
     eval_every: int = 0  # 0: only before and after
@@ -74,6 +75,25 @@ class TrainConfig:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+MAX_OOM_RETRIES = 2
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """The autocast precision a run uses: bf16 on GPUs that support it, fp16 (with a gradient
+    scaler) on those that do not (T4, V100), fp32 on the CPU; an explicit choice is kept. The
+    methods' SVD / Cayley / orthogonality maths stay fp32 under any of them (Float32Module)."""
+    if cfg.precision not in PRECISIONS:
+        raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, not {cfg.precision!r}")
+    if not cfg.amp:
+        return "fp32"
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -164,6 +184,8 @@ class Run:
             )
         if cfg.checkpointing:
             self.backbone.set_checkpointing(True)
+        self.precision = resolve_precision(cfg, self.device)
+        self.accumulate = cfg.accumulate  # doubled by an out-of-memory retry (see `train`)
         self.backbone.model.to(self.device)
         for head in self.backbone.heads:
             head.to(self.device)
@@ -179,6 +201,8 @@ class Run:
             for g in self.handle.trainable_groups()
         ]
         self.optimizer = torch.optim.AdamW(self.groups, weight_decay=cfg.weight_decay) if self.groups else None
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = 0
 
     def warm_start(self, path: str) -> None:
@@ -215,6 +239,65 @@ class Run:
             self.optimizer.load_state_dict(state["optimizer"])
             self.groups = self.optimizer.param_groups  # load_state_dict replaces the group dicts
         self.step = state["step"]
+
+
+def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> torch.Tensor:
+    """The gradients of one optimizer step, left in .grad; returns the step's loss.
+
+    Gradient accumulation: the step's batch in `run.accumulate` micro-batches, each loss weighted
+    by its share of the batch, so the summed gradient is the whole batch's (the tasks' losses are
+    means over samples; prompts come from the same generator in the same order). A CUDA
+    out-of-memory error halves the micro-batch (doubles the accumulation) and redoes the step from
+    its start, at most MAX_OOM_RETRIES times, saying so in the log; then the run stops with a
+    message. Nothing is lost: the optimizer has not moved."""
+    cfg = run.cfg
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
+    for attempt in range(MAX_OOM_RETRIES + 1):
+        prepared, rng = _batch(train_samples, run.step, cfg, run.task)  # the same draws on a retry
+        torch.manual_seed(cfg.seed * 1_000_003 + run.step)  # dropout etc.: a function of the step
+        run.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=run.device)
+        try:
+            for part in _micro_batches(prepared, run.accumulate):
+                with torch.autocast(
+                    device_type=run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+                ):
+                    part_loss = run.task.loss(part, rng, run.device) * (len(part) / len(prepared))
+                if not torch.isfinite(part_loss):
+                    save_checkpoint()
+                    msg = (
+                        f"the loss became {part_loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
+                        f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks."
+                    )
+                    log("error", step=run.step, message=msg)
+                    raise TrainingError(msg)
+                (run.scaler.scale(part_loss) if run.scaler is not None else part_loss).backward()
+                loss = loss + part_loss.detach()
+            return loss
+        except torch.cuda.OutOfMemoryError:
+            run.optimizer.zero_grad(set_to_none=True)
+            if run.device.type == "cuda":
+                torch.cuda.empty_cache()
+            micro = -(-len(prepared) // run.accumulate)
+            if attempt == MAX_OOM_RETRIES or micro == 1:
+                msg = (
+                    f"out of GPU memory at step {run.step + 1} with micro-batches of {micro} image(s) "
+                    f"(batch {cfg.batch_size}, accumulation {run.accumulate}, checkpointing "
+                    f"{'on' if cfg.checkpointing else 'off'}, {run.precision}). Try activation checkpointing, a "
+                    "smaller batch, a smaller backbone or a lighter method; the checkpoint keeps the steps done."
+                )
+                save_checkpoint()
+                log("error", step=run.step, message=msg)
+                raise TrainingError(msg) from None
+            run.accumulate = min(len(prepared), run.accumulate * 2)
+            log(
+                "oom",
+                step=run.step,
+                accumulate=run.accumulate,
+                message=f"out of memory at step {run.step + 1}: retrying it in micro-batches of "
+                f"{-(-len(prepared) // run.accumulate)} (accumulation {run.accumulate})",
+            )
+    raise AssertionError("unreachable")
 
 
 def _micro_batches(prepared: list, pieces: int) -> list[list]:
@@ -276,6 +359,7 @@ def train(
             train=len(train_samples),
             heldout=len(heldout_samples),
             device=str(run.device),
+            precision=run.precision,
         )
     model = run.backbone.model
 
@@ -305,7 +389,6 @@ def train(
         if ckpt_path is not None:
             _atomic_torch_save({**run.state(), "frozen_metrics": frozen_metrics}, ckpt_path)
 
-    use_amp = cfg.amp and run.device.type == "cuda"
     started, first_step = time.time(), run.step
     status = "done"
     while run.step < cfg.steps and run.optimizer is not None:
@@ -315,32 +398,19 @@ def train(
             break
         model.train()
         lr_f = run.set_lr()
-        prepared, rng = _batch(train_samples, run.step, cfg, run.task)
-        torch.manual_seed(cfg.seed * 1_000_003 + run.step)  # dropout etc.: a function of the step
-        run.optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros((), device=run.device)
-        # gradient accumulation: the step's batch in `accumulate` micro-batches, each loss weighted
-        # by its share of the batch, so the summed gradient is the whole batch's (the tasks' losses
-        # are means over samples; prompts are drawn from the same generator in the same order)
-        for part in _micro_batches(prepared, cfg.accumulate):
-            with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                part_loss = run.task.loss(part, rng, run.device) * (len(part) / len(prepared))
-            if not torch.isfinite(part_loss):
-                save_checkpoint()
-                msg = (
-                    f"the loss became {part_loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
-                    f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks."
-                )
-                log("error", step=run.step, message=msg)
-                raise TrainingError(msg)
-            part_loss.backward()
-            loss = loss + part_loss.detach()
+        loss = _step_gradients(run, train_samples, log, save_checkpoint)
+        if run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)  # clip the true gradients
         grad_norm = (
             torch.nn.utils.clip_grad_norm_([p for g in run.groups for p in g["params"]], cfg.clip_grad)
             if cfg.clip_grad
             else None
         )
-        run.optimizer.step()
+        if run.scaler is not None:
+            run.scaler.step(run.optimizer)  # skipped when the scaled gradients overflowed
+            run.scaler.update()
+        else:
+            run.optimizer.step()
         run.step += 1
         elapsed = time.time() - started
         per_step = elapsed / (run.step - first_step)
@@ -369,6 +439,8 @@ def train(
         "frozen": frozen_metrics,
         "adapted": adapted_metrics,
         "initial": initial_metrics,
+        "precision": run.precision,
+        "accumulate": run.accumulate,
         "counts": run.handle.count(),
         "seconds": round(time.time() - started, 2),
     }

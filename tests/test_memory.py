@@ -92,3 +92,78 @@ def test_accumulation_is_bounded_by_the_batch():
 
     with pytest.raises(TrainingError, match="accumulate must be between 1 and the batch size"):
         Run(TrainConfig(batch_size=2, accumulate=3))
+
+
+def test_precision_follows_the_hardware(monkeypatch):
+    from adapt.train import TrainConfig, TrainingError, resolve_precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision(TrainConfig(), cpu) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(TrainConfig(), gpu) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4, a V100
+    assert resolve_precision(TrainConfig(), gpu) == "fp16"
+    assert resolve_precision(TrainConfig(amp=False), gpu) == "fp32"
+    assert resolve_precision(TrainConfig(precision="fp32"), gpu) == "fp32"
+    with pytest.raises(TrainingError, match="precision must be one of"):
+        resolve_precision(TrainConfig(precision="int8"), cpu)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_runs_and_is_recorded(tmp_path, precision):
+    """fp16 goes through the gradient scaler (CPU autocast here; a GPU without bf16 in use); the
+    methods' maths stay fp32; the precision is in the log and the summary."""
+    _, result = _train(tmp_path, precision, method="parser", precision=precision)
+    assert result["precision"] == precision and result["step"] == 3
+    assert (result["run"].scaler is not None) == (precision == "fp16")
+    assert f'"precision": "{precision}"' in (tmp_path / precision / "events.jsonl").read_text()
+    for p in result["run"].handle.adapter_parameters().values():
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+
+
+def test_out_of_memory_halves_the_micro_batch_and_retries_then_says_what_to_change(tmp_path, monkeypatch):
+    from adapt.tasks.dichotomous import DichotomousTask
+    from adapt.train import TrainingError
+
+    real = DichotomousTask.loss
+    calls = []
+
+    def tight(self, prepared, rng, device):  # a card that holds one image at a time
+        calls.append(len(prepared))
+        if len(prepared) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, prepared, rng, device)
+
+    monkeypatch.setattr(DichotomousTask, "loss", tight)
+    _, result = _train(tmp_path, "oom", method="parser")
+    assert result["step"] == 3 and result["accumulate"] == 4  # 4 -> 2 -> 1 image per micro-batch
+    events = (tmp_path / "oom" / "events.jsonl").read_text()
+    assert events.count('"type": "oom"') == 2 and "micro-batches of 1" in events
+
+    def hopeless(self, prepared, rng, device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(DichotomousTask, "loss", hopeless)
+    with pytest.raises(TrainingError, match="out of GPU memory at step 1 with micro-batches of 1 image"):
+        _train(tmp_path, "hopeless", method="parser")
+    assert '"type": "error"' in (tmp_path / "hopeless" / "events.jsonl").read_text()
+
+
+def test_out_of_memory_retries_give_the_same_update_as_no_retry(tmp_path, monkeypatch):
+    from adapt.tasks.dichotomous import DichotomousTask
+
+    plain, _ = _train(tmp_path, "plain", method="parser", lr=0, head_lr=0)
+    real = DichotomousTask.loss
+    failed = []
+
+    def once(self, prepared, rng, device):
+        if not failed:
+            failed.append(1)
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(self, prepared, rng, device)
+
+    monkeypatch.setattr(DichotomousTask, "loss", once)
+    retried, result = _train(tmp_path, "retried", method="parser", lr=0, head_lr=0)
+    assert result["accumulate"] == 2
+    for k in plain:
+        torch.testing.assert_close(retried[k], plain[k], rtol=1e-4, atol=1e-7, msg=k)
