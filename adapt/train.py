@@ -96,6 +96,18 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """The measured peak so far: allocated GPU memory on CUDA, else the process's peak resident
+    size (which includes the Python and torch runtime, about 0.8 GiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
     if step < warmup:
@@ -441,6 +453,7 @@ def train(
         "initial": initial_metrics,
         "precision": run.precision,
         "accumulate": run.accumulate,
+        "peak_memory_mb": peak_memory_mb(run.device),
         "counts": run.handle.count(),
         "seconds": round(time.time() - started, 2),
     }

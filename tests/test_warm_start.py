@@ -44,7 +44,10 @@ def test_cli_warm_start_takes_the_adapters_method_and_starts_from_its_score(firs
     assert report["adapted"]["iou"] == pytest.approx(initial["metrics"]["iou"], abs=1e-6)
     assert report["adapted"]["iou"] == pytest.approx(first_card["metrics"]["adapted_iou"], abs=1e-6)
     assert report["frozen"]["iou"] == pytest.approx(first_card["metrics"]["frozen_iou"], abs=1e-6)
-    assert "warm_start" in (out / "adapter" / "README.md").read_text()
+    card = (out / "adapter" / "README.md").read_text()
+    assert "warm_start" in card and "precision" in card and "fp32" in card
+    done = next(e for e in events if e["type"] == "done")
+    assert done["precision"] == "fp32" and done["peak_memory_mb"] > 100
 
 
 def test_warm_start_refuses_a_different_method_backbone_or_options(first, tmp_path, capsys):
