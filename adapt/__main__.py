@@ -72,6 +72,12 @@ def cmd_train(args) -> int:
     from adapt.pipeline import train_adapter, warm_start
     from adapt.train import TrainConfig
 
+    if args.plan:
+        return _print_plan(args)
+    if not args.data or not args.out:
+        raise ValueError(
+            "train needs --data (a dataset folder or zip) and --out (the run folder); --plan needs neither"
+        )
     given = {k: v for k, v in {"task": args.task, "backbone": args.backbone, "method": args.method}.items() if v}
     if args.init_adapter:  # the adapter decides what was not given (and refuses what disagrees)
         if args.option:
@@ -99,6 +105,12 @@ def cmd_train(args) -> int:
         checkpointing=args.checkpointing,
         precision=args.precision,
     )
+    plan = _memory_plan(cfg, args.memory_budget)
+    if plan is not None:
+        if not plan.fits:
+            raise ValueError(plan.describe())
+        print(f"memory plan: {plan.describe()}", file=sys.stderr)
+        cfg = replace(cfg, accumulate=plan.accumulate, checkpointing=cfg.checkpointing or plan.checkpointing)
     summary = train_adapter(
         cfg,
         dataset,
@@ -121,6 +133,52 @@ def cmd_train(args) -> int:
     }
     print(json.dumps(report, indent=1) if args.json else _side_by_side(summary["frozen"], summary["adapted"], adapter))
     return 0
+
+
+def _memory_plan(cfg, budget: str | None):
+    """The planner's choice for this run: for --memory-budget, or the free memory of the GPU the
+    run will use; none on the CPU without a budget."""
+    import torch
+
+    from adapt.planner import make_plan
+    from adapt.train import resolve_precision
+
+    device = cfg.resolved_device()
+    if budget is None and device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0]
+    if budget is None:
+        return None
+    return make_plan(
+        cfg.backbone, cfg.method, cfg.batch_size, budget, resolve_precision(cfg, device), **cfg.method_options
+    )
+
+
+def _print_plan(args) -> int:
+    """train --plan: what the planner would choose, without a dataset or a run folder. Without a
+    GPU here, the plan is for one (bf16, unless --precision says otherwise)."""
+    import torch
+
+    from adapt.train import TrainConfig
+
+    precision = args.precision
+    if precision == "auto" and not torch.cuda.is_available():
+        precision = "bf16"
+        print("no GPU here: planning for a GPU with bf16 autocast (--precision fp16 for a T4 or V100)", file=sys.stderr)
+    cfg = TrainConfig(
+        task=args.task or "dichotomous",
+        backbone=args.backbone or "tiny-sam",
+        method=args.method or "parser",
+        method_options=_parse_options(args.option),
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=precision,
+    )
+    plan = _memory_plan(cfg, args.memory_budget)
+    if plan is None:
+        print("no GPU here and no --memory-budget: give one, e.g. --memory-budget 24GB")
+        return 2
+    print(plan.describe())
+    return 0 if plan.fits else 1
 
 
 def _side_by_side(frozen: dict | None, adapted: dict | None, adapter=None) -> str:
@@ -291,7 +349,17 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", help="base weights file (default: bundled or official weights)")
     p.add_argument("--method", help="default: parser (or the --init-adapter's)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
-    p.add_argument("--data", required=True, help="dataset folder or zip")
+    p.add_argument("--data", help="dataset folder or zip")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the memory plan (micro-batch, accumulation, checkpointing) for --memory-budget or the free "
+        "GPU memory, and stop: needs no --data or --out",
+    )
+    p.add_argument(
+        "--memory-budget",
+        help="plan the run to fit this much memory, e.g. 16GB (default on a GPU: its free memory)",
+    )
     p.add_argument(
         "--init-adapter",
         help="warm start: continue from this adapter (folder or zip) on --data, with its backbone, method and options",
@@ -333,7 +401,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="the run folder (events, checkpoint, OUT/adapter)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
