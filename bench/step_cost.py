@@ -136,6 +136,8 @@ class Trainer:
         self.backbone = build_backbone(args.backbone, seed=0)
         self.backbone.model.to(device)
         self.handle = attach(self.backbone, method, **options)
+        if args.checkpointing:
+            self.backbone.set_checkpointing(True)
         self.inputs = {k: v.to(device) for k, v in self.backbone.example_inputs(args.batch, seed=0).items()}
         with torch.no_grad():
             shape = self.backbone.forward(self.inputs).shape
@@ -205,8 +207,13 @@ def measure_memory_here(key: str, args, device: torch.device) -> dict:
             how = "ru_maxrss after the steps - ru_maxrss before them (lower bound)"
         total = peak
     counts = t.handle.count()
+    from adapt.planner import estimate
+
+    _, _, method, options = BY_KEY[key]
+    planned = estimate(args.backbone, method, args.batch, args.checkpointing, "fp32", **options)
     return {
         "key": key,
+        "planned_step_bytes": planned.trainable_state + planned.activations,  # the planner, for the same step
         "step_bytes": max(peak - base, 0),
         "peak_total_bytes": total,
         "before_bytes": base,
@@ -240,6 +247,10 @@ def measure_memory(key: str, args) -> dict:
     ]
     if args.mem_steps is not None:
         cmd += ["--mem-steps", str(args.mem_steps)]
+    if args.checkpointing:
+        cmd += ["--checkpointing"]
+    if args.memory_cap:
+        cmd += ["--memory-cap", str(args.memory_cap)]
     # A fixed glibc mmap threshold (setting it switches off glibc's dynamic one) makes every buffer
     # over 64 KiB its own mapping, unmapped when freed, so RSS follows the live tensors rather than
     # whatever freed memory the heap happens to keep: the CPU step memory of a method then repeats
@@ -412,8 +423,8 @@ def markdown(report: dict) -> str:
         "",
         "| method | adapter params | trainable params | step time / full | step memory / full | step FLOPs / full "
         "| merged inference / base | unmerged inference / base | merged FLOPs / base | step time (ms) "
-        "| step memory (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| step memory (MiB) | planner's estimate (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     flagged = False
     for r in report["results"]:
@@ -428,7 +439,8 @@ def markdown(report: dict) -> str:
             f"| {_with_spread(r['time_over_full'], r.get('time_over_full_spread'))} "
             f"| {_ratio(r['memory_over_full'])} | {_ratio(r['flops_over_full'])} | {merged} "
             f"| {_ratio(r.get('unmerged_over_base'))} | {merged_flops} "
-            f"| {r['step_s'] * 1e3:.0f} | {r['step_bytes'] / MIB:.1f} |"
+            f"| {r['step_s'] * 1e3:.0f} | {r['step_bytes'] / MIB:.1f} "
+            f"| {r.get('planned_step_bytes', 0) / MIB:.1f} |"
         )
     lines.append("")
     if flagged:
@@ -474,6 +486,14 @@ def parse_args(argv=None):
         "--infer-repeat", type=int, default=2, help="forwards per inference measurement, the fastest kept (default 2)"
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks in every method"
+    )
+    p.add_argument(
+        "--memory-cap",
+        type=float,
+        help="CUDA: cap this process's GPU memory at this many GiB (torch.cuda.set_per_process_memory_fraction)",
+    )
     p.add_argument(
         "--clock",
         choices=["auto", "cpu", "wall"],
@@ -533,6 +553,9 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     device = torch.device(args.device)
+    if args.memory_cap and device.type == "cuda":  # e.g. a 24 GB card on a larger one
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap * 2**30 / total), device)
 
     if args.one:  # the memory subprocess
         print(json.dumps(measure_memory_here(args.one, args, device)))
@@ -577,6 +600,7 @@ def main(argv=None) -> int:
                 "time_over_full": over_full(k),
                 "time_over_full_spread": _spread(train_times[k], full_times) if full_times else None,
                 "step_bytes": m["step_bytes"],
+                "planned_step_bytes": m.get("planned_step_bytes"),
                 "peak_total_bytes": m["peak_total_bytes"],
                 "memory_over_full": m["step_bytes"] / full_mem if full_mem else None,
                 "step_flops": m["step_flops"],

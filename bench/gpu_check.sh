@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The device check: run in one go on a machine with an NVIDIA GPU (under 8 minutes on one card).
+#
+#     bash bench/gpu_check.sh [OUT_DIR]        # writes OUT_DIR/gpu_check.md (default: $OUT or .)
+#
+# What it measures (bench/step_cost.py; random-init full-size architectures, no downloads):
+# 1. sam-vit-b at 1024 px, batch 2: per method (full, decoder, parser, lora, cobot-lora,
+#    adaptformer) training step time, step memory (max_memory_allocated) and the planner's estimate
+#    for the same step, merged inference / base; then the same with activation checkpointing.
+# 2. sam-vit-h, parser and lora at batch 1 under a 24 GiB cap (a 24 GB card on a larger one).
+# 3. The planner's plans for the common cards (train --plan), to read beside the measured peaks.
+# Copy the tables into docs/benchmarks.md with the machine's name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-.}}"
+mkdir -p "$OUT_DIR"
+REPORT="$OUT_DIR/gpu_check.md"
+PY="${PYTHON:-.venv/bin/python}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/GPU: /' > "$REPORT"
+echo >> "$REPORT"
+run() { echo "## $1" >> "$REPORT"; echo >> "$REPORT"; shift; "$PY" bench/step_cost.py --device cuda --quiet "$@" >> "$REPORT"; }
+METHODS=full,decoder,parser,lora,cobot-lora,adaptformer
+run "sam-vit-b, batch 2" --backbone sam-vit-b --batch 2 --steps 10 --warmup 3 --infer-rounds 5 --methods "$METHODS"
+run "sam-vit-b, batch 2, activation checkpointing" --backbone sam-vit-b --batch 2 --steps 10 --warmup 3 \
+    --infer-rounds 3 --methods "$METHODS" --checkpointing
+run "sam-vit-h, batch 1, capped at 24 GiB" --backbone sam-vit-h --batch 1 --steps 5 --warmup 2 --infer-rounds 3 \
+    --methods full,parser,lora --memory-cap 24
+{
+  echo "## The planner's plans"
+  echo
+  for card in 16GB 24GB 80GB; do
+    for spec in "sam-vit-b full 8" "sam-vit-b parser 8" "sam-vit-h parser 4" "sam-vit-h lora 4" "clip-vit-b-16 hclip 8"; do
+      set -- $spec
+      echo "- $("$PY" -m adapt train --plan --backbone "$1" --method "$2" --batch-size "$3" --memory-budget "$card" 2>/dev/null || true)"
+    done
+  done
+} >> "$REPORT"
+cat "$REPORT"
