@@ -24,7 +24,7 @@ run "sam-vit-b, batch 2" --backbone sam-vit-b --batch 2 --steps 10 --warmup 3 --
 run "sam-vit-b, batch 2, activation checkpointing" --backbone sam-vit-b --batch 2 --steps 10 --warmup 3 \
     --infer-rounds 3 --methods "$METHODS" --checkpointing
 run "sam-vit-h, batch 1, capped at 24 GiB" --backbone sam-vit-h --batch 1 --steps 5 --warmup 2 --infer-rounds 3 \
-    --methods full,parser,lora --memory-cap 24
+    --methods parser,lora --memory-cap 24
 {
   echo "## The planner's plans"
   echo
