@@ -108,34 +108,27 @@ def download_weights(name: str) -> str:
 
 
 def estimate_memory(backbone: str, method: str, batch_size: int, device: str = "auto") -> str:
-    """A rough training-memory estimate: weights, trainable state (AdamW: 4 copies in fp32) and
-    saved activations of the image encoder (bf16 on a GPU, fp32 on the CPU)."""
+    """The Train tab's memory line: the pre-flight planner's plan (adapt.planner) for this GPU's
+    free memory, or on a CPU-only machine the estimate for the batch as asked (in RAM, fp32)."""
+    from adapt.planner import estimate, make_plan
+
     try:
-        info = _count(backbone, method)
-        shape = _encoder_shape(backbone)
-    except ValueError as e:
-        return f"Cannot estimate: {e}"
-    tokens, width, depth = shape["tokens"], shape["width"], shape["depth"]
-    gpu = _has_gpu() if device == "auto" else device.startswith("cuda")
-    act_bytes = 2 if gpu else 4
-    weights = info["base"] * 4 + info["trainable"] * 16
-    full = info["adapter"] > 0.5 * info["base"]
-    per_block = tokens * width * (24 if full or info["adapter"] else 4) * act_bytes
-    activations = batch_size * depth * per_block
-    total = (weights + activations) * 1.2  # allocator and workspace slack
-    where = "GPU memory" if gpu else "RAM (no GPU: training runs on the CPU)"
+        batch_size = number(batch_size, "batch size", 1, 64, integer=True)
+        if _has_gpu() if device == "auto" else device.startswith("cuda"):
+            import torch
+
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            plan = make_plan(backbone, method, batch_size, torch.cuda.mem_get_info()[0], precision)
+            return f"GPU memory plan: {plan.describe()}"
+        e = estimate(backbone, method, batch_size, False, "fp32")
+    except (ValueError, UserError, RuntimeError) as err:  # RuntimeError: a GPU that cannot be queried
+        return f"Cannot estimate: {err}"
     return (
-        f"Estimated {where}: **{format_bytes(total)}** (weights {format_bytes(info['base'] * 4)}, "
-        f"optimizer state {format_bytes(info['trainable'] * 12)}, activations {format_bytes(activations)} "
-        f"at batch {batch_size}). A rough guide, not a promise."
+        f"Estimated RAM (no GPU: training runs on the CPU): **{format_bytes(e.total)}** (weights "
+        f"{format_bytes(e.weights)}, gradients and optimizer state {format_bytes(e.trainable_state)}, activations "
+        f"{format_bytes(e.activations)} at batch {batch_size}). A model of the step (adapt/planner.py), not a "
+        "measurement: each run records its measured peak."
     )
-
-
-@lru_cache(maxsize=16)
-def _encoder_shape(backbone: str) -> dict:
-    from adapt.pipeline import encoder_shape
-
-    return encoder_shape(backbone)
 
 
 @lru_cache(maxsize=1)
