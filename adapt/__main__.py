@@ -111,15 +111,24 @@ def cmd_train(args) -> int:
             raise ValueError(plan.describe())
         print(f"memory plan: {plan.describe()}", file=sys.stderr)
         cfg = replace(cfg, accumulate=plan.accumulate, checkpointing=cfg.checkpointing or plan.checkpointing)
-    summary = train_adapter(
-        cfg,
-        dataset,
-        args.out,
-        holdout=args.holdout,
-        source=str(args.data),
-        resume=args.resume,
-        echo=_progress(args.steps),
-    )
+    if args.gpus > 1:  # data parallel, one process per GPU (adapt.distributed); rank 0 reports
+        from adapt.distributed import run_data_parallel, train_job
+
+        dataset.close()
+        print(f"training on {args.gpus} processes (data parallel); events in {args.out}/events.jsonl", file=sys.stderr)
+        summary = run_data_parallel(
+            args.gpus, train_job, cfg, str(args.data), args.out, args.holdout, cfg.task, 1, args.resume
+        )[0]
+    else:
+        summary = train_adapter(
+            cfg,
+            dataset,
+            args.out,
+            holdout=args.holdout,
+            source=str(args.data),
+            resume=args.resume,
+            echo=_progress(args.steps),
+        )
     if summary["status"] != "done":
         print(f"training {summary['status']} at step {summary['step']}; resume with --resume", file=sys.stderr)
         return 1
@@ -400,6 +409,12 @@ def main(argv=None) -> int:
         help="activation checkpointing of the encoder blocks: recompute activations in backward (less memory)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="data-parallel training on this many GPUs, one process each (gloo on CPU processes when there are none)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="the run folder (events, checkpoint, OUT/adapter)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT")

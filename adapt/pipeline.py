@@ -98,6 +98,10 @@ def train_adapter(
     summary.update(adapter=None, train_images=len(train_set), heldout_images=len(heldout))
     if summary["status"] != "done":
         return summary
+    from adapt.train import world
+
+    if world()[0] != 0:  # data parallel: rank 0 saves the adapter
+        return summary
     data = {
         "source": source or str(dataset.source),
         "train_images": len(train_set),

@@ -253,6 +253,27 @@ class Run:
         self.step = state["step"]
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of a data-parallel run (adapt.distributed), (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_gradients(run: Run) -> None:
+    """Sum every trainable gradient over the ranks: each rank computed its share of the batch,
+    weighted by its share, so the sum is the whole batch's gradient on every rank."""
+    import torch.distributed as dist
+
+    for group in run.groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+
+
 def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> torch.Tensor:
     """The gradients of one optimizer step, left in .grad; returns the step's loss.
 
@@ -264,13 +285,15 @@ def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> 
     message. Nothing is lost: the optimizer has not moved."""
     cfg = run.cfg
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
+    rank, size = world()
     for attempt in range(MAX_OOM_RETRIES + 1):
         prepared, rng = _batch(train_samples, run.step, cfg, run.task)  # the same draws on a retry
         torch.manual_seed(cfg.seed * 1_000_003 + run.step)  # dropout etc.: a function of the step
         run.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=run.device)
+        share = prepared[rank::size]  # data parallel: this rank's images of the step's batch
         try:
-            for part in _micro_batches(prepared, run.accumulate):
+            for part in _micro_batches(share, min(run.accumulate, len(share))):
                 with torch.autocast(
                     device_type=run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
                 ):
@@ -285,8 +308,15 @@ def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> 
                     raise TrainingError(msg)
                 (run.scaler.scale(part_loss) if run.scaler is not None else part_loss).backward()
                 loss = loss + part_loss.detach()
+            if size > 1:
+                import torch.distributed as dist
+
+                _all_reduce_gradients(run)
+                dist.all_reduce(loss)
             return loss
         except torch.cuda.OutOfMemoryError:
+            if size > 1:  # the other ranks are waiting in all_reduce: no retry that they would miss
+                raise
             run.optimizer.zero_grad(set_to_none=True)
             if run.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -348,14 +378,18 @@ def train(
     """
     if not train_samples:
         raise TrainingError("no training samples")
+    rank, size = world()
+    lead = rank == 0  # in a data-parallel run, rank 0 writes events and checkpoints and evaluates
+    if cfg.batch_size < size:
+        raise TrainingError(f"a batch of {cfg.batch_size} cannot be shared by {size} processes: raise the batch size")
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    if out is not None and lead:
         out.mkdir(parents=True, exist_ok=True)
-    log = EventLog(out / EVENTS_NAME if out else None, echo)
+    log = EventLog(out / EVENTS_NAME if out and lead else None, echo if lead else None)
     run = Run(cfg)
     ckpt_path = out / CHECKPOINT_NAME if out else None
     frozen_metrics = None
-    if out is not None:
+    if out is not None and lead:
         remove_parts(out)  # temporary files of a run that was killed mid-write
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=run.device, weights_only=True)
@@ -379,6 +413,8 @@ def train(
         """Score the held-out samples now ("frozen" before the first step, "adapted" after, and at
         step 0 after a warm start); DIS metrics only on the final scores (~0.5 s a 1024^2 image)."""
         step = 0 if which == "frozen" else run.step
+        if not lead:
+            return None
         model.eval()
         metrics = run.task.evaluate(heldout_samples, device=run.device, dis=final)
         log("eval", step=step, split="heldout", model=which, metrics=metrics)
@@ -398,7 +434,7 @@ def train(
             initial_metrics = evaluate("adapted", final=False)
 
     def save_checkpoint():
-        if ckpt_path is not None:
+        if ckpt_path is not None and lead:
             _atomic_torch_save({**run.state(), "frozen_metrics": frozen_metrics}, ckpt_path)
 
     started, first_step = time.time(), run.step
