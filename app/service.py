@@ -15,7 +15,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -397,6 +397,7 @@ class Studio:
             checkpoint_every=every,
         )
         cfg = configure(cfg, dataset)  # what the worker will run, classes included
+        cfg = self._fit_to_gpu(cfg)
         job_id = new_token()
         if init_adapter is not None:  # the job keeps its own copy: the source may expire first
             from adapt.export import AdapterError, zip_adapter
@@ -415,6 +416,24 @@ class Studio:
         data = copy_file(Path(dataset_zip), self.paths.job_files(job_id).data_zip)
         self.store.submit(owner, {"train": asdict(cfg), "data_name": Path(dataset_zip).name}, str(data), job_id=job_id)
         return job_id
+
+    def _fit_to_gpu(self, cfg):
+        """On a GPU machine, the pre-flight plan for the GPU's free memory (adapt.planner): the
+        job gets the plan's accumulation and checkpointing, or is refused before it is queued
+        with what would fit. On the CPU, the job runs as asked."""
+        if not _has_gpu():
+            return cfg
+        import torch
+
+        from adapt.planner import make_plan
+
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        plan = make_plan(
+            cfg.backbone, cfg.method, cfg.batch_size, torch.cuda.mem_get_info()[0], precision, **cfg.method_options
+        )
+        if not plan.fits:
+            raise UserError(f"this job would not fit the GPU: {plan.describe()}")
+        return replace(cfg, accumulate=plan.accumulate, checkpointing=plan.checkpointing)
 
     def job(self, owner: str, job_id: str) -> dict:
         check_owner(owner)

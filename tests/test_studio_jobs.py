@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from studio_support import OWNER, bad_uploads, dataset_zip, slip_zip
 
-from app.config import Paths
+from app.config import Limits, Paths
 from app.jobs import JobStore
 from app.progress import read_progress
 from app.service import Studio, UserError, check_owner, estimate_memory, parse_clicks
@@ -333,3 +333,25 @@ def test_the_official_backbone_is_proposed_first_on_a_gpu(monkeypatch):
     monkeypatch.setattr(service, "_has_gpu", lambda: False)
     assert service.backbones_for("dichotomous")[0] == "tiny-sam"
     assert service.backbones_for("openvocab")[0] == "tiny-clip"
+
+
+def test_on_a_gpu_a_job_is_planned_to_fit_before_it_is_queued(tmp_path, monkeypatch):
+    """The studio plans every job for the GPU's free memory (adapt.planner): the plan's accumulation
+    and checkpointing go into the job, and a job that cannot fit is refused with what would."""
+    import torch
+
+    import app.service as service
+    from adapt.planner import estimate
+
+    data = dataset_zip(tmp_path, n=4, size=64)
+    studio = Studio(Paths(tmp_path / "studio"), Limits())
+    monkeypatch.setattr(service, "_has_gpu", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    one_at_a_time = int(estimate("tiny-sam", "parser", 1, True, "bf16").total * 1.01)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (one_at_a_time, 80 * 2**30))
+    job = studio.submit(OWNER, str(data), "dichotomous", "tiny-sam", "parser", 5, 1e-3, 1e-4, 4)
+    spec = studio.store.get(job, OWNER)["config"]["train"]
+    assert spec["accumulate"] == 4 and spec["checkpointing"] is True
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1000, 80 * 2**30))
+    with pytest.raises(UserError, match="would not fit the GPU.*does not fit"):
+        studio.submit(OWNER, str(data), "dichotomous", "tiny-sam", "parser", 5, 1e-3, 1e-4, 4)
