@@ -32,7 +32,16 @@ from app.service import (
     estimate_memory,
     family_for_task,
 )
-from app.ui_common import example_path, examples, outbox, read_rgb, user_errors, valid_owner
+from app.ui_common import (
+    adapter_choices,
+    example_path,
+    examples,
+    model_pickers,
+    outbox,
+    read_rgb,
+    user_errors,
+    valid_owner,
+)
 from app.ui_data import data_tab
 from app.ui_label import label_tab
 
@@ -162,14 +171,6 @@ def _job_choices(studio: Studio, owner: str, current: str = ""):
         for j in jobs
     ]
     return gr.Dropdown(choices=choices, value=current if current in [j["job"] for j in jobs] else None)
-
-
-def _adapter_choices(studio: Studio, owner: str, value: str = ""):
-    try:
-        items = studio.adapters(owner)
-    except UserError:
-        items = []
-    return gr.Dropdown(choices=[("none: the frozen backbone", "")] + items, value=value)
 
 
 # --- Train ---------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
             _scores(s["frozen"], s["adapted"]),
             "\n".join(p.log),
             s["job"],
-            _adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
+            adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
             _job_choices(studio, o, s["job"]),
         )
 
@@ -423,19 +424,8 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
                     clicks = gr.Textbox(
                         label="clicks", placeholder="x,y,label; ... (label 1 object, 0 background)", elem_id="clicks"
                     )
-                adapter = gr.Dropdown(
-                    [("none: the frozen backbone", "")],
-                    value="",
-                    label="adapter",
-                    allow_custom_value=True,
-                    elem_id="adapter",
-                )
-                backbone = gr.Dropdown(
-                    backbones_for("dichotomous"),
-                    value=backbones_for("dichotomous")[0],
-                    allow_custom_value=True,
-                    label="backbone (used when no adapter is chosen)",
-                    elem_id="predict-backbone",
+                adapter, backbone = model_pickers(
+                    "adapter", "predict-backbone", "backbone (used when no adapter is chosen)"
                 )
                 classes = gr.Textbox(
                     EXAMPLE_CLASSES,
@@ -530,13 +520,13 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
         """Both adapter lists; the current job's adapter is chosen when it has one."""
         items = studio.adapters(owner) if valid_owner(owner or "") else []
         value = job if job in [ref for _, ref in items] else ""
-        return gr.Dropdown(choices=items, value=value or None), _adapter_choices(studio, owner, value)
+        return gr.Dropdown(choices=items, value=value or None), adapter_choices(studio, owner, value)
 
     refresh.click(lists, owner, [chosen, preview["adapter"]], api_visibility="private")
     as_zip.click(lambda o, r: get(o, r, False), [owner, chosen], out_file, api_visibility="private")
     as_merged.click(lambda o, r: get(o, r, True), [owner, chosen], out_file, api_visibility="private")
     load.click(load_adapter, [owner, upload], [loaded, msg], api_name="load_adapter").success(
-        lambda o, v: (gr.Dropdown(choices=studio.adapters(o), value=v), _adapter_choices(studio, o, v)),
+        lambda o, v: (gr.Dropdown(choices=studio.adapters(o), value=v), adapter_choices(studio, o, v)),
         [owner, loaded],
         [chosen, preview["adapter"]],
         api_visibility="private",

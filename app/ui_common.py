@@ -1,5 +1,5 @@
 """What every tab of the studio's page shares: turning UserErrors into page messages, handing
-files to the browser, the bundled example images, owner-token checks."""
+files to the browser, the bundled example images, owner-token checks, the model pickers."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 
 from adapt.files import disk_full
-from app.service import UserError, check_owner
+from app.service import UserError, backbones_for, check_owner
 
 log = logging.getLogger("app")
 REPO = Path(__file__).resolve().parent.parent
@@ -107,3 +107,24 @@ def valid_owner(token: str) -> bool:
         return True
     except UserError:
         return False
+
+
+NO_ADAPTER = ("none: the frozen backbone", "")
+
+
+def model_pickers(adapter_id: str, backbone_id: str, backbone_label: str):
+    """The (adapter, backbone) dropdowns of a tab that predicts: any of this browser's adapters,
+    or none and a frozen backbone. Both take any value from the API; the service checks it."""
+    adapter = gr.Dropdown([NO_ADAPTER], value="", label="adapter", allow_custom_value=True, elem_id=adapter_id)
+    names = backbones_for("dichotomous")
+    backbone = gr.Dropdown(names, value=names[0], allow_custom_value=True, label=backbone_label, elem_id=backbone_id)
+    return adapter, backbone
+
+
+def adapter_choices(studio, owner: str, value: str = ""):
+    """The adapter dropdown's choices for this browser: none, its finished jobs, its uploads."""
+    try:
+        items = studio.adapters(owner)
+    except UserError:
+        items = []
+    return gr.Dropdown(choices=[NO_ADAPTER] + items, value=value)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import gradio as gr
 
 from app.labelrest import LabelRest
-from app.service import Studio, UserError, backbones_for
-from app.ui_common import outbox, user_errors, valid_owner
+from app.service import Studio, UserError
+from app.ui_common import adapter_choices, model_pickers, outbox, user_errors, valid_owner
 
 
 def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
@@ -29,19 +29,8 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
                     elem_id="rest-upload",
                     height=160,
                 )
-                adapter = gr.Dropdown(
-                    [("none: the frozen backbone", "")],
-                    value="",
-                    label="adapter",
-                    allow_custom_value=True,
-                    elem_id="rest-adapter",
-                )
-                backbone = gr.Dropdown(
-                    backbones_for("dichotomous"),
-                    value=backbones_for("dichotomous")[0],
-                    allow_custom_value=True,
-                    label="backbone (when no adapter is chosen)",
-                    elem_id="rest-backbone",
+                adapter, backbone = model_pickers(
+                    "rest-adapter", "rest-backbone", "backbone (when no adapter is chosen)"
                 )
                 classes = gr.Textbox(label="classes (open-vocabulary, frozen model)", visible=False)
                 run = gr.Button("Label them", variant="primary", elem_id="rest-run")
@@ -155,18 +144,6 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         [data["lab_state"], data["lab_view"], data["msg"], tabs],
         api_visibility="private",
     )
-    adapter.focus(
-        lambda o, v: gr.Dropdown(choices=[("none: the frozen backbone", "")] + _adapters(studio, o), value=v),
-        [owner, adapter],
-        adapter,
-        api_visibility="private",
-    )
+    adapter.focus(lambda o, v: adapter_choices(studio, o, v), [owner, adapter], adapter, api_visibility="private")
     # API-only: registered outside the Tabs (a gr.api inside them is drawn as a stray tab)
     return {"adapter": adapter, "backbone": backbone, "classes": classes, "api": [batch_results]}
-
-
-def _adapters(studio: Studio, owner: str) -> list:
-    try:
-        return studio.adapters(owner)
-    except UserError:
-        return []

@@ -83,14 +83,20 @@ def pick(strategy, pool_dir, adapter, remaining, m, rng, batch_size) -> list[str
     return ranked[:m]
 
 
-def run_loop(domain, seed, args, heldout, tmp: Path) -> dict:
-    rng = np.random.default_rng(seed)
+def start_and_pool(domain, seed, args, pool_dir: Path) -> tuple[list, dict, Path]:
+    """A seed's k labelled images, and its pool of unlabelled ones (stem -> sample), written as PNGs
+    into `pool_dir` for label_images."""
     start = samples(domain, args.k, seed=1000 * seed + 1, size=args.size, prefix="start")
     pool = {s.stem: s for s in samples(domain, args.pool, seed=1000 * seed + 2, size=args.size, prefix="pool")}
-    pool_dir = tmp / f"pool-{domain}-{seed}"
     pool_dir.mkdir()
     for stem, s in pool.items():
         Image.fromarray(s.image).save(pool_dir / f"{stem}.png")
+    return start, pool, pool_dir
+
+
+def run_loop(domain, seed, args, heldout, tmp: Path) -> dict:
+    rng = np.random.default_rng(seed)
+    start, pool, pool_dir = start_and_pool(domain, seed, args, tmp / f"pool-{domain}-{seed}")
     held = Dataset.of(heldout)
     first = train_adapter(config(args, args.steps), Dataset.of(start), tmp / f"r0-{domain}-{seed}", holdout=held)
     result = {"frozen": first["frozen"]["dice"], "round0": first["adapted"]["dice"]}
@@ -123,12 +129,7 @@ def ranking_quality(domain, seed, args, heldout, tmp: Path) -> dict:
     the ground truth), and the mean Dice of the m images ranked first against the pool's mean."""
     from adapt.metrics import dice as dice_score
 
-    start = samples(domain, args.k, seed=1000 * seed + 1, size=args.size, prefix="start")
-    pool = {s.stem: s for s in samples(domain, args.pool, seed=1000 * seed + 2, size=args.size, prefix="pool")}
-    pool_dir = tmp / f"rank-pool-{domain}-{seed}"
-    pool_dir.mkdir()
-    for stem, s in pool.items():
-        Image.fromarray(s.image).save(pool_dir / f"{stem}.png")
+    start, pool, pool_dir = start_and_pool(domain, seed, args, tmp / f"rank-pool-{domain}-{seed}")
     first = train_adapter(
         config(args, args.steps), Dataset.of(start), tmp / f"rank-{domain}-{seed}", holdout=Dataset.of(heldout)
     )
