@@ -113,7 +113,15 @@ class Estimate:
         return int((self.weights + self.trainable_state + self.activations) * SLACK)
 
 
-def estimate(backbone: str, method: str, micro_batch: int, checkpointing: bool, precision: str, **options) -> Estimate:
+def estimate(
+    backbone: str,
+    method: str,
+    micro_batch: int,
+    checkpointing: bool,
+    precision: str,
+    texts: int = TEXT_SEQUENCES,
+    **options,
+) -> Estimate:
     """Training memory of one micro-batch step (bytes), from the architecture (see the module doc)."""
     from adapt.pipeline import _meta_backbone, count_params
 
@@ -127,7 +135,7 @@ def estimate(backbone: str, method: str, micro_batch: int, checkpointing: bool, 
     image, text = _blocks(spec)
     activations = 0
     through_encoder = info["adapter"] > 0  # otherwise no gradient flows through the encoder
-    for blocks, sequences in ((image, micro_batch), (text, TEXT_SEQUENCES)):
+    for blocks, sequences in ((image, micro_batch), (text, texts)):
         if not blocks:
             continue
         sizes = [_block_bytes(b, act) for b in blocks]
@@ -197,3 +205,32 @@ def make_plan(backbone: str, method: str, batch_size: int, budget, precision: st
                 return Plan(backbone, method, batch_size, budget, precision, micro, acc, checkpointing, e, True)
     micro, checkpointing, e = last
     return Plan(backbone, method, batch_size, budget, precision, micro, batch_size, checkpointing, e, False)
+
+
+def inference_estimate(backbone: str, batch: int = 4, cache: int = 8) -> int:
+    """Memory a predictor holds (bytes): its fp32 weights (an adapter merged into them adds
+    nothing), the largest transient of one encoder block for `batch` images (full-resolution
+    refinement encodes up to 4 crops at once), SAM's `cache` cached image embeddings (the click
+    predictor's cache) or CLIP's class prompts through the text tower; x SLACK."""
+    from adapt.pipeline import _meta_backbone, count_params
+
+    info = count_params(backbone, "frozen")
+    spec = _meta_backbone(backbone).spec
+    image, text = _blocks(spec)
+    act = max(_transient(b, 4) for b in image) * batch
+    if text:
+        act += max(_transient(b, 4) for b in text) * TEXT_SEQUENCES
+    embeddings = 0
+    if spec["family"] == "sam":
+        grid = spec["img_size"] // spec["patch_size"]
+        embeddings = cache * 256 * grid * grid * 4  # SAM's neck: 256 channels at the patch grid
+    return int((info["base"] * 4 + act + embeddings) * SLACK)
+
+
+def embedding_bytes(backbone: str) -> int:
+    """One cached SAM image embedding (bytes)."""
+    from adapt.pipeline import _meta_backbone
+
+    spec = _meta_backbone(backbone).spec
+    grid = spec["img_size"] // spec["patch_size"]
+    return 256 * grid * grid * 4

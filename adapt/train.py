@@ -198,9 +198,7 @@ class Run:
             self.backbone.set_checkpointing(True)
         self.precision = resolve_precision(cfg, self.device)
         self.accumulate = cfg.accumulate  # doubled by an out-of-memory retry (see `train`)
-        self.backbone.model.to(self.device)
-        for head in self.backbone.heads:
-            head.to(self.device)
+        self.backbone.to(self.device)
         lrs = {"adapter": cfg.lr, "coefficients": cfg.lr, "head": cfg.head_lr}
         self.groups = [
             {

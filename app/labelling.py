@@ -26,16 +26,23 @@ _predictors_lock = threading.Lock()
 
 
 def predictor(backbone: str = "tiny-sam"):
-    """One interactive SAM predictor per backbone (its image embeddings are cached)."""
+    """One interactive SAM predictor per backbone (its image embeddings are cached), on the GPU when
+    there is room for it (app.placement); `pred.placement` says where it runs."""
     from adapt.backbones import build_backbone
     from adapt.predictor import InteractivePredictor
     from adapt.train import make_task
     from adapt.weights import resolve_checkpoint
+    from app.placement import cache_entries, place
 
     with _predictors_lock:
         if backbone not in _predictors:
             bb = build_backbone(backbone, checkpoint=resolve_checkpoint(backbone, download=False))
-            _predictors[backbone] = (InteractivePredictor(make_task("dichotomous", bb)), threading.Lock())
+            where = place(bb, backbone)
+            pred = InteractivePredictor(
+                make_task("dichotomous", bb), capacity=cache_entries(backbone, where.device), device=where.device
+            )
+            pred.placement = where
+            _predictors[backbone] = (pred, threading.Lock())
         return _predictors[backbone]
 
 
@@ -82,9 +89,18 @@ def propose(state: dict, backbone: str = "tiny-sam") -> dict:
     pred, lock = predictor(backbone)
     pts = np.asarray([p[:2] for p in state["points"]], np.float32) if state["points"] else None
     labels = np.asarray([p[2] for p in state["points"]], np.int64) if state["points"] else None
+    from app.placement import run
+
+    def on(device):
+        if pred.device != device:  # the GPU ran out of memory: its cached embeddings go with it
+            pred.device = device
+            pred.clear()
+        return pred.predict(state["image"], points=pts, labels=labels, box=state["box"])
+
     with lock:
-        prob = pred.predict(state["image"], points=pts, labels=labels, box=state["box"])
+        prob = run(on, pred.task.backbone, pred.placement)
     state["proposal"] = prob > 0.5
+    state["device_note"] = pred.placement.note
     return state
 
 

@@ -107,19 +107,48 @@ def download_weights(name: str) -> str:
     return f"`{name}` weights ready: {path}"
 
 
-def estimate_memory(backbone: str, method: str, batch_size: int, device: str = "auto") -> str:
-    """The Train tab's memory line: the pre-flight planner's plan (adapt.planner) for this GPU's
-    free memory, or on a CPU-only machine the estimate for the batch as asked (in RAM, fp32)."""
-    from adapt.planner import estimate, make_plan
+MAX_BUDGET_TEXT = 32  # characters in a memory budget ("24GB")
+
+
+def job_plan(backbone: str, method: str, batch_size: int, budget: str | None = None, options: dict | None = None):
+    """The pre-flight plan (adapt.planner) a job gets, or None when there is nothing to plan: on a
+    GPU machine for the GPU's free memory less the app predictor's reservation, capped by `budget`
+    when one is given; on a CPU-only machine only for a given `budget` (RAM, fp32)."""
+    from adapt.planner import make_plan, parse_bytes
+
+    text = as_text(budget, "the memory budget", MAX_BUDGET_TEXT).strip()
+    try:
+        limit = parse_bytes(text) if text else None
+    except ValueError as e:
+        raise UserError(f"memory budget: {e}") from None
+    if limit is not None and limit < 1:
+        raise UserError("memory budget: give a positive size, e.g. 16GB")
+    if _has_gpu():
+        import torch
+
+        from app.placement import reservation
+
+        free = max(torch.cuda.mem_get_info()[0] - reservation(backbone), 0)
+        limit = free if limit is None else min(limit, free)
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif limit is None:
+        return None
+    else:
+        precision = "fp32"
+    return make_plan(backbone, method, batch_size, limit, precision, **(options or {}))
+
+
+def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | None = None) -> str:
+    """The Train tab's memory line: the plan the job would get (job_plan), or on a CPU-only machine
+    without a budget the estimate for the batch as asked (in RAM, fp32)."""
+    from adapt.planner import estimate
 
     try:
         batch_size = number(batch_size, "batch size", 1, 64, integer=True)
-        if _has_gpu() if device == "auto" else device.startswith("cuda"):
-            import torch
-
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            plan = make_plan(backbone, method, batch_size, torch.cuda.mem_get_info()[0], precision)
-            return f"GPU memory plan: {plan.describe()}"
+        plan = job_plan(backbone, method, batch_size, budget)
+        if plan is not None:
+            where = "GPU memory plan" if _has_gpu() else "Memory plan (this machine has no GPU: RAM, fp32)"
+            return f"{where}: {plan.describe()}" if plan.fits else f"**Will not fit.** {plan.describe()}"
         e = estimate(backbone, method, batch_size, False, "fp32")
     except (ValueError, UserError, RuntimeError) as err:  # RuntimeError: a GPU that cannot be queried
         return f"Cannot estimate: {err}"
@@ -127,7 +156,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, device: str = "
         f"Estimated RAM (no GPU: training runs on the CPU): **{format_bytes(e.total)}** (weights "
         f"{format_bytes(e.weights)}, gradients and optimizer state {format_bytes(e.trainable_state)}, activations "
         f"{format_bytes(e.activations)} at batch {batch_size}). A model of the step (adapt/planner.py), not a "
-        "measurement: each run records its measured peak."
+        "measurement: each run records its measured peak. Give a memory budget to plan for it."
     )
 
 
@@ -356,9 +385,11 @@ class Studio:
         seed: int = 0,
         options: dict | None = None,
         init_adapter: Path | None = None,
+        memory_budget: str | None = None,
     ) -> str:
         """Queue a training job; `init_adapter` (an adapter folder or zip the owner may use):
-        a warm start from it, with its backbone, method and options (adapt.pipeline.warm_start)."""
+        a warm start from it, with its backbone, method and options (adapt.pipeline.warm_start);
+        `memory_budget` ("16GB"): the job is planned to fit it (job_plan)."""
         from adapt.pipeline import configure, warm_start
         from adapt.train import TrainConfig
 
@@ -397,7 +428,7 @@ class Studio:
             checkpoint_every=every,
         )
         cfg = configure(cfg, dataset)  # what the worker will run, classes included
-        cfg = self._fit_to_gpu(cfg)
+        cfg = self._fit_to_plan(cfg, memory_budget)
         job_id = new_token()
         if init_adapter is not None:  # the job keeps its own copy: the source may expire first
             from adapt.export import AdapterError, zip_adapter
@@ -417,22 +448,15 @@ class Studio:
         self.store.submit(owner, {"train": asdict(cfg), "data_name": Path(dataset_zip).name}, str(data), job_id=job_id)
         return job_id
 
-    def _fit_to_gpu(self, cfg):
-        """On a GPU machine, the pre-flight plan for the GPU's free memory (adapt.planner): the
-        job gets the plan's accumulation and checkpointing, or is refused before it is queued
-        with what would fit. On the CPU, the job runs as asked."""
-        if not _has_gpu():
+    def _fit_to_plan(self, cfg, budget: str | None = None):
+        """The pre-flight plan (job_plan): the job gets the plan's accumulation and checkpointing,
+        or is refused before it is queued, saying what would fit. On a CPU-only machine without a
+        budget, the job runs as asked."""
+        plan = job_plan(cfg.backbone, cfg.method, cfg.batch_size, budget, cfg.method_options)
+        if plan is None:
             return cfg
-        import torch
-
-        from adapt.planner import make_plan
-
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        plan = make_plan(
-            cfg.backbone, cfg.method, cfg.batch_size, torch.cuda.mem_get_info()[0], precision, **cfg.method_options
-        )
         if not plan.fits:
-            raise UserError(f"this job would not fit the GPU: {plan.describe()}")
+            raise UserError(f"this job would not fit: {plan.describe()}")
         return replace(cfg, accumulate=plan.accumulate, checkpointing=plan.checkpointing)
 
     def job(self, owner: str, job_id: str) -> dict:
@@ -571,7 +595,8 @@ class Studio:
 
     # --- prediction ----------------------------------------------------------------------------
     def model(self, owner: str, adapter_ref: str | None, backbone: str, task: str):
-        """(task object, description) for an adapter, or the frozen backbone when none is chosen."""
+        """(task object, description, placement) for an adapter, or the frozen backbone when none is
+        chosen; the model sits where app.placement put it (the GPU when it has room)."""
         family_for_task(task)  # a known task
         if as_text(adapter_ref, "the adapter id", MAX_ID):
             path = self._adapter_path(owner, adapter_ref)
@@ -601,10 +626,14 @@ class Studio:
                 except WeightsUnavailable as e:
                     raise UserError(str(e)) from None
                 desc = f"frozen `{backbone}` (no adapter)"
-            entry = (task_obj, desc)
+            from app.placement import place
+
+            entry = (task_obj, desc, place(task_obj.backbone, task_obj.backbone.name))
             self._models[key] = entry
             while len(self._models) > 3:
-                self._models.popitem(last=False)
+                from app.placement import release
+
+                release(self._models.popitem(last=False)[1][0].backbone)
             return entry
 
     def load_image(self, path: str | None) -> np.ndarray:
@@ -631,7 +660,7 @@ class Studio:
         check_owner(owner)
         names, points = parse_classes(classes, background=False), parse_clicks(clicks)  # cheap checks first
         image = self.load_image(image_path)
-        task_obj, desc = self.model(owner, adapter_ref, backbone, task)
+        task_obj, desc, where = self.model(owner, adapter_ref, backbone, task)
         request = {}
         if task_obj.name == "openvocab":
             names = names or list(task_obj.classes or [])
@@ -642,10 +671,15 @@ class Studio:
             request["points"] = points
         import torch
 
+        from app.placement import run
+
         with torch.no_grad():
-            outputs = task_obj.predict_outputs(image, **request)
+            outputs = run(
+                lambda device: task_obj.predict_outputs(image, device=device, **request), task_obj.backbone, where
+            )
         h, w = outputs["main"].shape[:2]
-        return outputs, f"{desc}; output {w}x{h} px (the input's resolution)"
+        note = f"; {where.note}" if where.note else ""
+        return outputs, f"{desc}; output {w}x{h} px (the input's resolution){note}"
 
 
 def describe_adapter(cfg: dict, n_tensors: int | None = None) -> str:

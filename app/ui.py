@@ -199,6 +199,13 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
             batch = gr.Number(2, label="Batch size", elem_id="batch")
             lr = gr.Number(1e-3, label="Learning rate (adapter)", elem_id="lr")
             head_lr = gr.Number(1e-4, label="Learning rate (head)", elem_id="head-lr")
+            budget = gr.Textbox(
+                "",
+                label="Memory budget (optional, e.g. 16GB)",
+                placeholder="the GPU's free memory",
+                max_length=32,
+                elem_id="budget",
+            )
         memory_md = gr.Markdown(estimate_memory(backbone.value, "parser", 2), elem_id="memory")
         dataset = gr.File(
             label="Training data: a checked dataset zip (from the Data tab, or upload one)",
@@ -221,8 +228,10 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
         return str(dest), f"Checked: ready to train.\n\n{summary}", gr.Tabs(selected="train")
 
     @user_errors
-    def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size):
-        job_id = studio.submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size)
+    def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, budget=""):
+        job_id = studio.submit(
+            owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget
+        )
         return job_id, f"Job `{job_id}` queued."
 
     def on_backbone(bb, t):
@@ -245,9 +254,13 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
     fetch.click(fetch_weights, backbone, weights_md, api_visibility="private")
     for trigger in (backbone.change, method.change, batch.change):
         trigger(lambda bb, m: describe_method(bb, m)[0], [backbone, method], method_md, api_visibility="private")
-        trigger(estimate_memory, [backbone, method, batch], memory_md, api_visibility="private")
+    for trigger in (backbone.change, method.change, batch.change, budget.blur, budget.submit):
+        trigger(estimate_memory, [backbone, method, batch, budget], memory_md, api_visibility="private")
     train.click(
-        submit, [owner, dataset, task, backbone, method, steps, lr, head_lr, batch], [job, train_msg], api_name="train"
+        submit,
+        [owner, dataset, task, backbone, method, steps, lr, head_lr, batch, budget],
+        [job, train_msg],
+        api_name="train",
     ).success(lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private")
     return {"job": job, "backbone": backbone}
 

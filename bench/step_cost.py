@@ -130,15 +130,13 @@ def count_flops(fn) -> int:
 class Trainer:
     """One method attached to its own fresh backbone, with its optimizer, inputs and target."""
 
-    def __init__(self, key: str, args, device: torch.device):
-        _, self.label, method, options = BY_KEY[key]
-        self.key = key
-        self.backbone = build_backbone(args.backbone, seed=0)
+    def __init__(self, backbone: str, method: str, options: dict, batch: int, checkpointing: bool, device):
+        self.backbone = build_backbone(backbone, seed=0)
         self.backbone.model.to(device)
         self.handle = attach(self.backbone, method, **options)
-        if args.checkpointing:
+        if checkpointing:
             self.backbone.set_checkpointing(True)
-        self.inputs = {k: v.to(device) for k, v in self.backbone.example_inputs(args.batch, seed=0).items()}
+        self.inputs = {k: v.to(device) for k, v in self.backbone.example_inputs(batch, seed=0).items()}
         with torch.no_grad():
             shape = self.backbone.forward(self.inputs).shape
         self.target = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
@@ -146,6 +144,13 @@ class Trainer:
         self.opt = torch.optim.AdamW(groups, lr=LR)
         self.backbone.model.train()  # SAM has no dropout/batch-norm; train mode for form's sake
         self.times: list[float] = []
+
+    @classmethod
+    def for_key(cls, key: str, args, device) -> Trainer:
+        _, label, method, options = BY_KEY[key]
+        t = cls(args.backbone, method, options, args.batch, args.checkpointing, device)
+        t.key, t.label = key, label
+        return t
 
     def loss(self) -> torch.Tensor:
         return (self.backbone.forward(self.inputs) - self.target).pow(2).mean()
@@ -175,37 +180,41 @@ def _maxrss_bytes() -> int:
     return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
 
 
-def measure_memory_here(key: str, args, device: torch.device) -> dict:
-    """Runs inside the `--one` subprocess: build, attach, then the rise of memory over the steps."""
-    t = Trainer(key, args, device)
-    # AdamW allocates its state in the first step, so the steady-state peak is reached by the second.
-    steps = max(args.mem_steps if args.mem_steps is not None else min(args.warmup + args.steps, 3), 1)
+def measure_rise(trainer: Trainer, steps: int, device: torch.device) -> dict:
+    """Run `steps` training steps and return how far memory rose above its level before them."""
     gc.collect()
     if device.type == "cuda":
         sync(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         for _ in range(steps):
-            t.step()
+            trainer.step()
         sync(device)
         peak = torch.cuda.max_memory_allocated(device)
         how = "cuda max_memory_allocated - memory_allocated before the first step"
-        total = peak
     else:
         try:
             base = _proc_status_kib("VmRSS") * 1024
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             for _ in range(steps):
-                t.step()
+                trainer.step()
             peak = _proc_status_kib("VmHWM") * 1024
             how = "VmHWM (reset via /proc/self/clear_refs) - VmRSS before the first step"
         except OSError:
             base = _maxrss_bytes()
             for _ in range(steps):
-                t.step()
+                trainer.step()
             peak = _maxrss_bytes()
             how = "ru_maxrss after the steps - ru_maxrss before them (lower bound)"
-        total = peak
+    return {"step_bytes": max(peak - base, 0), "peak_total_bytes": peak, "before_bytes": base, "mem_how": how}
+
+
+def measure_memory_here(key: str, args, device: torch.device) -> dict:
+    """Runs inside the `--one` subprocess: build, attach, then the rise of memory over the steps."""
+    t = Trainer.for_key(key, args, device)
+    # AdamW allocates its state in the first step, so the steady-state peak is reached by the second.
+    steps = max(args.mem_steps if args.mem_steps is not None else min(args.warmup + args.steps, 3), 1)
+    rise = measure_rise(t, steps, device)
     counts = t.handle.count()
     from adapt.planner import estimate
 
@@ -214,11 +223,8 @@ def measure_memory_here(key: str, args, device: torch.device) -> dict:
     return {
         "key": key,
         "planned_step_bytes": planned.trainable_state + planned.activations,  # the planner, for the same step
-        "step_bytes": max(peak - base, 0),
-        "peak_total_bytes": total,
-        "before_bytes": base,
+        **rise,
         "mem_steps": steps,
-        "mem_how": how,
         "adapter_params": counts["adapter"],
         "trainable_params": counts["trainable"],
         "step_flops": t.step_flops(),
@@ -266,7 +272,7 @@ def measure_memory(key: str, args) -> dict:
 
 
 def time_training(keys: list[str], args, device: torch.device, log) -> dict[str, list[float]]:
-    trainers = [Trainer(k, args, device) for k in keys]
+    trainers = [Trainer.for_key(k, args, device) for k in keys]
     with quiet_gc():
         for r in range(args.warmup + args.steps):
             order = trainers[r % len(trainers) :] + trainers[: r % len(trainers)]  # rotate the order
@@ -396,14 +402,14 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({model}, {os.cpu_count()} logical cores)"
 
 
-def command_line() -> str:
+def command_line(script: str = __file__) -> str:
     exe = sys.executable
     try:
         rel = os.path.relpath(exe, os.getcwd())
         exe = rel if not rel.startswith("..") else exe
     except ValueError:
         pass
-    return shlex.join([exe, os.path.relpath(Path(__file__).resolve(), os.getcwd()), *sys.argv[1:]])
+    return shlex.join([exe, os.path.relpath(Path(script).resolve(), os.getcwd()), *sys.argv[1:]])
 
 
 def _ratio(x: float | None) -> str:

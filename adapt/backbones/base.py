@@ -58,6 +58,13 @@ class Backbone:
         checkpointing recomputes): SAM's image-encoder blocks, both CLIP towers' residual blocks."""
         raise NotImplementedError
 
+    def to(self, device) -> Backbone:
+        """Move the model and the task heads (which are not submodules of the model)."""
+        self.model.to(device)
+        for head in self.heads:
+            head.to(device)
+        return self
+
     def set_checkpointing(self, enabled: bool = True) -> int:
         """Activation checkpointing of every block (`blocks`): in training with gradients on, a
         block keeps only its input and recomputes its activations during backward
