@@ -5,7 +5,9 @@ python -m adapt train --task openvocab --backbone tiny-clip --method hclip --dat
 python -m adapt eval --adapter runs/x/adapter --data DIR --json
 python -m adapt predict --adapter runs/x/adapter --image photo.jpg --out mask.png --all
 python -m adapt predict --backbone tiny-clip --image street.png --classes "sky,road,car" --out labels.png
-python -m adapt export --adapter runs/x/adapter --zip x.zip [--merged merged.safetensors]
+python -m adapt export --adapter runs/x/adapter --zip x.zip [--merged m.safetensors] [--official sam.pth]
+python -m adapt export --adapter runs/x/adapter --onnx x-onnx [--push-to-hub USER/REPO]
+python -m adapt predict --onnx x-onnx --image photo.jpg --out mask.png
 python -m adapt params --backbone sam-vit-b --method parser --option scope=conv --json
 python -m adapt selfcheck --json
 python -m adapt synth --domain camouflage --n 10 --out data/camouflage
@@ -224,11 +226,18 @@ def cmd_predict(args) -> int:
     from adapt.render import write_outputs
     from adapt.tasks.dichotomous import parse_points
 
-    if not args.adapter and not args.backbone:
-        raise ValueError("give --adapter DIR, or --backbone NAME to predict with the frozen model")
+    if sum(map(bool, (args.adapter, args.backbone, args.onnx))) != 1:
+        raise ValueError(
+            "give one of --adapter DIR, --onnx DIR (an ONNX export), or --backbone NAME (the frozen model)"
+        )
     if bool(args.image) == bool(args.images):
         raise ValueError("give --image FILE (one image) or --images DIR_OR_ZIP (a batch)")
-    task, _ = inference_task(args.adapter, args.backbone, args.task, args.checkpoint)
+    if args.onnx:
+        from adapt.onnx_graphs import load_onnx
+
+        task = load_onnx(args.onnx)
+    else:
+        task, _ = inference_task(args.adapter, args.backbone, args.task, args.checkpoint)
     if args.adapter and args.task and args.task != task.name:
         raise ValueError(f"the adapter was trained for the {task.name} task, not {args.task}")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -273,7 +282,7 @@ def _predict_images(args, task, classes) -> int:
             resume=args.resume,
             soft=args.soft,
             cutout=args.cutout,
-            model=args.adapter or args.backbone,
+            model=args.adapter or args.backbone or args.onnx,
             progress=progress,
         )
     finally:
@@ -289,14 +298,29 @@ def _predict_images(args, task, classes) -> int:
 
 
 def cmd_export(args) -> int:
-    from adapt.export import save_merged, zip_adapter
+    from adapt.export import save_merged, save_official, zip_adapter
 
+    wanted = [args.zip, args.merged, args.official, args.onnx, args.push_to_hub]
+    if not any(wanted):
+        raise ValueError("export needs one or more of --zip, --merged, --official, --onnx, --push-to-hub")
     if args.zip:
         print(f"wrote {zip_adapter(args.adapter, args.zip)}")
     if args.merged:
         print(f"wrote {save_merged(args.adapter, args.merged, checkpoint=args.checkpoint)}")
-    if not (args.zip or args.merged):
-        raise ValueError("export needs --zip FILE and/or --merged FILE")
+    if args.official:
+        files, how = save_official(args.adapter, args.official, checkpoint=args.checkpoint)
+        print("wrote " + ", ".join(map(str, files)) + "\nload it with:\n" + how)
+    if args.onnx:
+        from adapt.onnx_graphs import export_onnx
+
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        out = export_onnx(args.adapter, args.onnx, fp16=args.fp16, classes=classes, checkpoint=args.checkpoint)
+        graphs = json.loads((out / "onnx_config.json").read_text())["graphs"]
+        print(f"wrote {out}: {', '.join(graphs)} (predict with: python -m adapt predict --onnx {out} --image ...)")
+    if args.push_to_hub:
+        from adapt.hub import push_to_hub
+
+        print(f"pushed to {push_to_hub(args.adapter, args.push_to_hub, private=args.private)}")
     return 0
 
 
@@ -434,8 +458,9 @@ def main(argv=None) -> int:
         "predict",
         help="predict one image (--image) or label a folder/zip of them (--images): masks or label maps",
     )
-    p.add_argument("--adapter", help="adapter folder or zip (default: the frozen --backbone)")
+    p.add_argument("--adapter", help="adapter folder or zip, or hf://USER/REPO (default: the frozen --backbone)")
     p.add_argument("--backbone", help="with no adapter: predict with this frozen backbone (zero-shot)")
+    p.add_argument("--onnx", help="predict with an ONNX export (export --onnx) in onnxruntime on the CPU")
     p.add_argument("--task", choices=TASK_NAMES, help="default: the adapter's task")
     p.add_argument("--image", help="one image")
     p.add_argument(
@@ -466,10 +491,23 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="zip an adapter, or write the merged model weights")
-    p.add_argument("--adapter", required=True)
+    p = sub.add_parser(
+        "export",
+        help="zip an adapter; write the merged model (ours, or the upstream format), ONNX graphs; push to the Hub",
+    )
+    p.add_argument("--adapter", required=True, help="adapter folder or zip, or hf://USER/REPO")
     p.add_argument("--zip")
     p.add_argument("--merged", help="write base + adapter merged into one .safetensors")
+    p.add_argument(
+        "--official",
+        help="write the merged model as the upstream checkpoint (segment-anything's / open_clip's state dict, "
+        ".pth; CLIP: with its head beside it)",
+    )
+    p.add_argument("--onnx", help="write ONNX graphs of the merged model into this folder")
+    p.add_argument("--fp16", action="store_true", help="--onnx: half-precision graphs (for GPU runtimes)")
+    p.add_argument("--classes", help="--onnx, openvocab: the class list baked into the graph (default: the adapter's)")
+    p.add_argument("--push-to-hub", metavar="USER/REPO", help="upload the adapter folder to the Hugging Face Hub")
+    p.add_argument("--private", action="store_true", help="--push-to-hub: create the repository private")
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_export)
 

@@ -180,7 +180,9 @@ def count_params(backbone: str, method: str, **options) -> dict:
     model = _meta_backbone(backbone)
     with torch.device("meta"):
         info = attach(model, method, **options).describe()
-    info["adapter_percent_of_base"] = round(100.0 * info["adapter"] / info["base"], 4)
+    # the base model's size: full fine-tuning's "adapter" is the model's own encoder weights
+    size = info["base"] + (info["adapter"] if method == "full" else 0)
+    info["adapter_percent_of_base"] = round(100.0 * info["adapter"] / size, 4)
     return info
 
 

@@ -4,24 +4,28 @@ activation checkpointing?
     plan = make_plan("sam-vit-h", "parser", batch_size=4, budget="24GB")
     plan.fits, plan.micro_batch, plan.accumulate, plan.checkpointing, plan.describe()
 
-The estimate is a model, built from the architecture on the meta device (nothing is allocated):
+The estimate is a model, built from the architecture on the meta device (nothing is allocated),
+of what autograd keeps, read from the code that runs (segment-anything's ViT blocks, open_clip's
+residual blocks) rather than fitted:
 - weights: every base parameter in fp32, plus the adapter's own tensors; under bf16/fp16 autocast
   a half-precision copy of the weights that the forward casts (autocast's weight cache);
 - trainable state: a gradient and AdamW's two moments per trainable parameter (12 bytes);
-- activations saved for backward, per image and per encoder block: SAVED_PER_TOKEN x tokens x width
-  values (LayerNorm inputs, q/k/v, the attention output and projection, the MLP's hidden layer
-  before and after its activation: about 16 widths per token for a ViT block with MLP ratio 4),
-  plus the attention probabilities (heads x length^2 per attention sequence: one per image for a
-  global block, one per window for SAM's windowed blocks; SAM also keeps the logits, x2). With
-  activation checkpointing a block keeps only its input, and one block's full activations exist
-  at a time during recomputation. When the method trains nothing in the encoder (decoder only,
-  frozen), no encoder activation is kept.
-- CLIP's text tower counts TEXT_SEQUENCES prompts (class names x templates).
-- SLACK (x1.2) covers the allocator, workspaces and the head.
+- activations saved for backward, per image and per encoder block: BASE_WIDTHS + mlp_ratio widths
+  per token that any method keeps once gradients flow through the block, plus the inputs of the
+  linear layers whose weights train (SCOPES: all of them for full fine-tuning and PARSER, one for a
+  LoRA branch, ...), plus the attention probabilities where they are materialised (SAM:
+  heads x length^2 per attention sequence, one per image for a global block, one per window for a
+  windowed one; open_clip's fused attention keeps none), plus the rebuilt weights of a
+  weight-space method (REBUILT); while a block's backward runs, the gradients of its attention
+  matrices are in flight too. With activation checkpointing a block keeps only its input, and one
+  block is recomputed and differentiated at a time. When the method trains nothing in the encoder
+  (decoder only, frozen), no encoder activation is kept: only one block's forward transient.
+- SAM's mask decoder (DECODER_WIDTHS at the embedding grid); CLIP's text tower counts
+  TEXT_SEQUENCES prompts (class names x templates).
+- SLACK (x1.2) is the plan's margin (allocator, workspaces, fragmentation).
 
-The figures are a model, not a measurement: each run records its measured peak
-(`peak_memory_mb` in its events) to hold the model against. Calibration against GPU peaks is the
-job of the device check script (issue 16); until then, read the plan as an estimate.
+bench/planner_check.py holds the estimate against measured step memory (docs/benchmarks.md, CPU);
+each run also records its measured peak (`peak_memory_mb` in its events).
 """
 
 from __future__ import annotations
@@ -30,9 +34,34 @@ import math
 import re
 from dataclasses import dataclass
 
-SAVED_PER_TOKEN = 16
 TEXT_SEQUENCES = 32
 SLACK = 1.2
+# Widths (x tokens) autograd keeps per block whatever trains, once gradients flow through it: the
+# two LayerNorms' inputs, q, k and v, one more (SAM: q reshaped for the decomposed relative
+# positions; CLIP: the fused attention's output) and the MLP activation's input (mlp_ratio widths).
+BASE_WIDTHS = 6
+# ... plus the input of each linear layer whose weight trains, by where a method puts its trainable
+# tensors: "all" (qkv, proj, the MLP's two layers: 3 + mlp_ratio), "attention" (the fused
+# in-projection and the out-projection), "qkv" (a LoRA branch beside the qkv layer), "adapter" (a
+# parallel bottleneck's input), "none" (nothing in the encoder: no gradient flows through it).
+SCOPES = {
+    "full": "all",
+    "parser": "all",
+    "lora": "qkv",
+    "cobot-lora": "qkv",
+    "adaptformer": "adapter",
+    "cobot-adaptformer": "adapter",
+    "hclip": "attention",
+    "lora-clip": "attention",
+}
+# Weight-space methods rebuild their weights every forward; the linear layer keeps the rebuilt W'
+# for the input's gradient: a copy of the weights they cover (the fraction of a block's weights).
+REBUILT = {"parser": 1.0, "hclip": "attention", "lora-clip": "attention"}
+# H-CLIP computes all its transforms once per forward, outside the blocks (so checkpointing does not
+# recompute them): the stacked generators, their DCRC mixing and the transforms themselves, about
+# three fp32 copies of its generator tensors, kept for backward
+TRANSFORM_COPIES = {"hclip": 3}
+DECODER_WIDTHS = 24  # SAM's mask decoder per image: ~24 x 256 channels at the embedding grid
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20}
 _UNITS.update({"g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40})
 
@@ -53,8 +82,10 @@ def _gb(n: float) -> str:
 
 
 def _blocks(spec: dict) -> tuple[list[dict], list[dict]]:
-    """(image-encoder blocks, text-tower blocks): per block its tokens, width, heads, attention
-    length, attention sequences per image and attention tensors kept."""
+    """(image-encoder blocks, text-tower blocks): per block its tokens, width, MLP ratio, heads,
+    attention length, attention sequences per image (windows) and whether the attention matrix is
+    materialised (segment-anything computes it explicitly; open_clip's nn.MultiheadAttention runs
+    fused scaled-dot-product attention, which keeps no length^2 matrix)."""
     if spec["family"] == "sam":
         grid = spec["img_size"] // spec["patch_size"]
         ws = spec["window_size"]
@@ -63,10 +94,11 @@ def _blocks(spec: dict) -> tuple[list[dict], list[dict]]:
             {
                 "tokens": grid * grid,
                 "width": spec["encoder_embed_dim"],
+                "mlp": 4,
                 "heads": spec["encoder_num_heads"],
                 "length": grid * grid if i in spec["encoder_global_attn_indexes"] else ws * ws,
                 "sequences": 1 if i in spec["encoder_global_attn_indexes"] else windows,
-                "kept": 2,  # segment-anything computes the attention explicitly: logits and probabilities
+                "explicit": True,
             }
             for i in range(spec["encoder_depth"])
         ]
@@ -74,32 +106,64 @@ def _blocks(spec: dict) -> tuple[list[dict], list[dict]]:
     v, t = spec["vision_cfg"], spec["text_cfg"]
     tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
     heads = v["width"] // v.get("head_width", 64)
-    image = [{"tokens": tokens, "width": v["width"], "heads": heads, "length": tokens, "sequences": 1, "kept": 1}] * v[
-        "layers"
-    ]
-    text = [
-        {
-            "tokens": t["context_length"],
-            "width": t["width"],
-            "heads": t["heads"],
-            "length": t["context_length"],
-            "sequences": 1,
-            "kept": 1,
-        }
-    ] * t["layers"]
-    return image, text
+    common = {"sequences": 1, "explicit": False}
+    image = [
+        {"tokens": tokens, "width": v["width"], "mlp": v.get("mlp_ratio", 4), "heads": heads, "length": tokens} | common
+    ] * v["layers"]
+    n = t["context_length"]
+    text = [{"tokens": n, "width": t["width"], "mlp": t.get("mlp_ratio", 4), "heads": t["heads"], "length": n} | common]
+    return image, text * t["layers"]
 
 
-def _block_bytes(block: dict, act: int) -> tuple[int, int]:
-    """(everything a block keeps for backward, its input alone) for one sequence, in bytes."""
-    full = SAVED_PER_TOKEN * block["tokens"] * block["width"]
-    full += block["kept"] * block["heads"] * block["length"] ** 2 * block["sequences"]
-    return full * act, block["tokens"] * block["width"] * act
+def _attention(block: dict) -> int:
+    """Values in one materialised attention matrix set of a block (all heads and windows)."""
+    return block["heads"] * block["length"] ** 2 * block["sequences"] if block["explicit"] else 0
 
 
-def _transient(block: dict, act: int) -> int:
-    attention = block["kept"] * block["heads"] * block["length"] ** 2 * block["sequences"]
-    return (4 * block["tokens"] * block["width"] + attention) * act
+def _attention_bytes(act: int) -> int:
+    """Bytes per kept attention value: fp32, or under bf16/fp16 autocast 6, because autocast runs
+    softmax in fp32 (its fp32 output is kept) and the next matmul keeps its half-precision copy."""
+    return 4 if act == 4 else 6
+
+
+def _saved(block: dict, method: str, act: int) -> int:
+    """Bytes a block keeps for backward, per image, when gradients flow through it."""
+    w, mlp = block["width"], block["mlp"]
+    extra = {"all": 3 + mlp, "attention": 2, "qkv": 1, "adapter": 1}.get(SCOPES.get(method, "all"), 0)
+    return (BASE_WIDTHS + mlp + extra) * block["tokens"] * w * act + _attention(block) * _attention_bytes(act)
+
+
+def _rebuilt(block: dict, method: str, act: int) -> int:
+    """Bytes of rebuilt weights a weight-space method keeps per block (independent of the batch)."""
+    share = REBUILT.get(method, 0.0)
+    w, mlp = block["width"], block["mlp"]
+    weights = (4 + 2 * mlp) * w * w  # qkv 3w^2, proj w^2, MLP 2 x mlp x w^2
+    if share == "attention":
+        share = 4 / (4 + 2 * mlp)
+    return int(share * weights * act)
+
+
+def _backward_transient(block: dict, act: int) -> int:
+    """Bytes in flight while one block's backward runs, per image: the gradients of the attention
+    probabilities and logits (materialised attention) and a few widths of activation gradients."""
+    return 2 * _attention(block) * _attention_bytes(act) + 2 * block["tokens"] * block["width"] * act
+
+
+def _forward_transient(block: dict, act: int) -> int:
+    """Bytes one block holds at its peak in a forward without gradients, per image: its input, q, k
+    and v, the MLP's hidden layer, and three attention-sized tensors (SAM adds the two
+    relative-position terms to the logits one at a time, each into a new tensor)."""
+    return ((4 + block["mlp"]) * block["tokens"] * block["width"] + 3 * _attention(block)) * act
+
+
+def _training_activations(blocks: list[dict], method: str, batch: int, checkpointing: bool, act: int) -> int:
+    inputs = [b["tokens"] * b["width"] * act * batch for b in blocks]
+    saved = [_saved(b, method, act) * batch + _rebuilt(b, method, act) for b in blocks]
+    transient = [_backward_transient(b, act) * batch for b in blocks]
+    if checkpointing:  # blocks keep their inputs; one block is recomputed (and differentiated) at a time
+        return sum(inputs) + max(s + t for s, t in zip(saved, transient))
+    # without: everything is kept; backward runs from the last block down, freeing as it goes
+    return max(sum(saved[: i + 1]) + transient[i] for i in range(len(blocks)))
 
 
 @dataclass(frozen=True)
@@ -138,14 +202,14 @@ def estimate(
     for blocks, sequences in ((image, micro_batch), (text, texts)):
         if not blocks:
             continue
-        sizes = [_block_bytes(b, act) for b in blocks]
-        if not through_encoder:  # nothing kept: the largest transient of one block (input, a few
-            # intermediate widths and the attention it computes), freed as the forward moves on
-            activations += max(_transient(b, act) for b in blocks) * sequences
-        elif checkpointing:
-            activations += (sum(inp for _, inp in sizes) + max(full for full, _ in sizes)) * sequences
-        else:
-            activations += sum(full for full, _ in sizes) * sequences
+        if through_encoder:
+            activations += _training_activations(blocks, method, sequences, checkpointing, act)
+        else:  # nothing kept: the largest transient of one block, freed as the forward moves on
+            activations += max(_forward_transient(b, act) for b in blocks) * sequences
+    activations += TRANSFORM_COPIES.get(method, 0) * info["adapter"] * 4
+    if spec["family"] == "sam":  # the mask decoder (trained in every method) at the embedding grid
+        grid = spec["img_size"] // spec["patch_size"]
+        activations += DECODER_WIDTHS * 256 * grid * grid * act * micro_batch
     return Estimate(weights, state, activations)
 
 
@@ -207,19 +271,20 @@ def make_plan(backbone: str, method: str, batch_size: int, budget, precision: st
     return Plan(backbone, method, batch_size, budget, precision, micro, batch_size, checkpointing, e, False)
 
 
-def inference_estimate(backbone: str, batch: int = 4, cache: int = 8) -> int:
+def inference_estimate(backbone: str, batch: int = 1, cache: int = 8) -> int:
     """Memory a predictor holds (bytes): its fp32 weights (an adapter merged into them adds
-    nothing), the largest transient of one encoder block for `batch` images (full-resolution
-    refinement encodes up to 4 crops at once), SAM's `cache` cached image embeddings (the click
-    predictor's cache) or CLIP's class prompts through the text tower; x SLACK."""
+    nothing), the largest transient of one encoder block for `batch` images, SAM's `cache` cached
+    image embeddings (the click predictor's cache) or CLIP's class prompts through the text tower;
+    x SLACK. Full-resolution refinement encodes up to 4 crops at once, 4x this transient: on a GPU
+    without that room, the request finishes on the CPU (app.placement.run)."""
     from adapt.pipeline import _meta_backbone, count_params
 
     info = count_params(backbone, "frozen")
     spec = _meta_backbone(backbone).spec
     image, text = _blocks(spec)
-    act = max(_transient(b, 4) for b in image) * batch
+    act = max(_forward_transient(b, 4) for b in image) * batch
     if text:
-        act += max(_transient(b, 4) for b in text) * TEXT_SEQUENCES
+        act += max(_forward_transient(b, 4) for b in text) * TEXT_SEQUENCES
     embeddings = 0
     if spec["family"] == "sam":
         grid = spec["img_size"] // spec["patch_size"]

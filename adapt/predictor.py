@@ -49,8 +49,7 @@ class InteractivePredictor:
             return self._cache[key]
         self.misses += 1
         prepared = self.task.prepare(image)
-        sam = self.task.backbone.model
-        embedding = sam.image_encoder(prepared.image[None].to(self.device))
+        embedding = self.task.encode(prepared.image[None].to(self.device))
         self._cache[key] = [prepared, embedding, None]
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)  # least recently used

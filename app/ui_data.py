@@ -119,6 +119,9 @@ def data_tab(studio: Studio, owner, task) -> dict:
             return gr.skip(), gr.skip()
         labelling.click(state, evt.index[0], evt.index[1], m)
         labelling.propose(state, model)
+        if state.get("device_note") and state.get("device_note") != state.get("device_note_shown"):
+            state["device_note_shown"] = state["device_note"]
+            gr.Info(f"Click labelling: {state['device_note']}")  # once per image and reason
         return state, labelling.render(state, n_classes(t, names))
 
     def edit(action):

@@ -8,7 +8,11 @@
 #    adaptformer) training step time, step memory (max_memory_allocated) and the planner's estimate
 #    for the same step, merged inference / base; then the same with activation checkpointing.
 # 2. sam-vit-h, parser and lora at batch 1 under a 24 GiB cap (a 24 GB card on a larger one).
-# 3. The planner's plans for the common cards (train --plan), to read beside the measured peaks.
+# 3. Activation checkpointing's time cost on sam-vit-b at batch 2 (parser, lora; paired, one process).
+# 4. The planner against measured step memory (bench/planner_check.py): SAM and CLIP cases, fp32 and
+#    bf16 autocast, with and without checkpointing.
+# 5. Click latency of the app's predictor where app.placement puts it (the GPU) against the CPU.
+# 6. The planner's plans for the common cards (train --plan), to read beside the measured peaks.
 # Copy the tables into docs/benchmarks.md with the machine's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +29,21 @@ run "sam-vit-b, batch 2, activation checkpointing" --backbone sam-vit-b --batch 
     --infer-rounds 3 --methods "$METHODS" --checkpointing
 run "sam-vit-h, batch 1, capped at 24 GiB" --backbone sam-vit-h --batch 1 --steps 5 --warmup 2 --infer-rounds 3 \
     --methods parser,lora --memory-cap 24
+section() { echo "## $1" >> "$REPORT"; echo >> "$REPORT"; }
+section "Activation checkpointing: step time ratio, sam-vit-b, batch 2"
+"$PY" bench/step_cost.py --device cuda --quiet --backbone sam-vit-b --batch 2 --steps 8 --warmup 2 \
+    --checkpointing-cost --methods parser,lora >> "$REPORT"
+CASES=sam-vit-b:parser:2,sam-vit-b:parser:2:ckpt,sam-vit-b:lora:2,sam-vit-b:lora:2:ckpt,sam-vit-b:full:2
+CASES=$CASES,sam-vit-b:decoder:2,sam-vit-h:lora:1:ckpt,clip-vit-b-16:hclip:32,clip-vit-b-16:hclip:32:ckpt
+CASES=$CASES,clip-vit-b-16:lora-clip:32,clip-vit-b-16:full:32
+for precision in fp32 bf16; do
+  section "The planner against measured step memory, $precision"
+  "$PY" bench/planner_check.py --device cuda --precision "$precision" --cases "$CASES" >> "$REPORT"
+  echo >> "$REPORT"
+done
+section "Click latency (app.placement's device against the CPU), sam-vit-b"
+"$PY" bench/click_latency.py --backbone sam-vit-b --pairs 5 >> "$REPORT"
+echo >> "$REPORT"
 {
   echo "## The planner's plans"
   echo

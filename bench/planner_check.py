@@ -70,14 +70,18 @@ def case_name(c: dict) -> str:
     return f"{c['backbone']}:{c['method']}:{c['batch']}" + (":ckpt" if c["checkpointing"] else "")
 
 
-def measure_here(case: dict, device: torch.device) -> dict:
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def measure_here(case: dict, device: torch.device, precision: str) -> dict:
     t = Trainer(case["backbone"], case["method"], {}, case["batch"], case["checkpointing"], device)
+    t.autocast = AUTOCAST[precision]  # no gradient scaler: the step's memory is what is measured
     return {**case, **measure_rise(t, STEPS, device)}
 
 
 def measure(case: dict, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", case_name(case), "--device", args.device]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads), "--precision", args.precision]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # see bench/step_cost.py's measure_memory
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
@@ -125,6 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated BACKBONE:METHOD:BATCH[:ckpt]")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each case's process (default 1)")
+    p.add_argument(
+        "--precision", choices=list(AUTOCAST), default="fp32", help="autocast of the forward (default fp32: none)"
+    )
     p.add_argument("--parallel", type=int, default=1, help="cases measured at once (each in its own process)")
     p.add_argument("--json", help="also save the measurements and report here")
     p.add_argument("--from-json", help="re-estimate the measurements saved in this file (nothing is measured)")
@@ -133,7 +140,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     device = torch.device(args.device)
     if args.one:
-        print(json.dumps(measure_here(parse_case(args.one), device)))
+        print(json.dumps(measure_here(parse_case(args.one), device, args.precision)))
         return 0
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
             "device": device_description(device),
             "torch": torch.__version__,
             "threads": args.threads,
-            "precision": "fp32",  # the Trainer runs without autocast
+            "precision": args.precision,
             "wall_s": round(time.perf_counter() - started, 1),
             "results": results,
         }

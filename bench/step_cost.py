@@ -152,8 +152,13 @@ class Trainer:
         t.key, t.label = key, label
         return t
 
+    autocast: torch.dtype | None = None  # bench/planner_check.py --precision bf16|fp16
+
     def loss(self) -> torch.Tensor:
-        return (self.backbone.forward(self.inputs) - self.target).pow(2).mean()
+        device = self.target.device.type
+        with torch.autocast(device, dtype=self.autocast, enabled=self.autocast is not None):
+            out = self.backbone.forward(self.inputs)
+        return (out.float() - self.target).pow(2).mean()
 
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -272,7 +277,11 @@ def measure_memory(key: str, args) -> dict:
 
 
 def time_training(keys: list[str], args, device: torch.device, log) -> dict[str, list[float]]:
-    trainers = [Trainer.for_key(k, args, device) for k in keys]
+    return time_round_robin([Trainer.for_key(k, args, device) for k in keys], args, device, log)
+
+
+def time_round_robin(trainers: list[Trainer], args, device: torch.device, log) -> dict[str, list[float]]:
+    """{trainer.key: step times after the warm-up}, every trainer stepped once per round."""
     with quiet_gc():
         for r in range(args.warmup + args.steps):
             order = trainers[r % len(trainers) :] + trainers[: r % len(trainers)]  # rotate the order
@@ -289,6 +298,41 @@ def time_training(keys: list[str], args, device: torch.device, log) -> dict[str,
     del trainers
     gc.collect()
     return times
+
+
+def checkpointing_cost(args, device: torch.device, log) -> str:
+    """--checkpointing-cost: each method's step time with activation checkpointing over its step
+    time without, both trainers in this process and stepped round-robin (the ratio is the median of
+    per-round ratios, so a slow spell of the machine hits both alike)."""
+    trainers = []
+    for k in args.keys:
+        for on in (False, True):
+            _, label, method, options = BY_KEY[k]
+            t = Trainer(args.backbone, method, options, args.batch, on, device)
+            t.key, t.label = (k, on), label
+            trainers.append(t)
+    started = time.perf_counter()
+    times = time_round_robin(trainers, args, device, log)
+    lines = [
+        "| method | step time (s) | with checkpointing | ratio [range over rounds] |",
+        "|---|---:|---:|---:|",
+    ]
+    for k in args.keys:
+        off, on = times[(k, False)], times[(k, True)]
+        ratios = [b / a for a, b in zip(off, on)]
+        lines.append(
+            f"| {BY_KEY[k][1]} | {statistics.median(off):.2f} | {statistics.median(on):.2f} | "
+            f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] |"
+        )
+    lines += [
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Device: {device_description(device)}; torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
+        f"times are {'process CPU time' if args.clock == 'cpu' else 'wall time'}; backbone `{args.backbone}`, "
+        f"batch {args.batch}, {args.steps} timed rounds after {args.warmup} warm-up. "
+        f"The run took {time.perf_counter() - started:.0f} s.",
+    ]
+    return "\n".join(lines)
 
 
 # --- inference: base vs un-merged vs merged, interleaved ----------------------------------------
@@ -496,6 +540,11 @@ def parse_args(argv=None):
         "--checkpointing", action="store_true", help="activation checkpointing of the encoder blocks in every method"
     )
     p.add_argument(
+        "--checkpointing-cost",
+        action="store_true",
+        help="only time each method with and without activation checkpointing, in one process, round-robin",
+    )
+    p.add_argument(
         "--memory-cap",
         type=float,
         help="CUDA: cap this process's GPU memory at this many GiB (torch.cuda.set_per_process_memory_fraction)",
@@ -568,6 +617,13 @@ def main(argv=None) -> int:
         return 0
 
     log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.checkpointing_cost:
+        md = checkpointing_cost(args, device, log)
+        print(md)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(md + "\n")
+        return 0
     started = time.perf_counter()
     # Memory first, each method in its own process, before this process holds any model.
     memory = {}

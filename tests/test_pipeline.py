@@ -91,6 +91,11 @@ def test_count_params_matches_a_real_build():
     real = attach(build_backbone("tiny-sam"), "cobot-lora").count()
     assert {k: info[k] for k in real} == real
     assert info["adapter_percent_of_base"] == round(100 * real["adapter"] / real["base"], 4)
+    # full fine-tuning adapts the model's own weights: its share is of the whole model (CLIP's full
+    # leaves nothing frozen, which once divided by zero)
+    for backbone in ("tiny-clip", "tiny-sam"):
+        full = count_params(backbone, "full")
+        assert 0 < full["adapter_percent_of_base"] <= 100
     assert encoder_shape("sam-vit-b") == {"tokens": 64 * 64, "width": 768, "depth": 12}
     assert encoder_shape("clip-vit-b-16") == {"tokens": 14 * 14 + 1, "width": 768, "depth": 12}
 

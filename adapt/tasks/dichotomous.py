@@ -98,6 +98,8 @@ class DichotomousTask:
         self.backbone = backbone
         self.prompt = prompt
         self.size = backbone.spec["img_size"]
+        self.pixel_mean = backbone.model.pixel_mean.detach().cpu()  # (3, 1, 1), Sam.preprocess's
+        self.pixel_std = backbone.model.pixel_std.detach().cpu()
         self.box_jitter = box_jitter * self.size / 1024.0
         self.num_points = num_points
         self.augment_options = {}  # binary masks: the augmentations' defaults
@@ -107,8 +109,7 @@ class DichotomousTask:
         """SAM's input: letterboxed (longest side -> encoder size, padded bottom/right), normalised,
         the padding zero in the normalised frame as in Sam.preprocess; the mask letterboxed alike."""
         padded, box = letterbox(image, self.size)
-        sam = self.backbone.model
-        x = (torch.from_numpy(padded).permute(2, 0, 1).float() - sam.pixel_mean.cpu()) / sam.pixel_std.cpu()
+        x = (torch.from_numpy(padded).permute(2, 0, 1).float() - self.pixel_mean) / self.pixel_std
         nh, nw = box.resized_size
         x[:, nh:], x[:, :, nw:] = 0, 0
         m = torch.zeros(self.size, self.size)
@@ -186,6 +187,16 @@ class DichotomousTask:
             )
         return self._upsampled(low)
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (B, 256, g, g) of prepared images (B, 3, S, S): the image encoder. With
+        `decode`, the two network calls of every prediction (the ONNX runner swaps both)."""
+        return self.backbone.model.image_encoder(images)
+
+    def decode(self, embeddings: torch.Tensor, **prompt) -> torch.Tensor:
+        """Low-resolution mask logits (B, 1, 4g, 4g) from embeddings and a prompt (sam_decode's
+        boxes / points / masks): the prompt encoder and the mask decoder."""
+        return sam_decode(self.backbone.model, embeddings, **prompt)
+
     def _upsampled(self, low: torch.Tensor) -> torch.Tensor:
         """Low-resolution decoder logits (B, 1, h, w) -> (B, S, S) in the padded input frame."""
         return F.interpolate(low, size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0]
@@ -241,7 +252,7 @@ class DichotomousTask:
         """(probability at the source resolution, low-resolution logits (1, 1, h, w)) from an image
         embedding already computed: only the prompt encoder and mask decoder run (what a cached
         click costs). The logits can go back in as the next click's mask_input."""
-        low = sam_decode(self.backbone.model, embedding, **self._prompt_kwargs(prompt, device))
+        low = self.decode(embedding, **self._prompt_kwargs(prompt, device))
         return self.to_source(torch.sigmoid(self._upsampled(low)[0]), prepared), low
 
     def predict_embedded(self, prepared: Prepared, embedding: torch.Tensor, prompt: dict, device="cpu") -> np.ndarray:
@@ -293,7 +304,7 @@ class DichotomousTask:
         """`predict`, also returning the crop plan (None when not refined)."""
         prepared = self.prepare(image)
         coords, labels = points if points is not None else (None, None)
-        embedding = self.backbone.model.image_encoder(prepared.image[None].to(device))
+        embedding = self.encode(prepared.image[None].to(device))
         prompt = self.source_prompt(prepared, box, coords, labels, whole_box=whole_box)
         coarse = self.predict_embedded(prepared, embedding, prompt, device)
         del embedding, prepared
@@ -316,11 +327,10 @@ class DichotomousTask:
             raise ValueError(f"crop prompt must be 'box' or 'none', not {prompt!r}")
         coords = None if coords is None else np.asarray(coords, dtype=np.float32).reshape(-1, 2)
         labels = None if coords is None else (np.ones(len(coords)) if labels is None else np.asarray(labels))
-        sam = self.backbone.model
 
         def predict(boxes: list[Box]) -> list[np.ndarray]:
             prepared = [self.prepare(np.ascontiguousarray(image[y0:y1, x0:x1])) for y0, x0, y1, x1 in boxes]
-            embeddings = sam.image_encoder(torch.stack([p.image for p in prepared]).to(device))
+            embeddings = self.encode(torch.stack([p.image for p in prepared]).to(device))
             out = []
             for i, ((y0, x0, y1, x1), p) in enumerate(zip(boxes, prepared)):
                 crop_box = None
@@ -380,7 +390,7 @@ class DichotomousTask:
         from adapt.uncertainty import mask_uncertainty
 
         prepared = [self.prepare(image) for image in images]
-        embeddings = self.backbone.model.image_encoder(torch.stack([p.image for p in prepared]).to(device))
+        embeddings = self.encode(torch.stack([p.image for p in prepared]).to(device))
         results = []
         for i, (image, p) in enumerate(zip(images, prepared)):
             prob = self.predict_embedded(p, embeddings[i : i + 1], {"box": self.whole_image_box(p)}, device)
