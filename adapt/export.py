@@ -63,9 +63,54 @@ def adapter_config(
     }
 
 
+# Hub ids of the official base weights (for the model card's `base_model`; the tiny ones have none)
+HUB_BASE_MODELS = {
+    "sam-vit-b": "facebook/sam-vit-base",
+    "sam-vit-l": "facebook/sam-vit-large",
+    "sam-vit-h": "facebook/sam-vit-huge",
+    ("clip-vit-b-16", "openai"): "openai/clip-vit-base-patch16",
+    ("clip-vit-l-14", "openai"): "openai/clip-vit-large-patch14",
+    ("clip-vit-b-16", "laion2b"): "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+    ("clip-vit-l-14", "laion2b"): "laion/CLIP-ViT-L-14-laion2B-s32B-b82K",
+}
+
+
+def hub_metadata(cfg: dict) -> dict:
+    """The model card's front matter, the Hugging Face Hub's metadata: library, task, tags, base
+    model (official weights only) and the held-out metrics before and after adaptation."""
+    base = cfg["base_model"]
+    sam = base["name"].startswith(("sam", "tiny-sam"))
+    weights = str(base.get("weights_id") or "")
+    found = HUB_BASE_MODELS.get(base["name"]) or next(
+        (
+            hub
+            for key, hub in HUB_BASE_MODELS.items()
+            if isinstance(key, tuple) and key[0] == base["name"] and key[1] in weights
+        ),
+        None,
+    )
+    meta = {
+        "library_name": "segmentation-adaptation-studio",
+        "pipeline_tag": "mask-generation" if sam else "image-segmentation",
+        "tags": [
+            "segmentation-adaptation-studio",
+            "peft",
+            cfg["method"],
+            cfg.get("task") or "segmentation",
+            "segment-anything" if sam else "open_clip",
+        ],
+    }
+    if found and weights != "random-init":
+        meta["base_model"] = found
+    if cfg.get("metrics"):
+        meta["metrics_heldout"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in cfg["metrics"].items()}
+    return meta
+
+
 def model_card(cfg: dict) -> str:
     counts = cfg["counts"]
-    lines = [
+    lines = ["---", *json.dumps(hub_metadata(cfg), indent=1).splitlines(), "---", ""]  # JSON is YAML
+    lines += [
         f"# {cfg['method']} adapter for {cfg['base_model']['name']}",
         "",
         f"A parameter-efficient adapter made with `adapt` {cfg['library_version']}.",
@@ -87,7 +132,7 @@ def model_card(cfg: dict) -> str:
         "",
         "```python",
         "from adapt.export import load_adapter",
-        "handle = load_adapter('path/to/this/folder')  # builds the base model and attaches the adapter",
+        "handle = load_adapter('path/to/this/folder')  # or 'hf://USER/REPO' from the Hub",
         "handle.merge()  # optional: fold into plain weights for inference",
         "```",
         "",
@@ -130,7 +175,12 @@ def _unpack(zip_path: Path, dest: Path) -> Path:
 
 
 def read_adapter(path: str | Path) -> tuple[dict, dict]:
-    """(config, tensors) from an adapter folder or zip, with a clear error for anything off."""
+    """(config, tensors) from an adapter folder or zip, or a Hub reference "hf://user/repo"
+    (downloaded first, adapt.hub), with a clear error for anything off."""
+    from adapt.hub import download, is_hub_ref
+
+    if is_hub_ref(path):
+        path = download(path)
     path = Path(path)
     if not path.exists():
         raise AdapterError(f"adapter {path} does not exist")

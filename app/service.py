@@ -564,6 +564,39 @@ class Studio:
         copy_file(Path(zip_path), self.paths.uploaded_adapters(owner) / f"{ref}.zip")
         return ref, describe_adapter(cfg, len(tensors))
 
+    def load_hub_adapter(self, owner: str, ref: str) -> tuple[str, str]:
+        """Download an adapter from the Hugging Face Hub ("user/repo" or "hf://user/repo[@rev]") and
+        keep it as this browser's upload (the same checks as a zip); returns (ref, description)."""
+        from adapt.export import zip_adapter
+        from adapt.hub import PREFIX, HubError, download
+
+        check_owner(owner)
+        text = as_text(ref, "the Hub repository", 200).strip()
+        if not text:
+            raise UserError("give the Hub repository to load, e.g. user/my-adapter")
+        try:
+            folder = download(text if text.startswith(PREFIX) else PREFIX + text)
+        except HubError as e:
+            raise UserError(str(e)) from None
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.upload_adapter(owner, str(zip_adapter(folder, Path(tmp) / "hub.zip")))
+
+    def push_adapter(self, owner: str, ref: str, repo_id: str, token: str, private: bool = False) -> str:
+        """Upload one of this browser's adapters to the Hub; returns the repository's URL. The token
+        is used for this call only: never stored, logged or echoed."""
+        from adapt.hub import HubError, push_to_hub
+
+        check_owner(owner)
+        if not as_text(ref, "the adapter id", MAX_ID):
+            raise UserError("choose an adapter first")
+        path = self._adapter_path(owner, ref)
+        repo = as_text(repo_id, "the Hub repository", 200).strip()
+        secret = as_text(token, "the token", 400).strip() or None
+        try:
+            return push_to_hub(path, repo, token=secret, private=bool(private))
+        except HubError as e:
+            raise UserError(str(e)) from None
+
     def adapters(self, owner: str) -> list[tuple[str, str]]:
         """(label, ref) of every adapter this browser can use: finished jobs and uploaded zips."""
         from adapt.export import read_adapter

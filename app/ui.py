@@ -507,6 +507,20 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
         out_file = gr.File(label="Download", elem_id="adapter-file")
         upload = gr.File(label="Load an adapter zip", file_types=[".zip"], elem_id="adapter-upload")
         load = gr.Button("Load adapter", elem_id="load-adapter")
+        with gr.Accordion("Hugging Face Hub", open=False):
+            gr.Markdown(
+                "Share the chosen adapter as a Hub model repository (its three files and the model card), "
+                "or load one. The token is used for the upload only: it is never stored or logged."
+            )
+            with gr.Row():
+                hub_repo = gr.Textbox(label="Repository (user/name)", max_lines=1, max_length=200, elem_id="hub-repo")
+                hub_token = gr.Textbox(
+                    label="Write token", type="password", max_lines=1, max_length=400, elem_id="hub-token"
+                )
+                hub_private = gr.Checkbox(label="Private", value=True)
+            with gr.Row():
+                push = gr.Button("Push to Hub", elem_id="push-hub")
+                pull = gr.Button("Load from Hub", elem_id="load-hub")
         msg = gr.Markdown(elem_id="adapter-msg", elem_classes="studio-msg")
         loaded = gr.Textbox(label="adapter", visible=False)
 
@@ -529,6 +543,16 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
         ref, desc = studio.upload_adapter(owner, adapter_zip)
         return ref, f"Loaded {desc}. It is now in the adapter lists (Preview tab)."
 
+    @user_errors
+    def push_hub(owner, ref, repo, token, private):
+        url = studio.push_adapter(owner, ref, repo, token, private)
+        return f"Pushed to [{url}]({url}).", ""  # the token field is cleared
+
+    @user_errors
+    def load_hub(owner, repo):
+        ref, desc = studio.load_hub_adapter(owner, repo)
+        return ref, f"Loaded {desc} from the Hub. It is now in the adapter lists (Preview tab)."
+
     def lists(owner, job=""):
         """Both adapter lists; the current job's adapter is chosen when it has one."""
         items = studio.adapters(owner) if valid_owner(owner or "") else []
@@ -538,12 +562,17 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
     refresh.click(lists, owner, [chosen, preview["adapter"]], api_visibility="private")
     as_zip.click(lambda o, r: get(o, r, False), [owner, chosen], out_file, api_visibility="private")
     as_merged.click(lambda o, r: get(o, r, True), [owner, chosen], out_file, api_visibility="private")
-    load.click(load_adapter, [owner, upload], [loaded, msg], api_name="load_adapter").success(
-        lambda o, v: (gr.Dropdown(choices=studio.adapters(o), value=v), adapter_choices(studio, o, v)),
-        [owner, loaded],
-        [chosen, preview["adapter"]],
-        api_visibility="private",
-    )
+    push.click(push_hub, [owner, chosen, hub_repo, hub_token, hub_private], [msg, hub_token], api_visibility="private")
+    for event in (
+        load.click(load_adapter, [owner, upload], [loaded, msg], api_name="load_adapter"),
+        pull.click(load_hub, [owner, hub_repo], [loaded, msg], api_visibility="private"),
+    ):
+        event.success(
+            lambda o, v: (gr.Dropdown(choices=studio.adapters(o), value=v), adapter_choices(studio, o, v)),
+            [owner, loaded],
+            [chosen, preview["adapter"]],
+            api_visibility="private",
+        )
     return {"chosen": chosen, "lists": lists}
 
 
