@@ -298,7 +298,8 @@ def _predict_images(args, task, classes) -> int:
 
 
 def cmd_export(args) -> int:
-    from adapt.export import save_merged, save_official, zip_adapter
+    from adapt.export import save_merged, zip_adapter
+    from adapt.official import save_official
 
     wanted = [args.zip, args.merged, args.official, args.onnx, args.push_to_hub]
     if not any(wanted):
@@ -318,7 +319,7 @@ def cmd_export(args) -> int:
         graphs = json.loads((out / "onnx_config.json").read_text())["graphs"]
         print(f"wrote {out}: {', '.join(graphs)} (predict with: python -m adapt predict --onnx {out} --image ...)")
     if args.push_to_hub:
-        from adapt.hub import push_to_hub
+        from adapt.export import push_to_hub
 
         print(f"pushed to {push_to_hub(args.adapter, args.push_to_hub, private=args.private)}")
     return 0

@@ -1,7 +1,8 @@
-"""Adapters on the Hugging Face Hub: push an adapter folder, pull one by reference.
+"""The Hugging Face Hub, the network side only: download a repository's files by reference, upload a
+folder. What an adapter repository holds and how it is staged is adapt.export's business:
 
-    push_to_hub("runs/x/adapter", "me/camouflage-parser", token=...)   # -> the repository's URL
-    load_adapter("hf://me/camouflage-parser")                          # adapt.export resolves hf://
+    adapt.export.push_to_hub("runs/x/adapter", "me/camouflage-parser", token=...)  # -> its URL
+    adapt.export.load_adapter("hf://me/camouflage-parser")                        # resolves hf://
 
 What is uploaded is the adapter folder as it is (adapter_config.json, adapter_model.safetensors and
 README.md, whose front matter is the Hub's model-card metadata: base model, library, task, tags,
@@ -15,7 +16,6 @@ studio needs the network.
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 PREFIX = "hf://"
@@ -63,22 +63,16 @@ def _network_error(e: Exception) -> bool:
     return name in ("ConnectError", "ConnectTimeout", "ReadTimeout", "NetworkError") or "connect" in str(e).lower()
 
 
-def download(ref: str, token: str | None = None) -> Path:
-    """The adapter folder of a Hub repository ("hf://user/repo[@revision]"), downloaded into the
-    Hugging Face cache (only the adapter's three files)."""
+def download(ref: str, files: list[str], required: list[str], token: str | None = None) -> Path:
+    """The folder of a Hub repository ("hf://user/repo[@revision]") with only `files` downloaded,
+    into the Hugging Face cache; refused unless it holds every one of `required`."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    from adapt.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
     repo, revision = parse_ref(ref)
     try:
         folder = snapshot_download(
-            repo,
-            revision=revision,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-            token=token,
-            library_name="segmentation-adaptation-studio",
+            repo, revision=revision, allow_patterns=files, token=token, library_name="segmentation-adaptation-studio"
         )
     except (RepositoryNotFoundError, GatedRepoError):
         raise HubError(
@@ -95,45 +89,22 @@ def download(ref: str, token: str | None = None) -> Path:
             ) from None
         raise HubError(f"cannot download {repo}: {_hide(str(e), token)[:300]}") from None
     folder = Path(folder)
-    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise HubError(f"{repo} is not an adapter repository: it has no {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if not all((folder / name).is_file() for name in required):
+        raise HubError(f"{repo} is not an adapter repository: it has no {' and '.join(required)}")
     return folder
 
 
-def staged(adapter) -> tuple[Path, dict, tempfile.TemporaryDirectory]:
-    """(folder to upload, its config, the temporary directory holding it): the adapter folder (or
-    zip) with its model card rewritten from its config, so the Hub metadata is current."""
-    from adapt.export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, _unpack, model_card, read_adapter
-
-    cfg, _ = read_adapter(adapter)  # every check a local adapter gets, before anything is sent
-    tmp = tempfile.TemporaryDirectory(prefix="adapt-hub-")
-    source = Path(adapter)
-    if not source.is_dir():
-        source = _unpack(source, Path(tmp.name) / "unpacked")
-    folder = Path(tmp.name) / "adapter"
-    folder.mkdir()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        (folder / name).write_bytes((source / name).read_bytes())
-    (folder / CARD_NAME).write_text(model_card(cfg))
-    return folder, cfg, tmp
-
-
-def push_to_hub(adapter, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload an adapter (folder or zip) to the model repository `repo_id` (created when missing);
-    returns its URL. `token`: a Hub write token (default: the logged-in one, or HF_TOKEN)."""
+def upload(folder: Path, repo_id: str, message: str, token: str | None = None, private: bool = False) -> str:
+    """Upload `folder` to the model repository `repo_id` (created when missing); returns its URL.
+    `token`: a Hub write token (default: the logged-in one, or HF_TOKEN)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     check_repo_id(repo_id)
-    folder, cfg, tmp = staged(adapter)
     try:
         api = HfApi(token=token or None)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            commit_message=f"{cfg['method']} adapter for {cfg['base_model']['name']} (segmentation adaptation studio)",
-        )
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status in (401, 403):
@@ -147,6 +118,4 @@ def push_to_hub(adapter, repo_id: str, token: str | None = None, private: bool =
                 f"cannot upload to {repo_id}: the Hugging Face Hub cannot be reached from here (offline?)"
             ) from None
         raise HubError(f"the upload to {repo_id} failed: {_hide(str(e), token)[:300]}") from None
-    finally:
-        tmp.cleanup()
     return str(url)

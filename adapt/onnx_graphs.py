@@ -156,6 +156,12 @@ def export_onnx(adapter, out_dir, fp16: bool = False, classes: list[str] | None 
     from adapt.pipeline import inference_task
 
     task, info = inference_task(adapter=adapter, checkpoint=checkpoint)
+    return write_onnx(task, out_dir, fp16=fp16, classes=classes, info=info)
+
+
+def write_onnx(task, out_dir, fp16: bool = False, classes: list[str] | None = None, info: dict | None = None) -> Path:
+    """export_onnx for a task already built (its model merged, in eval mode); `info` is kept in
+    onnx_config.json as the adapter's config."""
     dtype = torch.float16 if fp16 else torch.float32
     backbone = task.backbone.to("cpu")
     Dim = torch.export.Dim

@@ -1,7 +1,7 @@
 """What the UI and the API ask of the library and the job store, as plain functions.
 
-Every user-facing failure is a `UserError` whose message says what to do; the UI shows it in the
-page and gradio_client receives it as the error text.
+Every user-facing failure is a `UserError` (app/checks.py, with the checks of every input) whose
+message says what to do; the UI shows it in the page and gradio_client receives it as the error text.
 """
 
 from __future__ import annotations
@@ -25,17 +25,25 @@ from adapt.backbones import BACKBONES, family_of
 from adapt.files import atomic_path, copy_file, format_bytes
 from adapt.methods import METHODS, methods_for
 from adapt.tasks import TASKS
-from adapt.tasks.dichotomous import parse_points
+from app.checks import (  # noqa: F401  (the app's modules import these from here)
+    MAX_CLASSES,
+    MAX_CLICKS,
+    MAX_ID,
+    MAX_NAME,
+    MAX_TEXT,
+    TOKEN_RE,
+    UserError,
+    as_text,
+    check_owner,
+    choice,
+    file_list,
+    number,
+    parse_classes,
+    parse_clicks,
+)
 from app.config import Limits, Paths
 from app.jobs import FINISHED, JobStore, brief, new_token
 from app.progress import read_progress
-
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-
-
-class UserError(ValueError):
-    """Something the user can fix; the message says what."""
-
 
 # --- methods and backbones ------------------------------------------------------------------------
 
@@ -168,71 +176,6 @@ def _has_gpu() -> bool:
 
 
 # --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
-
-
-# --- what a request may carry: every variable-size input is bounded, every value type-checked ----
-
-MAX_CLICKS = 100  # points and boxes in one prediction request
-MAX_CLASSES = 64  # class names in one request (background included)
-MAX_NAME = 60  # characters in one class name
-MAX_TEXT = 4096  # characters in any free-text field (clicks, class lists)
-MAX_ID = 64  # characters in a job or adapter id
-
-
-def as_text(value, what: str, limit: int = MAX_TEXT) -> str:
-    """A text field as a string (None: ""), at most `limit` characters."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise UserError(f"{what} must be text, not {type(value).__name__}")
-    if len(value) > limit:
-        raise UserError(f"{what} is {len(value):,} characters long; at most {limit:,} are accepted")
-    return value
-
-
-def number(value, what: str, lo: float, hi: float, integer: bool = False) -> float | int:
-    """A numeric field within [lo, hi] (numeric strings are read as numbers)."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        x = float(value)
-        if integer and x != int(x):
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        kind = "a whole number" if integer else "a number"
-        raise UserError(f"{what} must be {kind} between {lo:g} and {hi:g}, got {str(value)[:40]!r}") from None
-    if not lo <= x <= hi:
-        raise UserError(f"{what} must be between {lo:g} and {hi:g}, got {x:g}")
-    return int(x) if integer else x
-
-
-def choice(value, what: str, options) -> str:
-    """One of `options` (a registry's names)."""
-    value = as_text(value, what, MAX_ID)
-    if value not in options:
-        raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")
-    return value
-
-
-def file_list(files, what: str, limit: int) -> list[str]:
-    """Uploaded file paths (one, or a list), at most `limit` of them."""
-    if files is None:
-        return []
-    files = [files] if isinstance(files, str) else files
-    if not isinstance(files, (list, tuple)) or not all(isinstance(f, str) for f in files):
-        raise UserError(f"{what} must be a list of uploaded files")
-    if len(files) > limit:
-        raise UserError(f"{len(files)} {what} uploaded at once; at most {limit} are accepted")
-    return list(files)
-
-
-def check_owner(owner: str | None) -> str:
-    if not isinstance(owner, str) or not TOKEN_RE.match(owner):
-        raise UserError(
-            "missing or malformed owner token: the page makes one for each browser; API clients "
-            "pass any random string of 16-128 letters, digits, '-' or '_' (e.g. secrets.token_urlsafe())"
-        )
-    return owner
 
 
 def zip_folder(folder: Path, dest: Path) -> Path:
@@ -567,24 +510,25 @@ class Studio:
     def load_hub_adapter(self, owner: str, ref: str) -> tuple[str, str]:
         """Download an adapter from the Hugging Face Hub ("user/repo" or "hf://user/repo[@rev]") and
         keep it as this browser's upload (the same checks as a zip); returns (ref, description)."""
-        from adapt.export import zip_adapter
-        from adapt.hub import PREFIX, HubError, download
+        from adapt.export import AdapterError, zip_adapter
+        from adapt.hub import PREFIX, HubError
 
         check_owner(owner)
         text = as_text(ref, "the Hub repository", 200).strip()
         if not text:
             raise UserError("give the Hub repository to load, e.g. user/my-adapter")
-        try:
-            folder = download(text if text.startswith(PREFIX) else PREFIX + text)
-        except HubError as e:
-            raise UserError(str(e)) from None
         with tempfile.TemporaryDirectory() as tmp:
-            return self.upload_adapter(owner, str(zip_adapter(folder, Path(tmp) / "hub.zip")))
+            try:  # downloaded and checked like any adapter, then kept as this browser's upload
+                archive = zip_adapter(text if text.startswith(PREFIX) else PREFIX + text, Path(tmp) / "hub.zip")
+            except (HubError, AdapterError) as e:
+                raise UserError(str(e)) from None
+            return self.upload_adapter(owner, str(archive))
 
     def push_adapter(self, owner: str, ref: str, repo_id: str, token: str, private: bool = False) -> str:
         """Upload one of this browser's adapters to the Hub; returns the repository's URL. The token
         is used for this call only: never stored, logged or echoed."""
-        from adapt.hub import HubError, push_to_hub
+        from adapt.export import AdapterError, push_to_hub
+        from adapt.hub import HubError
 
         check_owner(owner)
         if not as_text(ref, "the adapter id", MAX_ID):
@@ -594,7 +538,7 @@ class Studio:
         secret = as_text(token, "the token", 400).strip() or None
         try:
             return push_to_hub(path, repo, token=secret, private=bool(private))
-        except HubError as e:
+        except (HubError, AdapterError) as e:
             raise UserError(str(e)) from None
 
     def adapters(self, owner: str) -> list[tuple[str, str]]:
@@ -728,29 +672,3 @@ def describe_adapter(cfg: dict, n_tensors: int | None = None) -> str:
                 f"; held-out {name} {metrics[f'frozen_{key}']:.3f} frozen -> {metrics[f'adapted_{key}']:.3f} adapted"
             )
     return text
-
-
-def parse_classes(value: str, background: bool) -> list[str]:
-    names = [c.strip() for c in as_text(value, "the class list").split(",") if c.strip()]
-    if len(names) + background > MAX_CLASSES:
-        raise UserError(f"{len(names)} class names; at most {MAX_CLASSES - background} are accepted")
-    long = [n for n in names if len(n) > MAX_NAME]
-    if long:
-        raise UserError(f"class name {long[0][:20]!r}... is longer than {MAX_NAME} characters")
-    if len(set(n.lower() for n in names)) != len(names):
-        raise UserError("class names repeat; give each class once")
-    if background and (not names or names[0].lower() != "background"):
-        names = ["background"] + [n for n in names if n.lower() != "background"]
-    return names
-
-
-def parse_clicks(value: str):
-    """Clicks as the page and the API send them (see parse_points), at most MAX_CLICKS of them; a
-    bad one is a UserError."""
-    try:
-        clicks = parse_points(as_text(value, "clicks"))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if clicks is not None and len(clicks[0]) > MAX_CLICKS:
-        raise UserError(f"{len(clicks[0])} clicks; at most {MAX_CLICKS} are accepted in one request")
-    return clicks

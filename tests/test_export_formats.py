@@ -12,8 +12,9 @@ from conftest import perturb, tiny_backbone
 
 from adapt.__main__ import main
 from adapt.data.synthetic import make_dataset, write_folder
-from adapt.export import AdapterError, openvocab_from_open_clip, save_adapter, save_official
+from adapt.export import AdapterError, save_adapter
 from adapt.methods import attach
+from adapt.official import openvocab_from_open_clip, save_official
 from adapt.onnx_graphs import OnnxError, export_onnx, load_onnx
 from adapt.pipeline import inference_task
 

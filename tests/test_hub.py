@@ -16,8 +16,8 @@ from conftest import perturb, tiny_backbone
 from studio_support import OWNER
 
 from adapt.__main__ import main
-from adapt.export import load_adapter, save_adapter
-from adapt.hub import HubError, parse_ref, push_to_hub
+from adapt.export import load_adapter, push_to_hub, save_adapter
+from adapt.hub import HubError, parse_ref
 from adapt.methods import attach
 
 TOKEN = "hf_secret_token_never_shown"

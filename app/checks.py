@@ -1,0 +1,107 @@
+"""What a request may carry: every user-facing failure is a `UserError` whose message says what to
+do, every variable-size input is bounded and every value type-checked before anything is done
+with it. The UI shows a UserError in the page; gradio_client and the JSON API receive its text.
+"""
+
+from __future__ import annotations
+
+import re
+
+from adapt.tasks.dichotomous import parse_points
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+class UserError(ValueError):
+    """Something the user can fix; the message says what."""
+
+
+# --- what a request may carry: every variable-size input is bounded, every value type-checked ----
+
+MAX_CLICKS = 100  # points and boxes in one prediction request
+MAX_CLASSES = 64  # class names in one request (background included)
+MAX_NAME = 60  # characters in one class name
+MAX_TEXT = 4096  # characters in any free-text field (clicks, class lists)
+MAX_ID = 64  # characters in a job or adapter id
+
+
+def as_text(value, what: str, limit: int = MAX_TEXT) -> str:
+    """A text field as a string (None: ""), at most `limit` characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{what} must be text, not {type(value).__name__}")
+    if len(value) > limit:
+        raise UserError(f"{what} is {len(value):,} characters long; at most {limit:,} are accepted")
+    return value
+
+
+def number(value, what: str, lo: float, hi: float, integer: bool = False) -> float | int:
+    """A numeric field within [lo, hi] (numeric strings are read as numbers)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        x = float(value)
+        if integer and x != int(x):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if integer else "a number"
+        raise UserError(f"{what} must be {kind} between {lo:g} and {hi:g}, got {str(value)[:40]!r}") from None
+    if not lo <= x <= hi:
+        raise UserError(f"{what} must be between {lo:g} and {hi:g}, got {x:g}")
+    return int(x) if integer else x
+
+
+def choice(value, what: str, options) -> str:
+    """One of `options` (a registry's names)."""
+    value = as_text(value, what, MAX_ID)
+    if value not in options:
+        raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")
+    return value
+
+
+def file_list(files, what: str, limit: int) -> list[str]:
+    """Uploaded file paths (one, or a list), at most `limit` of them."""
+    if files is None:
+        return []
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, (list, tuple)) or not all(isinstance(f, str) for f in files):
+        raise UserError(f"{what} must be a list of uploaded files")
+    if len(files) > limit:
+        raise UserError(f"{len(files)} {what} uploaded at once; at most {limit} are accepted")
+    return list(files)
+
+
+def check_owner(owner: str | None) -> str:
+    if not isinstance(owner, str) or not TOKEN_RE.match(owner):
+        raise UserError(
+            "missing or malformed owner token: the page makes one for each browser; API clients "
+            "pass any random string of 16-128 letters, digits, '-' or '_' (e.g. secrets.token_urlsafe())"
+        )
+    return owner
+
+
+def parse_classes(value: str, background: bool) -> list[str]:
+    names = [c.strip() for c in as_text(value, "the class list").split(",") if c.strip()]
+    if len(names) + background > MAX_CLASSES:
+        raise UserError(f"{len(names)} class names; at most {MAX_CLASSES - background} are accepted")
+    long = [n for n in names if len(n) > MAX_NAME]
+    if long:
+        raise UserError(f"class name {long[0][:20]!r}... is longer than {MAX_NAME} characters")
+    if len(set(n.lower() for n in names)) != len(names):
+        raise UserError("class names repeat; give each class once")
+    if background and (not names or names[0].lower() != "background"):
+        names = ["background"] + [n for n in names if n.lower() != "background"]
+    return names
+
+
+def parse_clicks(value: str):
+    """Clicks as the page and the API send them (see parse_points), at most MAX_CLICKS of them; a
+    bad one is a UserError."""
+    try:
+        clicks = parse_points(as_text(value, "clicks"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if clicks is not None and len(clicks[0]) > MAX_CLICKS:
+        raise UserError(f"{len(clicks[0])} clicks; at most {MAX_CLICKS} are accepted in one request")
+    return clicks
