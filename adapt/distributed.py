@@ -60,10 +60,25 @@ def run_data_parallel(world_size: int, fn, *args, backend: str | None = None) ->
 
 
 def train_job(
-    rank: int, cfg, data: str, out: str, holdout=None, task: str | None = None, threads: int = 1, resume: bool = False
+    rank: int,
+    cfg,
+    data: str,
+    out: str,
+    holdout=None,
+    task: str | None = None,
+    threads: int = 1,
+    resume: bool = False,
+    stop_file: str | None = None,
+    on_eval=None,
+    source: str | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
     """One process of a data-parallel `train_adapter` on the dataset at `data` (each process loads
-    it); on a GPU machine, rank r trains on cuda:r. Returns rank 0's summary (others: None)."""
+    it); on a GPU machine, rank r trains on cuda:r. Returns rank 0's summary (others: None).
+
+    stop_file: the run stops (checkpointed, status "cancelled") at the next step once this file
+    exists; every rank sees it (how the studio's worker cancels a multi-GPU job). on_eval: rank 0's
+    callback at each evaluation (the studio's previews)."""
     import torch
 
     from adapt.data import load_dataset
@@ -72,7 +87,18 @@ def train_job(
     torch.set_num_threads(threads)
     if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
         cfg = replace(cfg, device=f"cuda:{rank}")
-    summary = train_adapter(cfg, load_dataset(data, task=task or cfg.task), out, holdout=holdout, resume=resume)
+    extra = {"max_pixels": max_pixels} if max_pixels else {}
+    stop = (lambda: os.path.exists(stop_file)) if stop_file else None
+    summary = train_adapter(
+        cfg,
+        load_dataset(data, task=task or cfg.task, **extra),
+        out,
+        holdout=holdout,
+        resume=resume,
+        should_stop=stop,
+        on_eval=on_eval if rank == 0 else None,
+        **({"source": source} if source else {}),
+    )
     if rank != 0:
         return None
     summary.pop("run", None)

@@ -183,11 +183,16 @@ class JobStore:
         return int(row[0])
 
     # --- workers -------------------------------------------------------------------------------
-    def claim(self, worker: str, pid: int) -> dict | None:
-        """Atomically take the oldest queued job (or None)."""
+    def claim(self, worker: str, pid: int, gpus: int = 1) -> dict | None:
+        """Atomically take the oldest queued job that fits a worker holding `gpus` GPUs (or None):
+        a job asks for `config["gpus"]` (default 1). A worker holding several (the supervisor
+        formed it for a multi-GPU job) takes the oldest job that needs them all first."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created LIMIT 1").fetchone()
+            queued = db.execute("SELECT id, config FROM jobs WHERE status = 'queued' ORDER BY created").fetchall()
+            need = {r["id"]: int(json.loads(r["config"]).get("gpus") or 1) for r in queued}
+            fitting = [r for r in queued if need[r["id"]] <= gpus]
+            row = next((r for r in fitting if need[r["id"]] == gpus), fitting[0] if fitting else None)
             if row is None:
                 db.execute("ROLLBACK")
                 return None
@@ -221,6 +226,12 @@ class JobStore:
             )
 
     # --- the supervisor ------------------------------------------------------------------------
+    def widest_queued(self) -> int:
+        """The GPUs the oldest queued multi-GPU job asks for (1 when none does)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT config FROM jobs WHERE status = 'queued' ORDER BY created").fetchall()
+        return next((n for n in (int(json.loads(r["config"]).get("gpus") or 1) for r in rows) if n > 1), 1)
+
     def running_job(self, worker: str) -> dict | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE status = 'running' AND worker = ?", (worker,)).fetchone()

@@ -169,6 +169,14 @@ def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | N
 
 
 @lru_cache(maxsize=1)
+def gpu_count() -> int:
+    """GPUs on this machine (what a job may ask for)."""
+    from app.supervisor import gpu_count as count
+
+    return count()
+
+
+@lru_cache(maxsize=1)
 def _has_gpu() -> bool:
     import torch
 
@@ -329,10 +337,12 @@ class Studio:
         options: dict | None = None,
         init_adapter: Path | None = None,
         memory_budget: str | None = None,
+        gpus: int = 1,
     ) -> str:
         """Queue a training job; `init_adapter` (an adapter folder or zip the owner may use):
         a warm start from it, with its backbone, method and options (adapt.pipeline.warm_start);
-        `memory_budget` ("16GB"): the job is planned to fit it (job_plan)."""
+        `memory_budget` ("16GB"): the job is planned to fit it (job_plan); `gpus`: data-parallel on
+        that many GPUs (the supervisor gives the job a worker holding them)."""
         from adapt.pipeline import configure, warm_start
         from adapt.train import TrainConfig
 
@@ -348,6 +358,7 @@ class Studio:
         batch_size = number(batch_size, "batch size", 1, 64, integer=True)
         lr, head_lr = number(lr, "lr", 1e-12, 1), number(head_lr, "head lr", 0, 1)
         seed = number(seed, "seed", 0, 2**31 - 1, integer=True)
+        gpus = number(gpus, "GPUs", 1, max(1, gpu_count()), integer=True)
         if options is not None and not isinstance(options, dict):
             raise UserError("method options must be an object of option names and values")
         self.check_active(owner)
@@ -371,7 +382,7 @@ class Studio:
             checkpoint_every=every,
         )
         cfg = configure(cfg, dataset)  # what the worker will run, classes included
-        cfg = self._fit_to_plan(cfg, memory_budget)
+        cfg = self._fit_to_plan(cfg, memory_budget, gpus)
         job_id = new_token()
         if init_adapter is not None:  # the job keeps its own copy: the source may expire first
             from adapt.export import AdapterError, zip_adapter
@@ -388,19 +399,21 @@ class Studio:
                 shutil.rmtree(start.parent, ignore_errors=True)
                 raise UserError(str(e)) from None
         data = copy_file(Path(dataset_zip), self.paths.job_files(job_id).data_zip)
-        self.store.submit(owner, {"train": asdict(cfg), "data_name": Path(dataset_zip).name}, str(data), job_id=job_id)
+        spec = {"train": asdict(cfg), "data_name": Path(dataset_zip).name, "gpus": gpus}
+        self.store.submit(owner, spec, str(data), job_id=job_id)
         return job_id
 
-    def _fit_to_plan(self, cfg, budget: str | None = None):
+    def _fit_to_plan(self, cfg, budget: str | None = None, gpus: int = 1):
         """The pre-flight plan (job_plan): the job gets the plan's accumulation and checkpointing,
         or is refused before it is queued, saying what would fit. On a CPU-only machine without a
         budget, the job runs as asked."""
-        plan = job_plan(cfg.backbone, cfg.method, cfg.batch_size, budget, cfg.method_options)
+        share = -(-cfg.batch_size // gpus)  # each GPU's part of the batch
+        plan = job_plan(cfg.backbone, cfg.method, share, budget, cfg.method_options)
         if plan is None:
             return cfg
         if not plan.fits:
             raise UserError(f"this job would not fit: {plan.describe()}")
-        return replace(cfg, accumulate=plan.accumulate, checkpointing=plan.checkpointing)
+        return replace(cfg, accumulate=plan.accumulate, checkpointing=plan.checkpointing)  # per GPU share
 
     def job(self, owner: str, job_id: str) -> dict:
         check_owner(owner)

@@ -63,6 +63,8 @@ def log_tail(path: Path, start: int, lines: int = 6) -> str:
 class Slot:
     index: int
     gpu: int | None
+    gpus: list[int] = field(default_factory=list)  # a multi-GPU worker's GPUs (its slots are parked)
+    parked: bool = False  # its GPU is lent to a multi-GPU worker
     proc: subprocess.Popen | None = None
     worker_id: str = ""
     log_path: Path | None = None
@@ -78,6 +80,7 @@ class Supervisor:
         gpus = gpu_count()
         n = workers or int(os.environ.get("ADAPT_WORKERS") or 0) or max(1, gpus)
         self.slots = [Slot(i, i % gpus if gpus else None) for i in range(n)]
+        self.gang: Slot | None = None  # the multi-GPU worker, while one runs
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -97,11 +100,11 @@ class Supervisor:
         """Ask the workers to stop (their jobs checkpoint and go back to the queue), then make sure."""
         self._stop.set()
         with self._lock:
-            for slot in self.slots:
+            for slot in self._live():
                 if slot.proc and slot.proc.poll() is None:
                     slot.proc.terminate()
             deadline = time.time() + timeout
-            for slot in self.slots:
+            for slot in self._live():
                 if slot.proc:
                     try:
                         slot.proc.wait(max(0.1, deadline - time.time()))
@@ -110,20 +113,36 @@ class Supervisor:
                         slot.proc.wait()
 
     def worker_pids(self) -> list[int]:
-        return [s.proc.pid for s in self.slots if s.proc and s.proc.poll() is None]
+        return [s.proc.pid for s in self._live() if s.proc and s.proc.poll() is None]
+
+    def _live(self) -> list[Slot]:
+        return [s for s in self.slots if not s.parked] + ([self.gang] if self.gang else [])
 
     # --- workers -------------------------------------------------------------------------------
     def _spawn(self, slot: Slot) -> None:
         env = dict(os.environ)
-        if slot.gpu is not None:
+        if slot.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot.gpus))
+        elif slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         slot.worker_id = f"w{slot.index}-{new_token()[:10]}"
         slot.log_path = self.paths.logs / f"worker-{slot.index}.log"
         with open(slot.log_path, "ab") as log:
             slot.log_start = log.tell()
+            command = [
+                sys.executable,
+                "-m",
+                "app.worker",
+                "--root",
+                str(self.paths.root),
+                "--worker-id",
+                slot.worker_id,
+            ]
+            if slot.gpus:
+                command += ["--gpus", str(len(slot.gpus)), "--one-job"]
             slot.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.worker", "--root", str(self.paths.root), "--worker-id", slot.worker_id],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -138,10 +157,62 @@ class Supervisor:
                 if self._stop.is_set():
                     return
                 for slot in self.slots:
+                    if slot.parked:
+                        continue
                     try:
                         self._check(slot)
                     except Exception as e:  # the supervisor must outlive anything odd
                         log.exception("supervisor: %s: %s", type(e).__name__, e)
+                try:
+                    self._gang_up()
+                except Exception as e:
+                    log.exception("supervisor: %s: %s", type(e).__name__, e)
+
+    def _gang_up(self) -> None:
+        """Multi-GPU jobs: when the oldest one asking for N GPUs is queued and N single-GPU workers
+        are idle, those workers stop (they hold nothing) and one worker holding their N GPUs runs
+        that job (`--gpus N --one-job`); when it exits, the single-GPU workers come back. A worker
+        that took a job in between is left alone (the gang waits for the next idle one)."""
+        if self.gang is not None:
+            if self.gang.proc.poll() is None:
+                self._check_heartbeat(self.gang)
+                return
+            code = self.gang.proc.returncode
+            if code != 0:
+                tail = log_tail(self.gang.log_path, self.gang.log_start)
+                error = describe_exit(code) + (f". Last output:\n{tail}" if tail else "")
+                self.store.fail_worker_jobs(self.gang.worker_id, error)
+            for slot in self.slots:
+                if slot.parked:
+                    slot.parked = False
+                    self._spawn(slot)
+            self.gang = None
+            return
+        need = self.store.widest_queued()
+        gpu_slots = [s for s in self.slots if s.gpu is not None]
+        if need < 2 or need > len({s.gpu for s in gpu_slots}):
+            return
+        idle = [s for s in gpu_slots if s.proc.poll() is None and self.store.running_job(s.worker_id) is None]
+        chosen, seen = [], set()
+        for s in idle:
+            if s.gpu not in seen:
+                chosen.append(s)
+                seen.add(s.gpu)
+        if len(chosen) < need:
+            return
+        chosen = chosen[:need]
+        for s in chosen:
+            s.parked = True
+            s.proc.terminate()
+        for s in chosen:
+            try:
+                s.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait()
+        self.gang = Slot(len(self.slots), None, gpus=sorted(s.gpu for s in chosen))
+        log.info("a job asks for %d GPUs: one worker takes GPUs %s", need, self.gang.gpus)
+        self._spawn(self.gang)
 
     def _check(self, slot: Slot) -> None:
         code = slot.proc.poll()

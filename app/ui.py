@@ -31,6 +31,7 @@ from app.service import (
     download_weights,
     estimate_memory,
     family_for_task,
+    gpu_count,
 )
 from app.ui_common import (
     adapter_choices,
@@ -206,6 +207,15 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
                 max_length=32,
                 elem_id="budget",
             )
+            gpus = gr.Number(
+                1,
+                label=f"GPUs (data parallel, up to {gpu_count()})",
+                minimum=1,
+                maximum=max(1, gpu_count()),
+                precision=0,
+                visible=gpu_count() > 1,  # shown on machines with more than one GPU
+                elem_id="gpus",
+            )
         memory_md = gr.Markdown(estimate_memory(backbone.value, "parser", 2), elem_id="memory")
         dataset = gr.File(
             label="Training data: a checked dataset zip (from the Data tab, or upload one)",
@@ -228,9 +238,9 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
         return str(dest), f"Checked: ready to train.\n\n{summary}", gr.Tabs(selected="train")
 
     @user_errors
-    def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, budget=""):
+    def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, budget="", gpus=1):
         job_id = studio.submit(
-            owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget
+            owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget, gpus=gpus
         )
         return job_id, f"Job `{job_id}` queued."
 
@@ -258,7 +268,7 @@ def _train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
         trigger(estimate_memory, [backbone, method, batch, budget], memory_md, api_visibility="private")
     train.click(
         submit,
-        [owner, dataset, task, backbone, method, steps, lr, head_lr, batch, budget],
+        [owner, dataset, task, backbone, method, steps, lr, head_lr, batch, budget, gpus],
         [job, train_msg],
         api_name="train",
     ).success(lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private")

@@ -82,18 +82,24 @@ def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max
     files = paths.job_files(job["id"])
     files.folder.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(**spec["train"])
+    gpus = int(spec.get("gpus") or 1)
     with Heartbeat(store, job["id"], worker) as beat:
         dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
-        summary = train_adapter(
-            cfg,
-            dataset,
-            files.folder,
-            holdout=spec.get("holdout"),
-            source=spec.get("data_name", "uploaded dataset"),
-            resume=True,
-            should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(),
-            on_eval=Previewer(files, cfg.task, dataset.classes),
-        )
+        source = spec.get("data_name", "uploaded dataset")
+        previews = Previewer(files, cfg.task, dataset.classes)
+        if gpus > 1:  # one process per GPU of this worker (the supervisor gave it `gpus` of them)
+            summary = _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, beat, shutdown)
+        else:
+            summary = train_adapter(
+                cfg,
+                dataset,
+                files.folder,
+                holdout=spec.get("holdout"),
+                source=source,
+                resume=True,
+                should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(),
+                on_eval=previews,
+            )
         if summary["status"] == "cancelled":
             if beat.cancelled.is_set():
                 store.finish(job["id"], "cancelled", worker=worker)
@@ -104,6 +110,34 @@ def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max
         write_json(files.result, {k: (str(v) if k == "adapter" else v) for k, v in summary.items()})
     store.finish(job["id"], "done", worker=worker)
     return "done"
+
+
+def _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, beat, shutdown) -> dict:
+    """A multi-GPU job: adapt.distributed's processes, stopped through a flag file when the job is
+    cancelled or the app stops (the ranks cannot see this process's events)."""
+    from adapt.distributed import run_data_parallel, train_job
+
+    stop = files.folder / "stop.flag"
+    stop.unlink(missing_ok=True)
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.5):
+            if beat.cancelled.is_set() or shutdown.is_set():
+                stop.touch()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    threads = max(1, (int(os.environ.get("ADAPT_WORKER_THREADS") or os.cpu_count() or 1)) // gpus)
+    try:
+        args = (cfg, job["data"], str(files.folder), job["config"].get("holdout"), cfg.task, threads, True)
+        summary = run_data_parallel(gpus, train_job, *args, str(stop), previews, source, max_pixels)[0]
+    finally:
+        done.set()
+        stop.unlink(missing_ok=True)
+    summary["adapter"] = Path(summary["adapter"]) if summary.get("adapter") else None
+    return summary
 
 
 def user_message(e: BaseException) -> str:
@@ -146,6 +180,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", required=True)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--poll", type=float, default=0.5)
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs this worker holds (the supervisor's choice)")
+    parser.add_argument("--one-job", action="store_true", help="exit after one job (a multi-GPU worker)")
     args = parser.parse_args(argv)
     _die_with_parent()
     os.nice(int(os.environ.get("ADAPT_WORKER_NICE", "10")))  # training yields the CPU to the page and its API
@@ -165,7 +201,7 @@ def main(argv=None) -> int:
     limits = Limits.from_env()
     log.info("worker %s (pid %d) ready", args.worker_id, os.getpid())
     while not shutdown.is_set():
-        job = store.claim(args.worker_id, os.getpid())
+        job = store.claim(args.worker_id, os.getpid(), gpus=args.gpus)
         if job is None:
             shutdown.wait(args.poll)
             continue
@@ -177,6 +213,8 @@ def main(argv=None) -> int:
             status = "failed"
             record_failure(store, job["id"], args.worker_id, user_message(e))
         log.info("job %s: %s", job["id"], status)
+        if args.one_job:
+            break
     return 0
 
 
