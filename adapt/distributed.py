@@ -88,17 +88,13 @@ def train_job(
     if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
         cfg = replace(cfg, device=f"cuda:{rank}")
     extra = {"max_pixels": max_pixels} if max_pixels else {}
-    stop = (lambda: os.path.exists(stop_file)) if stop_file else None
-    summary = train_adapter(
-        cfg,
-        load_dataset(data, task=task or cfg.task, **extra),
-        out,
-        holdout=holdout,
-        resume=resume,
-        should_stop=stop,
-        on_eval=on_eval if rank == 0 else None,
-        **({"source": source} if source else {}),
-    )
+    options = {"source": source} if source else {}
+    if stop_file:
+        options["should_stop"] = lambda: os.path.exists(stop_file)
+    if on_eval is not None and rank == 0:
+        options["on_eval"] = on_eval
+    dataset = load_dataset(data, task=task or cfg.task, **extra)
+    summary = train_adapter(cfg, dataset, out, holdout=holdout, resume=resume, **options)
     if rank != 0:
         return None
     summary.pop("run", None)

@@ -227,3 +227,26 @@ def test_cli_exports_and_predicts_with_onnx(tmp_path, capsys):
     mask = cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_GRAYSCALE)
     expected = ours.predict_outputs(image(120, 160), box=[5.0, 5.0, 100.0, 90.0])["main"]
     assert mask.shape == (120, 160) and np.array_equal(mask, expected)
+
+
+@pytest.mark.slow
+def test_a_full_size_sam_adapter_loads_with_segment_anythings_registry(tmp_path):
+    """sam-vit-b's architecture (random init, no download): the file goes through
+    sam_model_registry["vit_b"](checkpoint=...) exactly as a user would load it."""
+    from segment_anything import sam_model_registry
+
+    from adapt.backbones import build_backbone
+    from adapt.tasks import attach_task_head
+
+    backbone = build_backbone("sam-vit-b", seed=0)
+    attach_task_head(backbone)
+    handle = attach(backbone, "lora")
+    perturb(handle)
+    folder = save_adapter(handle, tmp_path / "vitb", task="dichotomous")
+    files, how = save_official(folder, tmp_path / "vitb.pth")
+    assert "sam_model_registry['vit_b']" in how
+    sam = sam_model_registry["vit_b"](checkpoint=str(files[0])).eval()
+    handle.merge()
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(sam.image_encoder(x), handle.model.image_encoder(x), atol=1e-4)
