@@ -101,11 +101,15 @@ def cmd_train(args) -> int:
         lr=args.lr,
         head_lr=args.head_lr,
         seed=args.seed,
-        eval_every=args.eval_every,
+        eval_every=args.eval_every
+        if args.eval_every is not None
+        else (max(1, args.steps // 10) if args.validation else 0),
         device=args.device,
         accumulate=args.accumulate,
         checkpointing=args.checkpointing,
         precision=args.precision,
+        validation=args.validation,
+        patience=args.patience,
     )
     plan = _memory_plan(cfg, args.memory_budget)
     if plan is not None:
@@ -142,7 +146,14 @@ def cmd_train(args) -> int:
         "counts": summary["counts"],
         "seconds": summary["seconds"],
     }
+    if summary.get("best_step") is not None:
+        report["best_step"] = summary["best_step"]
+    if summary.get("warning"):
+        report["warning"] = summary["warning"]
+        print(f"warning: {summary['warning']}", file=sys.stderr)
     print(json.dumps(report, indent=1) if args.json else _side_by_side(summary["frozen"], summary["adapted"], adapter))
+    if summary.get("warning") and not args.json:
+        print(f"\nwarning: {summary['warning']}")
     return 0
 
 
@@ -415,7 +426,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--head-lr", type=float, default=1e-4)
-    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="evaluate every N steps (default: a tenth of the run when there is a validation split, else only "
+        "before and after); the best evaluated state is the one saved",
+    )
     p.add_argument(
         "--accumulate",
         type=int,
@@ -432,6 +449,16 @@ def main(argv=None) -> int:
         "--checkpointing",
         action="store_true",
         help="activation checkpointing of the encoder blocks: recompute activations in backward (less memory)",
+    )
+    p.add_argument(
+        "--validation",
+        type=float,
+        default=0.2,
+        help="share of the training images kept aside to choose the best checkpoint (default 0.2; 0: keep the last; "
+        "none below 5 training images)",
+    )
+    p.add_argument(
+        "--patience", type=int, default=0, help="stop after this many evaluations without a better validation score"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -107,6 +107,17 @@ def hub_metadata(cfg: dict) -> dict:
     return meta
 
 
+def _card_warning(cfg: dict) -> str | None:
+    """The not-better-than-frozen sentence (adapt.metrics) from the card's own metrics."""
+    from adapt.metrics import not_better_warning
+
+    metrics = cfg.get("metrics") or {}
+    frozen = {k[len("frozen_") :]: v for k, v in metrics.items() if k.startswith("frozen_")}
+    adapted = {k[len("adapted_") :]: v for k, v in metrics.items() if k.startswith("adapted_")}
+    steps = (cfg.get("data") or {}).get("steps")
+    return not_better_warning(frozen, adapted, steps=steps, method=cfg.get("method", ""))
+
+
 def model_card(cfg: dict) -> str:
     counts = cfg["counts"]
     lines = ["---", *json.dumps(hub_metadata(cfg), indent=1).splitlines(), "---", ""]  # JSON is YAML
@@ -123,6 +134,9 @@ def model_card(cfg: dict) -> str:
     ]
     if cfg.get("data"):
         lines += ["", "## Data", ""] + [f"- {k}: {v}" for k, v in cfg["data"].items()]
+    warning = _card_warning(cfg)
+    if warning:
+        lines += ["", "## Warning", "", warning]
     if cfg.get("metrics"):
         lines += ["", "## Metrics (held-out split)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in cfg["metrics"].items()]

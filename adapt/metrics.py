@@ -353,3 +353,34 @@ __all__ = [
     "ConfusionMatrix",
     "harmonic_iou",
 ]
+
+
+MAIN_METRICS = ("iou", "miou")  # what "better" means: the dichotomous task's, the open-vocabulary task's
+
+
+def main_score(metrics: dict) -> float:
+    return float(next(metrics[k] for k in MAIN_METRICS if k in metrics))
+
+
+def not_better_warning(
+    frozen: dict | None, adapted: dict | None, lr: float | None = None, steps: int | None = None, method: str = ""
+) -> str | None:
+    """A plain sentence when the adapted model does not beat the frozen one on the held-out split,
+    with what to try; None when it does (or there is nothing to compare)."""
+    if not frozen or not adapted or not any(k in frozen and k in adapted for k in MAIN_METRICS):
+        return None
+    name = next(k for k in MAIN_METRICS if k in frozen and k in adapted)
+    f, a = float(frozen[name]), float(adapted[name])
+    if a > f:
+        return None
+    tips = [
+        "a lower learning rate" + (f" (this run: {lr:g})" if lr else ""),
+        "fewer steps" + (f" (this run: {steps})" if steps else ""),
+    ]
+    if method != "decoder":
+        tips.append("the decoder-only method")
+    tips.append("more labelled images")
+    return (
+        f"The adapted model is not better than the frozen one on the held-out images "
+        f"({name} {a:.3f} adapted, {f:.3f} frozen). Try {', '.join(tips[:-1])} or {tips[-1]}."
+    )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from adapt.backbones import Backbone, build_backbone, family_of
@@ -91,11 +92,22 @@ def train_adapter(
     """
     cfg = configure(cfg, dataset)
     train_set, heldout = dataset.split(holdout=holdout, seed=cfg.seed)
+    train_samples, validation = validation_split(list(train_set), cfg.validation, cfg.seed)
     summary = train(
-        cfg, list(train_set), list(heldout), out, resume=resume, should_stop=should_stop, echo=echo, on_eval=on_eval
+        cfg,
+        train_samples,
+        list(heldout),
+        out,
+        resume=resume,
+        should_stop=should_stop,
+        echo=echo,
+        on_eval=on_eval,
+        validation_samples=validation,
     )
     run = summary.pop("run")
-    summary.update(adapter=None, train_images=len(train_set), heldout_images=len(heldout))
+    summary.update(
+        adapter=None, train_images=len(train_samples), validation_images=len(validation), heldout_images=len(heldout)
+    )
     if summary["status"] != "done":
         return summary
     from adapt.train import world
@@ -104,11 +116,14 @@ def train_adapter(
         return summary
     data = {
         "source": source or str(dataset.source),
-        "train_images": len(train_set),
+        "train_images": len(train_samples),
+        "validation_images": len(validation),
         "heldout_images": len(heldout),
         "heldout_stems": ", ".join(s.stem for s in heldout),
         "steps": cfg.steps,
     }
+    if summary.get("best_step") is not None:
+        data["best_checkpoint"] = f"step {summary['best_step']} of {summary['step']} (by the validation images)"
     data["precision"] = summary["precision"]
     if summary["accumulate"] > 1 or cfg.checkpointing:
         data["memory"] = f"accumulation {summary['accumulate']}, checkpointing {'on' if cfg.checkpointing else 'off'}"
@@ -123,6 +138,30 @@ def train_adapter(
         data=data,
     )
     return summary
+
+
+# Training images below which none are kept aside: a choice made on one image is noise (on the
+# README's 7-image example, one validation image chose step 10 of 100, whose held-out IoU was 0.18
+# against the last step's 0.33), and each image counts more for training
+MIN_VALIDATED = 10
+MIN_VALIDATION_IMAGES = 2
+
+
+def validation_split(samples: list, share: float, seed: int = 0) -> tuple[list, list]:
+    """(training, validation) samples: `share` of the training images (at least
+    MIN_VALIDATION_IMAGES) kept aside to choose the best checkpoint, when there are at least
+    MIN_VALIDATED; otherwise none. Random choices depend only on `seed` and the stems; the
+    held-out split is not involved."""
+    if share <= 0 or len(samples) < MIN_VALIDATED:
+        return list(samples), []
+    if share >= 1:
+        raise ValueError(f"the validation share must be below 1, not {share}")
+    order = sorted(range(len(samples)), key=lambda i: samples[i].stem)
+    rng = np.random.default_rng(seed + 7919)  # apart from the held-out split's draw
+    rng.shuffle(order)
+    n = min(len(samples) - 1, max(MIN_VALIDATION_IMAGES, round(share * len(samples))))
+    chosen = set(order[:n])
+    return [s for i, s in enumerate(samples) if i not in chosen], [s for i, s in enumerate(samples) if i in chosen]
 
 
 def evaluate_adapter(adapter: str | Path, dataset, task: str | None = None, checkpoint=None, **overrides) -> dict:

@@ -34,6 +34,7 @@ from adapt.backbones import build_backbone
 from adapt.data.augment import augment
 from adapt.files import atomic_path, remove_parts, write_text
 from adapt.methods import attach
+from adapt.metrics import main_score, not_better_warning
 from adapt.tasks import Task, make_task
 from adapt.weights import resolve_checkpoint
 
@@ -70,6 +71,8 @@ class TrainConfig:
     init_adapter: str | None = None  # warm start: continue from this adapter (see adapt.pipeline.warm_start)
     accumulate: int = 1  # micro-batches per optimizer step: batch_size images in `accumulate` pieces
     checkpointing: bool = False  # activation checkpointing of the encoder blocks (Backbone.set_checkpointing)
+    validation: float = 0.2  # share of the training images kept aside to choose the best checkpoint (0: none)
+    patience: int = 0  # early stopping: evaluations without a better validation score (0: never stop early)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -367,12 +370,20 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     echo: Callable[[dict], None] | None = None,
     on_eval: Callable[[Evaluated], None] | None = None,
+    validation_samples=(),
 ) -> dict:
     """Train, evaluate frozen vs adapted on the held-out samples, return a summary dict.
 
+    With `validation_samples` (a split of the training data, see adapt.pipeline.train_adapter),
+    the evaluations during training score them, the best of those states (the frozen one
+    included) is the one returned, and `cfg.patience` evaluations without improvement stop the
+    run early; the held-out samples are scored only at the end, frozen and adapted, so the figure
+    reported was never used to choose anything. Without them, the evaluations during training
+    score the held-out samples (a progress curve only) and the final state is returned.
+
     With `out_dir`, events and checkpoints go there (the adapter is saved by the caller,
-    adapt.pipeline.train_adapter). `on_eval` sees the live model after every held-out evaluation
-    (the studio renders its previews from it, without a second copy of the model).
+    adapt.pipeline.train_adapter). `on_eval` sees the live model after every evaluation (the
+    studio renders its previews from it, without a second copy of the model).
     """
     if not train_samples:
         raise TrainingError("no training samples")
@@ -389,6 +400,7 @@ def train(
     frozen_metrics = None
     if out is not None and lead:
         remove_parts(out)  # temporary files of a run that was killed mid-write
+    state = {}
     if resume and ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=run.device, weights_only=True)
         run.load(state)
@@ -401,39 +413,65 @@ def train(
             config=asdict(cfg),
             counts=run.handle.count(),
             train=len(train_samples),
+            validation=len(validation_samples),
             heldout=len(heldout_samples),
             device=str(run.device),
             precision=run.precision,
         )
     model = run.backbone.model
+    validation_samples = list(validation_samples)
+    watched = validation_samples or list(heldout_samples)  # what the evaluations during training score
+    watched_split = "validation" if validation_samples else "heldout"
+    # the state the frozen model is (every method is the identity at its initialisation) and the
+    # best validated one so far; kept in the checkpoint so that a resumed run chooses alike
+    selection = state.get("selection") if resume and ckpt_path is not None and ckpt_path.exists() else None
+    if selection is None:
+        selection = {"frozen_state": run.handle.state_dict(), "best": None, "since_best": 0}
 
-    def evaluate(which: str, final: bool = True) -> dict:
-        """Score the held-out samples now ("frozen" before the first step, "adapted" after, and at
-        step 0 after a warm start); DIS metrics only on the final scores (~0.5 s a 1024^2 image)."""
+    def evaluate(which: str, samples, split: str, final: bool = True) -> dict | None:
+        """Score `samples` now with the model as it is ("frozen" or "adapted"); DIS metrics only
+        on the final scores (~0.5 s a 1024^2 image)."""
         step = 0 if which == "frozen" else run.step
-        if not lead:
+        if not lead or not samples:
             return None
         model.eval()
-        metrics = run.task.evaluate(heldout_samples, device=run.device, dis=final)
-        log("eval", step=step, split="heldout", model=which, metrics=metrics)
+        metrics = run.task.evaluate(samples, device=run.device, dis=final)
+        log("eval", step=step, split=split, model=which, metrics=metrics)
         if on_eval is not None:
-            on_eval(Evaluated(step, which, final, metrics, run, list(heldout_samples)))
+            on_eval(Evaluated(step, which, final, metrics, run, list(samples)))
         return metrics
 
+    def consider(metrics: dict | None) -> None:
+        """Keep the current state when its validation score is the best so far."""
+        if not validation_samples or metrics is None:
+            return
+        score = main_score(metrics)
+        best = selection["best"]
+        if best is None or score > best["score"]:
+            selection["best"] = {"score": score, "step": run.step, "state": run.handle.state_dict()}
+            selection["since_best"] = 0
+        else:
+            selection["since_best"] += 1
+
     initial_metrics = None
-    if frozen_metrics is None and heldout_samples:
-        frozen_metrics = evaluate("frozen")
+    if run.step == 0 and selection["best"] is None and frozen_metrics is None:
+        first = evaluate("frozen", watched, watched_split, final=not validation_samples)
+        if validation_samples:
+            consider(first)
+        else:
+            frozen_metrics = first  # no validation split: the curve is the held-out one, as before
     if cfg.init_adapter and run.step == 0:
-        # warm start: the frozen score above is the base model's; the adapted curve starts from
-        # the loaded adapter's score on this held-out split
+        # warm start: the frozen state above is the base model's; the adapted curve starts from
+        # the loaded adapter's score
         run.warm_start(cfg.init_adapter)
         log("warm_start", step=0, adapter=str(cfg.init_adapter))
-        if heldout_samples:
-            initial_metrics = evaluate("adapted", final=False)
+        initial_metrics = evaluate("adapted", watched, watched_split, final=False)
+        selection["best"] = None  # the run continues the loaded adapter: its state is the first candidate
+        consider(initial_metrics)
 
     def save_checkpoint():
         if ckpt_path is not None and lead:
-            _atomic_torch_save({**run.state(), "frozen_metrics": frozen_metrics}, ckpt_path)
+            _atomic_torch_save({**run.state(), "frozen_metrics": frozen_metrics, "selection": selection}, ckpt_path)
 
     started, first_step = time.time(), run.step
     status = "done"
@@ -471,19 +509,36 @@ def train(
         )
         if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < cfg.steps:
             save_checkpoint()
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps and heldout_samples:
-            evaluate("adapted", final=False)
-    adapted_metrics = None
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
+            consider(evaluate("adapted", watched, watched_split, final=False))
+            # (not in a data-parallel run: only rank 0 evaluates, and every rank must stop together)
+            if cfg.patience and validation_samples and size == 1 and selection["since_best"] >= cfg.patience:
+                log("early_stop", step=run.step, best_step=selection["best"]["step"], patience=cfg.patience)
+                break
+    adapted_metrics, best_step = None, None
     if status == "done":
         model.eval()
-        if heldout_samples:
-            adapted_metrics = evaluate("adapted")
+        if validation_samples and lead:  # the last state competes too; the best one is what the run returns
+            consider(evaluate("adapted", watched, watched_split, final=False))
+            best = selection["best"]
+            best_step = best["step"]
+            if best_step != run.step:
+                run.handle.load_state_dict(best["state"])
+            log("best_checkpoint", step=run.step, best_step=best_step, validation_score=round(best["score"], 6))
+        if heldout_samples and frozen_metrics is None:  # the held-out split, read now for the first time
+            kept = run.handle.state_dict()
+            run.handle.load_state_dict(selection["frozen_state"])
+            frozen_metrics = evaluate("frozen", heldout_samples, "heldout")
+            run.handle.load_state_dict(kept)
+        adapted_metrics = evaluate("adapted", heldout_samples, "heldout")
         save_checkpoint()
     summary = {
         "status": status,
         "step": run.step,
+        "best_step": best_step,
         "frozen": frozen_metrics,
         "adapted": adapted_metrics,
+        "warning": not_better_warning(frozen_metrics, adapted_metrics, cfg.lr, cfg.steps, cfg.method),
         "initial": initial_metrics,
         "precision": run.precision,
         "accumulate": run.accumulate,

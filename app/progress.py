@@ -18,31 +18,37 @@ METRICS = ("iou", "dice", "miou", "pixel_acc")  # what the held-out chart draws
 @dataclass
 class Progress:
     steps: list = field(default_factory=list)  # (step, loss)
-    evals: list = field(default_factory=list)  # (step, model, metrics)
+    evals: list = field(default_factory=list)  # (step, model, metrics, split)
     log: list = field(default_factory=list)  # human-readable lines
     step: int = 0
     eta_s: float | None = None
     last_loss: float | None = None
     frozen: dict | None = None
     adapted: dict | None = None
+    warning: str | None = None  # the run's not-better-than-frozen sentence, when it has one
+    best_step: int | None = None  # the step whose state the run returned (by its validation images)
     signature: tuple = ()  # changes whenever the file does
 
     def curves(self) -> dict:
-        """Rows for the loss and held-out metric plots.
+        """Rows for the loss and metric plots: the validation images' scores during training when
+        the run keeps some aside (the held-out ones are then scored only at the end), else the
+        held-out ones.
 
         A line needs two points, and a run scores the frozen model once: once the adapted model
         has been scored, the frozen score is drawn as a flat reference up to the latest adapted
         evaluation, and the adapted line starts from it at step 0 (every method is the identity at
         step 0, so the adapted model's step-0 score is the frozen one)."""
         loss = [{"step": s, "loss": v} for s, v in self.steps]
-        evals = list(self.evals)
+        split = "validation" if any(e[3] == "validation" for e in self.evals) else "heldout"
+        evals = [e[:3] for e in self.evals if e[3] == split]
         frozen = next((m for _, model, m in evals if model == "frozen"), None)
         last = max((s for s, model, _ in evals if model == "adapted"), default=None)
         if frozen is not None and last:
             start = [] if any(s == 0 and model == "adapted" for s, model, _ in evals) else [(0, "adapted", frozen)]
             evals = [*start, *evals, (last, "frozen", frozen)]
+        suffix = " (validation)" if split == "validation" else ""
         metric = [
-            {"step": s, "score": float(m[k]), "series": f"{k} {model}"}
+            {"step": s, "score": float(m[k]), "series": f"{k} {model}{suffix}"}
             for s, model, m in sorted(evals, key=lambda e: (e[1], e[0]))
             for k in METRICS
             if isinstance(m.get(k), (int, float))
@@ -65,7 +71,12 @@ def _line(event: dict) -> str | None:
     if kind == "eval":
         m = event.get("metrics", {})
         scores = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
-        return f"{stamp} held-out ({event.get('model')}) at step {event['step']}: {scores}"
+        where = "validation" if event.get("split") == "validation" else "held-out"
+        return f"{stamp} {where} ({event.get('model')}) at step {event['step']}: {scores}"
+    if kind == "early_stop":
+        return f"{stamp} early stop at step {event['step']}: no better validation score in {event.get('patience')} evaluations"
+    if kind == "best_checkpoint":
+        return f"{stamp} best checkpoint: step {event.get('best_step')} (by the validation images)"
     if kind == "labelled":
         return None  # one per image: the status line shows the count
     if kind in ("done", "cancelled", "resumed", "error"):
@@ -86,13 +97,16 @@ def _apply(p: Progress, raw: bytes) -> None:
     elif kind == "labelled":  # a labelling job: images done so far
         p.step, p.eta_s = event["step"], event.get("eta_s")
     elif kind == "eval":
-        p.evals.append((event["step"], event.get("model"), event.get("metrics", {})))
-        if event.get("model") == "frozen":
+        split = event.get("split") or "heldout"
+        p.evals.append((event["step"], event.get("model"), event.get("metrics", {}), split))
+        if event.get("model") == "frozen" and split == "heldout":
             p.frozen = event.get("metrics")
+    elif kind == "best_checkpoint":
+        p.best_step = event.get("best_step")
     elif kind in ("done", "resumed"):
         p.step = event.get("step", p.step)
         if kind == "done":
-            p.adapted, p.eta_s = event.get("adapted"), 0
+            p.adapted, p.eta_s, p.warning = event.get("adapted"), 0, event.get("warning")
     line = _line(event)
     if line:
         p.log.append(line)

@@ -445,6 +445,8 @@ class Studio:
             "eta_s": progress.eta_s,
             "frozen": progress.frozen,
             "adapted": progress.adapted,
+            "best_step": progress.best_step,
+            "warning": progress.warning,
             "created": job["created"],
             "adapter_ready": job["status"] == "done" and files.adapter_zip.exists(),
             "labels_ready": job["status"] == "done" and files.labels_zip.exists(),

@@ -347,10 +347,10 @@ def _progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
             signature,
             _status_text(s),
             loss_df if len(loss_df) else None,
-            metric_df if metric_df["series"].str.endswith("adapted").any() else None,
+            metric_df if metric_df["series"].str.contains("adapted").any() else None,
             shown,
             (before, after) if before is not None and after is not None else None,
-            _scores(s["frozen"], s["adapted"]),
+            _scores(s["frozen"], s["adapted"], s.get("warning"), s.get("best_step")),
             "\n".join(p.log),
             s["job"],
             adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
@@ -402,7 +402,7 @@ def _status_text(s: dict) -> str:
     return head
 
 
-def _scores(frozen: dict | None, adapted: dict | None) -> str:
+def _scores(frozen: dict | None, adapted: dict | None, warning: str | None = None, best: int | None = None) -> str:
     if not frozen:
         return ""
     keys = [k for k, v in frozen.items() if isinstance(v, float)][:8]
@@ -410,6 +410,10 @@ def _scores(frozen: dict | None, adapted: dict | None) -> str:
     for k in keys:
         a = adapted.get(k) if adapted else None
         rows.append(f"| {k} | {frozen[k]:.4f} | {a:.4f} |" if isinstance(a, float) else f"| {k} | {frozen[k]:.4f} | |")
+    if best is not None:
+        rows.append(f"\nThe adapter is the state of step {best}, the best on the validation images.")
+    if warning:
+        rows.append(f"\n**Warning.** {warning}")
     return "\n".join(rows)
 
 

@@ -29,7 +29,7 @@ def first(tmp_path_factory):
 def test_cli_warm_start_takes_the_adapters_method_and_starts_from_its_score(first, tmp_path, capsys):
     root, adapter = first
     out = tmp_path / "run-b"
-    args = ["train", "--init-adapter", str(adapter), "--data", str(root / "a"), "--holdout", "3"]
+    args = ["train", "--init-adapter", str(adapter), "--data", str(root / "a"), "--holdout", "3", "--validation", "0"]
     assert main(args + ["--steps", "2", "--lr", "0", "--head-lr", "0", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     saved, _ = read_adapter(out / "adapter")
