@@ -198,6 +198,22 @@ def seeded_table(rows, reference="decoder") -> str:
     return "\n".join(lines)
 
 
+PAIRS = [("parser", "lora"), ("cobot-lora", "lora"), ("parser", "full"), ("parser", "cobot-lora")]  # claims made
+
+
+def pairs_table(rows) -> str:
+    """The comparisons the project's claims rest on, paired over seeds: over every cell, then per domain."""
+    present = {r["method"] for r in rows}
+    domains = sorted({r["domain"] for r in rows}, key=lambda d: DOMAINS.index(d) if d in DOMAINS else 99)
+    lines = ["| comparison | all cells | " + " | ".join(domains) + " |", "|---|---|" + "---|" * len(domains)]
+    cells = {d: {(r["domain"], r["shots"]) for r in rows if r["domain"] == d} for d in domains}
+    for a, b in PAIRS:
+        if a in present and b in present:
+            per = [compare(rows, a, b, cells[d]) for d in domains]
+            lines.append(f"| {a} - {b} | {compare(rows, a, b)} | " + " | ".join(per) + " |")
+    return "\n".join(lines)
+
+
 def _cell(job):
     domain, shots, method, options, args, heldout, seed = job
     torch.set_num_threads(args.threads)
@@ -264,7 +280,7 @@ def main(argv=None) -> int:
         f"{args.full_lr:g}; seeds {', '.join(map(str, seeds))}; {time.time() - started:.0f} s)\n\n"
     )
     if len(seeds) > 1:
-        text = f"{head}{seeded_summary(rows)}\n\n{seeded_table(rows)}\n"
+        text = f"{head}{seeded_summary(rows)}\n\n{pairs_table(rows)}\n\n{seeded_table(rows)}\n"
     else:
         text = f"{head}{summary(rows)}\n\n{table(rows)}\n"
     if args.out:
