@@ -34,6 +34,7 @@ from app.service import (
     gpu_count,
 )
 from app.ui_common import (
+    REPO,
     adapter_choices,
     example_path,
     examples,
@@ -593,6 +594,9 @@ def _adapters_tab(studio: Studio, owner, preview: dict) -> dict:
 # --- Methods (the explorer) ----------------------------------------------------------------------
 
 
+FEWSHOT_FIGURE = REPO / "docs" / "img" / "fewshot-params-dice.png"  # bench/fewshot_sam.py --plot
+
+
 def _methods_tab() -> None:
     with gr.Tab("Methods", id="methods"):
         with gr.Row():
@@ -600,6 +604,13 @@ def _methods_tab() -> None:
             method = gr.Dropdown(methods_for("sam"), value="parser", label="Method")
         summary = gr.Markdown(describe_method("sam-vit-b", "parser")[0])
         counts = gr.JSON(describe_method("sam-vit-b", "parser")[1], label="Parameter counts")
+        if FEWSHOT_FIGURE.exists():  # measured, with its command, in docs/benchmarks.md
+            gr.Markdown(
+                "**Measured few-shot figures** (bundled tiny-sam, 10 labelled images, 5 seeds: held-out Dice "
+                "with its 95% interval, against each method's adapter parameters). Where intervals overlap, "
+                "the methods are not shown apart; the paired comparisons are in docs/benchmarks.md."
+            )
+            gr.Image(str(FEWSHOT_FIGURE), label="Held-out Dice against adapter parameters", interactive=False)
 
         def on_backbone(name):
             choices = methods_for(family_of(name))

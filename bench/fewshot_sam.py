@@ -214,6 +214,63 @@ def pairs_table(rows) -> str:
     return "\n".join(lines)
 
 
+def plot(rows, path) -> None:
+    """Held-out Dice against adapter parameters per method (log scale; decoder-only's 0 drawn at the
+    left edge), one panel per domain, mean over seeds with its 95% interval as a bar. Drawn with
+    OpenCV (already a dependency) so the benchmark needs no plotting library."""
+    import cv2
+
+    domains = sorted({r["domain"] for r in rows}, key=lambda d: DOMAINS.index(d) if d in DOMAINS else 99)
+    methods = sorted({r["method"] for r in rows})
+    params = {r["method"]: r["adapter"] for r in rows}
+    colours = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140)]
+    w, h, pad = 420, 340, 60
+    canvas = np.full((h + 40, w * len(domains), 3), 255, np.uint8)
+    lo_x, hi_x = 1.0, np.log10(max(params.values()) * 2)
+    for k, domain in enumerate(domains):
+        x0 = k * w
+        stats = {}
+        for m in methods:
+            mean, half = interval(list(_by_seed(rows, m, {(domain, n) for n in {r["shots"] for r in rows}}).values()))
+            stats[m] = (mean, 0.0 if np.isnan(half) else half)
+        frozen = np.mean([r["frozen_dice"] for r in rows if r["domain"] == domain])
+        ys = [v for m, (mean, half) in stats.items() for v in (mean - half, mean + half)] + [frozen]
+        y_lo, y_hi = max(0.0, min(ys) - 0.05), min(1.0, max(ys) + 0.05)
+
+        def px(p, x0=x0):
+            return int(x0 + pad + (np.log10(max(p, 10)) - lo_x) / (hi_x - lo_x) * (w - pad - 20))
+
+        def py(v, y_lo=y_lo, y_hi=y_hi):
+            v = min(max(v, y_lo), y_hi)  # an interval reaching past the axis is cut at it
+            return int(h - pad + 20 - (v - y_lo) / (y_hi - y_lo) * (h - pad - 20))
+
+        cv2.rectangle(canvas, (x0 + pad, py(y_hi)), (x0 + w - 20, py(y_lo)), (0, 0, 0), 1)
+        for v in np.linspace(y_lo, y_hi, 5):
+            cv2.putText(canvas, f"{v:.2f}", (x0 + 8, py(v) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
+        for e in range(1, int(hi_x) + 1):
+            cv2.putText(
+                canvas,
+                "0" if e == 1 else f"1e{e}",
+                (px(10**e) - 10, py(y_lo) + 16),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.38,
+                (0, 0, 0),
+                1,
+            )
+        cv2.line(canvas, (x0 + pad, py(frozen)), (x0 + w - 20, py(frozen)), (150, 150, 150), 1)
+        cv2.putText(canvas, "frozen", (x0 + w - 70, py(frozen) - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (120, 120, 120), 1)
+        for i, m in enumerate(methods):
+            mean, half = stats[m]
+            c, x = colours[i % len(colours)], px(params[m])
+            cv2.line(canvas, (x, py(mean - half)), (x, py(mean + half)), c, 2)
+            cv2.circle(canvas, (x, py(mean)), 5, c, -1)
+            cv2.putText(canvas, m, (x + 7, py(mean) + 4 + 12 * (i % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, c, 1)
+        cv2.putText(canvas, domain, (x0 + pad, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
+    note = "held-out Dice (mean over seeds, 95% interval) against adapter parameters (log scale)"
+    cv2.putText(canvas, note, (10, h + 32), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.imwrite(str(path), canvas)
+
+
 def _cell(job):
     domain, shots, method, options, args, heldout, seed = job
     torch.set_num_threads(args.threads)
@@ -240,6 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the Markdown tables to this file")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="with several --seeds: write Dice against parameters per domain to this PNG")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = METHODS
@@ -285,6 +343,8 @@ def main(argv=None) -> int:
         text = f"{head}{summary(rows)}\n\n{table(rows)}\n"
     if args.out:
         Path(args.out).write_text(text)
+    if args.plot and len(seeds) > 1:
+        plot(rows, args.plot)
     print(json.dumps(rows, indent=1) if args.json else text)
     return 0
 
