@@ -394,15 +394,21 @@ def save_merged(
     return Path(dest)
 
 
+def safetensors_metadata(path: Path, what: str) -> dict:
+    """The metadata of a .safetensors file written by adapt; a file that cannot be read is an
+    AdapterError naming `what` it was read as."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:
+        raise AdapterError(f"{path.name} cannot be read as {what}: {e}") from e
+
+
 def load_merged(path: str | Path) -> tuple[Backbone, dict]:
     """(backbone with its task head, info {method, backbone, task, classes, merged_from}) from a
     file written by `save_merged`: the plain architecture, no method attached."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:
-        raise AdapterError(f"{path.name} cannot be read as a merged checkpoint: {e}") from e
+    metadata = safetensors_metadata(path, "a merged checkpoint")
     if metadata.get("format") != MERGED_FORMAT or "backbone" not in metadata:
         raise AdapterError(f"{path.name} is not a merged checkpoint written by adapt (export --merged)")
     state, _ = load_state_dict_file(path)

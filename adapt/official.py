@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from adapt.backbones import Backbone, load_into, load_state_dict_file
-from adapt.export import FORMAT, AdapterError, _head_tensors, merged_handle
+from adapt.export import FORMAT, AdapterError, _head_tensors, merged_handle, safetensors_metadata
 from adapt.files import atomic_path
 from adapt.pipeline import _meta_backbone
 from adapt.tasks import attach_task_head
@@ -125,11 +124,7 @@ def openvocab_from_open_clip(model, head_path: str | Path, classes: list[str] | 
     from adapt.tasks.openvocab import OpenVocabTask
 
     head_path = Path(head_path)
-    try:
-        with safe_open(str(head_path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:
-        raise AdapterError(f"{head_path.name} cannot be read as an open-vocabulary head: {e}") from e
+    meta = safetensors_metadata(head_path, "an open-vocabulary head")
     if meta.get("format") != f"{FORMAT}/openvocab-head" or meta.get("backbone") not in BACKBONES:
         raise AdapterError(f"{head_path.name} is not a head file written by adapt (export --official)")
     spec = {**spec_for(BACKBONES[meta["backbone"]]), **json.loads(meta.get("settings", "{}"))}

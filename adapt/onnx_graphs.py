@@ -35,6 +35,8 @@ import torch
 from torch import nn
 
 from adapt.files import atomic_folder
+from adapt.tasks.dichotomous import DichotomousTask
+from adapt.tasks.openvocab import IGNORE_INDEX, OpenVocabTask, class_logits
 
 CONFIG = "onnx_config.json"
 ENCODER, DECODER, OPENVOCAB = "image_encoder.onnx", "mask_decoder.onnx", "openvocab.onnx"
@@ -92,9 +94,7 @@ class OpenVocabGraph(nn.Module):
             self.register_buffer("texts", task.text_features(classes).detach().clone())
 
     def forward(self, images):
-        from adapt.backbones.clip import dense_image_features
-
-        return self.head(dense_image_features(self.model, images), self.texts, size=images.shape[-2:])
+        return class_logits(self.model, self.head, images, self.texts)
 
 
 def sam_prompt_points(size: int, boxes=None, points=None) -> tuple[np.ndarray, np.ndarray]:
@@ -326,19 +326,7 @@ def _onnx_task(base):
     return Runner
 
 
-def _dichotomous_base():
-    from adapt.tasks.dichotomous import DichotomousTask
-
-    return DichotomousTask
-
-
-def _openvocab_base():
-    from adapt.tasks.openvocab import OpenVocabTask
-
-    return OpenVocabTask
-
-
-class OnnxDichotomous(_onnx_task(_dichotomous_base())):
+class OnnxDichotomous(_onnx_task(DichotomousTask)):
     def setup(self, config: dict) -> None:
         self.prompt, self.box_jitter, self.num_points, self.augment_options = "box", 0.0, 3, {}
         self.pixel_mean = torch.tensor(config["pixel_mean"]).reshape(3, 1, 1)
@@ -369,10 +357,8 @@ class OnnxDichotomous(_onnx_task(_dichotomous_base())):
         return torch.cat(out)
 
 
-class OnnxOpenVocab(_onnx_task(_openvocab_base())):
+class OnnxOpenVocab(_onnx_task(OpenVocabTask)):
     def setup(self, config: dict) -> None:
-        from adapt.tasks.openvocab import IGNORE_INDEX
-
         self.classes = [c for c in config["classes"] if c != "background"] or None
         self.templates, self.ignore_index = [], IGNORE_INDEX
         self.threshold, self.stride, self.scale = config["threshold"], config["overlap_stride"], config["scale"]

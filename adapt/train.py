@@ -424,9 +424,7 @@ def train(
     watched_split = "validation" if validation_samples else "heldout"
     # the state the frozen model is (every method is the identity at its initialisation) and the
     # best validated one so far; kept in the checkpoint so that a resumed run chooses alike
-    selection = state.get("selection") if resume and ckpt_path is not None and ckpt_path.exists() else None
-    if selection is None:
-        selection = {"frozen_state": run.handle.state_dict(), "best": None, "since_best": 0}
+    selection = state.get("selection") or {"frozen_state": run.handle.state_dict(), "best": None, "since_best": 0}
 
     def evaluate(which: str, samples, split: str, final: bool = True) -> dict | None:
         """Score `samples` now with the model as it is ("frozen" or "adapted"); DIS metrics only

@@ -42,6 +42,13 @@ class _ResConv(nn.Module):
         return x + F.gelu(self.norm(self.conv(x)))
 
 
+def class_logits(model, head, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """The open-vocabulary network: CLIP's dense patch features of (B, 3, S, S) normalised images
+    against (K, D) class embeddings, through the head -> (B, K, S, S) logits (the task's and its
+    ONNX graph's forward)."""
+    return head(dense_image_features(model, images), texts, size=images.shape[-2:])
+
+
 class CostVolumeHead(nn.Module):
     """Cost volume -> per-class spatial aggregation (shared weights, guided by image and text
     features) -> 4x learned upsampling -> one logit map per class.
@@ -193,8 +200,7 @@ class OpenVocabTask:
     # --- model calls ----------------------------------------------------------------------------
     def logits(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised images, (K, D) class embeddings -> (B, K, S, S) logits."""
-        patches = dense_image_features(self.backbone.model, images)
-        return self.head(patches, texts, size=images.shape[-2:])
+        return class_logits(self.backbone.model, self.head, images, texts)
 
     def loss(self, prepared: list[Prepared], rng: np.random.Generator, device) -> torch.Tensor:
         classes = self.vocabulary()
