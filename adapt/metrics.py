@@ -384,3 +384,41 @@ def not_better_warning(
         f"The adapted model is not better than the frozen one on the held-out images "
         f"({name} {a:.3f} adapted, {f:.3f} frozen). Try {', '.join(tips[:-1])} or {tips[-1]}."
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# intervals over seeds (the benchmarks' and the Train tab's comparisons)
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+_T975 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_interval(values) -> tuple[float, float]:
+    """(mean, half-width of its 95% Student's t interval) of per-seed values; the half-width is nan
+    for a single value."""
+    v = np.asarray(list(values), float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    t = _T975[len(v) - 2] if len(v) - 1 <= len(_T975) else 1.96
+    return float(v.mean()), float(t * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def paired_difference(a: dict, b: dict) -> tuple[float, float, int]:
+    """Paired comparison of two methods run on the same seeds ({seed: score}): (mean of a - b, the
+    half-width of its 95% interval, number of seeds paired). The difference is significant at 5%
+    when |mean| > half-width."""
+    seeds = sorted(set(a) & set(b))
+    mean, half = mean_interval([a[s] - b[s] for s in seeds])
+    return mean, half, len(seeds)
+
+
+def format_interval(mean: float, half: float, signed: bool = False) -> str:
+    """'0.412 [0.380, 0.444]' (or '+0.012 [-0.004, +0.028] *' when signed, * where 0 is outside)."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    if np.isnan(half):
+        return f.format(mean)
+    text = f"{f.format(mean)} [{f.format(mean - half)}, {f.format(mean + half)}]"
+    return text + (" *" if signed and abs(mean) > half else "")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adapt import evidence
 from adapt.backbones import BACKBONES, family_of
 from adapt.files import atomic_path, copy_file, format_bytes
 from adapt.methods import METHODS, methods_for
@@ -68,7 +69,8 @@ def describe_method(backbone: str, method: str) -> tuple[str, dict]:
         f"({100 * info['adapter'] / info['base']:.3f}% of {backbone}), "
         f"**{info['trainable']:,}** with the task head."
     )
-    return text, info
+    measured = evidence.describe(family_of(backbone), method)
+    return text + (f"\n\n{measured}" if measured else ""), info
 
 
 def family_for_task(task: str) -> str:

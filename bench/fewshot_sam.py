@@ -34,6 +34,7 @@ import torch
 from adapt.data import Dataset
 from adapt.data.synthetic import make_dataset
 from adapt.methods import configurations
+from adapt.metrics import format_interval, mean_interval, paired_difference
 from adapt.pipeline import train_adapter
 from adapt.train import TrainConfig
 
@@ -60,11 +61,23 @@ def label(method, options):
     return method + "".join(f" {k}={v}" for k, v in options.items())
 
 
-def run_one(domain, shots, method, options, args, heldout, seed=None):
+# --sweep: the one rate each method is tuned on (the adapter's lr; the backbone's for `full`, whose
+# every weight at an adapter's lr would be a different experiment; the decoder's for decoder-only)
+SWEEP_GRID = {"decoder": ("head_lr", [1e-4, 3e-4, 1e-3]), "full": ("lr", [3e-5, 1e-4, 3e-4])}
+ADAPTER_GRID = ("lr", [1e-3, 3e-3, 1e-2])
+VALIDATION_SEED, HELDOUT_SEED = 20_000, 10_000  # image streams: neither overlaps the other or any training seed
+
+
+def rates(method, options, args) -> dict:
+    """{"lr", "head_lr"} for one method: the command line's, or the sweep's choice with --tuned."""
+    out = {"lr": args.full_lr if method == "full" else args.lr, "head_lr": args.head_lr}
+    out.update(args.tuned.get(label(method, options), {}) if args.tuned else {})
+    return out
+
+
+def run_one(domain, shots, method, options, args, heldout, seed=None, override=None):
     seed = args.seed if seed is None else seed
-    lr = (
-        args.full_lr if method == "full" else args.lr
-    )  # every weight at an adapter's lr would be a different experiment
+    lr = {**rates(method, options, args), **(override or {})}
     cfg = TrainConfig(
         validation=0.0,  # every shot trains (the figures recorded in docs/benchmarks.md)
         task="dichotomous",
@@ -74,8 +87,8 @@ def run_one(domain, shots, method, options, args, heldout, seed=None):
         method_options=options,
         steps=args.steps,
         batch_size=args.batch_size,
-        lr=lr,
-        head_lr=args.head_lr,
+        lr=lr["lr"],
+        head_lr=lr["head_lr"],
         warmup=max(1, args.steps // 10),
         seed=seed,
         device=args.device,
@@ -101,6 +114,8 @@ def run_one(domain, shots, method, options, args, heldout, seed=None):
         "trainable": counts["trainable"],
         "file_bytes": size,
         "seconds": round(seconds, 1),
+        "lr": lr["lr"],
+        "head_lr": lr["head_lr"],
     }
 
 
@@ -132,16 +147,6 @@ def summary(rows) -> str:
     return "\n".join(lines)
 
 
-def interval(values) -> tuple[float, float]:
-    """(mean, half-width of its 95% Student's t interval); half-width nan for one value."""
-    from scipy import stats
-
-    v = np.asarray(values, float)
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
-
 def _by_seed(rows, method, cells=None) -> dict:
     """{seed: mean Dice of `method` over the cells (domain, shots) given (default: all)}."""
     out = {}
@@ -153,12 +158,8 @@ def _by_seed(rows, method, cells=None) -> dict:
 
 def compare(rows, method, reference, cells=None) -> str:
     """'+0.012 [-0.004, 0.028]' (mean paired difference over seeds, 95% interval; * excludes 0)."""
-    a, b = _by_seed(rows, method, cells), _by_seed(rows, reference, cells)
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return "n/a"
-    m, h = interval([a[s] - b[s] for s in seeds])
-    return f"{m:+.3f} [{m - h:+.3f}, {m + h:+.3f}]" + (" *" if abs(m) > h else "")
+    m, h, n = paired_difference(_by_seed(rows, method, cells), _by_seed(rows, reference, cells))
+    return "n/a" if n < 2 else format_interval(m, h, signed=True)
 
 
 def seeded_summary(rows, reference="decoder") -> str:
@@ -173,10 +174,48 @@ def seeded_summary(rows, reference="decoder") -> str:
         f"| frozen | {frozen:.3f} | | 0 |",
     ]
     for m in methods:
-        mean, h = interval(list(_by_seed(rows, m).values()))
+        mean, h = mean_interval(_by_seed(rows, m).values())
         vs = "reference" if m == reference else compare(rows, m, reference)
-        lines.append(f"| {m} | {mean:.3f} [{mean - h:.3f}, {mean + h:.3f}] | {vs} | {params[m]:,} |")
+        lines.append(f"| {m} | {format_interval(mean, h)} | {vs} | {params[m]:,} |")
     return "\n".join(lines)
+
+
+def evidence(rows, head: str, reference="decoder") -> dict:
+    """What the studio shows beside a method (adapt.evidence): per method, mean held-out Dice over
+    every cell with its interval over seeds and the paired difference to `reference`, overall and
+    per domain."""
+    domains = sorted({r["domain"] for r in rows}, key=lambda d: DOMAINS.index(d) if d in DOMAINS else 99)
+    cells = {d: {(r["domain"], r["shots"]) for r in rows if r["domain"] == d} for d in domains}
+
+    def figures(method, where=None):
+        out = {"dice": list(mean_interval(_by_seed(rows, method, where).values()))}
+        if method != reference:
+            out["vs_reference"] = list(
+                paired_difference(_by_seed(rows, method, where), _by_seed(rows, reference, where))[:2]
+            )
+        return out
+
+    methods = {r["method"]: r["adapter"] for r in rows}
+    return {
+        "benchmark": "bench/fewshot_sam.py",
+        "setting": head.strip(),
+        "backbone": "tiny-sam",
+        "metric": "held-out Dice",
+        "reference": reference,
+        "shots": sorted({r["shots"] for r in rows}),
+        "seeds": sorted({r["seed"] for r in rows}),
+        "frozen": float(np.mean([r["frozen_dice"] for r in rows])),
+        "methods": {
+            m: {
+                "name": m.split()[0],
+                "options": dict(o.split("=", 1) for o in m.split()[1:]),
+                "params": p,
+                **figures(m),
+                "per_domain": {d: figures(m, cells[d]) for d in domains},
+            }
+            for m, p in methods.items()
+        },
+    }
 
 
 def seeded_table(rows, reference="decoder") -> str:
@@ -192,13 +231,21 @@ def seeded_table(rows, reference="decoder") -> str:
         lines.append(f"| {cell[0]} | {cell[1]} | frozen | {frozen:.3f} | |")
         methods = sorted({r["method"] for r in rows if (r["domain"], r["shots"]) == cell})
         for m in sorted(methods, key=lambda m: m != reference):
-            mean, h = interval(list(_by_seed(rows, m, {cell}).values()))
+            mean, h = mean_interval(_by_seed(rows, m, {cell}).values())
             vs = "reference" if m == reference else compare(rows, m, reference, {cell})
-            lines.append(f"| {cell[0]} | {cell[1]} | {m} | {mean:.3f} [{mean - h:.3f}, {mean + h:.3f}] | {vs} |")
+            lines.append(f"| {cell[0]} | {cell[1]} | {m} | {format_interval(mean, h)} | {vs} |")
     return "\n".join(lines)
 
 
-PAIRS = [("parser", "lora"), ("cobot-lora", "lora"), ("parser", "full"), ("parser", "cobot-lora")]  # claims made
+# the comparisons claims are made about: PARSER against LoRA and full fine-tuning, COBOT against its base
+PAIRS = [
+    ("parser", "lora"),
+    ("parser", "full"),
+    ("parser", "cobot-lora"),
+    ("cobot-lora", "lora"),
+    ("cobot-adaptformer", "adaptformer"),
+    ("parser scope=conv", "parser"),
+]
 
 
 def pairs_table(rows) -> str:
@@ -231,7 +278,7 @@ def plot(rows, path) -> None:
         x0 = k * w
         stats = {}
         for m in methods:
-            mean, half = interval(list(_by_seed(rows, m, {(domain, n) for n in {r["shots"] for r in rows}}).values()))
+            mean, half = mean_interval(_by_seed(rows, m, {(domain, n) for n in {r["shots"] for r in rows}}).values())
             stats[m] = (mean, 0.0 if np.isnan(half) else half)
         frozen = np.mean([r["frozen_dice"] for r in rows if r["domain"] == domain])
         ys = [v for m, (mean, half) in stats.items() for v in (mean - half, mean + half)] + [frozen]
@@ -272,9 +319,49 @@ def plot(rows, path) -> None:
 
 
 def _cell(job):
-    domain, shots, method, options, args, heldout, seed = job
-    torch.set_num_threads(args.threads)
-    return run_one(domain, shots, method, options, args, heldout, seed)
+    torch.set_num_threads(job[4].threads)
+    return run_one(*job)
+
+
+def sweep_grid(method):
+    return SWEEP_GRID.get(method, ADAPTER_GRID)
+
+
+def sweep_result(rows, methods) -> dict:
+    """Per method: mean validation Dice of every grid value (over domains, shots and seeds) and the
+    value chosen, the best mean."""
+    out = {}
+    for method, options in methods:
+        name, knob = label(method, options), sweep_grid(method)[0]
+        scores = {}
+        for r in rows:
+            if r["method"] == name:
+                scores.setdefault(r[knob], []).append(r["dice"])
+        means = {f"{v:g}": round(float(np.mean(d)), 4) for v, d in sorted(scores.items())}
+        best = max(scores, key=lambda v: np.mean(scores[v]))
+        out[name] = {"knob": knob, "validation_dice": means, "chosen": {knob: best}}
+    return out
+
+
+def sweep_table(result) -> str:
+    lines = ["| method | tuned rate | validation Dice per value (chosen in bold) |", "|---|---|---|"]
+    for name, r in result.items():
+        chosen = f"{r['chosen'][r['knob']]:g}"
+        cells = ", ".join(
+            f"**{v}: {d:.3f}**" if v == chosen else f"{v}: {d:.3f}" for v, d in r["validation_dice"].items()
+        )
+        lines.append(f"| {name} | {'decoder lr' if r['knob'] == 'head_lr' else 'lr'} | {cells} |")
+    return "\n".join(lines)
+
+
+def run_jobs(jobs, workers, report) -> None:
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for row in pool.map(_cell, jobs):
+                report(row)
+    else:
+        for job in jobs:
+            report(run_one(*job))
 
 
 def main(argv=None) -> int:
@@ -298,21 +385,38 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the Markdown tables to this file")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="with several --seeds: write Dice against parameters per domain to this PNG")
+    p.add_argument(
+        "--sweep",
+        metavar="JSON",
+        help="tune each method's learning rate instead: train at every value of its grid (seeds default 100 101, "
+        "10 shots) and score validation images of each domain (never the held-out ones); write the choice to JSON",
+    )
+    p.add_argument("--tuned", metavar="JSON", help="each method at the rate a --sweep chose")
+    p.add_argument(
+        "--record", metavar="JSON", help="with several --seeds: write the figures the Train tab shows (docs/evidence/)"
+    )
     args = p.parse_args(argv)
+    args.tuned = (
+        {k: v["chosen"] for k, v in json.loads(Path(args.tuned).read_text())["methods"].items()} if args.tuned else None
+    )
     torch.set_num_threads(args.threads)
     methods = METHODS
     if args.quick:
         args.shots, args.steps, args.heldout = [10], 60, 12
         methods = [("decoder", {}), ("parser", {}), ("lora", {}), ("cobot-lora", {}), ("full", {})]
+    if args.sweep:
+        args.seeds, args.shots = args.seeds or [100, 101], [10] if args.shots == [5, 10, 20] else args.shots
     seeds = args.seeds or [args.seed]
     started = time.time()
     jobs = []
     for domain in args.domains:
-        heldout = samples(domain, args.heldout, seed=10_000, size=args.size)
+        scored = samples(domain, args.heldout, seed=VALIDATION_SEED if args.sweep else HELDOUT_SEED, size=args.size)
         for seed in seeds:
             for shots in args.shots:
                 for method, options in methods:
-                    jobs.append((domain, shots, method, options, args, heldout, seed))
+                    knob, grid = sweep_grid(method)
+                    for override in [{knob: v} for v in grid] if args.sweep else [None]:
+                        jobs.append((domain, shots, method, options, args, scored, seed, override))
     rows = []
 
     def report(row):
@@ -324,18 +428,33 @@ def main(argv=None) -> int:
             flush=True,
         )
 
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            for row in pool.map(_cell, jobs):
-                report(row)
-    else:
-        for job in jobs:
-            report(run_one(*job))
+    run_jobs(jobs, args.jobs, report)
     command = "python bench/fewshot_sam.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.sweep:
+        result = sweep_result(rows, methods)
+        record = {
+            "command": command.strip(),
+            "protocol": f"{args.steps} steps, batch {args.batch_size}, shots {args.shots}, seeds {seeds}, "
+            f"{args.heldout} validation images per domain (image seed {VALIDATION_SEED}; the held-out set uses "
+            f"{HELDOUT_SEED}); head lr {args.head_lr:g} for every method but decoder-only",
+            "seconds": round(time.time() - started),
+            "methods": result,
+        }
+        Path(args.sweep).write_text(json.dumps(record, indent=1) + "\n")
+        print(sweep_table(result))
+        return 0
     head = (
         f"Command: `{command.strip()}` (torch {torch.__version__}, {args.threads} thread(s) per cell, {args.jobs} "
-        f"cell(s) at once, {args.steps} steps, batch {args.batch_size}, lr {args.lr:g} / head {args.head_lr:g} / full "
-        f"{args.full_lr:g}; seeds {', '.join(map(str, seeds))}; {time.time() - started:.0f} s)\n\n"
+        f"cell(s) at once, {args.steps} steps, batch {args.batch_size}, "
+        + (
+            "rates: "
+            + "; ".join(
+                f"{label(m, o)} {rates(m, o, args)['lr']:g} / {rates(m, o, args)['head_lr']:g}" for m, o in methods
+            )
+            if args.tuned
+            else f"lr {args.lr:g} / head {args.head_lr:g} / full {args.full_lr:g}"
+        )
+        + f"; seeds {', '.join(map(str, seeds))}; {time.time() - started:.0f} s)\n\n"
     )
     if len(seeds) > 1:
         text = f"{head}{seeded_summary(rows)}\n\n{pairs_table(rows)}\n\n{seeded_table(rows)}\n"
@@ -343,6 +462,8 @@ def main(argv=None) -> int:
         text = f"{head}{summary(rows)}\n\n{table(rows)}\n"
     if args.out:
         Path(args.out).write_text(text)
+    if args.record and len(seeds) > 1:
+        Path(args.record).write_text(json.dumps(evidence(rows, head), indent=1) + "\n")
     if args.plot and len(seeds) > 1:
         plot(rows, args.plot)
     print(json.dumps(rows, indent=1) if args.json else text)

@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from adapt.data.synthetic import COLOURS, SEEN_SHAPES, UNSEEN_SHAPES, make_datas
 from adapt.methods import configurations
 from adapt.methods import label as config_label
 from adapt.methods.hclip import hyperspherical_energy, text_tower_weights
-from adapt.metrics import harmonic_iou
+from adapt.metrics import format_interval, harmonic_iou, mean_interval, paired_difference
 from adapt.train import TrainConfig, train
 
 UNSEEN_COLOURS = ["orange", "cyan", "pink", "gray"]
@@ -100,14 +101,13 @@ def _row(method: str, options: dict) -> tuple[str, str, dict, float]:
 
 
 # (label, method, options, lr of the CLIP-side parameters): every CLIP configuration the benchmarks
-# compare (adapt.methods.configurations), then the adapters at a 10x smaller CLIP-side lr (the
-# paper trains the CLIP side at 5e-6 on real data)
+# compare (adapt.methods.configurations), then each one that trains the CLIP side at a 10x smaller
+# lr (the paper trains the CLIP side at 5e-6 on real data): the two rates each method is tuned over
 METHODS = [_row(m, o) for m, _, o in configurations("clip", compared=True)]
-METHODS += [
-    (f"{name}, lr/10", m, o, round(lr / 10, 12))
-    for name, m, o, lr in list(METHODS)
-    if m in ("lora-clip", "hclip") and not o
-]
+LOWER = ", lr/10"
+METHODS += [(name + LOWER, m, o, round(lr / 10, 12)) for name, m, o, lr in list(METHODS) if lr]
+SUMMARY = ["frozen (zero-shot)", "frozen + head", "hclip", "lora-clip", "full fine-tuning"]  # the --seeds run's rows
+PAIRS = [("hclip", "lora-clip"), ("hclip", "full fine-tuning"), ("lora-clip", "full fine-tuning")]
 
 
 class Sample:
@@ -133,7 +133,9 @@ def text_shift(before: torch.Tensor, after: torch.Tensor, split: Split) -> tuple
     return shift, float((g1 - g0).norm() / g0.norm())
 
 
-def run_one(label, method, options, lr, args, split, train_set, heldout, reference_he, reference_text) -> dict:
+def run_one(
+    label, method, options, lr, args, split, train_set, heldout, reference_he, reference_text, validation=()
+) -> dict:
     cfg = TrainConfig(
         validation=0.0,  # every shot trains (the figures recorded in docs/benchmarks.md)
         task="openvocab",
@@ -157,6 +159,8 @@ def run_one(label, method, options, lr, args, split, train_set, heldout, referen
     run = summary["run"]
     run.backbone.model.eval()
     with torch.no_grad():
+        # the validation images (seen classes only, as a user's own split would be) choose the lr
+        checked = run.task.evaluate(validation, device=run.device, classes=split.train_classes) if validation else {}
         scores = run.task.evaluate(heldout, device=run.device, classes=split.vocab)
     cm = run.task.last_confusion
     he = text_energies(run.backbone.model)
@@ -172,6 +176,7 @@ def run_one(label, method, options, lr, args, split, train_set, heldout, referen
         "seen_miou": seen,
         "unseen_miou": unseen,
         "hiou": harmonic_iou(seen, unseen),
+        "validation_miou": checked.get("miou", float("nan")),
         "background_iou": scores.get("iou/background", float("nan")),
         "pixel_acc": scores["pixel_acc"],
         "adapter_params": counts["adapter"],
@@ -212,8 +217,13 @@ def clip_knowledge(checkpoint=None, n: int = 300, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+SCORES = ("seen_miou", "unseen_miou", "hiou", "validation_miou")
+
+
 def average(per_seed: list[list[dict]]) -> list[dict]:
-    """One row per method: the mean of every figure over seeds, and each seed's seen/unseen mIoU."""
+    """One row per method: the mean of every figure over seeds, each seed's seen/unseen mIoU, and
+    for the scores each seed's value ("per_seed", the same seed order in every row, for pairing)
+    and the half-width of their 95% interval ("ci")."""
     out = []
     for runs in zip(*per_seed):
         row = dict(runs[0])
@@ -222,29 +232,108 @@ def average(per_seed: list[list[dict]]) -> list[dict]:
                 row[key] = float(np.mean([r[key] for r in runs]))
         row["per_class"] = {c: float(np.mean([r["per_class"][c] or 0.0 for r in runs])) for c in runs[0]["per_class"]}
         row["seeds"] = [(r["seen_miou"], r["unseen_miou"]) for r in runs]
+        row["per_seed"] = {k: [r[k] for r in runs] for k in SCORES}
+        row["ci"] = {k: mean_interval(row["per_seed"][k])[1] for k in SCORES}
         out.append(row)
     return out
+
+
+def tuned(rows: list[dict]) -> dict[str, dict]:
+    """Per method (label without LOWER): its row at the lr with the best mean validation mIoU (seen
+    classes on images of the training distribution; the held-out images are never consulted)."""
+    out = {}
+    for r in rows:
+        base = r["method"].removesuffix(LOWER)
+        if base not in out or r["validation_miou"] > out[base]["validation_miou"]:
+            out[base] = r
+    return out
+
+
+def _paired(a: dict, b: dict, key: str) -> str:
+    mean, half, _ = paired_difference(dict(enumerate(a["per_seed"][key])), dict(enumerate(b["per_seed"][key])))
+    return format_interval(mean, half, signed=True)
+
+
+def interval_tables(rows: list[dict], split: Split) -> str:
+    """The seeded reading: each method at its validation-chosen lr, seen / unseen mIoU and hIoU with
+    95% intervals over seeds, paired differences to zero-shot CLIP, and the pairs claims are made about."""
+    best = tuned(rows)
+    zero = best.get("frozen (zero-shot)")
+    lines = [
+        "| method | lr chosen on validation (validation seen mIoU per lr) | seen mIoU | unseen mIoU | hIoU "
+        "| unseen vs zero-shot (paired) | hIoU vs zero-shot (paired) | adapter params |",
+        "|---|---|---|---|---|---|---|---:|",
+    ]
+    for base, r in best.items():
+        options = [x for x in rows if x["method"].removesuffix(LOWER) == base]
+        chosen = (
+            "–"
+            if r["lr"] is None
+            else f"{r['lr']:g} (" + ", ".join(f"{x['lr']:g}: {x['validation_miou']:.3f}" for x in options) + ")"
+        )
+        cells = [format_interval(r[k], r["ci"][k]) for k in ("seen_miou", "unseen_miou", "hiou")]
+        vs = (
+            ["reference", "reference"]
+            if r is zero or zero is None
+            else [_paired(r, zero, k) for k in ("unseen_miou", "hiou")]
+        )
+        lines.append(f"| {base} | {chosen} | " + " | ".join(cells + vs) + f" | {r['adapter_params']:,} |")
+    pairs = ["", "| comparison (each at its chosen lr) | seen mIoU | unseen mIoU | hIoU |", "|---|---|---|---|"]
+    for a, b in PAIRS:
+        if a in best and b in best:
+            pairs.append(
+                f"| {a} - {b} | "
+                + " | ".join(_paired(best[a], best[b], k) for k in ("seen_miou", "unseen_miou", "hiou"))
+                + " |"
+            )
+    return "\n".join(lines + (pairs if len(pairs) > 3 else []))
+
+
+def evidence(rows: list[dict], args, split: Split) -> dict:
+    """What the studio shows beside a CLIP method (adapt.evidence): each method at its chosen lr."""
+    best = tuned(rows)
+    zero = best.get("frozen (zero-shot)")
+    methods = {}
+    for base, r in best.items():
+        entry = {"name": r["name"], "options": r["options"], "params": r["adapter_params"], "lr": r["lr"]}
+        entry.update({k: [r[k], r["ci"][k]] for k in ("seen_miou", "unseen_miou", "hiou")})
+        if zero is not None and r is not zero:
+            for k in ("unseen_miou", "hiou"):
+                a, b = dict(enumerate(r["per_seed"][k])), dict(enumerate(zero["per_seed"][k]))
+                entry[f"{k}_vs_reference"] = list(paired_difference(a, b)[:2])
+        methods[base] = entry
+    return {
+        "benchmark": "bench/openvocab.py",
+        "setting": f"`{args.command}` ({len(args.seeds)} seeds, {args.seconds} s)",
+        "backbone": "tiny-clip",
+        "split": split.name,
+        "reference": "frozen (zero-shot)",
+        "seeds": list(args.seeds),
+        "methods": methods,
+    }
 
 
 def markdown(rows: list[dict], args, split: Split) -> str:
     lines = [
         f"## Open-vocabulary adaptation: seen vs unseen {split.name} (bench/openvocab.py --split {split.name})",
         "",
-        f"`{args.command}` — tiny-clip (bundled), {args.shots} few-shot training images of the "
+        f"`{args.command}` ({args.seconds} s) — tiny-clip (bundled), {args.shots} few-shot training images of the "
         f"'{args.domain}' domain (mean over seeds {', '.join(map(str, args.seeds))}) in which every object has one of the {len(split.seen)} seen {split.name} "
         f"({', '.join(split.seen)}), {args.steps} steps of batch {args.batch_size}, head lr {args.head_lr:g}; "
         f"{args.heldout} held-out images with objects of all {split.name} at {args.size} px, scored with "
         f"the full {len(split.vocab)}-class vocabulary (unseen: {', '.join(split.unseen_names)}) from one "
         "confusion matrix.",
         "",
-        "| method | CLIP-side lr | seen mIoU | unseen mIoU | hIoU | background IoU | adapter params | with head | "
-        "train s | text HE drift | unseen text shift | text Gram drift | seen / unseen per seed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| method | CLIP-side lr | validation seen mIoU | seen mIoU | unseen mIoU | hIoU | background IoU "
+        "| adapter params | with head | train s | text HE drift | unseen text shift | text Gram drift "
+        "| seen / unseen per seed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lr = "–" if r["lr"] is None else f"{r['lr']:g}"
         lines.append(
-            f"| {r['method']} | {lr} | {r['seen_miou']:.3f} | {r['unseen_miou']:.3f} | {r['hiou']:.3f} | "
+            f"| {r['method']} | {lr} | {r['validation_miou']:.3f} | {r['seen_miou']:.3f} | {r['unseen_miou']:.3f} "
+            f"| {r['hiou']:.3f} | "
             f"{r['background_iou']:.3f} | {r['adapter_params']:,} | {r['trainable_params']:,} | "
             f"{r['seconds']:.0f} | {r['text_he_drift']:.1e} | {r['unseen_text_shift']:.1e} | "
             f"{r['text_gram_drift']:.1e} | " + ", ".join(f"{a:.3f} / {b:.3f}" for a, b in r["seeds"]) + " |"
@@ -258,6 +347,16 @@ def markdown(rows: list[dict], args, split: Split) -> str:
         ),
         "",
     ]
+    if len(args.seeds) > 1:
+        lines += [
+            f"Each method at the CLIP-side lr with the better mean validation mIoU over the seeds ({args.shots} more "
+            "images of the training distribution, seen classes only; the held-out images never choose), "
+            "mean over seeds with its 95% interval (Student's t), and paired differences on the same seeds "
+            "(* where the interval excludes 0):",
+            "",
+            interval_tables(rows, split),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -277,12 +376,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3, help="CLIP-side lr for methods without their own")
     p.add_argument("--head-lr", type=float, default=3e-3)
-    p.add_argument("--methods", nargs="*", help="row labels to run, e.g. 'frozen + head' hclip (default: all)")
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        help="row labels to run (each at both CLIP-side lrs), e.g. 'frozen + head' hclip (default: all); "
+        f"'summary' for {', '.join(SUMMARY)}",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="mean over these seeds (data and training)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint", default=None, help="tiny-clip weights (default: the bundled ones)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="append the Markdown table to this file")
+    p.add_argument(
+        "--record", metavar="JSON", help="with several --seeds: write the figures the Train tab shows (docs/evidence/)"
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--knowledge",
@@ -298,6 +405,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     split = SPLITS[args.split]
+    if args.methods == ["summary"]:
+        args.methods = SUMMARY
     from adapt.backbones import build_backbone
     from adapt.tasks.openvocab import OpenVocabTask
     from adapt.weights import resolve_checkpoint
@@ -305,7 +414,7 @@ def main(argv=None) -> int:
     reference = build_backbone("tiny-clip", checkpoint=resolve_checkpoint("tiny-clip", args.checkpoint))
     reference_he = text_energies(reference.model)
     reference_text = text_structure(OpenVocabTask(reference, classes=split.train_classes), split)
-    per_seed = []
+    per_seed, started = [], time.time()
     for seed in args.seeds:
         args.seed = seed  # data and training both follow the seed
         train_set = [
@@ -316,11 +425,17 @@ def main(argv=None) -> int:
             Sample(s, split, split.vocab)
             for s in make_dataset(args.domain, n=args.heldout, size=args.size, seed=seed + 1000)
         ]
+        validation = [
+            Sample(s, split, split.train_classes)
+            for s in split.training_scenes(args.domain, args.shots, args.size, seed + 2000)
+        ]
         rows = []
         for label, method, options, lr in METHODS:
-            if args.methods and label not in args.methods:
+            if args.methods and label.removesuffix(LOWER) not in args.methods:
                 continue
-            row = run_one(label, method, options, lr, args, split, train_set, heldout, reference_he, reference_text)
+            row = run_one(
+                label, method, options, lr, args, split, train_set, heldout, reference_he, reference_text, validation
+            )
             rows.append(row)
             print(
                 f"seed {seed} {label:<32} seen {row['seen_miou']:.3f} unseen {row['unseen_miou']:.3f} "
@@ -330,7 +445,10 @@ def main(argv=None) -> int:
             )
         per_seed.append(rows)
     rows = average(per_seed)
+    args.seconds = round(time.time() - started)
     md = markdown(rows, args, split)
+    if args.record and len(args.seeds) > 1:
+        Path(args.record).write_text(json.dumps(evidence(rows, args, split), indent=1) + "\n")
     print(json.dumps(rows, indent=1) if args.json else md)
     if args.out:
         with open(args.out, "a") as f:
