@@ -14,8 +14,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends libglib2.0-0 li
 RUN useradd -m -u 1000 user
 WORKDIR /home/user/app
 
-COPY --chown=user requirements.txt .
-RUN pip install -r requirements.txt
+COPY --chown=user requirements.txt requirements-sam2.txt ./
+RUN pip install -r requirements.txt \
+    && SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation -r requirements-sam2.txt
 
 COPY --chown=user . .
 USER user

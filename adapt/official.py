@@ -41,7 +41,8 @@ def open_clip_config_path(dest: str | Path) -> Path:
 
 def save_official(adapter: str | Path, dest: str | Path, checkpoint: str | Path | None = None) -> tuple[list, str]:
     """The merged model in the upstream project's own checkpoint format, a plain state dict saved
-    with torch.save: segment-anything's Sam (load it with `sam_model_registry[...](checkpoint=dest)`)
+    with torch.save: segment-anything's Sam (load it with `sam_model_registry[...](checkpoint=dest)`),
+    sam2's SAM2Base as Meta's files hold it, {"model": state dict} (`build_sam2(config, dest)`),
     or open_clip's CLIP (`open_clip.create_model(name, pretrained=dest)`); a CLIP adapter's
     open-vocabulary head goes beside it as DEST.head.safetensors (a label map needs both; read it
     with `openvocab_from_open_clip`). Returns (files written, how to load them). The state dict's
@@ -61,9 +62,12 @@ def save_official(adapter: str | Path, dest: str | Path, checkpoint: str | Path 
         )
     dest = Path(dest)
     written = [dest]
+    sam2 = handle.backbone.spec.get("kind") == "sam2"
     with atomic_path(dest) as tmp:
-        torch.save(state, tmp)
-    if handle.backbone.family == "sam":
+        torch.save({"model": state} if sam2 else state, tmp)  # sam2's build_sam2 reads ckpt["model"]
+    if sam2:
+        how = _sam2_usage(handle.backbone, dest)
+    elif handle.backbone.family == "sam":
         how = _sam_usage(handle.backbone, dest)
     else:
         head = _head_tensors(handle)
@@ -99,6 +103,29 @@ def _sam_usage(backbone: Backbone, dest: Path) -> str:
         f"# {backbone.name} is not one of segment-anything's registry sizes: build its Sam with the same classes\n"
         f"# (encoder {json.dumps({k: spec[k] for k in spec if k.startswith('encoder_') or k == 'img_size'})})\n"
         f"sam.load_state_dict(torch.load({str(dest)!r}))"
+    )
+
+
+SAM2_CONFIGS = {  # sam2's own config files for the official sizes
+    "sam2.1-hiera-tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "sam2.1-hiera-small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "sam2.1-hiera-base-plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "sam2.1-hiera-large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+
+
+def _sam2_usage(backbone: Backbone, dest: Path) -> str:
+    config = SAM2_CONFIGS.get(backbone.name)
+    if config:
+        return (
+            "from sam2.build_sam import build_sam2\n"
+            "from sam2.sam2_image_predictor import SAM2ImagePredictor\n"
+            f"predictor = SAM2ImagePredictor(build_sam2({config!r}, {str(dest)!r}))"
+        )
+    return (
+        f"# {backbone.name} is not one of sam2's config files: build its SAM2Base with the same classes\n"
+        "# (adapt.backbones.sam2.build_sam2_model(spec) with this backbone's spec)\n"
+        f"model.load_state_dict(torch.load({str(dest)!r})['model'])"
     )
 
 

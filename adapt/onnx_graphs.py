@@ -162,6 +162,11 @@ def export_onnx(adapter, out_dir, fp16: bool = False, classes: list[str] | None 
 def write_onnx(task, out_dir, fp16: bool = False, classes: list[str] | None = None, info: dict | None = None) -> Path:
     """export_onnx for a task already built (its model merged, in eval mode); `info` is kept in
     onnx_config.json as the adapter's config."""
+    if task.backbone.spec.get("kind") == "sam2":
+        raise OnnxError(
+            f"ONNX export of SAM 2 backbones ({task.backbone.name}) is not supported yet; "
+            "`export --official` writes the merged model in sam2's own checkpoint format"
+        )
     dtype = torch.float16 if fp16 else torch.float32
     backbone = task.backbone.to("cpu")
     Dim = torch.export.Dim
@@ -329,6 +334,7 @@ def _onnx_task(base):
 class OnnxDichotomous(_onnx_task(DichotomousTask)):
     def setup(self, config: dict) -> None:
         self.prompt, self.box_jitter, self.num_points, self.augment_options = "box", 0.0, 3, {}
+        self.stretch = False  # SAM 2 has no ONNX export: every graph here is a letterboxed SAM
         self.pixel_mean = torch.tensor(config["pixel_mean"]).reshape(3, 1, 1)
         self.pixel_std = torch.tensor(config["pixel_std"]).reshape(3, 1, 1)
         self.encoder, self.decoder = _session(self.folder / ENCODER), _session(self.folder / DECODER)

@@ -86,6 +86,8 @@ def _blocks(spec: dict) -> tuple[list[dict], list[dict]]:
     attention length, attention sequences per image (windows) and whether the attention matrix is
     materialised (segment-anything computes it explicitly; open_clip's nn.MultiheadAttention runs
     fused scaled-dot-product attention, which keeps no length^2 matrix)."""
+    if spec.get("kind") == "sam2":
+        return _hiera_blocks(spec), []
     if spec["family"] == "sam":
         grid = spec["img_size"] // spec["patch_size"]
         ws = spec["window_size"]
@@ -113,6 +115,46 @@ def _blocks(spec: dict) -> tuple[list[dict], list[dict]]:
     n = t["context_length"]
     text = [{"tokens": n, "width": t["width"], "mlp": t.get("mlp_ratio", 4), "heads": t["heads"], "length": n} | common]
     return image, text * t["layers"]
+
+
+def _hiera_blocks(spec: dict) -> list[dict]:
+    """SAM 2's Hiera: stage k works at 1/4 / 2^k of the input with width and heads x 2^k, in windows
+    of window_spec[k] (global attention in global_att_blocks); its attention is PyTorch's fused
+    scaled_dot_product_attention, which keeps no length^2 matrix."""
+    blocks, index = [], 0
+    for k, depth in enumerate(spec["stages"]):
+        grid = spec["image_size"] // 4 // 2**k
+        ws = spec["window_spec"][k]
+        for _ in range(depth):
+            glob = index in spec["global_att_blocks"]
+            blocks.append(
+                {
+                    "tokens": grid * grid,
+                    "width": spec["embed_dim"] * 2**k,
+                    "mlp": 4,
+                    "heads": spec["num_heads"] * 2**k,
+                    "length": grid * grid if glob else ws * ws,
+                    "sequences": 1 if glob else math.ceil(grid / ws) ** 2,
+                    "explicit": False,
+                }
+            )
+            index += 1
+    return blocks
+
+
+def _embedding_grid(spec: dict) -> int:
+    """Side of SAM's (and SAM 2's) image embedding: the input at stride 16."""
+    return spec.get("img_size", spec.get("image_size", 0)) // 16
+
+
+def _embedding_values(spec: dict) -> int:
+    """Values of one cached image embedding: SAM's 256 x g x g; SAM 2's pyramid adds the decoder's two
+    finer levels (d/8 channels at 4g, d/4 at 2g), four times as much in all."""
+    grid = _embedding_grid(spec)
+    if spec.get("kind") == "sam2":
+        d = spec["d_model"]
+        return d * grid * grid + d // 8 * (4 * grid) ** 2 + d // 4 * (2 * grid) ** 2
+    return 256 * grid * grid
 
 
 def _attention(block: dict) -> int:
@@ -208,7 +250,7 @@ def estimate(
             activations += max(_forward_transient(b, act) for b in blocks) * sequences
     activations += TRANSFORM_COPIES.get(method, 0) * info["adapter"] * 4
     if spec["family"] == "sam":  # the mask decoder (trained in every method) at the embedding grid
-        grid = spec["img_size"] // spec["patch_size"]
+        grid = _embedding_grid(spec)
         activations += DECODER_WIDTHS * 256 * grid * grid * act * micro_batch
     return Estimate(weights, state, activations)
 
@@ -287,8 +329,7 @@ def inference_estimate(backbone: str, batch: int = 1, cache: int = 8) -> int:
         act += max(_forward_transient(b, 4) for b in text) * TEXT_SEQUENCES
     embeddings = 0
     if spec["family"] == "sam":
-        grid = spec["img_size"] // spec["patch_size"]
-        embeddings = cache * 256 * grid * grid * 4  # SAM's neck: 256 channels at the patch grid
+        embeddings = cache * _embedding_values(spec) * 4  # SAM's neck output (SAM 2: its pyramid)
     return int((info["base"] * 4 + act + embeddings) * SLACK)
 
 
@@ -296,6 +337,4 @@ def embedding_bytes(backbone: str) -> int:
     """One cached SAM image embedding (bytes)."""
     from adapt.pipeline import _meta_backbone
 
-    spec = _meta_backbone(backbone).spec
-    grid = spec["img_size"] // spec["patch_size"]
-    return 256 * grid * grid * 4
+    return _embedding_values(_meta_backbone(backbone).spec) * 4

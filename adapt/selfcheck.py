@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from adapt.backbones import build_backbone
-from adapt.backbones.catalog import bundled
+from adapt.backbones.catalog import CATALOG, bundled
 from adapt.methods import attach, configurations
 from adapt.tasks import attach_task_head
 
@@ -39,8 +39,16 @@ def train_steps(handle, inputs, steps: int = 3, lr: float = 1e-2, seed: int = 0)
         opt.step()
 
 
-def check_method(method: str, family: str, steps: int = 3, **options) -> dict:
-    backbone = build_backbone(bundled(family), seed=0)
+def check_backbones(family: str) -> list[str]:
+    """The tiny backbones every configuration of a family is checked on: the bundled one, and the
+    random-init test configs of the family's other architectures (tiny-sam2: SAM 2's Hiera)."""
+    return [bundled(family)] + [
+        n for n, e in CATALOG.items() if e.family == family and not e.bundled and not e.official
+    ]
+
+
+def check_method(method: str, family: str, steps: int = 3, backbone: str | None = None, **options) -> dict:
+    backbone = build_backbone(backbone or bundled(family), seed=0)
     attach_task_head(backbone)
     inputs = backbone.example_inputs(batch=2, seed=0)
     reference = _frozen_reference(backbone, inputs)
@@ -71,7 +79,11 @@ def check_method(method: str, family: str, steps: int = 3, **options) -> dict:
 
 def run_all(steps: int = 3) -> list[dict]:
     """Every configuration the library ships (each method's defaults and its variants)."""
-    return [check_method(method, family, steps=steps, **options) for method, family, options in configurations()]
+    return [
+        check_method(method, family, steps=steps, backbone=name, **options)
+        for method, family, options in configurations()
+        for name in check_backbones(family)
+    ]
 
 
 def passes(r: dict) -> bool:

@@ -73,6 +73,8 @@ CLIP_MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 BUNDLED = tuple(n for n, e in CATALOG.items() if e.bundled)
+# test configs without weights (configs/*.json with "bundled": false): always random-init
+RANDOM_INIT = tuple(n for n, e in CATALOG.items() if not e.bundled and not e.official)
 
 # open_clip's own names for the files in a Hugging Face repo (open_clip.constants): it prefers the
 # safetensors file and falls back to the pickled state dict, and so do we.
@@ -432,7 +434,8 @@ def resolve_checkpoint(
 ) -> Path | None:
     """A local checkpoint file for ``build_backbone(backbone_name, checkpoint=...)``, or None.
 
-    ``checkpoint``: ``"random"`` -> None (random init, the only way to get None); a local path ->
+    ``checkpoint``: ``"random"`` -> None (random init; also what a random-init test config such as
+    tiny-sam2 always gets); a local path ->
     that path (must exist; a bare name is also looked for in :func:`weights_dir`); a URL ->
     downloaded once into :func:`weights_dir`; None -> the registry (bundled tiny file verified
     against the manifest, or the official file: cached copy verified, else downloaded when
@@ -462,6 +465,8 @@ def resolve_checkpoint(
 
     if backbone_name in BUNDLED:
         return _resolve_bundled(backbone_name)
+    if backbone_name in RANDOM_INIT:
+        return None
 
     entry = official(backbone_name, pretrained)
     cached = _cached(entry)
@@ -497,7 +502,7 @@ def resolve_checkpoint(
 def available(backbone_name: str, pretrained: str | None = None) -> dict:
     """What a UI shows about a backbone's weights; never downloads, never hashes large files.
 
-    Keys: ``name``, ``kind`` ("bundled" | "official" | "unknown"), ``path`` (where the file is or
+    Keys: ``name``, ``kind`` ("bundled" | "official" | "random-init" | "unknown"), ``path`` (where the file is or
     would go), ``file``, ``cached`` (an official file is in :func:`weights_dir`), ``bundled`` (the
     bundled file exists), ``downloadable`` (a download URL is known), ``url``, ``bytes`` (expected
     size, or the file's size), ``sha256`` (expected, if known), ``ready`` (resolve_checkpoint would
@@ -517,6 +522,9 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
         "ready": False,
         "message": "",
     }
+    if backbone_name in RANDOM_INIT:
+        info.update(kind="random-init", ready=True, message="a test architecture with random weights (none to load)")
+        return info
     if backbone_name in BUNDLED:
         try:
             path, entry = bundled_entry(backbone_name)

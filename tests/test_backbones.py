@@ -19,6 +19,11 @@ def n_params(model):
         ("sam-vit-h", 641_090_608),
         ("clip-vit-b-16", 149_620_737),
         ("clip-vit-l-14", 427_616_513),
+        # SAM 2.1: Meta's model card gives 38.9M, 46M, 80.8M and 224.4M (the video memory included)
+        ("sam2.1-hiera-tiny", 38_962_498),
+        ("sam2.1-hiera-small", 46_060_354),
+        ("sam2.1-hiera-base-plus", 80_850_178),
+        ("sam2.1-hiera-large", 224_446_642),
     ],
 )
 def test_official_architectures(name, expected):
@@ -34,6 +39,11 @@ def test_names():
         "sam-vit-l",
         "sam-vit-h",
         "tiny-sam",
+        "sam2.1-hiera-tiny",
+        "sam2.1-hiera-small",
+        "sam2.1-hiera-base-plus",
+        "sam2.1-hiera-large",
+        "tiny-sam2",
         "clip-vit-b-16",
         "clip-vit-l-14",
         "tiny-clip",

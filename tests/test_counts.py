@@ -71,3 +71,75 @@ def test_params_rejects_bad_input(capsys):
     assert "unknown backbone" in capsys.readouterr().err
     assert main(["params", "--backbone", "clip-vit-b-16", "--method", "parser"]) == 2
     assert "adapts SAM backbones" in capsys.readouterr().err
+
+
+# --- SAM 2.1 (Hiera): every SAM method, counts re-derived from the catalog's shapes ----------------
+
+
+def hiera_blocks(name):
+    """(width in, width out) of every Hiera block, from the catalog's trunk settings: stage k has
+    width E 2^k, and its first block widens the stream from the previous stage's width."""
+    from adapt.backbones.catalog import CATALOG
+
+    arch = CATALOG[name].arch
+    out, width = [], arch["embed_dim"]
+    for k, depth in enumerate(arch["stages"]):
+        for j in range(depth):
+            out.append((width // 2 if k and j == 0 else width, width))
+        width *= 2
+    return arch, out
+
+
+def expected_sam2(name, method, rank=4, bottleneck=16):
+    arch, blocks = hiera_blocks(name)
+    e = arch["embed_dim"]
+    if method == "parser":  # min(out, in) per weight: qkv (3d x d_in), proj, two MLP linears, widening shortcut
+        linears = sum(d_in + 3 * d for d_in, d in blocks) + sum(d_in for d_in, d in blocks if d_in != d)
+        necks = sum(min(arch["d_model"], e * 2**k) for k in range(len(arch["stages"])))
+        return min(e, 3 * 7 * 7) + linears + necks
+    if method == "parser scope=conv":
+        return min(e, 3 * 7 * 7) + sum(min(arch["d_model"], e * 2**k) for k in range(len(arch["stages"])))
+    if method == "lora":
+        return sum(2 * rank * (d_in + d) for d_in, d in blocks)
+    if method == "adaptformer":  # LN 2d, down d V + V, up V d + d
+        return sum(d * (3 + 2 * bottleneck) + bottleneck for _, d in blocks)
+    slices, width = (2 * len(blocks), rank) if method == "cobot-lora" else (len(blocks), bottleneck)
+    base = expected_sam2(name, method.removeprefix("cobot-"), rank, bottleneck)
+    return base + 2 * slices * width + slices**2 + slices * width**2 // 4  # C, gamma, S, quaternions
+
+
+@pytest.mark.parametrize(
+    "method", ["parser", "parser scope=conv", "lora", "adaptformer", "cobot-lora", "cobot-adaptformer"]
+)
+def test_sam2_counts_follow_the_architecture(capsys, method):
+    name = "sam2.1-hiera-base-plus"
+    info = params(capsys, name, *method.split())
+    assert info["adapter"] == expected_sam2(name, method)
+    decoder = params(capsys, name, "decoder")
+    assert info["trainable"] == info["adapter"] + decoder["head"] and decoder["adapter"] == 0
+
+
+def test_sam2_full_and_decoder_counts(capsys):
+    """full: the image path's encoder and prompt encoder (SAM 2's video memory is neither trained nor
+    counted); decoder: the mask decoder alone."""
+    import torch
+
+    from adapt.backbones import build_backbone
+
+    name = "sam2.1-hiera-base-plus"
+    with torch.device("meta"):
+        model = build_backbone(name).model
+
+    def size(part):
+        return sum(p.numel() for p in model.get_submodule(part).parameters())
+
+    full, decoder = params(capsys, name, "full"), params(capsys, name, "decoder")
+    assert full["adapter"] == size("image_encoder") + size("sam_prompt_encoder") + model.no_mem_embed.numel()
+    assert decoder["head"] == size("sam_mask_decoder") == full["head"]
+    assert decoder["base"] == full["adapter"] + full["head"] == 73_328_401
+
+
+@pytest.mark.parametrize("name", ["sam2.1-hiera-tiny", "sam2.1-hiera-large"])
+def test_sam2_sizes_parser_and_lora(capsys, name):
+    for method in ("parser", "lora"):
+        assert params(capsys, name, method)["adapter"] == expected_sam2(name, method)

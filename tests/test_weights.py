@@ -72,8 +72,14 @@ def leftovers(folder: Path):
 def test_sam_registry_entries():
     from adapt.backbones import BACKBONES
 
-    assert set(weights.SAM_CHECKPOINTS) == {"sam-vit-b", "sam-vit-l", "sam-vit-h"}
-    for name, e in weights.SAM_CHECKPOINTS.items():
+    sam2 = {f"sam2.1-hiera-{s}": s.replace("-", "_") for s in ("tiny", "small", "base-plus", "large")}
+    assert set(weights.SAM_CHECKPOINTS) == {"sam-vit-b", "sam-vit-l", "sam-vit-h", *sam2}
+    entries = dict(weights.SAM_CHECKPOINTS)
+    for name, size in sam2.items():  # Meta publishes no checksums or sizes for SAM 2.1: none are made up
+        e = entries.pop(name)
+        assert e.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_{size}.pt"
+        assert e.sha256 is None and e.bytes is None and e.file == f"sam2.1_hiera_{size}.pt"
+    for name, e in entries.items():
         assert name in BACKBONES and e.name == name and e.family == "sam"
         assert re.fullmatch(r"[0-9a-f]{64}", e.sha256)
         assert isinstance(e.bytes, int) and e.bytes > 100_000_000

@@ -1,4 +1,5 @@
-"""Backbones by name: SAM (segment-anything) and CLIP (open_clip), official sizes and tiny configs.
+"""Backbones by name: SAM (segment-anything), SAM 2.1 (sam2) and CLIP (open_clip), official sizes
+and tiny configs.
 
 `build_backbone("sam-vit-b")` builds the real architecture with random weights (no download);
 `build_backbone("sam-vit-b", checkpoint="sam_vit_b_01ec64.pth")` loads a local file with
@@ -39,7 +40,10 @@ def build_backbone(name: str, checkpoint: str | Path | None = None, seed: int = 
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(CATALOG)}")
     entry = CATALOG[name]
     torch.manual_seed(seed)
-    if entry.family == "sam":  # the family modules import segment_anything / open_clip: only when asked
+    # the family modules import segment_anything / sam2 / open_clip: only when asked
+    if entry.arch.get("kind") == "sam2":
+        from adapt.backbones import sam2 as family
+    elif entry.family == "sam":
         from adapt.backbones import sam as family
     else:
         from adapt.backbones import clip as family

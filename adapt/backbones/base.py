@@ -16,6 +16,38 @@ from torch import nn
 from adapt.files import sha256_file
 
 
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where the parts the SAM methods adapt sit in one encoder block (paths relative to the model;
+    the parts' own paths relative to the block). width_in / width: the block's input and output
+    widths (equal except where a pyramid encoder widens its stream, Hiera's first block of a stage)."""
+
+    path: str
+    width_in: int
+    width: int
+    qkv: str = "attn.qkv"  # Linear(width_in, 3 * width): q, k, v in thirds
+    proj: str = "attn.proj"
+    mlp: str = "mlp"  # x -> mlp(norm2(x)) on the residual stream of width `width`
+    norm2: str = "norm2"
+    mlp_linears: tuple[str, ...] = ("mlp.lin1", "mlp.lin2")
+    other_linears: tuple[str, ...] = ()  # further weights of the block (Hiera's widening shortcut)
+
+    def linears(self) -> list[str]:
+        """Every weight matrix of the block, in a fixed order (PARSER's default scope)."""
+        return [f"{self.path}.{n}" for n in (self.qkv, self.proj, *self.mlp_linears, *self.other_linears)]
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """A SAM image encoder as the methods see it: its blocks, the convolution(s) before them (stem)
+    and after them (neck); PARSER's conv scope adapts stem and neck. `encoder`: the module's path."""
+
+    blocks: tuple[BlockLayout, ...]
+    stem: tuple[str, ...]
+    neck: tuple[str, ...]
+    encoder: str = "image_encoder"
+
+
 @dataclass
 class Backbone:
     """A built model plus what the rest of the library needs to know about it.
@@ -57,6 +89,19 @@ class Backbone:
         """The transformer blocks whose activations dominate training memory (what activation
         checkpointing recomputes): SAM's image-encoder blocks, both CLIP towers' residual blocks."""
         raise NotImplementedError
+
+    def inactive(self) -> tuple[str, ...]:
+        """Names of the model's parts that its image path never runs (SAM 2's video memory): kept so
+        that checkpoints load and export whole, but never trained nor counted as the base model."""
+        return ()
+
+    def inactive_parameter_ids(self) -> set[int]:
+        ids = set()
+        for name in self.inactive():
+            part = self.model.get_parameter(name) if name in dict(self.model.named_parameters(recurse=False)) else None
+            params = [part] if part is not None else list(self.model.get_submodule(name).parameters())
+            ids.update(id(p) for p in params)
+        return ids
 
     def to(self, device) -> Backbone:
         """Move the model and the task heads (which are not submodules of the model)."""

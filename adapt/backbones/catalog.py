@@ -8,8 +8,9 @@ Three kinds of entry:
 - official SAM (Meta's ViT-B/L/H): encoder sizes + the released checkpoint (URL, sha256, size);
 - official CLIP (open_clip ViT-B/16, ViT-L/14): open_clip's architecture name and the pretrained
   tags offered; download locations come from open_clip's own registry (adapt.weights);
-- bundled tiny models: discovered from configs/*.json (each names its family), with weights
-  committed in weights/ and described by weights/manifest.json.
+- official SAM 2.1 (Meta's Hiera-T/S/B+/L, image mode): the trunk's settings + the released file;
+- tiny models: discovered from configs/*.json (each names its family), with weights committed in
+  weights/ and described by weights/manifest.json, or ("bundled": false) random-init test configs.
 
 A new official backbone is one entry below; a new tiny one is one JSON file. The family modules
 (sam.py, clip.py) build models from entries; adapt.weights resolves their files. This module
@@ -180,6 +181,69 @@ _sam(
     encoder_global_attn_indexes=[7, 15, 23, 31],
 )
 
+# --- official SAM 2.1 (Meta's configs/sam2.1/*.yaml; image mode) --------------------------------
+
+_SAM2_SHARED = dict(
+    kind="sam2",
+    image_size=1024,
+    d_model=256,
+    memory_dim=64,
+    memory_ffn=2048,
+    memory_layers=4,
+    window_spec=[8, 4, 14, 7],
+)
+_SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+
+def _sam2(name: str, file: str, description: str, **trunk) -> BackboneEntry:
+    # Meta publishes neither checksums nor sizes for these files, and no independent registry we could
+    # find records them: like an open_clip download, only what the server announces is checked.
+    checkpoint = Checkpoint(name, "sam", ((_SAM2_BASE + file, file),), sha256=None, bytes=None, description=description)
+    return register(BackboneEntry(name, "sam", arch={**_SAM2_SHARED, **trunk}, checkpoint=checkpoint))
+
+
+_sam2(
+    "sam2.1-hiera-tiny",
+    "sam2.1_hiera_tiny.pt",
+    "SAM 2.1 Hiera-T (Meta, Apache-2.0)",
+    embed_dim=96,
+    num_heads=1,
+    stages=[1, 2, 7, 2],
+    global_att_blocks=[5, 7, 9],
+    window_pos_embed_bkg_spatial_size=[7, 7],
+)
+_sam2(
+    "sam2.1-hiera-small",
+    "sam2.1_hiera_small.pt",
+    "SAM 2.1 Hiera-S (Meta, Apache-2.0)",
+    embed_dim=96,
+    num_heads=1,
+    stages=[1, 2, 11, 2],
+    global_att_blocks=[7, 10, 13],
+    window_pos_embed_bkg_spatial_size=[7, 7],
+)
+_sam2(
+    "sam2.1-hiera-base-plus",
+    "sam2.1_hiera_base_plus.pt",
+    "SAM 2.1 Hiera-B+ (Meta, Apache-2.0)",
+    embed_dim=112,
+    num_heads=2,
+    stages=[2, 3, 16, 3],
+    global_att_blocks=[12, 16, 20],
+    window_pos_embed_bkg_spatial_size=[14, 14],
+)
+_sam2(
+    "sam2.1-hiera-large",
+    "sam2.1_hiera_large.pt",
+    "SAM 2.1 Hiera-L (Meta, Apache-2.0)",
+    embed_dim=144,
+    num_heads=2,
+    stages=[2, 6, 36, 4],
+    global_att_blocks=[23, 33, 43],
+    window_pos_embed_bkg_spatial_size=[7, 7],
+    window_spec=[8, 4, 16, 8],
+)
+
 # --- official CLIP (open_clip architecture, default pretrained tag first) ------------------------
 
 register(
@@ -193,8 +257,9 @@ register(
     )
 )
 
-# --- bundled tiny models: one JSON file each ---------------------------------------------------
+# --- tiny models: one JSON file each -----------------------------------------------------------
+# bundled (the default): weights committed in weights/; "bundled": false: a random-init test config
 
 for _path in sorted(CONFIG_DIR.glob("*.json")):
     _arch = json.loads(_path.read_text())
-    register(BackboneEntry(_path.stem, _arch.pop("family"), arch=_arch, bundled=True))
+    register(BackboneEntry(_path.stem, _arch.pop("family"), arch=_arch, bundled=_arch.pop("bundled", True)))

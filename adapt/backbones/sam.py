@@ -12,16 +12,48 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from adapt.backbones.base import Backbone, load_into, load_state_dict_file
+from adapt.backbones.base import Backbone, BlockLayout, EncoderLayout, load_into, load_state_dict_file
 from adapt.backbones.catalog import BackboneEntry
 
 
 class SamBackbone(Backbone):
-    """A built SAM: the image encoder is what the methods adapt, the mask decoder is the head."""
+    """A built SAM: the image encoder is what the methods adapt, the mask decoder is the head.
+
+    What the dichotomous task and the SAM methods ask of any SAM-family backbone (SAM 2's in
+    sam2.py answers the same): `resize` ("letterbox": longest side to the input size, padded),
+    `pixel_mean` / `pixel_std` (0..255), `encode` / `decode` (the two network calls of every
+    prediction) and `layout` (where the adapted parts sit)."""
+
+    resize = "letterbox"
 
     @property
     def input_size(self) -> int:
         return self.spec["img_size"]
+
+    @property
+    def pixel_mean(self) -> torch.Tensor:
+        return self.model.pixel_mean.detach().cpu()  # (3, 1, 1), Sam.preprocess's
+
+    @property
+    def pixel_std(self) -> torch.Tensor:
+        return self.model.pixel_std.detach().cpu()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (B, C, g, g) of normalised, padded images (B, 3, S, S)."""
+        return self.model.image_encoder(images)
+
+    def decode(self, embeddings: torch.Tensor, **prompt) -> torch.Tensor:
+        """Low-resolution mask logits from embeddings and a prompt (see sam_decode)."""
+        return sam_decode(self.model, embeddings, **prompt)
+
+    def layout(self) -> EncoderLayout:
+        width = self.spec["encoder_embed_dim"]
+        blocks = tuple(
+            BlockLayout(f"image_encoder.blocks.{i}", width, width) for i in range(self.spec["encoder_depth"])
+        )
+        return EncoderLayout(
+            blocks, stem=("image_encoder.patch_embed.proj",), neck=("image_encoder.neck.0", "image_encoder.neck.2")
+        )
 
     def encoder_shape(self) -> dict:
         return {
@@ -39,7 +71,7 @@ class SamBackbone(Backbone):
         return {"images": images, "boxes": torch.cat([lo, hi], dim=1)}
 
     def forward(self, inputs: dict) -> torch.Tensor:
-        return sam_mask_logits(self.model, inputs["images"], boxes=inputs["boxes"])
+        return self.decode(self.encode(inputs["images"]), boxes=inputs["boxes"])
 
     def blocks(self) -> list:
         return list(self.model.image_encoder.blocks)

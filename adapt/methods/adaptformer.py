@@ -1,4 +1,5 @@
-"""AdaptFormer on SAM's image encoder: a parallel bottleneck beside every block's MLP.
+"""AdaptFormer on SAM's (and SAM 2's Hiera) image encoder: a parallel bottleneck beside every
+block's MLP (on Hiera, at the width of the block's stage).
 
     out = mlp(norm2(x)) + s * up(drop(relu(down(LN(x)))))
 
@@ -100,15 +101,16 @@ class AdaptFormer(SwapHandle):
 
     def _wrap_modules(self) -> None:
         cfg = self.config
-        blocks = self.model.image_encoder.blocks
+        blocks = self.backbone.layout().blocks
         mixer = self._make_mixer(len(blocks), cfg.bottleneck)
         for i, block in enumerate(blocks):
-            norm = block.norm2
-            self.swaps.wrap(f"image_encoder.blocks.{i}.norm2", lambda m: nn.Identity())
+            norm = self.model.get_submodule(f"{block.path}.{block.norm2}")
+            like = self.model.get_submodule(f"{block.path}.{block.mlp_linears[0]}").weight
+            self.swaps.wrap(f"{block.path}.{block.norm2}", lambda m: nn.Identity())
             w = self.swaps.wrap(
-                f"image_encoder.blocks.{i}.mlp",
-                lambda m, i=i, norm=norm: AdaptFormerMLP(
-                    norm, m, m.lin1.in_features, cfg.bottleneck, cfg.scale, cfg.dropout, mixer, i, m.lin1.weight
+                f"{block.path}.{block.mlp}",
+                lambda m, i=i, norm=norm, like=like, width=block.width: AdaptFormerMLP(
+                    norm, m, width, cfg.bottleneck, cfg.scale, cfg.dropout, mixer, i, like
                 ),
             )
             for p in (*w.ln.parameters(), *w.down.parameters(), *w.up.parameters()):

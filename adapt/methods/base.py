@@ -198,7 +198,8 @@ class Handle:
     def count(self) -> dict[str, int]:
         adapter = sum(p.numel() for p in self._named_adapter.values())
         head = sum(p.numel() for p in self._named_head.values())
-        base = sum(p.numel() for p in self.model.parameters() if id(p) not in self._adapter_ids)
+        skip = self._adapter_ids | self.backbone.inactive_parameter_ids()
+        base = sum(p.numel() for p in self.model.parameters() if id(p) not in skip)
         return {"adapter": adapter, "head": head, "trainable": adapter + head, "base": base}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

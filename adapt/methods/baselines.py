@@ -1,6 +1,7 @@
 """Baselines with no adapter module: `full` fine-tuning, `decoder` (head only) and `frozen`.
 
-- full: every backbone weight is trained (the "adapter" count is the whole backbone, heads apart).
+- full: every backbone weight is trained (the "adapter" count is the whole backbone, heads apart,
+  and what its image path never runs: SAM 2's video memory).
 - decoder: only the task head (SAM's mask decoder / the open-vocabulary head); adapter count 0.
 - frozen: nothing is trained (zero-shot reference).
 Merge is a no-op for all three: there is nothing to fold.
@@ -28,9 +29,9 @@ class Full(_NoModules):
     summary = "Full fine-tuning of the whole backbone (the costly reference)."
 
     def _attach(self) -> None:
-        heads = {id(p) for h in self.backbone.heads for p in h.parameters()}
+        skip = {id(p) for h in self.backbone.heads for p in h.parameters()} | self.backbone.inactive_parameter_ids()
         for p in self.model.parameters():
-            if id(p) not in heads:
+            if id(p) not in skip:
                 self._add_adapter_param(p)
 
 

@@ -1,4 +1,5 @@
-"""LoRA on SAM's image encoder: low-rank updates of q and v inside every block's attn.qkv.
+"""LoRA on SAM's (and SAM 2's Hiera) image encoder: low-rank updates of q and v inside every
+block's attn.qkv.
 
 delta_q = B_q A_q x, delta_v = B_v A_v x, rank r (default 4), A kaiming-uniform, B zero, so the
 adapted model equals SAM at step 0 (the SAM-COBOT official code does not zero B; we do, for
@@ -46,14 +47,15 @@ class LowRank(nn.Module):
 
 
 class LoraQV(nn.Module):
-    """Wraps SAM's attn.qkv (Linear(d, 3d)) with LoRA branches on the q and v thirds."""
+    """Wraps an encoder block's attn.qkv (Linear(d_in, 3 d): SAM's d_in = d, Hiera's first block of a
+    stage widens) with LoRA branches on the q and v thirds."""
 
     def __init__(self, qkv: nn.Linear, rank: int, scaling: float, mixer=None, slices=(0, 1)):
         super().__init__()
-        d = qkv.in_features
+        d_in, d = qkv.in_features, qkv.out_features // 3
         self.qkv, self.scaling, self.slices = qkv, scaling, slices
-        self.q = LowRank(d, d, rank, qkv.weight)
-        self.v = LowRank(d, d, rank, qkv.weight)
+        self.q = LowRank(d_in, d, rank, qkv.weight)
+        self.v = LowRank(d_in, d, rank, qkv.weight)
         self._mixer = [mixer]  # a list keeps the shared mixer out of this module's parameters
 
     def forward(self, x):
@@ -93,12 +95,12 @@ class Lora(SwapHandle):
         return None
 
     def _wrap_modules(self) -> None:
-        blocks = self.model.image_encoder.blocks
+        blocks = self.backbone.layout().blocks
         mixer = self._make_mixer(len(blocks), self.config.rank)
         scaling = self.config.alpha / self.config.rank
-        for i in range(len(blocks)):
+        for i, block in enumerate(blocks):
             w = self.swaps.wrap(
-                f"image_encoder.blocks.{i}.attn.qkv",
+                f"{block.path}.{block.qkv}",
                 lambda m, i=i: LoraQV(m, self.config.rank, scaling, mixer, (2 * i, 2 * i + 1)),
             )
             for p in (w.q.A, w.q.B, w.v.A, w.v.B):

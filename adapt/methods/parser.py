@@ -18,8 +18,11 @@ Implementation notes (why it looks the way it does):
   for SAM. It also lets segment-anything's own forward run untouched.
 - Scope "default" adapts every Linear of the encoder blocks (qkv, proj, mlp.lin1, mlp.lin2) plus
   patch_embed and both neck convs (38,144 coefficients on ViT-B, as the paper reports); "conv" is the
-  official demo's conv-only scope (patch_embed + neck, 1,280 on ViT-B). The mask decoder is trained
-  in full and the prompt encoder stays frozen, as in the paper.
+  official demo's conv-only scope (patch_embed + neck, 1,280 on ViT-B). On SAM 2's Hiera the same
+  reading ("every encoder weight"): each block's qkv, proj and two MLP linears, the widening
+  shortcut of a stage's first block, the patch embedding and the FPN neck's lateral convs; "conv"
+  is the patch embedding and those convs (the backbone's layout() says where each sits). The mask
+  decoder is trained in full and the prompt encoder stays frozen, as in the paper.
 - `reparam="delta"` trains delta with sigma = s * (1 + delta), delta = 0 at init, so that one
   learning rate fits coefficients of very different magnitudes.
 """
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adapt.backbones.base import EncoderLayout
 from adapt.methods.base import Float32Module, MethodConfig, Variant, WeightSpaceHandle
 
 
@@ -68,19 +72,13 @@ class SpectralCoefficients(Float32Module):
             return (weight.float() + delta.reshape(weight.shape)).to(weight.dtype)
 
 
-def target_paths(encoder: nn.Module, scope: str) -> list[str]:
-    """Dotted paths (relative to the image encoder) of the modules whose weight PARSER adapts."""
-    conv = ["patch_embed.proj", "neck.0", "neck.2"]
+def target_paths(layout: EncoderLayout, scope: str) -> list[str]:
+    """Paths (relative to the model) of the modules whose weight PARSER adapts."""
     if scope == "conv":
-        return conv
+        return [*layout.stem, *layout.neck]
     if scope != "default":
         raise ValueError(f"PARSER scope must be 'default' or 'conv', not {scope!r}")
-    linear = [
-        f"blocks.{i}.{name}"
-        for i in range(len(encoder.blocks))
-        for name in ("attn.qkv", "attn.proj", "mlp.lin1", "mlp.lin2")
-    ]
-    return ["patch_embed.proj"] + linear + ["neck.0", "neck.2"]
+    return [*layout.stem, *(p for block in layout.blocks for p in block.linears()), *layout.neck]
 
 
 class Parser(WeightSpaceHandle):
@@ -100,8 +98,7 @@ class Parser(WeightSpaceHandle):
     def _register_parametrizations(self) -> None:
         if self.config.reparam not in ("sigma", "delta"):
             raise ValueError(f"PARSER reparam must be 'sigma' or 'delta', not {self.config.reparam!r}")
-        encoder = self.model.image_encoder
-        for path in target_paths(encoder, self.config.scope):
-            module = encoder.get_submodule(path)
+        for path in target_paths(self.backbone.layout(), self.config.scope):
+            module = self.model.get_submodule(path)
             p = self.weights.register(module, "weight", SpectralCoefficients(module.weight, self.config.reparam))
             self._add_adapter_param(p.coef, coefficient=True)

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from adapt.backbones.sam import sam_decode, sam_mask_logits
 from adapt.data.augment import Letterbox, letterbox, unletterbox
 from adapt.highres import Box, CropPlan, RefineConfig
 from adapt.highres import refine as refine_crops
@@ -66,10 +65,19 @@ class Prepared:
     mask: torch.Tensor  # (S, S) float 0/1, padded with 0
     valid: torch.Tensor  # (S, S) bool, False on padding
     box: Letterbox  # how the source image was resized and padded
+    stretched: bool = False  # resized to the square without keeping its aspect ratio (SAM 2)
 
     @property
     def scale(self) -> float:
         return self.box.scale
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        """Source pixels -> input frame, per axis (equal unless stretched)."""
+        if not self.stretched:
+            return self.box.scale, self.box.scale
+        (h, w), size = self.box.original_size, self.box.size
+        return size / w, size / h
 
     @property
     def size(self) -> tuple[int, int]:
@@ -97,9 +105,10 @@ class DichotomousTask:
             raise ValueError(f"prompt must be one of {PROMPTS}, not {prompt!r}")
         self.backbone = backbone
         self.prompt = prompt
-        self.size = backbone.spec["img_size"]
-        self.pixel_mean = backbone.model.pixel_mean.detach().cpu()  # (3, 1, 1), Sam.preprocess's
-        self.pixel_std = backbone.model.pixel_std.detach().cpu()
+        self.size = backbone.input_size
+        self.pixel_mean = backbone.pixel_mean  # (3, 1, 1) on 0..255 pixels
+        self.pixel_std = backbone.pixel_std
+        self.stretch = backbone.resize == "stretch"  # SAM 2: a square resize, no padding
         self.box_jitter = box_jitter * self.size / 1024.0
         self.num_points = num_points
         self.augment_options = {}  # binary masks: the augmentations' defaults
@@ -107,7 +116,10 @@ class DichotomousTask:
     # --- geometry ---------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> Prepared:
         """SAM's input: letterboxed (longest side -> encoder size, padded bottom/right), normalised,
-        the padding zero in the normalised frame as in Sam.preprocess; the mask letterboxed alike."""
+        the padding zero in the normalised frame as in Sam.preprocess; the mask letterboxed alike.
+        SAM 2's: resized to the square (bilinear, antialiased, as SAM2Transforms), normalised."""
+        if self.stretch:
+            return self._prepare_stretched(image, mask)
         padded, box = letterbox(image, self.size)
         x = (torch.from_numpy(padded).permute(2, 0, 1).float() - self.pixel_mean) / self.pixel_std
         nh, nw = box.resized_size
@@ -118,6 +130,18 @@ class DichotomousTask:
         valid = torch.zeros(self.size, self.size, dtype=torch.bool)
         valid[:nh, :nw] = True
         return Prepared(x, m, valid, box)
+
+    def _prepare_stretched(self, image: np.ndarray, mask: np.ndarray | None) -> Prepared:
+        size, (h, w) = self.size, image.shape[:2]
+        x = torch.tensor(image).permute(2, 0, 1)[None].float() / 255.0
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        x = (x * 255.0 - self.pixel_mean) / self.pixel_std
+        m = torch.zeros(size, size)
+        if mask is not None:
+            m = torch.from_numpy((mask > 0).astype(np.float32))[None, None]
+            m = F.interpolate(m, size=(size, size), mode="nearest-exact")[0, 0]
+        box = Letterbox((h, w), (size, size), size, size / max(h, w))
+        return Prepared(x, m, torch.ones(size, size, dtype=torch.bool), box, stretched=True)
 
     def box_of(self, mask: torch.Tensor) -> torch.Tensor:
         ys, xs = torch.nonzero(mask > 0, as_tuple=True)
@@ -174,28 +198,25 @@ class DichotomousTask:
     # --- model calls ------------------------------------------------------------------------------
     def _logits(self, prepared: list[Prepared], prompts: list[dict], device) -> torch.Tensor:
         """(B, S, S) logits in the padded input frame."""
-        images = torch.stack([p.image for p in prepared]).to(device)
-        sam = self.backbone.model
+        embeddings = self.encode(torch.stack([p.image for p in prepared]).to(device))
         if all(set(p) == {"box"} for p in prompts):
-            low = sam_mask_logits(sam, images, boxes=torch.stack([p["box"] for p in prompts]).to(device))
+            low = self.decode(embeddings, boxes=torch.stack([p["box"] for p in prompts]).to(device))
         else:  # one prompt kind per call: group by kind
             low = torch.cat(
-                [
-                    sam_mask_logits(sam, images[i : i + 1], **self._prompt_kwargs(p, device))
-                    for i, p in enumerate(prompts)
-                ]
+                [self.decode(embeddings[i : i + 1], **self._prompt_kwargs(p, device)) for i, p in enumerate(prompts)]
             )
         return self._upsampled(low)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Image embeddings (B, 256, g, g) of prepared images (B, 3, S, S): the image encoder. With
-        `decode`, the two network calls of every prediction (the ONNX runner swaps both)."""
-        return self.backbone.model.image_encoder(images)
+    def encode(self, images: torch.Tensor):
+        """Image embeddings of prepared images (B, 3, S, S): the image encoder (SAM: a (B, C, g, g)
+        tensor; SAM 2: its feature pyramid, sliced by image alike). With `decode`, the two network
+        calls of every prediction (the ONNX runner swaps both)."""
+        return self.backbone.encode(images)
 
-    def decode(self, embeddings: torch.Tensor, **prompt) -> torch.Tensor:
-        """Low-resolution mask logits (B, 1, 4g, 4g) from embeddings and a prompt (sam_decode's
-        boxes / points / masks): the prompt encoder and the mask decoder."""
-        return sam_decode(self.backbone.model, embeddings, **prompt)
+    def decode(self, embeddings, **prompt) -> torch.Tensor:
+        """Low-resolution mask logits (B, 1, 4g, 4g) from embeddings and a prompt (boxes / points /
+        masks, see adapt.backbones.sam.sam_decode): the prompt encoder and the mask decoder."""
+        return self.backbone.decode(embeddings, **prompt)
 
     def _upsampled(self, low: torch.Tensor) -> torch.Tensor:
         """Low-resolution decoder logits (B, 1, h, w) -> (B, S, S) in the padded input frame."""
@@ -230,14 +251,15 @@ class DichotomousTask:
         mask_input; only useful with a prompt encoder trained on mask inputs, see sam_decode).
         """
         prompt = {}
+        xy = torch.tensor(prepared.scale_xy)
         if box is not None:
-            prompt["box"] = torch.as_tensor(box, dtype=torch.float32) * prepared.scale
+            prompt["box"] = torch.as_tensor(box, dtype=torch.float32) * xy.repeat(2)
         elif whole_box:
             prompt["box"] = self.whole_image_box(prepared)
         if coords is not None and len(coords):
             labels = np.ones(len(coords)) if labels is None else labels
             prompt["points"] = (
-                torch.as_tensor(np.asarray(coords), dtype=torch.float32).reshape(-1, 2) * prepared.scale,
+                torch.as_tensor(np.asarray(coords), dtype=torch.float32).reshape(-1, 2) * xy,
                 torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1),
             )
         prompt = prompt or {"box": self.whole_image_box(prepared)}
@@ -253,6 +275,9 @@ class DichotomousTask:
         embedding already computed: only the prompt encoder and mask decoder run (what a cached
         click costs). The logits can go back in as the next click's mask_input."""
         low = self.decode(embedding, **self._prompt_kwargs(prompt, device))
+        if prepared.stretched:  # SAM2Transforms.postprocess_masks: the logits straight to the source size
+            logits = F.interpolate(low[:, :1].float(), size=prepared.size, mode="bilinear", align_corners=False)
+            return torch.sigmoid(logits[0, 0]).cpu().numpy(), low
         return self.to_source(torch.sigmoid(self._upsampled(low)[0]), prepared), low
 
     def predict_embedded(self, prepared: Prepared, embedding: torch.Tensor, prompt: dict, device="cpu") -> np.ndarray:
