@@ -14,6 +14,16 @@ Every bottleneck h (width V: A x for LoRA, down(LN(x)) for AdaptFormer) of slice
   [[r, i, j, k], [-i, r, k, -j], [-j, -k, r, i], [-k, j, -i, r]], 4 (V/4)^2 parameters, no bias.
 Extra parameters on ViT-B: +864 on LoRA r=4, +1,296 on AdaptFormer V=16.
 
+Across a pyramid encoder (SAM 2's Hiera, whose four stages have widths E, 2E, 4E, 8E), one
+orchestration spans every block of every stage: T = L (or 2L) over all of Hiera's blocks. The
+coefficient sets, the relation matrix S and the quaternion heads all live in the bottleneck space
+of width V (LoRA's rank, AdaptFormer's bottleneck), which is the same in every block whatever the
+block's width; only A / B and down / up change shape from stage to stage. COBOT's point is that
+blocks communicate through shared coefficients instead of adapting in isolation; cutting the
+relation matrix at stage boundaries (one orchestration per stage) would remove exactly the
+communication between early and late blocks that the paper argues for, with nothing in the maths
+requiring it.
+
 Identity at step 0 comes from the base method's zero-initialised B / up. Our choice for Q's
 initialisation (the paper does not fix it): r = I/2, i = j = k = 0 by default, so that at step 0
 z = Q(2h) = h and COBOT starts as exactly the base method (same output and same first gradient
