@@ -88,6 +88,8 @@ def _blocks(spec: dict) -> tuple[list[dict], list[dict]]:
     fused scaled-dot-product attention, which keeps no length^2 matrix)."""
     if spec.get("kind") == "sam2":
         return _hiera_blocks(spec), []
+    if spec.get("kind") == "tinyvit":
+        return _tinyvit_blocks(spec), []
     if spec["family"] == "sam":
         grid = spec["img_size"] // spec["patch_size"]
         ws = spec["window_size"]
@@ -140,6 +142,20 @@ def _hiera_blocks(spec: dict) -> list[dict]:
             )
             index += 1
     return blocks
+
+
+def _tinyvit_blocks(spec: dict) -> list[dict]:
+    """MobileSAM's TinyViT: stage 0 is convolutional (modelled as a block of its width at 1/4 without
+    attention), stages 1-3 attend in windows at 1/8, 1/16 and 1/16, materialising the matrix."""
+    size, out = spec["img_size"], []
+    grids = [size // 4, size // 8, size // 16, size // 16]
+    for k, (width, depth) in enumerate(zip(spec["tinyvit_widths"], spec["tinyvit_depths"])):
+        ws, grid = spec["tinyvit_windows"][k], grids[k]
+        attention = {"heads": spec["tinyvit_heads"][k], "length": ws * ws, "sequences": math.ceil(grid / ws) ** 2}
+        if k == 0:
+            attention = {"heads": 0, "length": 0, "sequences": 0}
+        out += [{"tokens": grid * grid, "width": width, "mlp": 4, "explicit": k > 0, **attention}] * depth
+    return out
 
 
 def _embedding_grid(spec: dict) -> int:

@@ -24,6 +24,7 @@ def n_params(model):
         ("sam2.1-hiera-small", 46_060_354),
         ("sam2.1-hiera-base-plus", 80_850_178),
         ("sam2.1-hiera-large", 224_446_642),
+        ("mobile-sam", 10_130_092),  # TinyViT-5M (its unused ImageNet classifier included) + SAM's decoder
     ],
 )
 def test_official_architectures(name, expected):
@@ -44,6 +45,8 @@ def test_names():
         "sam2.1-hiera-base-plus",
         "sam2.1-hiera-large",
         "tiny-sam2",
+        "mobile-sam",
+        "tiny-mobile-sam",
         "clip-vit-b-16",
         "clip-vit-l-14",
         "tiny-clip",

@@ -143,3 +143,39 @@ def test_sam2_full_and_decoder_counts(capsys):
 def test_sam2_sizes_parser_and_lora(capsys, name):
     for method in ("parser", "lora"):
         assert params(capsys, name, method)["adapter"] == expected_sam2(name, method)
+
+
+# --- MobileSAM (TinyViT): counts re-derived from the stage widths -----------------------------------
+
+
+def expected_mobile_sam(method, rank=4, bottleneck=16):
+    from adapt.backbones.catalog import CATALOG
+
+    arch = CATALOG["mobile-sam"].arch
+    widths, depths, neck = arch["tinyvit_widths"], arch["tinyvit_depths"], arch["prompt_embed_dim"]
+    attention = [w for w, d in zip(widths[1:], depths[1:]) for _ in range(d)]
+    if method == "lora":
+        return sum(4 * rank * w for w in attention)
+    if method == "adaptformer":
+        return sum(w * (3 + 2 * bottleneck) + bottleneck for w in attention)
+    stem = min(widths[0] // 2, 27) + widths[0]  # 3x3 convs: (w0/2 x 27), (w0 x 9 w0/2)
+    necks = 2 * neck  # (256 x 320), (256 x 9 * 256)
+    if method == "parser scope=conv":
+        return stem + necks
+    if method == "parser":
+        mbconv = depths[0] * (widths[0] + 9 + widths[0])  # expand, depthwise 3x3, project
+        merges = sum(min(out, w) + 9 + out for w, out in zip(widths, widths[1:]))
+        blocks = sum(4 * w + 9 for w in attention)  # qkv, proj, fc1, fc2 (each min = w), local 3x3 depthwise
+        return stem + mbconv + merges + blocks + necks
+    slices, width = (2 * len(attention), rank) if method == "cobot-lora" else (len(attention), bottleneck)
+    base = expected_mobile_sam(method.removeprefix("cobot-"), rank, bottleneck)
+    return base + 2 * slices * width + slices**2 + slices * width**2 // 4
+
+
+@pytest.mark.parametrize(
+    "method", ["parser", "parser scope=conv", "lora", "adaptformer", "cobot-lora", "cobot-adaptformer"]
+)
+def test_mobile_sam_counts_follow_the_architecture(capsys, method):
+    info = params(capsys, "mobile-sam", *method.split())
+    assert info["adapter"] == expected_mobile_sam(method)
+    assert info["trainable"] == info["adapter"] + 4_058_340  # SAM's mask decoder, unchanged

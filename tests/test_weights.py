@@ -73,8 +73,10 @@ def test_sam_registry_entries():
     from adapt.backbones import BACKBONES
 
     sam2 = {f"sam2.1-hiera-{s}": s.replace("-", "_") for s in ("tiny", "small", "base-plus", "large")}
-    assert set(weights.SAM_CHECKPOINTS) == {"sam-vit-b", "sam-vit-l", "sam-vit-h", *sam2}
+    assert set(weights.SAM_CHECKPOINTS) == {"sam-vit-b", "sam-vit-l", "sam-vit-h", "mobile-sam", *sam2}
     entries = dict(weights.SAM_CHECKPOINTS)
+    mobile = entries.pop("mobile-sam")
+    assert mobile.url.endswith("ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt") and mobile.sha256 is None
     for name, size in sam2.items():  # Meta publishes no checksums or sizes for SAM 2.1: none are made up
         e = entries.pop(name)
         assert e.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_{size}.pt"

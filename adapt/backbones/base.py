@@ -25,10 +25,11 @@ class BlockLayout:
     path: str
     width_in: int
     width: int
-    qkv: str = "attn.qkv"  # Linear(width_in, 3 * width): q, k, v in thirds
+    qkv: str = "attn.qkv"  # Linear(width_in, 3 * width): q, k, v in thirds (or per head, see qkv_heads)
     proj: str = "attn.proj"
     mlp: str = "mlp"  # x -> mlp(norm2(x)) on the residual stream of width `width`
-    norm2: str = "norm2"
+    norm2: str | None = "norm2"  # None: the MLP normalises its own input (TinyViT)
+    qkv_heads: int = 0  # > 0: qkv's output is laid out per head, [q, k, v] for each of this many heads
     mlp_linears: tuple[str, ...] = ("mlp.lin1", "mlp.lin2")
     other_linears: tuple[str, ...] = ()  # further weights of the block (Hiera's widening shortcut)
 
@@ -39,13 +40,15 @@ class BlockLayout:
 
 @dataclass(frozen=True)
 class EncoderLayout:
-    """A SAM image encoder as the methods see it: its blocks, the convolution(s) before them (stem)
-    and after them (neck); PARSER's conv scope adapts stem and neck. `encoder`: the module's path."""
+    """A SAM image encoder as the methods see it: its attention blocks, the convolution(s) before
+    them (stem) and after them (neck), and any other weights; PARSER's conv scope adapts stem and
+    neck, its default scope everything. `encoder`: the module's path."""
 
     blocks: tuple[BlockLayout, ...]
     stem: tuple[str, ...]
     neck: tuple[str, ...]
     encoder: str = "image_encoder"
+    others: tuple[str, ...] = ()  # further encoder weights outside the blocks (TinyViT's conv stage, merges)
 
 
 @dataclass

@@ -181,6 +181,32 @@ _sam(
     encoder_global_attn_indexes=[7, 15, 23, 31],
 )
 
+# --- MobileSAM: SAM's prompt encoder and mask decoder behind a TinyViT-5M encoder ---------------
+
+register(
+    BackboneEntry(
+        "mobile-sam",
+        "sam",
+        arch={
+            **_SAM_SHARED,
+            "kind": "tinyvit",
+            "tinyvit_widths": [64, 128, 160, 320],
+            "tinyvit_depths": [2, 2, 6, 2],
+            "tinyvit_heads": [2, 4, 5, 10],
+            "tinyvit_windows": [7, 7, 14, 7],
+        },
+        # no published checksum or size either (see _sam2 below)
+        checkpoint=Checkpoint(
+            "mobile-sam",
+            "sam",
+            (("https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt", "mobile_sam.pt"),),
+            sha256=None,
+            bytes=None,
+            description="MobileSAM, TinyViT-5M encoder (Kyung Hee University, Apache-2.0)",
+        ),
+    )
+)
+
 # --- official SAM 2.1 (Meta's configs/sam2.1/*.yaml; image mode) --------------------------------
 
 _SAM2_SHARED = dict(

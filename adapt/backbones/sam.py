@@ -47,6 +47,8 @@ class SamBackbone(Backbone):
         return sam_decode(self.model, embeddings, **prompt)
 
     def layout(self) -> EncoderLayout:
+        if self.spec.get("kind") == "tinyvit":
+            return tinyvit_layout(self.spec)
         width = self.spec["encoder_embed_dim"]
         blocks = tuple(
             BlockLayout(f"image_encoder.blocks.{i}", width, width) for i in range(self.spec["encoder_depth"])
@@ -56,6 +58,8 @@ class SamBackbone(Backbone):
         )
 
     def encoder_shape(self) -> dict:
+        if self.spec.get("kind") == "tinyvit":  # its first attention stage
+            return {"tokens": (self.input_size // 8) ** 2, "width": self.spec["tinyvit_widths"][1], "depth": 10}
         return {
             "tokens": (self.input_size // self.spec["patch_size"]) ** 2,
             "width": self.spec["encoder_embed_dim"],
@@ -73,14 +77,49 @@ class SamBackbone(Backbone):
     def forward(self, inputs: dict) -> torch.Tensor:
         return self.decode(self.encode(inputs["images"]), boxes=inputs["boxes"])
 
+    def inactive(self) -> tuple[str, ...]:
+        """MobileSAM's TinyViT carries its ImageNet classifier, which segmentation never runs."""
+        return ("image_encoder.norm_head", "image_encoder.head") if self.spec.get("kind") == "tinyvit" else ()
+
     def blocks(self) -> list:
+        if self.spec.get("kind") == "tinyvit":
+            return [b for layer in self.model.image_encoder.layers for b in layer.blocks]
         return list(self.model.image_encoder.blocks)
 
 
+def tinyvit_layout(spec: dict) -> EncoderLayout:
+    """MobileSAM's TinyViT: attention blocks in stages 1-3 (per-head qkv, normalising MLPs, a local
+    depthwise conv each); the patch embedding's two convs as the stem; stage 0's MBConv convs and
+    the patch mergings' convs as further weights; SAM's neck."""
+    enc, depths = "image_encoder", spec["tinyvit_depths"]
+    blocks = tuple(
+        BlockLayout(
+            f"{enc}.layers.{i}.blocks.{j}",
+            spec["tinyvit_widths"][i],
+            spec["tinyvit_widths"][i],
+            norm2=None,
+            mlp_linears=("mlp.fc1", "mlp.fc2"),
+            other_linears=("local_conv.c",),
+            qkv_heads=spec["tinyvit_heads"][i],
+        )
+        for i in range(1, len(depths))
+        for j in range(depths[i])
+    )
+    convs = [f"{enc}.layers.0.blocks.{j}.conv{k}.c" for j in range(depths[0]) for k in (1, 2, 3)]
+    convs += [f"{enc}.layers.{i}.downsample.conv{k}.c" for i in range(len(depths) - 1) for k in (1, 2, 3)]
+    stem = (f"{enc}.patch_embed.seq.0.c", f"{enc}.patch_embed.seq.2.c")
+    return EncoderLayout(blocks, stem=stem, neck=(f"{enc}.neck.0", f"{enc}.neck.2"), others=tuple(convs))
+
+
 def build_sam_model(spec: dict) -> Sam:
-    emb = spec["img_size"] // spec["patch_size"]
-    return Sam(
-        image_encoder=ImageEncoderViT(
+    """segment-anything's Sam; with "kind": "tinyvit", MobileSAM's (the TinyViT encoder, tinyvit.py)."""
+    emb = spec["img_size"] // spec.get("patch_size", 16)
+    if spec.get("kind") == "tinyvit":
+        from adapt.backbones.tinyvit import TinyViTEncoder
+
+        encoder = TinyViTEncoder(spec)
+    else:
+        encoder = ImageEncoderViT(
             depth=spec["encoder_depth"],
             embed_dim=spec["encoder_embed_dim"],
             img_size=spec["img_size"],
@@ -93,7 +132,9 @@ def build_sam_model(spec: dict) -> Sam:
             global_attn_indexes=spec["encoder_global_attn_indexes"],
             window_size=spec["window_size"],
             out_chans=spec["prompt_embed_dim"],
-        ),
+        )
+    return Sam(
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=spec["prompt_embed_dim"],
             image_embedding_size=(emb, emb),

@@ -104,9 +104,11 @@ class AdaptFormer(SwapHandle):
         blocks = self.backbone.layout().blocks
         mixer = self._make_mixer(len(blocks), cfg.bottleneck)
         for i, block in enumerate(blocks):
-            norm = self.model.get_submodule(f"{block.path}.{block.norm2}")
             like = self.model.get_submodule(f"{block.path}.{block.mlp_linears[0]}").weight
-            self.swaps.wrap(f"{block.path}.{block.norm2}", lambda m: nn.Identity())
+            norm = nn.Identity()  # an MLP that normalises its own input keeps doing so
+            if block.norm2 is not None:
+                norm = self.model.get_submodule(f"{block.path}.{block.norm2}")
+                self.swaps.wrap(f"{block.path}.{block.norm2}", lambda m: nn.Identity())
             w = self.swaps.wrap(
                 f"{block.path}.{block.mlp}",
                 lambda m, i=i, norm=norm, like=like, width=block.width: AdaptFormerMLP(

@@ -50,20 +50,27 @@ class LoraQV(nn.Module):
     """Wraps an encoder block's attn.qkv (Linear(d_in, 3 d): SAM's d_in = d, Hiera's first block of a
     stage widens) with LoRA branches on the q and v thirds."""
 
-    def __init__(self, qkv: nn.Linear, rank: int, scaling: float, mixer=None, slices=(0, 1)):
+    def __init__(self, qkv: nn.Linear, rank: int, scaling: float, mixer=None, slices=(0, 1), heads: int = 0):
         super().__init__()
         d_in, d = qkv.in_features, qkv.out_features // 3
-        self.qkv, self.scaling, self.slices = qkv, scaling, slices
+        self.qkv, self.scaling, self.slices, self.heads = qkv, scaling, slices, heads
         self.q = LowRank(d_in, d, rank, qkv.weight)
         self.v = LowRank(d_in, d, rank, qkv.weight)
         self._mixer = [mixer]  # a list keeps the shared mixer out of this module's parameters
 
+    def _place(self, dq: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+        """q and v updates (..., d) in qkv's output layout (..., 3 d): thirds, or per head [q, k, v]."""
+        if not self.heads:
+            return torch.cat([dq, torch.zeros_like(dq), dv], dim=-1)
+        lead, h = dq.shape[:-1], self.heads
+        parts = [dq.reshape(*lead, h, -1), torch.zeros_like(dq).reshape(*lead, h, -1), dv.reshape(*lead, h, -1)]
+        return torch.stack(parts, dim=-2).reshape(*lead, -1)
+
     def forward(self, x):
         mixer = self._mixer[0]
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q = q + self.scaling * self.q(x, mixer, self.slices[0])
-        v = v + self.scaling * self.v(x, mixer, self.slices[1])
-        return torch.cat([q, k, v], dim=-1)
+        dq = self.q(x, mixer, self.slices[0])
+        dv = self.v(x, mixer, self.slices[1])
+        return self.qkv(x) + self.scaling * self._place(dq, dv)
 
     @torch.no_grad()
     def merged_module(self) -> nn.Linear:
@@ -77,7 +84,7 @@ class LoraQV(nn.Module):
             device=self.qkv.weight.device,
             dtype=self.qkv.weight.dtype,
         )
-        merged.weight.copy_(self.qkv.weight + self.scaling * torch.cat([dq, torch.zeros_like(dq), dv], dim=0))
+        merged.weight.copy_(self.qkv.weight + self.scaling * self._place(dq.t(), dv.t()).t())
         if self.qkv.bias is not None:
             merged.bias.copy_(self.qkv.bias)
         merged.requires_grad_(False)
@@ -101,7 +108,7 @@ class Lora(SwapHandle):
         for i, block in enumerate(blocks):
             w = self.swaps.wrap(
                 f"{block.path}.{block.qkv}",
-                lambda m, i=i: LoraQV(m, self.config.rank, scaling, mixer, (2 * i, 2 * i + 1)),
+                lambda m, i=i, h=block.qkv_heads: LoraQV(m, self.config.rank, scaling, mixer, (2 * i, 2 * i + 1), h),
             )
             for p in (w.q.A, w.q.B, w.v.A, w.v.B):
                 self._add_adapter_param(p)

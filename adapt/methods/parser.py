@@ -78,7 +78,8 @@ def target_paths(layout: EncoderLayout, scope: str) -> list[str]:
         return [*layout.stem, *layout.neck]
     if scope != "default":
         raise ValueError(f"PARSER scope must be 'default' or 'conv', not {scope!r}")
-    return [*layout.stem, *(p for block in layout.blocks for p in block.linears()), *layout.neck]
+    blocks = (p for block in layout.blocks for p in block.linears())
+    return [*layout.stem, *layout.others, *blocks, *layout.neck]
 
 
 class Parser(WeightSpaceHandle):
