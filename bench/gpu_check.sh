@@ -13,6 +13,7 @@
 #    bf16 autocast, with and without checkpointing.
 # 5. Click latency of the app's predictor where app.placement puts it (the GPU) against the CPU.
 # 6. The planner's plans for the common cards (train --plan), to read beside the measured peaks.
+# 7. The new backbones' step cost: sam2.1-hiera-base-plus and mobile-sam at batch 2 (after item 2).
 # Copy the tables into docs/benchmarks.md with the machine's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,9 @@ run "sam-vit-b, batch 2, activation checkpointing" --backbone sam-vit-b --batch 
     --infer-rounds 3 --methods "$METHODS" --checkpointing
 run "sam-vit-h, batch 1, capped at 24 GiB" --backbone sam-vit-h --batch 1 --steps 5 --warmup 2 --infer-rounds 3 \
     --methods parser,lora --memory-cap 24
+run "sam2.1-hiera-base-plus, batch 2" --backbone sam2.1-hiera-base-plus --batch 2 --steps 8 --warmup 2 \
+    --infer-rounds 3 --methods "$METHODS,cobot-adaptformer"
+run "mobile-sam, batch 2" --backbone mobile-sam --batch 2 --steps 8 --warmup 2 --infer-rounds 3 --methods "$METHODS"
 section() { echo "## $1" >> "$REPORT"; echo >> "$REPORT"; }
 section "Activation checkpointing: step time ratio, sam-vit-b, batch 2"
 "$PY" bench/step_cost.py --device cuda --quiet --backbone sam-vit-b --batch 2 --steps 8 --warmup 2 \
