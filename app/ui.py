@@ -606,9 +606,10 @@ def _methods_tab() -> None:
         counts = gr.JSON(describe_method("sam-vit-b", "parser")[1], label="Parameter counts")
         if FEWSHOT_FIGURE.exists():  # measured, with its command, in docs/benchmarks.md
             gr.Markdown(
-                "**Measured few-shot figures** (bundled tiny-sam, 10 labelled images, 5 seeds: held-out Dice "
-                "with its 95% interval, against each method's adapter parameters). Where intervals overlap, "
-                "the methods are not shown apart; the paired comparisons are in docs/benchmarks.md."
+                "**Measured few-shot figures** (bundled tiny-sam, mean of 5, 10 and 20 labelled images, 5 seeds, "
+                "each method at its tuned learning rate: held-out Dice with its 95% interval, against each "
+                "method's adapter parameters). Where intervals overlap, the methods are not shown apart; the "
+                "paired comparisons are in docs/benchmarks.md."
             )
             gr.Image(str(FEWSHOT_FIGURE), label="Held-out Dice against adapter parameters", interactive=False)
 

@@ -1,7 +1,7 @@
 """Does the label-the-rest loop pay off? Uncertainty-ranked correction against random, on the
 synthetic target domains, with the product's own path (adapt.batch.label_images, warm start).
 
-    python bench/active_loop.py                      # 3 domains x 3 seeds, 3 rounds (~30 min on 2 cores)
+    python bench/active_loop.py                      # 3 domains x 5 seeds, 3 rounds (~50 min on 2 cores)
     python bench/active_loop.py --quick              # one domain, one seed, 2 rounds
     python bench/active_loop.py --throughput-only    # batch speed and memory only
 
@@ -13,7 +13,7 @@ the labelled set) and retrains warm-started from the current adapter (train --in
 enlarged set. Strategies: "ranked" picks the most uncertain first (scores.csv order,
 adapt.uncertainty), "random" picks m at random. "Up front" labels k + rounds x m random images at
 once and trains as many steps as the loop trained in all. Reported: held-out Dice per round, mean
-over seeds, with every seed's value.
+over seeds with a 95% interval, and paired differences between strategies on the same seeds.
 
 Throughput: images per second of label_images (batched encoder, --batch-size 8) against calling
 the single-image path (task.predict_outputs + one PNG) in a loop on the same images; and the peak
@@ -39,6 +39,7 @@ from PIL import Image
 from adapt.batch import label_images, read_scores
 from adapt.data import Dataset
 from adapt.data.synthetic import make_dataset
+from adapt.metrics import format_interval, mean_interval, paired_difference
 from adapt.pipeline import inference_task, train_adapter, warm_start
 from adapt.train import TrainConfig
 
@@ -214,31 +215,50 @@ def memory_run(n: int, label_batch: int) -> None:
     print(json.dumps({"images": n, "peak_rss_mib": round(peak, 1)}))
 
 
+def _cell(values) -> str:
+    return format_interval(*mean_interval(values))
+
+
+def _paired(a: list, b: list) -> str:
+    mean, half, _ = paired_difference(dict(enumerate(a)), dict(enumerate(b)))
+    return format_interval(mean, half, signed=True)
+
+
 def report(results, args, speed) -> str:
     lines = [f"Command: `{args.command}` (torch {torch.__version__}, {torch.get_num_threads()} threads)", ""]
     if results:
         rounds = args.rounds
         head = " | ".join(f"round {r}" for r in range(rounds + 1))
         lines += [
-            f"Held-out Dice (mean over seeds {', '.join(map(str, args.seeds))}; per seed in brackets); "
+            f"Held-out Dice, mean over seeds {', '.join(map(str, args.seeds))} with its 95% interval (Student's t); "
             f"k = {args.k}, m = {args.m}, pool {args.pool}, {args.steps} steps per round.",
             "",
             f"| domain | strategy | {head} | up front ({args.k + rounds * args.m} images) |",
             "|---|---|" + "---:|" * (rounds + 2),
         ]
+        paired = [
+            f"Paired differences on the same seeds (* where the 95% interval excludes 0); round {rounds} unless named:",
+            "",
+            "| domain | ranked - random, round 1 | ranked - random | up front - ranked | up front - random | per seed (ranked / random / up front) |",
+            "|---|---|---|---|---|---|",
+        ]
         for domain in args.domains:
             runs = [results[(domain, s)] for s in args.seeds]
             for strategy in ("ranked", "random"):
-                cells = []
-                for r in range(rounds + 1):
-                    values = [run[strategy][r] for run in runs]
-                    cells.append(f"{np.mean(values):.3f} ({' / '.join(f'{v:.3f}' for v in values)})")
-                up = [run["upfront"] for run in runs]
-                upfront = f"{np.mean(up):.3f} ({' / '.join(f'{v:.3f}' for v in up)})" if strategy == "ranked" else ""
+                cells = [_cell([run[strategy][r] for run in runs]) for r in range(rounds + 1)]
+                upfront = _cell([run["upfront"] for run in runs]) if strategy == "ranked" else ""
                 lines.append(f"| {domain} | {strategy} | {' | '.join(cells)} | {upfront} |")
             frozen = np.mean([run["frozen"] for run in runs])
             lines.append(f"| {domain} | frozen | {frozen:.3f} |" + " |" * (rounds + 1))
-        lines.append("")
+            ranked = [run["ranked"][rounds] for run in runs]
+            rand = [run["random"][rounds] for run in runs]
+            up = [run["upfront"] for run in runs]
+            first = _paired([run["ranked"][1] for run in runs], [run["random"][1] for run in runs])
+            per_seed = ", ".join(f"{a:.3f} / {b:.3f} / {c:.3f}" for a, b, c in zip(ranked, rand, up))
+            paired.append(
+                f"| {domain} | {first} | {_paired(ranked, rand)} | {_paired(up, ranked)} | {_paired(up, rand)} | {per_seed} |"
+            )
+        lines += ["", *paired, ""]
     if speed:
         lines += [
             f"Batch labelling of {speed['images']} mixed-size images (256-640 px), tiny-sam: "
@@ -253,7 +273,7 @@ def report(results, args, speed) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--domains", nargs="+", default=DOMAINS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--m", type=int, default=5)
@@ -269,6 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="one domain, one seed, 2 rounds, pool 40")
     p.add_argument("--throughput-only", action="store_true")
+    p.add_argument("--no-throughput", action="store_true", help="skip the batch speed and memory measurement")
     p.add_argument("--ranking-only", action="store_true", help="only how well the uncertainty ranks the pool by error")
     p.add_argument("--memory-run", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help="also write the report (markdown) here")
@@ -306,7 +327,7 @@ def main(argv=None) -> int:
                 heldout = samples(domain, args.heldout, seed=424242, size=args.size, prefix="held")
                 for seed in args.seeds:
                     results[(domain, seed)] = run_loop(domain, seed, args, heldout, tmp)
-        speed = throughput(args, tmp)
+        speed = None if args.no_throughput else throughput(args, tmp)
     text = report(results, args, speed)
     print(text)
     if args.out:
