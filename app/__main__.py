@@ -1,4 +1,5 @@
-"""python -m app: start the studio (the page, its API and the training workers).
+"""python -m app: start the studio (the page, its API and the executor that runs its jobs: this
+machine's workers, or a Ray cluster with ADAPT_EXECUTOR=ray; see app/executor.py).
 
 Binds to 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise; files live under ADAPT_STUDIO_DIR
 (see app/config.py). Stopping the app stops the workers; their jobs resume at the next start.
@@ -30,9 +31,9 @@ def main() -> None:
     import torch
 
     from app.config import Limits, Paths, default_root
+    from app.executor import make_executor
     from app.rest import add_routes
     from app.service import Studio
-    from app.supervisor import Supervisor
     from app.ui import CSS, build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -41,14 +42,14 @@ def main() -> None:
     paths = Paths(default_root()).ensure()
     limits = Limits.from_env()
     studio = Studio(paths, limits)
-    supervisor = Supervisor(paths).start()
+    executor = make_executor(paths).start()  # ADAPT_EXECUTOR: local workers (default) or Ray
 
     def stop(*_):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=janitor, args=(studio,), name="janitor", daemon=True).start()
-    logging.getLogger("app").info("studio folder: %s; workers: %s", paths.root, supervisor.worker_pids())
+    logging.getLogger("app").info("studio folder: %s; %s", paths.root, executor.describe())
     try:
         blocks = build(studio).queue(default_concurrency_limit=4)
         blocks.launch(
@@ -65,7 +66,7 @@ def main() -> None:
         add_routes(blocks.app, studio)  # the light JSON routes for polling clients (app/rest.py)
         blocks.block_thread()
     finally:
-        supervisor.stop()
+        executor.stop()
 
 
 if __name__ == "__main__":

@@ -146,3 +146,10 @@ class JobFiles:
     def predictions(picture: Path) -> Path:
         """The predictions-only strip beside a preview picture (the before/after slider's halves)."""
         return picture.with_name(f"{picture.stem}_pred.png")
+
+
+# the files of a job folder that the job only reads: app.mirror sends them to a remote executor's
+# node with the job, and never back
+JOB_INPUTS = tuple(
+    getattr(JobFiles(Path()), name).name for name in ("data_zip", "inputs_zip", "inputs", "init_adapter")
+)

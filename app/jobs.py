@@ -205,6 +205,14 @@ class JobStore:
             db.execute("COMMIT")
         return self.get(row["id"], None)
 
+    def place(self, job_id: str, worker: str, pid: int) -> None:
+        """Record the process that runs a claimed job, when it is not the claimer's (a Ray task's
+        worker process, on whichever node Ray chose)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE jobs SET pid = ? WHERE id = ? AND worker = ? AND status = 'running'", (pid, job_id, worker)
+            )
+
     def beat(self, job_id: str, worker: str) -> bool:
         """Record that the worker is alive; True when a cancel has been asked for."""
         with self._connect() as db:

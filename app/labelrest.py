@@ -3,7 +3,7 @@ background, rank the results for correction, correct a few into the labelled set
 warm-started from the adapter on the enlarged set.
 
     LabelRest(studio).submit(owner, images, adapter_ref, ...) -> job id   (a "label" job in the store)
-    run_labelling(...)     in the worker: adapt.batch.label_images on the job's images
+    run_labelling(...)     in the job function (app.worker.execute): adapt.batch.label_images
     .results(owner, job)   thumbnails, most uncertain first, with their scores
     .correction(...)       a labelling state (app.labelling) starting from the model's mask
     .accept(...)           the model's mask as is, into the labelled set
@@ -319,57 +319,51 @@ def _caption(record: dict) -> str:
 # --- the worker's side ---------------------------------------------------------------------------
 
 
-def run_labelling(store, paths, job: dict, worker: str, shutdown, max_pixels: int, heartbeat) -> str:
-    """Label a job's images (the worker calls this for "label" jobs); returns the status left in.
-    A restarted job resumes: the images already in the ledger are skipped."""
+def run_labelling(job: dict, files, control, max_pixels: int) -> str:
+    """Label a job's images in its folder (app.worker.execute calls this for "label" jobs); returns
+    "done", "cancelled" or "stopped". A restarted job resumes: the images already in the ledger
+    are skipped."""
     from adapt.archive import safe_extract
     from adapt.batch import label_images
     from adapt.pipeline import inference_task
     from adapt.train import EventLog
 
-    files = paths.job_files(job["id"])
     spec = job["config"]["label"]
     if files.inputs_zip.exists() and not files.inputs.exists():
         with tempfile.TemporaryDirectory(dir=files.folder) as tmp:
             safe_extract(files.inputs_zip, Path(tmp) / "x", folder="the images")
             (Path(tmp) / "x").rename(files.inputs)
-    with heartbeat(store, job["id"], worker) as beat:
-        if spec["adapter"]:
-            task, _ = inference_task(adapter=spec["adapter"], task=spec["task"])
-        else:
-            task, _ = inference_task(backbone=spec["backbone"], task=spec["task"], download=False)
-        log = EventLog(files.events)
-        log("start", images=spec["images"], model=spec["method"], backbone=spec["backbone"])
-        started, first = time.time(), []
+    if spec["adapter"]:
+        task, _ = inference_task(adapter=spec["adapter"], task=spec["task"])
+    else:
+        task, _ = inference_task(backbone=spec["backbone"], task=spec["task"], download=False)
+    log = EventLog(files.events)
+    log("start", images=spec["images"], model=spec["method"], backbone=spec["backbone"])
+    started, first = time.time(), []
 
-        def progress(done, total, name):
-            if not first:
-                first.append(done)
-            rate = (time.time() - started) / max(1, done - first[0] + 1)
-            log("labelled", step=done, total=total, name=name, eta_s=round(rate * (total - done), 1))
+    def progress(done, total, name):
+        if not first:
+            first.append(done)
+        rate = (time.time() - started) / max(1, done - first[0] + 1)
+        log("labelled", step=done, total=total, name=name, eta_s=round(rate * (total - done), 1))
 
-        report = label_images(
-            task,
-            files.inputs,
-            files.labels,
-            classes=spec["classes"] or None,
-            batch_size=spec["batch_size"],
-            resume=True,
-            model=spec["adapter_ref"] or spec["backbone"],
-            progress=progress,
-            should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(),
-            max_pixels=max_pixels,
-        )
-        if report.cancelled:
-            log("cancelled", step=len(report.done) + len(report.skipped))
-            if beat.cancelled.is_set():
-                store.finish(job["id"], "cancelled", worker=worker)
-                return "cancelled"
-            store.finish(job["id"], "queued", worker=worker, note="stopped with the app; resumes where it was")
-            return "queued"
-        _zip_results(files.labels, files.labels_zip)
-        log("done", step=report.total, failed=len(report.failed))
-    store.finish(job["id"], "done", worker=worker)
+    report = label_images(
+        task,
+        files.inputs,
+        files.labels,
+        classes=spec["classes"] or None,
+        batch_size=spec["batch_size"],
+        resume=True,
+        model=spec["adapter_ref"] or spec["backbone"],
+        progress=progress,
+        should_stop=control.should_stop,
+        max_pixels=max_pixels,
+    )
+    if report.cancelled:
+        log("cancelled", step=len(report.done) + len(report.skipped))
+        return "cancelled" if control.cancelled() else "stopped"
+    _zip_results(files.labels, files.labels_zip)
+    log("done", step=report.total, failed=len(report.failed))
     return "done"
 
 

@@ -1,15 +1,18 @@
 """The studio as a separate process, for tests and benchmarks: `python -m app` on 127.0.0.1 at a
 free port, in its own process group (so it can be killed with its workers at once), with one
-worker and one thread each unless the environment given says otherwise."""
+worker and one thread each unless the environment given says otherwise; and a two-node Ray cluster
+on 127.0.0.1 (RayCluster) for the Ray executor's tests and benchmark."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -91,3 +94,94 @@ class StudioProcess:
         with sqlite3.connect(self.root / "jobs.sqlite", timeout=30) as db:
             db.row_factory = sqlite3.Row
             return dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class RayCluster:
+    """A real two-node Ray cluster on 127.0.0.1 for tests and benchmarks: a head and worker nodes,
+    each its own `ray start --block` process group (app/ray_node.py), stopped by whoever started it."""
+
+    def __init__(self, cpus_per_node: int = 2, nodes: int = 2):
+        self.port = free_port()
+        self.cpus, self.nodes = cpus_per_node, nodes
+        self.temp = Path(tempfile.mkdtemp(prefix="rayt-", dir="/tmp"))  # short: Unix socket paths
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _node(self, *args: str) -> subprocess.Popen:
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO))
+        env.pop("RAY_ADDRESS", None)
+        log = open(self.temp / f"node-{len(self.procs)}.log", "ab")
+        common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--num-gpus=0"]
+        common += ["--object-store-memory=300000000", "--disable-usage-stats"]
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "app" / "ray_node.py"), *common, *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self, timeout: float = 120) -> RayCluster:
+        self._node("--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp}")
+        for _ in range(self.nodes - 1):
+            self._wait(lambda: self.alive_nodes() >= 1, timeout)
+            self._node(f"--address={self.address}")
+        self._wait(lambda: self.alive_nodes() >= self.nodes, timeout)
+        return self
+
+    def alive_nodes(self) -> int:
+        """Alive nodes, asked of the GCS from a separate process (this one never joins the cluster)."""
+        code = (
+            f"import ray; ray.init(address={self.address!r}, log_to_driver=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        )
+        env = dict(os.environ, **LOOPBACK_ENV)
+        env.pop("RAY_ADDRESS", None)
+        try:
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+            return int(out.stdout.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            return 0
+
+    def _wait(self, predicate, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a Ray node exited:\n{self.log()}")
+            if predicate():
+                return
+            time.sleep(1)
+        raise TimeoutError(f"the Ray cluster did not come up in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.temp.glob("node-*.log")))
+
+    def app_env(self, **extra) -> dict:
+        """What the app needs to run its jobs on this cluster."""
+        return {"ADAPT_EXECUTOR": "ray", "RAY_ADDRESS": self.address, **LOOPBACK_ENV, **extra}
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # worker nodes first, then the head
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        for proc in self.procs:  # whatever a node started and left in its group
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp, ignore_errors=True)

@@ -59,6 +59,23 @@ def log_tail(path: Path, start: int, lines: int = 6) -> str:
     return "\n".join(kept)
 
 
+def retry_from_checkpoint(store: JobStore, paths: Paths, job: dict, worker: str, reason: str) -> bool | str | None:
+    """A job whose process died (`reason`) while it has a checkpoint goes back in the queue and
+    resumes from it (True), once per step of death. None: it has no checkpoint; a string: it died
+    at this step before, and says so. In both cases the caller fails the job. Both executors use
+    this rule (a SIGKILLed local worker; a lost Ray worker or node)."""
+    files = paths.job_files(job["id"])
+    labelling = job["config"].get("kind") == "label"  # its ledger is its checkpoint (adapt.batch)
+    if not (files.checkpoint.exists() or (labelling and files.labels.exists())):
+        return None
+    step = read_progress(files.folder).step
+    note = f"{reason} at step {step}; retrying once from its last checkpoint"
+    if store.retry_after_death(job["id"], worker, step, note):
+        log.warning("job %s: %s", job["id"], note)
+        return True
+    return f" again at step {step}, after a retry from its checkpoint; not retried a second time"
+
+
 @dataclass
 class Slot:
     index: int
@@ -95,6 +112,9 @@ class Supervisor:
             self._spawn(slot)
         self._thread.start()
         return self
+
+    def describe(self) -> str:
+        return f"local executor: worker process(es) {self.worker_pids()}"
 
     def stop(self, timeout: float = 20) -> None:
         """Ask the workers to stop (their jobs checkpoint and go back to the queue), then make sure."""
@@ -234,22 +254,12 @@ class Supervisor:
         self._spawn(slot)
 
     def _retry_killed_job(self, slot: Slot, code: int, reason: str) -> bool | str | None:
-        """A worker killed by SIGKILL (the kernel's out-of-memory killer, typically) while its job
-        has a checkpoint: the job goes back in the queue and resumes from it (True), once per step
-        of death. Otherwise the caller fails the job; a string says why it was not retried."""
+        """A worker killed by SIGKILL (the kernel's out-of-memory killer, typically): its job
+        resumes from its last checkpoint, once per step of death (retry_from_checkpoint)."""
         job = self.store.running_job(slot.worker_id)
         if job is None or code != -signal.SIGKILL:
             return None
-        files = self.paths.job_files(job["id"])
-        labelling = job["config"].get("kind") == "label"  # its ledger is its checkpoint (adapt.batch)
-        if not (files.checkpoint.exists() or (labelling and files.labels.exists())):
-            return None
-        step = read_progress(files.folder).step
-        note = f"{reason} at step {step}; retrying once from its last checkpoint"
-        if self.store.retry_after_death(job["id"], slot.worker_id, step, note):
-            log.warning("job %s: %s", job["id"], note)
-            return True
-        return f" again at step {step}, after a retry from its checkpoint; not retried a second time"
+        return retry_from_checkpoint(self.store, self.paths, job, slot.worker_id, reason)
 
     def _check_heartbeat(self, slot: Slot) -> None:
         row = self.store.running_job(slot.worker_id)

@@ -22,6 +22,8 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 HEARTBEAT_S = 2.0
@@ -65,8 +67,38 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
-def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max_pixels: int) -> str:
-    """Run one claimed job to its end; returns the status it was left in."""
+@dataclass(frozen=True)
+class Control:
+    """What a running job asks its executor between steps: has its owner cancelled it, and is the
+    process that runs it stopping (the job then checkpoints and goes back to the queue)."""
+
+    cancelled: Callable[[], bool]
+    stopping: Callable[[], bool]
+
+    def should_stop(self) -> bool:
+        return self.cancelled() or self.stopping()
+
+
+# the note a job stopped with its executor gets, by kind; it resumes at the next start
+RESUME_NOTE = {
+    "train": "stopped with the app; resumes from its checkpoint",
+    "label": "stopped with the app; resumes where it was",
+}
+
+
+def kind_of(job: dict) -> str:
+    return "label" if job["config"].get("kind") == "label" else "train"
+
+
+def execute(job: dict, files, control: Control, max_pixels: int) -> str:
+    """Run one job in its folder (`files`, an app.config.JobFiles) to its end, with no job store:
+    the one job function both executors call (this process's workers, and app.ray_executor's
+    tasks on other machines). Returns "done", "cancelled" (its owner asked) or "stopped" (the
+    executor is stopping; the checkpoint is written and the job resumes from it). Errors raise."""
+    if kind_of(job) == "label":  # label the rest: adapt.batch
+        from app.labelrest import run_labelling
+
+        return run_labelling(job, files, control, max_pixels)
     from adapt.data import load_dataset
     from adapt.export import zip_adapter
     from adapt.files import write_json
@@ -75,44 +107,49 @@ def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max
     from app.preview import Previewer
 
     spec = job["config"]
-    if spec.get("kind") == "label":  # label the rest: adapt.batch in this worker
-        from app.labelrest import run_labelling
-
-        return run_labelling(store, paths, job, worker, shutdown, max_pixels, Heartbeat)
-    files = paths.job_files(job["id"])
     files.folder.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(**spec["train"])
     gpus = int(spec.get("gpus") or 1)
-    with Heartbeat(store, job["id"], worker) as beat:
-        dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
-        source = spec.get("data_name", "uploaded dataset")
-        previews = Previewer(files, cfg.task, dataset.classes)
-        if gpus > 1:  # one process per GPU of this worker (the supervisor gave it `gpus` of them)
-            summary = _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, beat, shutdown)
-        else:
-            summary = train_adapter(
-                cfg,
-                dataset,
-                files.folder,
-                holdout=spec.get("holdout"),
-                source=source,
-                resume=True,
-                should_stop=lambda: beat.cancelled.is_set() or shutdown.is_set(),
-                on_eval=previews,
-            )
-        if summary["status"] == "cancelled":
-            if beat.cancelled.is_set():
-                store.finish(job["id"], "cancelled", worker=worker)
-                return "cancelled"
-            store.finish(job["id"], "queued", worker=worker, note="stopped with the app; resumes from its checkpoint")
-            return "queued"
-        zip_adapter(summary["adapter"], files.adapter_zip)
-        write_json(files.result, {k: (str(v) if k == "adapter" else v) for k, v in summary.items()})
-    store.finish(job["id"], "done", worker=worker)
+    dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
+    source = spec.get("data_name", "uploaded dataset")
+    previews = Previewer(files, cfg.task, dataset.classes)
+    if gpus > 1:  # one process per GPU of this worker (the supervisor gave it `gpus` of them)
+        summary = _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, control)
+    else:
+        summary = train_adapter(
+            cfg,
+            dataset,
+            files.folder,
+            holdout=spec.get("holdout"),
+            source=source,
+            resume=True,
+            should_stop=control.should_stop,
+            on_eval=previews,
+        )
+    if summary["status"] == "cancelled":
+        return "cancelled" if control.cancelled() else "stopped"
+    zip_adapter(summary["adapter"], files.adapter_zip)
+    write_json(files.result, {k: (str(v) if k == "adapter" else v) for k, v in summary.items()})
     return "done"
 
 
-def _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, beat, shutdown) -> dict:
+def settle(store, job: dict, worker: str, status: str) -> str:
+    """Record how a job ended in the store; returns the status it was left in."""
+    if status == "stopped":
+        store.finish(job["id"], "queued", worker=worker, note=RESUME_NOTE[kind_of(job)])
+        return "queued"
+    store.finish(job["id"], status, worker=worker)
+    return status
+
+
+def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max_pixels: int) -> str:
+    """Run one claimed job to its end in this process; returns the status it was left in."""
+    with Heartbeat(store, job["id"], worker) as beat:
+        status = execute(job, paths.job_files(job["id"]), Control(beat.cancelled.is_set, shutdown.is_set), max_pixels)
+    return settle(store, job, worker, status)
+
+
+def _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, control: Control) -> dict:
     """A multi-GPU job: adapt.distributed's processes, stopped through a flag file when the job is
     cancelled or the app stops (the ranks cannot see this process's events)."""
     from adapt.distributed import run_data_parallel, train_job
@@ -123,7 +160,7 @@ def _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, beat, sh
 
     def watch():
         while not done.wait(0.5):
-            if beat.cancelled.is_set() or shutdown.is_set():
+            if control.should_stop():
                 stop.touch()
                 return
 
