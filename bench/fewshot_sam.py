@@ -2,7 +2,9 @@
 
     python bench/fewshot_sam.py --quick            # < 5 minutes on 2 CPU cores
     python bench/fewshot_sam.py                    # every domain, 5/10/20 shots, every method
-    python bench/fewshot_sam.py --out docs/fewshot_sam.md
+    python bench/fewshot_sam.py --seeds 0 1 2 3 4 --jobs 2 --threads 1 --tuned docs/fewshot_rates.json \
+        --record docs/evidence/fewshot_sam.json --plot docs/img/fewshot-params-dice.png --out docs/fewshot_sam.md
+                                                   # the documented run (51 min on 2 cores)
 
 For each target domain, shot count and method: train on `shots` generated images with the same
 trainer the CLI uses (bundled tiny-sam, box prompts with jitter), then score the fixed held-out set
