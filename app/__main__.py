@@ -1,5 +1,5 @@
 """python -m app: start the studio (the page, its API and the executor that runs its jobs: this
-machine's workers, or a Ray cluster with ADAPT_EXECUTOR=ray; see app/executor.py).
+machine's workers, or a Ray cluster with ADAPT_EXECUTOR=ray; see app/run/executor.py).
 
 Binds to 127.0.0.1 unless GRADIO_SERVER_NAME says otherwise; files live under ADAPT_STUDIO_DIR
 (see app/config.py). Stopping the app stops the workers; their jobs resume at the next start.
@@ -31,9 +31,9 @@ def main() -> None:
     import torch
 
     from app.config import Limits, Paths, default_root
-    from app.executor import make_executor
     from app.rest import add_routes
-    from app.service import Studio
+    from app.run.executor import make_executor
+    from app.studio import Studio
     from app.ui import CSS, build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -56,7 +56,7 @@ def main() -> None:
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
             max_file_size=f"{limits.upload_mb}mb",
-            # every endpoint turns its own errors into messages (app.ui_common.user_errors); this
+            # every endpoint turns its own errors into messages (app.ui.common.user_errors); this
             # makes the few gradio raises itself, checking a malformed payload, say what they are
             show_error=True,
             css=CSS,

@@ -9,7 +9,7 @@ ADAPT_MAX_STEPS      most training steps one job may ask for (default 20000)
 ADAPT_MAX_LABEL_IMAGES  most images one labelling job may take (default 2000)
 ADAPT_WORKER_THREADS torch threads in each worker (default: all cores)
 ADAPT_WORKERS        worker processes (default: one per GPU, one when there is none)
-ADAPT_EXECUTOR       what runs the jobs: local (default) | ray | auto (app/executor.py); with ray:
+ADAPT_EXECUTOR       what runs the jobs: local (default) | ray | auto (app/run/executor.py); with ray:
                      RAY_ADDRESS, ADAPT_RAY_CPUS (CPUs per job on a CPU cluster, default 1),
                      ADAPT_RAY_MAX_JOBS (default: the cluster's GPUs, or CPUs / ADAPT_RAY_CPUS)
 """
@@ -151,7 +151,7 @@ class JobFiles:
         return picture.with_name(f"{picture.stem}_pred.png")
 
 
-# the files of a job folder that the job only reads: app.mirror sends them to a remote executor's
+# the files of a job folder that the job only reads: app.run.mirror sends them to a remote executor's
 # node with the job, and never back
 JOB_INPUTS = tuple(
     getattr(JobFiles(Path()), name).name for name in ("data_zip", "inputs_zip", "inputs", "init_adapter")

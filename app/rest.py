@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 
-from app.service import Studio, UserError
-from app.ui_common import error_message
+from app.studio import Studio, UserError
+from app.ui.common import error_message
 
 PREFIX = "/studio/v1"
 MAX_BODY = 4096  # bytes: an owner token and a job id fit many times over

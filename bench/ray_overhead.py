@@ -3,8 +3,8 @@
     python bench/ray_overhead.py                      # 3 jobs per executor, 40 steps each
     python bench/ray_overhead.py --jobs 5 --steps 60
 
-For each executor the studio runs as its own process (app.launcher): the local one with its one
-worker process; the Ray one against a two-node Ray cluster on 127.0.0.1 (app.launcher.RayCluster,
+For each executor the studio runs as its own process (devtools.launcher): the local one with its one
+worker process; the Ray one against a two-node Ray cluster on 127.0.0.1 (devtools.launcher.RayCluster,
 2 CPUs per node). The same tiny-sam PARSER job (6 images of 128 px, batch 2) is submitted through
 the API, one after the other. Reported per executor, as the mean over the jobs:
 - submission to first progress: from the /train call to the first step event in the job's folder
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.launcher import RayCluster, StudioProcess
+from devtools.launcher import RayCluster, StudioProcess
 
 OWNER = "bench-owner-" + "r" * 16
 

@@ -3,7 +3,7 @@
     python bench/status_latency.py                    # 8 clients, 20 s each way, while a job trains
     python bench/status_latency.py --clients 8 --seconds 20 --idle   # also with no job, the baseline
 
-The app runs as its own process (app.launcher), with one worker training a long tiny-sam PARSER job
+The app runs as its own process (devtools.launcher), with one worker training a long tiny-sam PARSER job
 on the CPU (the worker uses all cores, as in a default deployment). Each client calls /status in a
 loop: as plain HTTP POSTs to the studio's light JSON route (/studio/v1/status, app/rest.py), as
 plain HTTP POSTs to Gradio's REST route for the endpoint, and through gradio_client; the latency of
@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from app.launcher import StudioProcess
+from devtools.launcher import StudioProcess
 
 OWNER = "bench-owner-" + "b" * 16
 

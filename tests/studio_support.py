@@ -8,7 +8,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from app.launcher import StudioProcess, free_port  # noqa: F401  (re-exported for the tests)
+from devtools.launcher import StudioProcess, free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 OWNER = "test-owner-" + "a" * 20

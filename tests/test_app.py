@@ -1,6 +1,6 @@
 """The app's service layer (the UI itself is tested in the browser tests)."""
 
-from app.service import describe_method
+from app.studio import describe_method
 
 
 def test_describe_method_counts():
@@ -15,7 +15,7 @@ def test_describe_method_refuses_wrong_family():
 
 def test_ui_builds_with_named_api(tmp_path):
     from app.config import Paths
-    from app.service import Studio
+    from app.studio import Studio
     from app.ui import build
 
     demo = build(Studio(Paths(tmp_path / "studio")))

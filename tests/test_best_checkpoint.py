@@ -73,7 +73,7 @@ def test_an_overfit_run_returns_its_best_state_and_warns_everywhere(data, tmp_pa
     better."""
     from app.config import Limits, Paths
     from app.progress import read_progress
-    from app.service import Studio
+    from app.studio import Studio
 
     studio = Studio(Paths(tmp_path / "studio"), Limits())
     spec = {"task": "dichotomous", "backbone": "tiny-sam", "method": "parser", "steps": 8}

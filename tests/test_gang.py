@@ -10,7 +10,7 @@ from studio_support import OWNER, dataset_zip, wait_for
 
 from app.config import Limits, Paths
 from app.jobs import JobStore
-from app.service import Studio, UserError
+from app.studio import Studio, UserError
 
 
 def test_the_store_gives_a_multi_gpu_job_only_to_a_worker_holding_enough_gpus(tmp_path):
@@ -25,8 +25,8 @@ def test_the_store_gives_a_multi_gpu_job_only_to_a_worker_holding_enough_gpus(tm
 
 
 def test_a_two_gpu_job_runs_on_a_worker_holding_both(tmp_path, monkeypatch):
-    import app.service as service
-    import app.supervisor as supervisor
+    import app.run.supervisor as supervisor
+    import app.studio as service
 
     monkeypatch.setattr(supervisor, "gpu_count", lambda: 2)
     monkeypatch.setattr(service, "gpu_count", lambda: 2)

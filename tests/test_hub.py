@@ -176,7 +176,7 @@ def test_the_studio_pushes_and_loads_hub_adapters(tmp_path, folder, fake_api, mo
     import huggingface_hub
 
     from app.config import Limits, Paths
-    from app.service import Studio, UserError
+    from app.studio import Studio, UserError
 
     studio = Studio(Paths(tmp_path / "studio"), Limits())
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(folder))

@@ -1,4 +1,4 @@
-"""Label the rest in the studio's service layer (app.labelrest), with the worker's job function
+"""Label the rest in the studio's service layer (app.label_rest), with the worker's job function
 run in-process: submit -> label in the background -> results most uncertain first -> correct one
 from the model's mask, accept another -> retrain warm-started on the enlarged set."""
 
@@ -14,9 +14,9 @@ from PIL import Image
 from studio_support import OWNER, dataset_zip
 
 from app.config import Limits, Paths
-from app.labelrest import LabelRest
-from app.service import Studio, UserError
-from app.worker import run_job
+from app.label_rest import LabelRest
+from app.run.worker import run_job
+from app.studio import Studio, UserError
 
 OTHER = "another-owner-" + "c" * 20
 
@@ -66,11 +66,11 @@ def test_label_the_rest_then_correct_accept_and_retrain(loop):
     state = rest.correction(OWNER, job, rows[0]["name"])
     mask = np.asarray(Image.open(studio.paths.job_files(job).labels / "masks" / f"{rows[0]['name']}.png"))
     assert np.array_equal(state["labels"] > 0, mask > 0)
-    from app import labelling
+    from app import labeller
 
     state["labels"][:] = 0
     state["labels"][20:60, 20:60] = 1  # the user's correction
-    labelling.save_pair(state, studio.paths.labelled_set(OWNER), "dichotomous", rest.classes(OWNER, job))
+    labeller.save_pair(state, studio.paths.labelled_set(OWNER), "dichotomous", rest.classes(OWNER, job))
     rest.accept(OWNER, job, rows[1]["name"])  # the second, accepted as the model had it
     saved = sorted((studio.paths.labelled_set(OWNER) / "masks").iterdir())
     assert len(saved) == 2

@@ -1,4 +1,4 @@
-"""app.mirror: a job folder packed for another machine, and its changes sent back (no Ray needed)."""
+"""app.run.mirror: a job folder packed for another machine, and its changes sent back (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from adapt.files import write_text
-from app.mirror import Mirror, MirrorError, apply, pack, unpack
+from app.run.mirror import Mirror, MirrorError, apply, pack, unpack
 
 
 def job_folder(tmp_path):
@@ -82,11 +82,11 @@ def test_changes_cannot_leave_the_job_folder(tmp_path):
 
 
 def test_the_executor_is_chosen_by_name(monkeypatch):
-    from app.executor import ExecutorError, executor_kind
+    from app.run.executor import ExecutorError, executor_kind
 
     assert executor_kind("local") == "local"
     with pytest.raises(ExecutorError, match="use one of"):
         executor_kind("kubernetes")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr("app.executor.ray_cluster_here", lambda: False)
+    monkeypatch.setattr("app.run.executor.ray_cluster_here", lambda: False)
     assert executor_kind("auto") == "local"

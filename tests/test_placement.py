@@ -1,5 +1,5 @@
 """Where the app's predictors run (app/placement.py) and how jobs are planned around them
-(app.service.job_plan): a GPU that cannot take a model sends it to the CPU with a message; a GPU
+(app.studio.job_plan): a GPU that cannot take a model sends it to the CPU with a message; a GPU
 out-of-memory mid-request finishes on the CPU; a job leaves room for the predictor; a memory
 budget from the Train tab plans the job on any machine."""
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from studio_support import OWNER, dataset_zip
 
-import app.service as service
-from app import labelling, placement
+import app.studio as service
+from app import labeller, placement
 from app.config import Limits, Paths
-from app.service import Studio, UserError, estimate_memory, job_plan
+from app.studio import Studio, UserError, estimate_memory, job_plan
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(service, "_has_gpu", lambda: True)
-    monkeypatch.setattr(labelling, "_predictors", {})
+    monkeypatch.setattr(labeller, "_predictors", {})
     monkeypatch.setattr(placement, "_on_gpu", set())
     monkeypatch.delenv(placement.ENV, raising=False)
     return state
@@ -51,12 +51,12 @@ def test_an_unavailable_gpu_sends_previews_and_clicks_to_the_cpu_saying_so(tmp_p
     task_obj, _, where = studio.model(OWNER, "", "tiny-sam", "dichotomous")
     assert where.device == "cpu" and next(task_obj.backbone.model.parameters()).device.type == "cpu"
 
-    state = labelling.new_state(image, "a.png")
-    labelling.click(state, 40, 30, labelling.MODES[0])
-    labelling.propose(state, "tiny-sam")
+    state = labeller.new_state(image, "a.png")
+    labeller.click(state, 40, 30, labeller.MODES[0])
+    labeller.propose(state, "tiny-sam")
     assert state["proposal"].shape == (96, 128)
     assert "GPU could not take the model" in state["device_note"]
-    pred, _ = labelling.predictor("tiny-sam")
+    pred, _ = labeller.predictor("tiny-sam")
     assert pred.device == "cpu"
 
 

@@ -1,4 +1,4 @@
-"""The Ray executor against a real two-node Ray cluster on 127.0.0.1 (app.launcher.RayCluster): jobs
+"""The Ray executor against a real two-node Ray cluster on 127.0.0.1 (devtools.launcher.RayCluster): jobs
 submitted through the studio's API train as Ray tasks, and everything the page shows arrives as it
 does with the local executor; cancel; a killed Ray worker; an app restart; two owners at once.
 
@@ -21,7 +21,7 @@ from gradio_client import Client  # noqa: E402
 from studio_support import OWNER, App, dataset_zip, wait_for  # noqa: E402
 from test_studio_api import FINISHED, train  # noqa: E402
 
-from app.launcher import RayCluster  # noqa: E402
+from devtools.launcher import RayCluster  # noqa: E402
 
 OTHER = "other-owner-" + "c" * 20
 
@@ -113,7 +113,7 @@ def test_cancel_reaches_the_running_task(app, client, data):
 
 
 def test_a_killed_ray_worker_resumes_its_job_from_the_last_checkpoint_once(app, client, data):
-    """The documented outcome (app/ray_executor.py): like a SIGKILLed local worker, the job goes
+    """The documented outcome (app/run/ray_executor.py): like a SIGKILLed local worker, the job goes
     back to the queue and resumes from the last checkpoint that reached the app, once."""
     job = train(client, data, steps=40)  # checkpoints every 5 steps
     wait_for(lambda: status(client, job)["step"] >= 7, 180, what="a checkpoint")

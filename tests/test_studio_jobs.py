@@ -12,7 +12,7 @@ from studio_support import OWNER, bad_uploads, dataset_zip, slip_zip
 from app.config import Limits, Paths
 from app.jobs import JobStore
 from app.progress import read_progress
-from app.service import Studio, UserError, check_owner, estimate_memory, parse_clicks
+from app.studio import Studio, UserError, check_owner, estimate_memory, parse_clicks
 
 
 @pytest.fixture
@@ -128,37 +128,37 @@ def test_uploads_are_checked_before_anything_is_kept(tmp_path):
 
 def test_click_labelling_makes_a_valid_dataset(tmp_path, monkeypatch):
     from adapt.data import load_dataset
-    from app import labelling
+    from app import labeller
 
     image = np.zeros((400, 1000, 3), np.uint8)
-    state = labelling.new_state(image, "photo one.jpg")
-    assert state["scale"] == pytest.approx(labelling.DISPLAY / 1000)
-    labelling.click(state, 100, 50, "foreground point")
+    state = labeller.new_state(image, "photo one.jpg")
+    assert state["scale"] == pytest.approx(labeller.DISPLAY / 1000)
+    labeller.click(state, 100, 50, "foreground point")
     assert state["points"] == [[pytest.approx(100 / state["scale"]), pytest.approx(50 / state["scale"]), 1]]
-    labelling.click(state, 10, 10, "box (two clicks)")
-    labelling.click(state, 200, 100, "box (two clicks)")
+    labeller.click(state, 10, 10, "box (two clicks)")
+    labeller.click(state, 200, 100, "box (two clicks)")
     assert state["box"][2] == pytest.approx(200 / state["scale"])
     state["proposal"] = np.zeros((400, 1000), bool)
     state["proposal"][100:200, 100:300] = True
-    labelling.add_region(state, 2)
+    labeller.add_region(state, 2)
     assert state["labels"].max() == 2 and state["points"] == [] and state["proposal"] is None
     layer = np.zeros((307, 768, 4), np.uint8)
     layer[:, :20] = (255, 0, 0, 255)  # red: erase
     layer[:20, 700:] = (0, 255, 0, 255)  # green: paint
-    labelling.apply_brush(state, layer, 1)
+    labeller.apply_brush(state, layer, 1)
     assert (state["labels"][:, :20] == 0).all() and (state["labels"][:10, 950:] == 1).all()
-    assert labelling.render(state, 3).shape[1] == labelling.DISPLAY
+    assert labeller.render(state, 3).shape[1] == labeller.DISPLAY
 
     folder = tmp_path / "set"
     for name in ("a.png", "a.png"):
-        state = labelling.new_state(np.full((64, 80, 3), 90, np.uint8), name)
+        state = labeller.new_state(np.full((64, 80, 3), 90, np.uint8), name)
         state["labels"][10:30, 10:30] = 1
-        labelling.save_pair(state, folder, "dichotomous", ["background", "foreground"])
+        labeller.save_pair(state, folder, "dichotomous", ["background", "foreground"])
     dataset = load_dataset(folder, task="dichotomous")
     assert dataset.stems == ["a", "a_2"] and dataset[0].mask.max() == 1
-    assert len(labelling.gallery(folder, "dichotomous")) == 2
+    assert len(labeller.gallery(folder, "dichotomous")) == 2
     with pytest.raises(ValueError, match="nothing is labelled"):
-        labelling.save_pair(labelling.new_state(np.zeros((8, 8, 3), np.uint8), "b"), folder, "dichotomous", [])
+        labeller.save_pair(labeller.new_state(np.zeros((8, 8, 3), np.uint8), "b"), folder, "dichotomous", [])
 
 
 def test_the_metric_chart_has_lines_from_the_first_adapted_score(tmp_path):
@@ -220,7 +220,7 @@ def test_a_store_from_an_older_version_gains_its_new_column(tmp_path):
 
 
 def test_request_values_are_typed_and_bounded():
-    from app.service import MAX_CLICKS, as_text, choice, file_list, number, parse_classes
+    from app.studio import MAX_CLICKS, as_text, choice, file_list, number, parse_classes
 
     assert number("3", "steps", 1, 10, integer=True) == 3 and number(2.0, "steps", 1, 10, integer=True) == 2
     for bad, message in [
@@ -325,7 +325,7 @@ def test_cleanup_removes_what_nobody_touched(tmp_path):
 
 
 def test_the_official_backbone_is_proposed_first_on_a_gpu(monkeypatch):
-    from app import service
+    import app.studio as service
 
     monkeypatch.setattr(service, "_has_gpu", lambda: True)
     assert service.backbones_for("dichotomous")[0] == "sam-vit-b"
@@ -340,7 +340,7 @@ def test_on_a_gpu_a_job_is_planned_to_fit_before_it_is_queued(tmp_path, monkeypa
     and checkpointing go into the job, and a job that cannot fit is refused with what would."""
     import torch
 
-    import app.service as service
+    import app.studio as service
     from adapt.planner import estimate
 
     data = dataset_zip(tmp_path, n=4, size=64)

@@ -1,6 +1,6 @@
 """The training worker: a separate process that takes jobs from the job store one at a time.
 
-    python -m app.worker --root STUDIO_DIR --worker-id ID
+    python -m app.run.worker --root STUDIO_DIR --worker-id ID
 
 For each job it loads the job's dataset and calls `adapt.pipeline.train_adapter` with the job's
 folder as the output (events, checkpoint, adapter; resumed when a checkpoint is there), renders
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HEARTBEAT_S = 2.0
-log = logging.getLogger("app.worker")
+log = logging.getLogger("app.run.worker")
 
 
 def _die_with_parent() -> None:
@@ -92,11 +92,11 @@ def kind_of(job: dict) -> str:
 
 def execute(job: dict, files, control: Control, max_pixels: int) -> str:
     """Run one job in its folder (`files`, an app.config.JobFiles) to its end, with no job store:
-    the one job function both executors call (this process's workers, and app.ray_executor's
+    the one job function both executors call (this process's workers, and app.run.ray_executor's
     tasks on other machines). Returns "done", "cancelled" (its owner asked) or "stopped" (the
     executor is stopping; the checkpoint is written and the job resumes from it). Errors raise."""
     if kind_of(job) == "label":  # label the rest: adapt.batch
-        from app.labelrest import run_labelling
+        from app.label_rest import run_labelling
 
         return run_labelling(job, files, control, max_pixels)
     from adapt.data import load_dataset
@@ -213,7 +213,7 @@ def record_failure(store, job_id: str, worker: str, message: str, tries: int = 5
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.worker")
+    parser = argparse.ArgumentParser(prog="python -m app.run.worker")
     parser.add_argument("--root", required=True)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--poll", type=float, default=0.5)

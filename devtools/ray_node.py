@@ -1,11 +1,11 @@
 """`ray start`, kept on the loopback interface: the tests' Ray nodes listen on 127.0.0.1 only.
 
-    python app/ray_node.py --head --block --node-ip-address=127.0.0.1 --port=P ...
+    python devtools/ray_node.py --head --block --node-ip-address=127.0.0.1 --port=P ...
 
 Ray turns a loopback --node-ip-address into the machine's routable address so that other machines
 can reach the node; a test cluster must not be reachable from elsewhere, so this keeps the address
 given. (Drivers get the same effect from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
-app.launcher.RayCluster.app_env sets for the app.) For tests and benchmarks only: a real cluster's
+devtools.launcher.RayCluster.app_env sets for the app.) For tests and benchmarks only: a real cluster's
 nodes are started with plain `ray start`.
 """
 

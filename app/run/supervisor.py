@@ -22,8 +22,8 @@ from app.config import Paths
 from app.jobs import JobStore, new_token
 from app.progress import read_progress
 
-REPO = Path(__file__).resolve().parent.parent
-log = logging.getLogger("app.supervisor")
+REPO = Path(__file__).resolve().parents[2]
+log = logging.getLogger("app.run.supervisor")
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("ADAPT_HEARTBEAT_TIMEOUT", "300"))
 
 
@@ -153,7 +153,7 @@ class Supervisor:
             command = [
                 sys.executable,
                 "-m",
-                "app.worker",
+                "app.run.worker",
                 "--root",
                 str(self.paths.root),
                 "--worker-id",

@@ -1,13 +1,13 @@
 """The Ray executor (ADAPT_EXECUTOR=ray): the studio's queued jobs run as Ray tasks on any node of
-a cluster, with the same job function as the local workers (app.worker.execute).
+a cluster, with the same job function as the local workers (app.run.worker.execute).
 
 The app stays the one owner of the job store and the job folders. For each job it claims:
 
 * **out**: the job's folder (its dataset zip or images, checkpoint and events so far, a warm-start
-  adapter) and any adapter it predicts with are packed as bytes (app.mirror.pack) and put in Ray's
+  adapter) and any adapter it predicts with are packed as bytes (app.run.mirror.pack) and put in Ray's
   object store; the task unpacks them in a scratch folder on its node. No path of the app's
   machine is used there: no shared filesystem is assumed.
-* **back**: every half second the task scans its folder (app.mirror.Mirror) and sends what changed
+* **back**: every half second the task scans its folder (app.run.mirror.Mirror) and sends what changed
   (new event lines, previews, checkpoints, finally the adapter and result) to a small actor the app
   owns (`Channel`); the app drains it and applies the changes to the job's folder, so the page reads
   progress, previews and scores exactly as it does for a local job. The same round trip carries the
@@ -47,10 +47,10 @@ import ray.exceptions as rex
 
 from app.config import JobFiles, Limits, Paths
 from app.jobs import JobStore, new_token
-from app.mirror import MirrorError, apply, pack
-from app.supervisor import HEARTBEAT_TIMEOUT_S, retry_from_checkpoint
+from app.run.mirror import MirrorError, apply, pack
+from app.run.supervisor import HEARTBEAT_TIMEOUT_S, retry_from_checkpoint
 
-log = logging.getLogger("app.ray_executor")
+log = logging.getLogger("app.run.ray_executor")
 SHIP_EVERY_S = float(os.environ.get("ADAPT_RAY_SHIP_S", "0.5"))
 NAMESPACE = "adapt-studio"
 # how the process or machine running a task can be lost (the job may resume from its checkpoint)
@@ -98,8 +98,8 @@ def run_task(token: str, payload: dict, channel, max_pixels: int, threads: int |
     send what it writes back to the app through `channel` as it goes; returns how it ended."""
     import torch
 
-    from app.mirror import Mirror, unpack
-    from app.worker import Control, execute, user_message
+    from app.run.mirror import Mirror, unpack
+    from app.run.worker import Control, execute, user_message
 
     if threads:
         torch.set_num_threads(threads)
@@ -285,7 +285,7 @@ class RayExecutor:
         if status == "failed":
             self._fail(run, result["error"])
             return
-        from app.worker import settle
+        from app.run.worker import settle
 
         settle(self.store, run.job, run.token, status)
 

@@ -17,10 +17,10 @@ import gradio as gr
 import numpy as np
 
 from adapt.files import disk_full
-from app.service import UserError, backbones_for, check_owner
+from app.studio import UserError, backbones_for, check_owner
 
 log = logging.getLogger("app")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "assets" / "examples"
 
 

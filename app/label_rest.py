@@ -3,9 +3,9 @@ background, rank the results for correction, correct a few into the labelled set
 warm-started from the adapter on the enlarged set.
 
     LabelRest(studio).submit(owner, images, adapter_ref, ...) -> job id   (a "label" job in the store)
-    run_labelling(...)     in the job function (app.worker.execute): adapt.batch.label_images
+    run_labelling(...)     in the job function (app.run.worker.execute): adapt.batch.label_images
     .results(owner, job)   thumbnails, most uncertain first, with their scores
-    .correction(...)       a labelling state (app.labelling) starting from the model's mask
+    .correction(...)       a labelling state (app.labeller) starting from the model's mask
     .accept(...)           the model's mask as is, into the labelled set
     .retrain(...)          a training job warm-started from the adapter on its data + the labelled set
     .download(...)         masks + COCO + scores (zip)
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from app.jobs import new_token
-from app.service import (
+from app.studio import (
     MAX_ID,
     Studio,
     UserError,
@@ -221,13 +221,13 @@ class LabelRest:
         return record
 
     def correction(self, owner: str, job_id: str, name: str) -> dict:
-        """A labelling state (app.labelling) for one result: the image, with the model's mask as
+        """A labelling state (app.labeller) for one result: the image, with the model's mask as
         the label map to start from."""
-        from app import labelling
+        from app import labeller
 
         job, spec = self._done_job(owner, job_id)
         record = self._record(job["id"], name)
-        state = labelling.new_state(self.studio.load_image(str(self._image_path(job["id"], record))), record["file"])
+        state = labeller.new_state(self.studio.load_image(str(self._image_path(job["id"], record))), record["file"])
         mask = self._mask(job["id"], record["name"])
         state["labels"] = (mask > 127).astype(np.uint8) if spec["task"] == "dichotomous" else mask.astype(np.uint8)
         return state
@@ -242,13 +242,13 @@ class LabelRest:
 
     def accept(self, owner: str, job_id: str, name: str) -> str:
         """Save the model's mask as is into the labelled set; returns the saved stem."""
-        from app import labelling
+        from app import labeller
 
         state = self.correction(owner, job_id, name)
         spec = self._done_job(owner, job_id)[1]
         self.studio.check_storage(owner, state["image"].nbytes // 4)
         try:
-            return labelling.save_pair(state, self.paths.labelled_set(owner), spec["task"], self.classes(owner, job_id))
+            return labeller.save_pair(state, self.paths.labelled_set(owner), spec["task"], self.classes(owner, job_id))
         except ValueError as e:
             raise UserError(str(e)) from None
 
@@ -320,7 +320,7 @@ def _caption(record: dict) -> str:
 
 
 def run_labelling(job: dict, files, control, max_pixels: int) -> str:
-    """Label a job's images in its folder (app.worker.execute calls this for "label" jobs); returns
+    """Label a job's images in its folder (app.run.worker.execute calls this for "label" jobs); returns
     "done", "cancelled" or "stopped". A restarted job resumes: the images already in the ledger
     are skipped."""
     from adapt.archive import safe_extract

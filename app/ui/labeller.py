@@ -1,5 +1,5 @@
 """The studio's Data tab: upload image/mask pairs, or label images by clicking with SAM into the
-owner's labelled set (actions in app.service and app.labelling)."""
+owner's labelled set (actions in app.studio and app.labeller)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from app import labelling
-from app.service import Studio, UserError, backbones_for, check_owner, parse_classes
-from app.ui_common import example_path, examples, outbox, user_errors
+from app import labeller
+from app.studio import Studio, UserError, backbones_for, check_owner, parse_classes
+from app.ui.common import example_path, examples, outbox, user_errors
 
 # --- Data ----------------------------------------------------------------------------------------
 
@@ -55,7 +55,7 @@ def data_tab(studio: Studio, owner, task) -> dict:
                     label="Click on the image", interactive=False, elem_id="label-view", format="png", height=420
                 )
                 with gr.Row():
-                    mode = gr.Radio(list(labelling.MODES), value=labelling.MODES[0], label="Click adds", scale=2)
+                    mode = gr.Radio(list(labeller.MODES), value=labeller.MODES[0], label="Click adds", scale=2)
                     lab_class = gr.Dropdown(["object"], label="Class of the region", visible=False, scale=1)
                     lab_model = gr.Dropdown(
                         backbones_for("dichotomous"), value="tiny-sam", label="Click model", scale=1
@@ -74,8 +74,8 @@ def data_tab(studio: Studio, owner, task) -> dict:
                         transforms=(),
                         layers=False,
                         brush=gr.Brush(
-                            colors=[labelling.BRUSH_ADD, labelling.BRUSH_ERASE],
-                            default_color=labelling.BRUSH_ADD,
+                            colors=[labeller.BRUSH_ADD, labeller.BRUSH_ERASE],
+                            default_color=labeller.BRUSH_ADD,
                             color_mode="fixed",
                         ),
                         format="png",
@@ -111,30 +111,30 @@ def data_tab(studio: Studio, owner, task) -> dict:
         if not path:
             return gr.skip(), gr.skip(), gr.skip()
         check_owner(o)
-        state = labelling.new_state(studio.load_image(path), Path(path).name)
-        return state, labelling.render(state, n_classes(t, names)), f"Labelling **{Path(path).name}**."
+        state = labeller.new_state(studio.load_image(path), Path(path).name)
+        return state, labeller.render(state, n_classes(t, names)), f"Labelling **{Path(path).name}**."
 
     def on_click(o, state, m, model, t, names, evt: gr.SelectData):
         if state is None:
             return gr.skip(), gr.skip()
-        labelling.click(state, evt.index[0], evt.index[1], m)
-        labelling.propose(state, model)
+        labeller.click(state, evt.index[0], evt.index[1], m)
+        labeller.propose(state, model)
         if state.get("device_note") and state.get("device_note") != state.get("device_note_shown"):
             state["device_note_shown"] = state["device_note"]
             gr.Info(f"Click labelling: {state['device_note']}")  # once per image and reason
-        return state, labelling.render(state, n_classes(t, names))
+        return state, labeller.render(state, n_classes(t, names))
 
     def edit(action):
         def run(state, model, t, names, lab):
             if state is None:
                 return gr.skip(), gr.skip()
             if action == "undo":
-                labelling.propose(labelling.undo(state), model)
+                labeller.propose(labeller.undo(state), model)
             elif action == "clear":
-                labelling.clear_clicks(state)
+                labeller.clear_clicks(state)
             else:
-                labelling.add_region(state, _class_id(t, names, lab))
-            return state, labelling.render(state, n_classes(t, names))
+                labeller.add_region(state, _class_id(t, names, lab))
+            return state, labeller.render(state, n_classes(t, names))
 
         return run
 
@@ -142,7 +142,7 @@ def data_tab(studio: Studio, owner, task) -> dict:
         if state is None:
             return gr.skip()
         return {
-            "background": labelling.render(state, n_classes(t, names), clicks=False),
+            "background": labeller.render(state, n_classes(t, names), clicks=False),
             "layers": [],
             "composite": None,
         }
@@ -150,21 +150,21 @@ def data_tab(studio: Studio, owner, task) -> dict:
     def apply(state, value, t, names, lab):
         if state is None or not value or not value.get("layers"):
             return gr.skip(), gr.skip()
-        labelling.apply_brush(state, value["layers"][0], _class_id(t, names, lab))
-        return state, labelling.render(state, n_classes(t, names))
+        labeller.apply_brush(state, value["layers"][0], _class_id(t, names, lab))
+        return state, labeller.render(state, n_classes(t, names))
 
     @user_errors
     def save_pair(o, state, t, names, lab):
         if state is None:
             raise UserError("open an image to label first")
         try:
-            stem = labelling.save_pair(state, set_dir(o), t, _classes(t, names), _class_id(t, names, lab))
+            stem = labeller.save_pair(state, set_dir(o), t, _classes(t, names), _class_id(t, names, lab))
         except ValueError as e:
             raise UserError(str(e)) from None
         return (
             state,
-            labelling.render(state, n_classes(t, names)),
-            labelling.gallery(set_dir(o), t),
+            labeller.render(state, n_classes(t, names)),
+            labeller.gallery(set_dir(o), t),
             f"Saved **{stem}** to the labelled set.",
         )
 
@@ -252,7 +252,7 @@ def _class_id(task: str, names: str, chosen: str | None) -> int:
 
 
 def _zip_set(studio: Studio, owner: str) -> Path:
-    from app.service import zip_folder
+    from app.studio import zip_folder
 
     folder = studio.paths.labelled_set(check_owner(owner))
     if not (folder / "images").exists():

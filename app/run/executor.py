@@ -1,11 +1,11 @@
 """What runs the queued jobs: the executor seam.
 
-The app queues jobs in its store (app/jobs.py) the same way whatever runs them; an executor claims
-them, runs the one job function (app.worker.execute) somewhere, and records how each ended.
+The app queues jobs in its store (app/jobs/store.py) the same way whatever runs them; an executor claims
+them, runs the one job function (app.run.worker.execute) somewhere, and records how each ended.
 
-    ADAPT_EXECUTOR=local   this machine's supervisor and worker processes (app/supervisor.py), the
+    ADAPT_EXECUTOR=local   this machine's supervisor and worker processes (app/run/supervisor.py), the
                            default: nothing to install, jobs survive restarts
-    ADAPT_EXECUTOR=ray     a Ray cluster (app/ray_executor.py; `pip install -r requirements-ray.txt`):
+    ADAPT_EXECUTOR=ray     a Ray cluster (app/run/ray_executor.py; `pip install -r requirements-ray.txt`):
                            RAY_ADDRESS=host:6379 joins that cluster, RAY_ADDRESS unset or "auto"
                            joins the cluster this machine belongs to (or starts a local one)
     ADAPT_EXECUTOR=auto    ray when Ray is installed and this machine belongs to a cluster
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from app.config import Paths
 
-log = logging.getLogger("app.executor")
+log = logging.getLogger("app.run.executor")
 KINDS = ("local", "ray", "auto")
 
 
@@ -56,10 +56,10 @@ def make_executor(paths: Paths, kind: str | None = None):
     """The executor ADAPT_EXECUTOR names (not started)."""
     kind = executor_kind(kind)
     if kind == "ray":
-        from app.ray_executor import RayExecutor
+        from app.run.ray_executor import RayExecutor
 
         return RayExecutor(paths)
-    from app.supervisor import Supervisor
+    from app.run.supervisor import Supervisor
 
     return Supervisor(paths)
 

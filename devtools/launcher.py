@@ -101,7 +101,7 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 
 class RayCluster:
     """A real two-node Ray cluster on 127.0.0.1 for tests and benchmarks: a head and worker nodes,
-    each its own `ray start --block` process group (app/ray_node.py), stopped by whoever started it."""
+    each its own `ray start --block` process group (devtools/ray_node.py), stopped by whoever started it."""
 
     def __init__(self, cpus_per_node: int = 2, nodes: int = 2):
         self.port = free_port()
@@ -120,7 +120,7 @@ class RayCluster:
         common = ["--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--num-gpus=0"]
         common += ["--object-store-memory=300000000", "--disable-usage-stats"]
         proc = subprocess.Popen(
-            [sys.executable, str(REPO / "app" / "ray_node.py"), *common, *args],
+            [sys.executable, str(REPO / "devtools" / "ray_node.py"), *common, *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

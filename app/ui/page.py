@@ -1,6 +1,6 @@
 """The studio's page: Data -> Train -> Progress -> Preview -> Label the rest -> Adapters (+ the method explorer).
 
-Only layout and wiring live here; every action is a call into app.service (or app.labelling).
+Only layout and wiring live here; every action is a call into app.studio (or app.labeller).
 Events that make up the public API are named (api_name); the rest are private. The browser keeps
 an owner token and the current job id (BrowserState, and the job id in the URL as ?job=), so a
 reload or a second tab re-attaches to the running job.
@@ -18,11 +18,11 @@ import pandas as pd
 from adapt.backbones import BACKBONES, family_of
 from adapt.methods import METHODS, methods_for
 from adapt.tasks import TASKS
-from app import labelling
+from app import labeller
 from app.config import JobFiles, Paths, default_root
 from app.jobs import new_token
 from app.progress import read_progress
-from app.service import (
+from app.studio import (
     Studio,
     UserError,
     backbone_status,
@@ -33,7 +33,7 @@ from app.service import (
     family_for_task,
     gpu_count,
 )
-from app.ui_common import (
+from app.ui.common import (
     REPO,
     adapter_choices,
     example_path,
@@ -44,8 +44,8 @@ from app.ui_common import (
     user_errors,
     valid_owner,
 )
-from app.ui_data import data_tab
-from app.ui_label import label_tab
+from app.ui.label_rest import label_tab
+from app.ui.labeller import data_tab
 
 TASK_LABELS = {
     "dichotomous": "Dichotomous (SAM: one foreground mask)",
@@ -475,7 +475,7 @@ def _preview_tab(studio: Studio, owner, task) -> dict:
         if not path:
             return gr.skip(), gr.skip(), gr.skip()
         img = studio.load_image(path)
-        s = min(1.0, labelling.DISPLAY / max(img.shape[:2]))
+        s = min(1.0, labeller.DISPLAY / max(img.shape[:2]))
         shown = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
         return shown, s, ""
 

@@ -1,14 +1,14 @@
 """The studio's "Label the rest" tab: auto-label unlabelled images with an adapter (a background
 job), look at the results most uncertain first, correct a few in the Data tab's click labeller or
-accept them, retrain warm-started, download everything (actions in app.labelrest)."""
+accept them, retrain warm-started, download everything (actions in app.label_rest)."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from app.labelrest import LabelRest
-from app.service import Studio, UserError
-from app.ui_common import adapter_choices, model_pickers, outbox, user_errors, valid_owner
+from app.label_rest import LabelRest
+from app.studio import Studio, UserError
+from app.ui.common import adapter_choices, model_pickers, outbox, user_errors, valid_owner
 
 
 def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
@@ -118,9 +118,9 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         if not name:
             raise UserError("click a result in the gallery first")
         state = rest.correction(o, job_id, name)
-        from app import labelling
+        from app import labeller
 
-        shown_image = labelling.render(state, len(rest.classes(o, job_id)))
+        shown_image = labeller.render(state, len(rest.classes(o, job_id)))
         message = (
             f"Correcting **{state['name']}**, starting from the model's mask: click to propose and *Add region*, "
             "or fix it with the brush; then *Save pair to set*."

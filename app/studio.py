@@ -173,7 +173,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | N
 @lru_cache(maxsize=1)
 def gpu_count() -> int:
     """GPUs on this machine (what a job may ask for)."""
-    from app.supervisor import gpu_count as count
+    from app.run.supervisor import gpu_count as count
 
     return count()
 

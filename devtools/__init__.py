@@ -1,0 +1,2 @@
+"""Helpers for tests and benchmarks (a studio in a subprocess, a loopback Ray cluster); not shipped
+with the studio."""
