@@ -221,6 +221,22 @@ class _Loader:
 
     def collect_coco(self, folder: Path, jsons: list[Path]):
         """-> (candidates, classes or None). classes only for openvocab."""
+        doc = self._coco_document(folder, jsons)
+        if doc is None:
+            return [], None
+        jpath, data = doc
+        jname = self.name(jpath)
+        images, anns, cats = data.get("images"), data.get("annotations"), data.get("categories", [])
+        if not isinstance(images, list) or not isinstance(anns, list) or not isinstance(cats, list):
+            self.problem(jname, "'images', 'annotations' and 'categories' must be JSON lists")
+            return [], None
+        good_cats, cat_value, classes = self._coco_categories(jname, cats)
+        by_id = self._coco_images(jname, images)
+        per_image = self._coco_annotations(jname, anns, by_id, cat_value, bool(good_cats))
+        return self._coco_candidates(folder, jpath, by_id, per_image), classes
+
+    def _coco_document(self, folder: Path, jsons: list[Path]):
+        """The folder's one COCO file as (path, parsed JSON), or None (after reporting why)."""
         docs = []
         for j in jsons:
             try:
@@ -238,37 +254,26 @@ class _Loader:
                 docs.append((j, data))
             else:
                 self.skipped.append((self.name(j), "not a COCO file (no 'images' and 'annotations')"))
-        if not docs:
-            return [], None
         if len(docs) > 1:
             names = ", ".join(self.name(j) for j, _ in docs)
             self.problem(self.name(folder) + "/" if folder != self.top else self.label,
                          f"found several COCO annotation files ({names}); keep exactly one per folder")
-            return [], None
-        jpath, data = docs[0]
-        jname = self.name(jpath)
-        images_dir = _find_dir(folder, "images") or folder
+            return None
+        return docs[0] if docs else None
 
-        def bad(msg):
-            self.problem(jname, msg)
-
-        images, anns, cats = data.get("images"), data.get("annotations"), data.get("categories", [])
-        if not isinstance(images, list) or not isinstance(anns, list) or not isinstance(cats, list):
-            bad("'images', 'annotations' and 'categories' must be JSON lists")
-            return [], None
-
-        # categories -> class values
+    def _coco_categories(self, jname: str, cats: list):
+        """-> (well-formed categories, category id -> mask value, classes or None)."""
         cat_value: dict = {}
         classes = None
         good_cats = []
         for c in cats:
             if not isinstance(c, dict) or "id" not in c or not isinstance(c.get("name"), str):
-                bad(f"category {c!r} needs an 'id' and a 'name'")
+                self.problem(jname, f"category {c!r} needs an 'id' and a 'name'")
                 continue
             good_cats.append(c)
         if self.task == "openvocab":
             if not good_cats:
-                bad("has no 'categories'; the openvocab task needs category names")
+                self.problem(jname, "has no 'categories'; the openvocab task needs category names")
             classes = ["background"]
             for c in sorted(good_cats, key=lambda c: (str(type(c["id"])), c["id"])):
                 name = c["name"].strip()
@@ -276,52 +281,63 @@ class _Loader:
                     cat_value[c["id"]] = 0
                     continue
                 if name in classes:
-                    bad(f"category name '{name}' is used twice")
+                    self.problem(jname, f"category name '{name}' is used twice")
                     continue
                 cat_value[c["id"]] = len(classes)
                 classes.append(name)
             if len(classes) > 255:
-                bad(f"has {len(classes) - 1} categories; at most 254 fit an 8-bit label map")
+                self.problem(jname, f"has {len(classes) - 1} categories; at most 254 fit an 8-bit label map")
         else:
             for c in good_cats:
                 cat_value[c["id"]] = 1
+        return good_cats, cat_value, classes
 
+    def _coco_images(self, jname: str, images: list) -> dict:
+        """image id -> its well-formed entry."""
         by_id: dict = {}
         for im in images:
             if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
-                bad(f"image entry {str(im)[:80]} needs an 'id' and a 'file_name'")
+                self.problem(jname, f"image entry {str(im)[:80]} needs an 'id' and a 'file_name'")
                 continue
             if im["id"] in by_id:
-                bad(f"image id {im['id']} is used twice")
+                self.problem(jname, f"image id {im['id']} is used twice")
                 continue
             by_id[im["id"]] = im
+        return by_id
 
+    def _coco_annotations(self, jname: str, anns: list, by_id: dict, cat_value: dict, has_cats: bool) -> dict:
+        """image id -> [(mask value, segmentation)] of its well-formed annotations."""
         per_image: dict = {i: [] for i in by_id}
         for k, a in enumerate(anns):
             if not isinstance(a, dict):
-                bad(f"annotation #{k} is not a JSON object")
+                self.problem(jname, f"annotation #{k} is not a JSON object")
                 continue
             aid = a.get("id", f"#{k}")
             if a.get("image_id") not in by_id:
-                bad(f"annotation {aid} refers to image id {a.get('image_id')!r}, which is not in 'images'")
+                self.problem(jname, f"annotation {aid} refers to image id {a.get('image_id')!r}, which is not in 'images'")
                 continue
             if "segmentation" not in a or a["segmentation"] in (None, [], {}):
-                bad(f"annotation {aid} has no 'segmentation' (boxes alone cannot train a mask)")
+                self.problem(jname, f"annotation {aid} has no 'segmentation' (boxes alone cannot train a mask)")
                 continue
             why = _check_segmentation(a["segmentation"])
             if why:
-                bad(f"annotation {aid} {why}")
+                self.problem(jname, f"annotation {aid} {why}")
                 continue
             cid = a.get("category_id")
             if cid not in cat_value:
-                if self.task == "openvocab" or good_cats:
-                    bad(f"annotation {aid} has category_id {cid!r}, which is not in 'categories'")
+                if self.task == "openvocab" or has_cats:
+                    self.problem(jname, f"annotation {aid} has category_id {cid!r}, which is not in 'categories'")
                     continue
                 value = 1
             else:
                 value = cat_value[cid]
             per_image[a["image_id"]].append((value, a["segmentation"]))
+        return per_image
 
+    def _coco_candidates(self, folder: Path, jpath: Path, by_id: dict, per_image: dict) -> list:
+        """One candidate per listed image found on disk; images on disk the JSON leaves out are problems."""
+        jname = self.name(jpath)
+        images_dir = _find_dir(folder, "images") or folder
         out = []
         listed: set[Path] = set()
         stems_seen: dict[str, str] = {}
@@ -332,12 +348,12 @@ class _Loader:
             path = next((t for t in tries if t.is_file()), None)
             if path is None:
                 where = self.name(images_dir) + "/" if images_dir != self.top else "the dataset folder"
-                bad(f"image '{fname}' (id {iid}) not found in {where}")
+                self.problem(jname, f"image '{fname}' (id {iid}) not found in {where}")
                 continue
             listed.add(path.resolve())
             stem = path.stem
             if stem in stems_seen:
-                bad(f"images '{stems_seen[stem]}' and '{fname}' have the same name '{stem}'; rename one")
+                self.problem(jname, f"images '{stems_seen[stem]}' and '{fname}' have the same name '{stem}'; rename one")
                 continue
             stems_seen[stem] = fname
             w, h = im.get("width"), im.get("height")
@@ -349,7 +365,7 @@ class _Loader:
         for p in _children(images_dir):
             if p.is_file() and _is_image_name(p) and p.resolve() not in listed:
                 self.problem(p, f"image is not listed in {jname}, so it has no mask; add it or remove it")
-        return out, classes
+        return out
 
 
 def _read_classes(path: Path, loader: _Loader):
