@@ -21,7 +21,10 @@ from pathlib import Path
 PREFIX = "hf://"
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 REPO_ID = re.compile(rf"{_PART}/{_PART}")
-REVISION = re.compile(r"[A-Za-z0-9._/-]{1,100}")
+# a branch or tag name (git's rules: "/"-separated parts, none empty, none starting with ".", no
+# "..", not ending in ".lock") or a commit hash; never a path that leaves the Hub cache's folder
+REVISION = re.compile(r"(?!.*\.\.)(?!.*\.lock$)[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
+MAX_REVISION = 100
 
 
 class HubError(ValueError):
@@ -37,7 +40,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     body = ref[len(PREFIX) :] if is_hub_ref(ref) else ref
     repo, _, revision = body.partition("@")
     check_repo_id(repo)
-    if revision and not REVISION.fullmatch(revision):
+    if revision and (len(revision) > MAX_REVISION or not REVISION.fullmatch(revision)):
         raise HubError(f"{revision[:40]!r} is not a Hub revision (a branch, tag or commit)")
     return repo, revision or None
 

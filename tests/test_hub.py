@@ -118,6 +118,18 @@ def test_bad_references_are_named(bad):
     assert parse_ref("hf://me/repo@v1.0") == ("me/repo", "v1.0")
 
 
+@pytest.mark.parametrize(
+    "revision", ["../../c", "/etc/passwd", "a/../b", "..", ".hidden", "a//b", "a/", "main.lock", "x" * 101]
+)
+def test_revisions_never_leave_the_cache(revision):
+    """A revision is a branch, tag or commit: huggingface_hub's offline fallback joins it onto its
+    cache folder, so a path segment like ".." or a leading "/" would resolve a folder outside."""
+    with pytest.raises(HubError, match="not a Hub revision"):
+        parse_ref(f"hf://me/repo@{revision}")
+    for good in ("main", "refs/pr/1", "v1.0-rc_2", "0123456789abcdef0123456789abcdef01234567"):
+        assert parse_ref(f"hf://me/repo@{good}") == ("me/repo", good)
+
+
 def test_an_adapter_pulled_from_the_hub_loads_like_a_local_one(tmp_path, folder, monkeypatch):
     import huggingface_hub
 
