@@ -8,7 +8,9 @@ Checked before a byte is written, from the zip's own directory:
   password-protected entries;
 - counts and sizes: at most `max_entries` entries and `max_bytes` declared in all;
 - compression ratio: an entry over 1 MiB that claims to inflate more than `max_ratio` times is a
-  zip bomb (images, masks and weights compress a few times at most).
+  zip bomb (images, masks and weights compress a few times at most), and so is a whole archive
+  over 1 MiB that does (many small entries, each under the per-entry floor, add up);
+- names: two entries that unpack to the same path (the later would silently replace the earlier).
 While extracting, the bytes actually written are counted (a header can lie): an entry larger than
 it declared, or a total over the limit, stops the extraction. On any failure the destination is
 removed, so nothing half-extracted is left. The limits come from the environment
@@ -72,9 +74,15 @@ def problems(zf: zipfile.ZipFile, limits: ArchiveLimits, folder: str = "the fold
     infos = zf.infolist()
     if len(infos) > limits.max_entries:
         found.append(("", f"the zip has {len(infos)} entries; at most {limits.max_entries} are accepted"))
-    total = 0
+    total = packed = 0
+    seen: set[str] = set()
     for info in infos:
         name = info.filename
+        path = "/".join(entry_parts(name))
+        if path and not info.is_dir():
+            if path in seen:
+                found.append((name, "the zip holds two entries of this name; keep one"))
+            seen.add(path)
         norm = name.replace("\\", "/")
         if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or ".." in entry_parts(name):
             found.append((name, f"zip entry points outside {folder} (absolute path or '..'); refusing the zip"))
@@ -94,6 +102,15 @@ def problems(zf: zipfile.ZipFile, limits: ArchiveLimits, folder: str = "the fold
                 )
             )
         total += info.file_size
+        packed += info.compress_size
+    if total > RATIO_FLOOR and total > limits.max_ratio * max(1, packed):
+        found.append(
+            (
+                "",
+                f"the zip's entries together claim to inflate {total / max(1, packed):,.0f} times "
+                f"(to {total / 2**20:,.0f} MiB); refusing a likely zip bomb",
+            )
+        )
     if total > limits.max_bytes:
         found.append(
             (

@@ -42,6 +42,36 @@ def test_a_zip_bomb_is_refused_from_its_directory(tmp_path):
         read_adapter(path)
 
 
+def many_small(path, entries=1200, size=(1 << 20) - 1024):
+    """A zip of many entries each just under the per-entry ratio floor: none is a bomb alone."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(entries):
+            z.writestr(f"im/{i:04d}.png", bytes(size))
+    return path
+
+
+def test_many_small_entries_are_judged_as_one_archive(tmp_path):
+    path = many_small(tmp_path / "many.zip", entries=300)
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(ArchiveError, match="together claim to inflate .* times .* likely zip bomb"):
+        safe_extract(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_entry_names_are_refused(tmp_path):
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
+        z.writestr("im/a.png", b"first")
+        z.writestr("im/a.png", b"second")
+        z.writestr("./gt/b.png", b"x")
+        z.writestr("gt//b.png", b"y")
+    with pytest.raises(ArchiveError) as e:
+        safe_extract(path, tmp_path / "out")
+    assert [name for name, _ in e.value.problems] == ["im/a.png", "gt//b.png"]
+    assert "two entries of this name" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dataset_bomb_names_the_entry(tmp_path):
     with zipfile.ZipFile(tmp_path / "d.zip", "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("images/a.png", bytes(8 << 20))
