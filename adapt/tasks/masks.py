@@ -14,6 +14,7 @@ with the names, in id order, in classes.json at the folder's root (what adapt.da
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +26,25 @@ BACKGROUND = "background"
 CLASSES_FILE = "classes.json"
 
 
-class MaskKind:
+class MaskKind(ABC):
     """The questions asked of a mask kind; BinaryMask and ClassMap answer them."""
 
     binary: bool  # one foreground mask (True) or a map of class ids (False)
     needs_class_names: bool  # the user names the classes (the model is asked for them)
 
+    @abstractmethod
     def classes(self, names: list[str]) -> list[str]:
         """The class list labels are saved with, background first (id 0)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, labels: np.ndarray) -> np.ndarray:
         """The mask PNG's pixels for a label map."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, mask: np.ndarray) -> np.ndarray:
         """A mask PNG's pixels back to a uint8 label map."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write_classes(self, folder: Path, classes: list[str]) -> None:
         """classes.json at the dataset folder's root, when the masks need one."""
 
@@ -52,9 +54,9 @@ class MaskKind:
         self.write_classes(Path(folder), classes)
         return path
 
+    @abstractmethod
     def overlay(self, image: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
         """The labels drawn over the image (n_classes: the class map's colours; ids past it stay clear)."""
-        raise NotImplementedError
 
 
 class BinaryMask(MaskKind):
@@ -71,6 +73,9 @@ class BinaryMask(MaskKind):
 
     def decode(self, mask: np.ndarray) -> np.ndarray:
         return (np.asarray(mask) > 127).astype(np.uint8)
+
+    def write_classes(self, folder: Path, classes: list[str]) -> None:
+        """Nothing: 0 and 255 need no names."""
 
     def overlay(self, image: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
         return overlay(image, np.asarray(labels) > 0)
