@@ -26,20 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from adapt.tasks import TASKS
+from app.catalog import backbone_for, family_for_task
 from app.jobs import new_token
-from app.studio import (
-    MAX_ID,
-    Studio,
-    UserError,
-    as_text,
-    backbone_for,
-    check_owner,
-    family_for_task,
-    file_list,
-    number,
-    parse_classes,
-    zip_folder,
-)
+from app.studio import MAX_ID, Studio, UserError, as_text, check_owner, file_list, number, parse_classes, zip_folder
 
 THUMB = 200  # px, the long side of a gallery thumbnail
 MAX_SHOWN = 120  # results the gallery shows (the download has them all)
@@ -138,7 +128,7 @@ class LabelRest:
             }
         family_for_task(task)
         names = parse_classes(classes, background=False)
-        if task == "openvocab" and not names:
+        if TASKS[task].mask.needs_class_names and not names:
             raise UserError("name the classes to look for (e.g. background, red object, blue object)")
         return {
             "adapter": None,
@@ -192,8 +182,6 @@ class LabelRest:
 
     def _thumbnail(self, job_id: str, spec: dict, record: dict) -> np.ndarray:
         """The prediction over the image, at most THUMB px (cached beside the masks)."""
-        from adapt.render import overlay, palette
-
         cache = self.paths.job_files(job_id).labels / "thumbs" / f"{record['name']}.jpg"
         if cache.exists():
             return cv2.cvtColor(cv2.imread(str(cache)), cv2.COLOR_BGR2RGB)
@@ -203,10 +191,8 @@ class LabelRest:
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        if spec["task"] == "dichotomous":
-            shown = overlay(image, mask > 127)
-        else:
-            shown = overlay(image, mask.astype(np.int64), palette(int(mask.max()) + 1), skip=(0,))
+        kind = TASKS[spec["task"]].mask
+        shown = kind.overlay(image, kind.decode(mask))
         cache.parent.mkdir(exist_ok=True)
         cv2.imwrite(str(cache), cv2.cvtColor(np.ascontiguousarray(shown[..., :3]), cv2.COLOR_RGB2BGR))
         return shown
@@ -229,16 +215,13 @@ class LabelRest:
         record = self._record(job["id"], name)
         state = labeller.new_state(self.studio.load_image(str(self._image_path(job["id"], record))), record["file"])
         mask = self._mask(job["id"], record["name"])
-        state["labels"] = (mask > 127).astype(np.uint8) if spec["task"] == "dichotomous" else mask.astype(np.uint8)
+        state["labels"] = TASKS[spec["task"]].mask.decode(mask)
         return state
 
     def classes(self, owner: str, job_id: str) -> list[str]:
         """The class list a correction is saved with (background first)."""
         _, spec = self._done_job(owner, job_id)
-        if spec["task"] == "dichotomous":
-            return ["background", "foreground"]
-        names = spec["classes"]
-        return names if names and names[0] == "background" else ["background"] + list(names)
+        return TASKS[spec["task"]].mask.classes(spec["classes"])
 
     def accept(self, owner: str, job_id: str, name: str) -> str:
         """Save the model's mask as is into the labelled set; returns the saved stem."""

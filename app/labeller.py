@@ -9,13 +9,14 @@ scaled to at most DISPLAY px; clicks are mapped back to source pixels.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from adapt.tasks import TASKS
 
 DISPLAY = 768
 BRUSH_ADD, BRUSH_ERASE = "#00ff00", "#ff0000"
@@ -188,8 +189,8 @@ def _stem(name: str, folder: Path) -> str:
 
 
 def save_pair(state: dict, folder: Path, task: str, classes: list[str], class_id: int = 1) -> str:
-    """Write image + mask (dichotomous 0/255, openvocab class ids + classes.json); returns the stem."""
-    from adapt.files import write_text
+    """Write image + mask as the task's mask kind writes them (binary 0/255, or class ids +
+    classes.json); returns the stem."""
     from adapt.render import save_png
 
     if state["proposal"] is not None:  # a proposal not yet added counts as the region
@@ -198,35 +199,21 @@ def save_pair(state: dict, folder: Path, task: str, classes: list[str], class_id
         raise ValueError("nothing is labelled on this image yet: click on the object, then save")
     folder.mkdir(parents=True, exist_ok=True)
     stem = _stem(state["name"], folder)
-    mask = (state["labels"] > 0).astype(np.uint8) * 255 if task == "dichotomous" else state["labels"]
     save_png(state["image"], folder / "images" / f"{stem}.png")
-    save_png(mask, folder / "masks" / f"{stem}.png")
-    if task == "openvocab":
-        write_text(folder / "classes.json", json.dumps(classes))
+    TASKS[task].mask.write(folder, stem, state["labels"], classes)
     return stem
 
 
 def gallery(folder: Path, task: str, size: int = 160) -> list[tuple[np.ndarray, str]]:
     """Thumbnails of the labelled set (mask over image) with their names."""
-    from adapt.render import overlay, palette
-
+    kind = TASKS[task].mask
     items = []
     for img_path in sorted((folder / "images").glob("*.png")) if (folder / "images").exists() else []:
-        image = cv2.cvtColor(cv2.imread(str(img_path)), cv2.COLOR_BGR2RGB)
+        image = cv2.imread(str(img_path))
         mask = cv2.imread(str(folder / "masks" / img_path.name), cv2.IMREAD_UNCHANGED)
         if image is None or mask is None:
             continue
-        labels = (mask > 127) if task == "dichotomous" else mask.astype(np.int64)
-        shown = (
-            overlay(image, labels)
-            if task == "dichotomous"
-            else overlay(image, labels, palette(int(mask.max()) + 1), skip=(0,))
-        )
+        shown = kind.overlay(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), kind.decode(mask))
         scale = size / max(shown.shape[:2])
         items.append((cv2.resize(shown, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), img_path.stem))
     return items
-
-
-def remove_pair(folder: Path, stem: str) -> None:
-    for sub in ("images", "masks"):
-        (folder / sub / f"{stem}.png").unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from adapt.tasks import TASKS
 from app.config import JobFiles
 
 MAX_IMAGES = 3
@@ -28,9 +29,9 @@ def _fit(image: np.ndarray, side: int = TILE) -> np.ndarray:
 
 
 def request_for(task: str, mask: np.ndarray, classes: list[str]) -> dict:
-    """The prompt a held-out image is previewed with: the evaluation's (the mask's box) for
-    dichotomous, the dataset's classes for open-vocabulary."""
-    if task == "openvocab":
+    """The prompt a held-out image is previewed with: the dataset's classes for a task whose classes
+    are named (open-vocabulary), else the evaluation's prompt (the mask's box)."""
+    if TASKS[task].mask.needs_class_names:
         return {"classes": list(classes)}
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
@@ -39,11 +40,7 @@ def request_for(task: str, mask: np.ndarray, classes: list[str]) -> dict:
 
 
 def truth_overlay(task: str, image: np.ndarray, mask: np.ndarray, n_classes: int) -> np.ndarray:
-    from adapt.render import overlay, palette
-
-    if task == "openvocab":
-        return overlay(image, mask.astype(np.int64), palette(n_classes), skip=(0,))
-    return overlay(image, mask > 0)
+    return TASKS[task].mask.overlay(image, mask, n_classes)
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""What the UI and the API ask of the library and the job store, as plain functions.
+"""What the UI and the API ask of the library and the job store: the Studio and its request helpers.
+The choices the page offers (tasks, backbones, methods) are app.catalog's.
 
 Every user-facing failure is a `UserError` (app/checks.py, with the checks of every input) whose
 message says what to do; the UI shows it in the page and gradio_client receives it as the error text.
@@ -6,7 +7,6 @@ message says what to do; the UI shows it in the page and gradio_client receives 
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import sqlite3
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt import evidence
-from adapt.backbones import BACKBONES, family_of
 from adapt.files import atomic_path, copy_file, format_bytes
-from adapt.methods import METHODS, methods_for
+from adapt.methods import methods_for
 from adapt.tasks import TASKS
+from app.catalog import backbone_for, family_for_task, has_gpu
 from app.checks import (  # noqa: F401  (the app's modules import these from here)
     MAX_CLASSES,
     MAX_CLICKS,
@@ -46,77 +45,6 @@ from app.config import Limits, Paths
 from app.jobs import FINISHED, JobStore, brief, new_token
 from app.progress import read_progress
 
-# --- methods and backbones ------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=64)
-def _count(backbone: str, method: str) -> dict:
-    from adapt.pipeline import count_params
-
-    return count_params(backbone, method)
-
-
-def describe_method(backbone: str, method: str) -> tuple[str, dict]:
-    if method not in METHODS:
-        return f"Unknown method {method!r}.", {}
-    try:
-        info = dict(_count(backbone, method))
-    except ValueError as e:
-        return f"**{method}** cannot be used here: {e}", {}
-    text = (
-        f"**{method}**: {METHODS[method].summary}\n\n"
-        f"Trains **{info['adapter']:,}** adapter parameters "
-        f"({100 * info['adapter'] / info['base']:.3f}% of {backbone}), "
-        f"**{info['trainable']:,}** with the task head."
-    )
-    measured = evidence.describe(family_of(backbone), method)
-    return text + (f"\n\n{measured}" if measured else ""), info
-
-
-def family_for_task(task: str) -> str:
-    return TASKS[choice(task, "task", TASKS)].family
-
-
-def backbones_for(task: str) -> list[str]:
-    """The task's backbones, the one to propose first: on a GPU the official models (their weights
-    are downloaded on first use), smallest first; on the CPU the bundled tiny model, which trains in
-    seconds there, then the official ones."""
-    family = family_for_task(task)
-    names = [n for n in BACKBONES if family_of(n) == family]  # catalog order: official by size
-    return sorted(names, key=lambda n: BACKBONES[n].bundled == _has_gpu())
-
-
-def backbone_for(task: str, backbone) -> str:
-    """`backbone`, checked to be text and one of the task's backbones."""
-    backbone = as_text(backbone, "backbone", MAX_ID)
-    names = backbones_for(task)
-    if backbone not in names:
-        raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(names)}")
-    return backbone
-
-
-def backbone_status(name: str) -> str:
-    from adapt.weights import available
-
-    info = available(name)
-    if info["ready"]:
-        return f"`{name}`: {info['message']}."
-    if info["downloadable"]:
-        return f"`{name}`: {info['message']}. Click *Download weights* (or train: the worker downloads them)."
-    return f"`{name}`: {info['message'] or 'no weights available'}."
-
-
-def download_weights(name: str) -> str:
-    """Fetch an official checkpoint (tqdm progress, which the UI mirrors); the message says where."""
-    from adapt.weights import WeightsUnavailable, resolve_checkpoint
-
-    try:
-        path = resolve_checkpoint(name, download=True, progress=True)
-    except (WeightsUnavailable, ValueError, FileNotFoundError) as e:
-        raise UserError(str(e)) from None
-    return f"`{name}` weights ready: {path}"
-
-
 MAX_BUDGET_TEXT = 32  # characters in a memory budget ("24GB")
 
 
@@ -133,7 +61,7 @@ def job_plan(backbone: str, method: str, batch_size: int, budget: str | None = N
         raise UserError(f"memory budget: {e}") from None
     if limit is not None and limit < 1:
         raise UserError("memory budget: give a positive size, e.g. 16GB")
-    if _has_gpu():
+    if has_gpu():
         import torch
 
         from app.placement import reservation
@@ -157,7 +85,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | N
         batch_size = number(batch_size, "batch size", 1, 64, integer=True)
         plan = job_plan(backbone, method, batch_size, budget)
         if plan is not None:
-            where = "GPU memory plan" if _has_gpu() else "Memory plan (this machine has no GPU: RAM, fp32)"
+            where = "GPU memory plan" if has_gpu() else "Memory plan (this machine has no GPU: RAM, fp32)"
             return f"{where}: {plan.describe()}" if plan.fits else f"**Will not fit.** {plan.describe()}"
         e = estimate(backbone, method, batch_size, False, "fp32")
     except (ValueError, UserError, RuntimeError) as err:  # RuntimeError: a GPU that cannot be queried
@@ -178,13 +106,6 @@ def gpu_count() -> int:
     return count()
 
 
-@lru_cache(maxsize=1)
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
 
 
@@ -203,10 +124,10 @@ def summarize(dataset) -> str:
         f"**{s['count']} image/mask pairs** ({s['task']}), "
         f"{s['width'][0]}-{s['width'][1]} x {s['height'][0]}-{s['height'][1]} px"
     ]
-    if s["task"] == "openvocab":
-        lines.append("classes: " + ", ".join(s["classes"]))
-    else:
+    if TASKS[s["task"]].mask.binary:
         lines.append(f"mean foreground fraction {s['foreground_fraction_mean']:.2f}")
+    else:
+        lines.append("classes: " + ", ".join(s["classes"]))
     if s["given_heldout"]:
         lines.append(f"held-out folder with {s['given_heldout']} pairs")
     if s["skipped"]:
@@ -316,8 +237,9 @@ class Studio:
                     if (folder / kind / name).exists():
                         raise UserError(f"two {kind} files are named {name}")
                     shutil.copyfile(f, folder / kind / name)
-            if task == "openvocab":
-                (folder / "classes.json").write_text(json.dumps(parse_classes(classes, background=True)))
+            kind = TASKS[task].mask
+            if kind.needs_class_names:
+                kind.write_classes(folder, parse_classes(classes, background=True))
             dataset = self.load_checked(folder, task)
             summary = summarize(dataset)
             dataset.close()
@@ -373,7 +295,7 @@ class Studio:
             backbone=backbone,
             method=method,
             method_options=dict(options or {}),
-            task_options={"prompt": "box"} if task == "dichotomous" else {},
+            task_options=dict(TASKS[task].default_options),
             steps=steps,
             batch_size=batch_size,
             lr=float(lr),
@@ -656,7 +578,7 @@ class Studio:
         image = self.load_image(image_path)
         task_obj, desc, where = self.model(owner, adapter_ref, backbone, task)
         request = {}
-        if task_obj.name == "openvocab":
+        if task_obj.mask.needs_class_names:
             names = names or list(task_obj.classes or [])
             if not names:
                 raise UserError("give the class names to look for, separated by commas (e.g. sky, road, car)")

@@ -1,6 +1,6 @@
 """The app's service layer (the UI itself is tested in the browser tests)."""
 
-from app.studio import describe_method
+from app.catalog import describe_method
 
 
 def test_describe_method_counts():

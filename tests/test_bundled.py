@@ -39,7 +39,7 @@ def test_tiny_clip_names_the_colours_of_the_bundled_example_zero_shot():
 
     from adapt.data.synthetic import make_scene
     from adapt.pipeline import inference_task
-    from app.ui.page import EXAMPLE_CLASSES
+    from app.ui.preview import EXAMPLE_CLASSES
 
     examples = WEIGHTS.parent / "assets" / "examples"
     spec = importlib.util.spec_from_file_location("make_examples", examples / "make_examples.py")

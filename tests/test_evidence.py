@@ -104,7 +104,7 @@ def test_the_shipped_records_describe_their_methods(family):
 
 
 def test_the_train_tab_shows_the_measured_figures():
-    from app.studio import describe_method
+    from app.catalog import describe_method
 
     text, _ = describe_method("tiny-sam", "parser")
     assert "**Measured** on tiny-sam" in text and "docs/benchmarks.md" in text

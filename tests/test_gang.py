@@ -30,7 +30,7 @@ def test_a_two_gpu_job_runs_on_a_worker_holding_both(tmp_path, monkeypatch):
 
     monkeypatch.setattr(supervisor, "gpu_count", lambda: 2)
     monkeypatch.setattr(service, "gpu_count", lambda: 2)
-    monkeypatch.setattr(service, "_has_gpu", lambda: False)  # no GPU memory to plan for
+    monkeypatch.setattr(service, "has_gpu", lambda: False)  # no GPU memory to plan for
     monkeypatch.setenv("ADAPT_WORKER_THREADS", "1")
     paths = Paths(tmp_path / "studio")
     studio = Studio(paths, Limits())

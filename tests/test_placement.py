@@ -30,7 +30,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    monkeypatch.setattr(service, "_has_gpu", lambda: True)
+    monkeypatch.setattr(service, "has_gpu", lambda: True)
     monkeypatch.setattr(labeller, "_predictors", {})
     monkeypatch.setattr(placement, "_on_gpu", set())
     monkeypatch.delenv(placement.ENV, raising=False)
@@ -113,7 +113,7 @@ def test_a_job_leaves_room_for_the_predictor(fake_gpu):
 
 
 def test_a_memory_budget_plans_the_job_on_a_cpu_machine_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(service, "_has_gpu", lambda: False)
+    monkeypatch.setattr(service, "has_gpu", lambda: False)
     assert job_plan("tiny-sam", "parser", 4) is None  # nothing to plan for
     plan = job_plan("tiny-sam", "parser", 4, "1GB")
     assert plan.fits and plan.precision == "fp32" and plan.micro_batch == 4

@@ -138,6 +138,25 @@ def test_each_piece_of_knowledge_lives_in_one_place():
     assert occurrences(r"def \w*(fmt|format)_bytes") == {"adapt/files.py"}
 
 
+def test_the_app_never_branches_on_a_task_name():
+    """What a task's masks are, how they are drawn and whether the user names the classes are asked
+    of the task (Task.mask, adapt/tasks/masks.py), never decided by comparing its name in app/."""
+    from adapt.tasks import TASKS
+
+    names = "|".join(map(re.escape, TASKS))
+    literal = rf"[\"'](?:{names})[\"']"
+    compared = (
+        rf"[=!]=\s*{literal}"  # task == "openvocab"
+        rf"|{literal}\s*[=!]="  # "dichotomous" != task
+        rf"|\bin\s*[(\[{{]\s*{literal}"  # task in ("openvocab", ...)
+        r"|\btask\w*\.name\s*[=!]="  # task_obj.name == ...
+        r"|\[[\"']task[\"']\]\s*[=!]="  # spec["task"] == ...
+    )
+    branches = ['task == "openvocab"', "'dichotomous' != t", 'task_obj.name == "x"', 'spec["task"] != x']
+    assert all(re.search(compared, b) for b in branches + ['if t in ("openvocab",):'])
+    assert occurrences(compared, ("app",)) == set()
+
+
 def test_job_folder_names_are_spelled_once():
     names = [
         "data.zip",

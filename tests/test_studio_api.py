@@ -107,7 +107,7 @@ def test_train_poll_predict_download_and_load(client, data, workdir):
 def test_sam2_trains_and_predicts_through_the_studio(client, data):
     """SAM 2 behind the same contract: the tiny random-init Hiera config trains as a job, lists in the
     Train tab with its weights' state, and predicts in the Preview tab with the adapter."""
-    from app.studio import backbone_status, backbones_for
+    from app.catalog import backbone_status, backbones_for
 
     assert "tiny-sam2" in backbones_for("dichotomous") and "random weights" in backbone_status("tiny-sam2")
     assert "not downloaded" in backbone_status("sam2.1-hiera-base-plus")  # and nothing is fetched

@@ -325,14 +325,14 @@ def test_cleanup_removes_what_nobody_touched(tmp_path):
 
 
 def test_the_official_backbone_is_proposed_first_on_a_gpu(monkeypatch):
-    import app.studio as service
+    import app.catalog as catalog
 
-    monkeypatch.setattr(service, "_has_gpu", lambda: True)
-    assert service.backbones_for("dichotomous")[0] == "sam-vit-b"
-    assert service.backbones_for("openvocab")[0] == "clip-vit-b-16"
-    monkeypatch.setattr(service, "_has_gpu", lambda: False)
-    assert service.backbones_for("dichotomous")[0] == "tiny-sam"
-    assert service.backbones_for("openvocab")[0] == "tiny-clip"
+    monkeypatch.setattr(catalog, "has_gpu", lambda: True)
+    assert catalog.backbones_for("dichotomous")[0] == "sam-vit-b"
+    assert catalog.backbones_for("openvocab")[0] == "clip-vit-b-16"
+    monkeypatch.setattr(catalog, "has_gpu", lambda: False)
+    assert catalog.backbones_for("dichotomous")[0] == "tiny-sam"
+    assert catalog.backbones_for("openvocab")[0] == "tiny-clip"
 
 
 def test_on_a_gpu_a_job_is_planned_to_fit_before_it_is_queued(tmp_path, monkeypatch):
@@ -346,7 +346,7 @@ def test_on_a_gpu_a_job_is_planned_to_fit_before_it_is_queued(tmp_path, monkeypa
     data = dataset_zip(tmp_path, n=4, size=64)
     studio = Studio(Paths(tmp_path / "studio"), Limits())
     monkeypatch.setenv("ADAPT_PREDICT_DEVICE", "cpu")  # no room kept for a predictor (tests/test_placement.py)
-    monkeypatch.setattr(service, "_has_gpu", lambda: True)
+    monkeypatch.setattr(service, "has_gpu", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     one_at_a_time = int(estimate("tiny-sam", "parser", 1, True, "bf16").total * 1.01)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (one_at_a_time, 80 * 2**30))

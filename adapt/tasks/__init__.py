@@ -4,6 +4,7 @@ evaluate(); the trainer and the methods never depend on which task is running.
     TASKS["openvocab"].family       -> "clip"
     make_task("dichotomous", backbone, prompt="box")
     task_options("openvocab", dataset)  -> {"classes": [...], "ignore_index": 255}
+    TASKS["dichotomous"].mask.write(folder, stem, labels, classes)   # its masks (adapt.tasks.masks)
 
 A new task is one module with a class that satisfies `Task`, plus one line in TASKS.
 """
@@ -16,16 +17,20 @@ import numpy as np
 import torch
 
 from adapt.tasks.dichotomous import DichotomousTask
+from adapt.tasks.masks import MaskKind
 from adapt.tasks.openvocab import OpenVocabTask
 
-__all__ = ["TASKS", "Task", "attach_task_head", "make_task", "task_for_family", "task_options"]
+__all__ = ["TASKS", "MaskKind", "Task", "attach_task_head", "make_task", "task_for_family", "task_options"]
 
 
 class Task(Protocol):
     """What the trainer, the evaluator and the predictors ask of a task."""
 
     name: ClassVar[str]
+    title: ClassVar[str]  # what a person choosing a task reads
     family: ClassVar[str]  # the backbone family it runs on: "sam" | "clip"
+    mask: ClassVar[MaskKind]  # binary mask or class map: how its masks are written, read and drawn
+    default_options: ClassVar[dict]  # the options a training run gets unless the caller chooses
     augment_options: dict  # keyword options for adapt.data.augment (e.g. how padding is labelled)
 
     @classmethod

@@ -22,6 +22,7 @@ coarse mask inside it (or the whole crop where it has none) and the clicks that 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch.nn import functional as F
 from adapt.data.augment import Letterbox, letterbox, unletterbox
 from adapt.highres import Box, CropPlan, RefineConfig
 from adapt.highres import refine as refine_crops
+from adapt.tasks.masks import BINARY, MaskKind
 
 PROMPTS = ("box", "points", "none", "mixed", "clicks")
 
@@ -87,7 +89,10 @@ class Prepared:
 
 class DichotomousTask:
     name = "dichotomous"
+    title = "Dichotomous (SAM: one foreground mask)"
     family = "sam"
+    mask: ClassVar[MaskKind] = BINARY  # one foreground mask
+    default_options: ClassVar[dict] = {"prompt": "box"}  # what a run is trained with unless told otherwise
 
     @classmethod
     def options_from(cls, dataset, prompt: str | None = None) -> dict:

@@ -16,6 +16,7 @@ Loss: per-class binary cross-entropy on one-hot targets, pixels at the ignore in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -25,10 +26,10 @@ from torch.nn import functional as F
 
 from adapt.backbones.clip import dense_image_features, image_normalization, text_embeddings
 from adapt.data.augment import letterbox
+from adapt.tasks.masks import BACKGROUND, CLASS_MAP, MaskKind
 
 # The paper's template and the one tiny-clip was pretrained with, averaged (a prompt ensemble).
 DEFAULT_TEMPLATES = ["a photo of a {} in the scene.", "a photo of a {}."]
-BACKGROUND = "background"
 IGNORE_INDEX = 255
 
 
@@ -108,7 +109,10 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 class OpenVocabTask:
     name = "openvocab"
+    title = "Open-vocabulary (CLIP: label map of named classes)"
     family = "clip"
+    mask: ClassVar[MaskKind] = CLASS_MAP  # a label map of the classes the user names
+    default_options: ClassVar[dict] = {}  # the classes come from the dataset (options_from)
 
     @classmethod
     def options_from(cls, dataset, **overrides) -> dict:
@@ -163,7 +167,7 @@ class OpenVocabTask:
             raise ValueError("name at least one class to segment, e.g. classes=['sky', 'road', 'car']")
         if len(set(classes)) != len(classes):
             raise ValueError(f"class names must be distinct: {classes}")
-        return classes if BACKGROUND in classes else [BACKGROUND] + classes
+        return CLASS_MAP.classes(classes)
 
     def text_features(self, classes: list[str]) -> torch.Tensor:
         return text_embeddings(self.backbone.model, self.backbone.tokenizer, classes, self.templates)

@@ -17,7 +17,8 @@ import gradio as gr
 import numpy as np
 
 from adapt.files import disk_full
-from app.studio import UserError, backbones_for, check_owner
+from app.catalog import backbones_for
+from app.studio import UserError, check_owner
 
 log = logging.getLogger("app")
 REPO = Path(__file__).resolve().parents[2]

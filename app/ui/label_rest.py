@@ -4,14 +4,19 @@ accept them, retrain warm-started, download everything (actions in app.label_res
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gradio as gr
 
+from app import labeller
 from app.label_rest import LabelRest
 from app.studio import Studio, UserError
 from app.ui.common import adapter_choices, model_pickers, outbox, user_errors, valid_owner
 
 
 def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
+    """The tab; "api" in what it returns: the API-only endpoints it defines (registered outside
+    the Tabs, where a gr.api is not drawn as a stray tab)."""
     rest = LabelRest(studio)
     with gr.Tab("5. Label the rest", id="label-rest"):
         gr.Markdown(
@@ -22,43 +27,58 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         )
         with gr.Row():
             with gr.Column(scale=1):
-                images = gr.File(
-                    label="Unlabelled images (files, or one zip)",
-                    file_count="multiple",
-                    file_types=["image", ".zip"],
-                    elem_id="rest-upload",
-                    height=160,
-                )
-                adapter, backbone = model_pickers(
-                    "rest-adapter", "rest-backbone", "backbone (when no adapter is chosen)"
-                )
-                classes = gr.Textbox(label="classes (open-vocabulary, frozen model)", visible=False)
-                run = gr.Button("Label them", variant="primary", elem_id="rest-run")
+                view = _job_form()
             with gr.Column(scale=2):
-                with gr.Row():
-                    job = gr.Textbox(label="Labelling job", elem_id="rest-job", scale=3)
-                    cancel = gr.Button("Cancel", variant="stop", scale=1, elem_id="rest-cancel")
-                status = gr.Markdown("No labelling job yet.", elem_id="rest-status", elem_classes="studio-msg")
-                gallery = gr.Gallery(
-                    label="Results, most uncertain first: rank · uncertainty (click one)",
-                    columns=5,
-                    height=420,
-                    allow_preview=False,
-                    object_fit="contain",
-                    elem_id="rest-gallery",
-                )
-                chosen_md = gr.Markdown(elem_id="rest-chosen", elem_classes="studio-msg")
-                with gr.Row():
-                    accept = gr.Button("Accept as is", elem_id="rest-accept")
-                    correct = gr.Button("Correct in the labeller", elem_id="rest-correct")
-                    download = gr.DownloadButton("Download all (zip)", elem_id="rest-download")
-                with gr.Row():
-                    steps = gr.Number(100, label="retrain steps", precision=0, minimum=1, elem_id="rest-steps")
-                    retrain = gr.Button("Retrain on the enlarged set", variant="primary", elem_id="rest-retrain")
-        rows = gr.State([])  # the gallery's score rows, in its order
-        chosen = gr.Textbox(label="result", visible=False)  # the selected result's name (an API input)
-        shown = gr.State("")  # the job whose results the gallery shows
-        timer = gr.Timer(2.0)
+                _results(view)
+        view.rows = gr.State([])  # the gallery's score rows, in its order
+        view.chosen = gr.Textbox(label="result", visible=False)  # the selected result's name (an API input)
+        view.shown = gr.State("")  # the job whose results the gallery shows
+        view.timer = gr.Timer(2.0)
+    batch_results = _wire_job(studio, rest, owner, task, tabs, train_job, view)
+    _wire_results(studio, rest, owner, data, tabs, view)
+    return {"adapter": view.adapter, "backbone": view.backbone, "classes": view.classes, "api": [batch_results]}
+
+
+def _job_form() -> SimpleNamespace:
+    images = gr.File(
+        label="Unlabelled images (files, or one zip)",
+        file_count="multiple",
+        file_types=["image", ".zip"],
+        elem_id="rest-upload",
+        height=160,
+    )
+    adapter, backbone = model_pickers("rest-adapter", "rest-backbone", "backbone (when no adapter is chosen)")
+    classes = gr.Textbox(label="classes (open-vocabulary, frozen model)", visible=False)
+    run = gr.Button("Label them", variant="primary", elem_id="rest-run")
+    return SimpleNamespace(images=images, adapter=adapter, backbone=backbone, classes=classes, run=run)
+
+
+def _results(view: SimpleNamespace) -> None:
+    with gr.Row():
+        view.job = gr.Textbox(label="Labelling job", elem_id="rest-job", scale=3)
+        view.cancel = gr.Button("Cancel", variant="stop", scale=1, elem_id="rest-cancel")
+    view.status = gr.Markdown("No labelling job yet.", elem_id="rest-status", elem_classes="studio-msg")
+    view.gallery = gr.Gallery(
+        label="Results, most uncertain first: rank · uncertainty (click one)",
+        columns=5,
+        height=420,
+        allow_preview=False,
+        object_fit="contain",
+        elem_id="rest-gallery",
+    )
+    view.chosen_md = gr.Markdown(elem_id="rest-chosen", elem_classes="studio-msg")
+    with gr.Row():
+        view.accept = gr.Button("Accept as is", elem_id="rest-accept")
+        view.correct = gr.Button("Correct in the labeller", elem_id="rest-correct")
+        view.download = gr.DownloadButton("Download all (zip)", elem_id="rest-download")
+    with gr.Row():
+        view.steps = gr.Number(100, label="retrain steps", precision=0, minimum=1, elem_id="rest-steps")
+        view.retrain = gr.Button("Retrain on the enlarged set", variant="primary", elem_id="rest-retrain")
+
+
+def _wire_job(studio: Studio, rest: LabelRest, owner, task, tabs, train_job, view: SimpleNamespace):
+    """Queue, follow, cancel a labelling job; accept, retrain, download its results. Returns the
+    API-only endpoint (the results as data)."""
 
     @user_errors
     def predict_batch(o, files, ref, bb, t, names):
@@ -87,6 +107,26 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
     def download_labels(o, job_id):
         """The masks, annotations.json (COCO) and scores.csv of a finished labelling job, as one zip."""
         return outbox(rest.download(o, job_id), f"labels-{job_id[:8]}.zip")
+
+    v = view
+    v.run.click(
+        predict_batch,
+        [owner, v.images, v.adapter, v.backbone, task, v.classes],
+        [v.job, v.status],
+        api_name="predict_batch",
+    )
+    v.accept.click(accept_label, [owner, v.job, v.chosen], v.chosen_md, api_name="accept_label")
+    v.retrain.click(retrain_labels, [owner, v.job, v.steps], [train_job, v.chosen_md], api_name="retrain").success(
+        lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private"
+    )
+    v.download.click(download_labels, [owner, v.job], v.download, api_name="download_labels")
+    v.cancel.click(user_errors(lambda o, j: studio.cancel(o, j)), [owner, v.job], v.status, api_visibility="private")
+    return batch_results
+
+
+def _wire_results(studio: Studio, rest: LabelRest, owner, data: dict, tabs, view: SimpleNamespace) -> None:
+    """The job's state until it is done, then its gallery; a chosen result opens in the Data tab's
+    labeller for correction."""
 
     def poll(o, job_id, loaded):
         """The job's state; the gallery once it is done (loaded once per job)."""
@@ -118,8 +158,6 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         if not name:
             raise UserError("click a result in the gallery first")
         state = rest.correction(o, job_id, name)
-        from app import labeller
-
         shown_image = labeller.render(state, len(rest.classes(o, job_id)))
         message = (
             f"Correcting **{state['name']}**, starting from the model's mask: click to propose and *Add region*, "
@@ -127,23 +165,19 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         )
         return state, shown_image, message, gr.Tabs(selected="data")
 
-    run.click(predict_batch, [owner, images, adapter, backbone, task, classes], [job, status], api_name="predict_batch")
-    accept.click(accept_label, [owner, job, chosen], chosen_md, api_name="accept_label")
-    retrain.click(retrain_labels, [owner, job, steps], [train_job, chosen_md], api_name="retrain").success(
-        lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private"
+    v = view
+    v.timer.tick(
+        poll,
+        [owner, v.job, v.shown],
+        [v.status, v.gallery, v.rows, v.shown],
+        api_visibility="private",
+        show_progress="hidden",
     )
-    download.click(download_labels, [owner, job], download, api_name="download_labels")
-    cancel.click(user_errors(lambda o, j: studio.cancel(o, j)), [owner, job], status, api_visibility="private")
-    timer.tick(
-        poll, [owner, job, shown], [status, gallery, rows, shown], api_visibility="private", show_progress="hidden"
-    )
-    gallery.select(select, rows, [chosen, chosen_md], api_visibility="private")
-    correct.click(
+    v.gallery.select(select, v.rows, [v.chosen, v.chosen_md], api_visibility="private")
+    v.correct.click(
         open_correction,
-        [owner, job, chosen],
+        [owner, v.job, v.chosen],
         [data["lab_state"], data["lab_view"], data["msg"], tabs],
         api_visibility="private",
     )
-    adapter.focus(lambda o, v: adapter_choices(studio, o, v), [owner, adapter], adapter, api_visibility="private")
-    # API-only: registered outside the Tabs (a gr.api inside them is drawn as a stray tab)
-    return {"adapter": adapter, "backbone": backbone, "classes": classes, "api": [batch_results]}
+    v.adapter.focus(lambda o, r: adapter_choices(studio, o, r), [owner, v.adapter], v.adapter, api_visibility="private")

@@ -1,21 +1,25 @@
 """The studio's Data tab: upload image/mask pairs, or label images by clicking with SAM into the
-owner's labelled set (actions in app.studio and app.labeller)."""
+owner's labelled set (actions in app.studio and app.labeller; what the masks are, the task's
+mask kind)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
+from adapt.tasks import TASKS
 from app import labeller
-from app.studio import Studio, UserError, backbones_for, check_owner, parse_classes
+from app.catalog import backbones_for
+from app.studio import Studio, UserError, check_owner, parse_classes, zip_folder
 from app.ui.common import example_path, examples, outbox, user_errors
-
-# --- Data ----------------------------------------------------------------------------------------
 
 
 def data_tab(studio: Studio, owner, task) -> dict:
+    """The tab; what it returns is what the Train tab (the checks, the labelled set) and the
+    Label-the-rest tab (the labeller, which opens results for correction) use of it."""
     with gr.Tab("1. Data", id="data"):
         classes = gr.Textbox(
             label="Class names (open-vocabulary), comma-separated; background is class 0",
@@ -25,86 +29,111 @@ def data_tab(studio: Studio, owner, task) -> dict:
         )
         with gr.Row():
             with gr.Column(scale=1):
-                gr.Markdown(
-                    "### Upload image/mask pairs\nA zip (images/ + masks/, COCO JSON, ...) or the files: "
-                    "masks share their image's name (cat.jpg + cat.png)."
-                )
-                up_zip = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="upload-zip", height=140)
-                up_images = gr.File(
-                    label="Images", file_count="multiple", file_types=["image"], elem_id="upload-images", height=140
-                )
-                up_masks = gr.File(
-                    label="Masks", file_count="multiple", file_types=["image"], elem_id="upload-masks", height=140
-                )
-                check = gr.Button("Check and use these pairs", elem_id="check-data")
+                view = _upload_form()
             with gr.Column(scale=2):
-                gr.Markdown(
-                    "### Or label by clicking\nGreen dots: object, red dots: background, or two clicks "
-                    "for a box; SAM proposes the mask (blue). *Add region* keeps it."
-                )
-                with gr.Row():
-                    lab_file = gr.File(label="Image to label", file_types=["image"], elem_id="label-file", scale=2)
-                    lab_example = gr.Dropdown(
-                        [(Path(p).stem, p) for p in examples()],
-                        label="or an example",
-                        value=None,
-                        elem_id="label-example",
-                        scale=1,
-                    )
-                lab_view = gr.Image(
-                    label="Click on the image", interactive=False, elem_id="label-view", format="png", height=420
-                )
-                with gr.Row():
-                    mode = gr.Radio(list(labeller.MODES), value=labeller.MODES[0], label="Click adds", scale=2)
-                    lab_class = gr.Dropdown(["object"], label="Class of the region", visible=False, scale=1)
-                    lab_model = gr.Dropdown(
-                        backbones_for("dichotomous"), value="tiny-sam", label="Click model", scale=1
-                    )
-                with gr.Row():
-                    undo = gr.Button("Undo click", size="sm")
-                    clear = gr.Button("Clear clicks", size="sm")
-                    add = gr.Button("Add region", size="sm", elem_id="add-region")
-                    save = gr.Button("Save pair to set", variant="primary", size="sm", elem_id="save-pair")
-                with gr.Accordion("Brush fix-ups", open=False):
-                    gr.Markdown("Paint green to add to the current class, red to erase; then *Apply brush*.")
-                    brush = gr.ImageEditor(
-                        label="Brush",
-                        type="numpy",
-                        sources=(),
-                        transforms=(),
-                        layers=False,
-                        brush=gr.Brush(
-                            colors=[labeller.BRUSH_ADD, labeller.BRUSH_ERASE],
-                            default_color=labeller.BRUSH_ADD,
-                            color_mode="fixed",
-                        ),
-                        format="png",
-                    )
-                    with gr.Row():
-                        brush_open = gr.Button("Edit the current image with the brush", size="sm")
-                        brush_apply = gr.Button("Apply brush", size="sm")
-        data_msg = gr.Markdown(elem_id="data-msg", elem_classes="studio-msg")
-        lab_gallery = gr.Gallery(
-            label="Labelled set",
-            columns=8,
-            height=220,
-            allow_preview=False,
-            fit_columns=False,
-            object_fit="contain",
-            elem_id="label-gallery",
+                _click_labeller(view)
+        view.classes = classes
+        _labelled_set(view)
+        view.state = gr.State(None)
+    _wire_labelling(studio, owner, task, view)
+    use_labelled = _wire_set(studio, owner, task, view)
+    return {
+        "classes": classes,
+        "lab_class": view.lab_class,
+        "check": view.check,
+        "use_set": view.use_set,
+        "msg": view.msg,
+        "zip": view.zip,
+        "images": view.images,
+        "masks": view.masks,
+        "owner": owner,
+        "use_labelled": use_labelled,
+        "lab_state": view.state,  # the labeller, which the Label-the-rest tab opens results in
+        "lab_view": view.image,
+    }
+
+
+def _upload_form() -> SimpleNamespace:
+    gr.Markdown(
+        "### Upload image/mask pairs\nA zip (images/ + masks/, COCO JSON, ...) or the files: "
+        "masks share their image's name (cat.jpg + cat.png)."
+    )
+    up_zip = gr.File(label="Dataset zip", file_types=[".zip"], elem_id="upload-zip", height=140)
+    up_images = gr.File(
+        label="Images", file_count="multiple", file_types=["image"], elem_id="upload-images", height=140
+    )
+    up_masks = gr.File(label="Masks", file_count="multiple", file_types=["image"], elem_id="upload-masks", height=140)
+    check = gr.Button("Check and use these pairs", elem_id="check-data")
+    return SimpleNamespace(zip=up_zip, images=up_images, masks=up_masks, check=check)
+
+
+def _click_labeller(view: SimpleNamespace) -> None:
+    """The image to label, the clicks' meaning, the click model, the edit buttons and the brush."""
+    gr.Markdown(
+        "### Or label by clicking\nGreen dots: object, red dots: background, or two clicks "
+        "for a box; SAM proposes the mask (blue). *Add region* keeps it."
+    )
+    with gr.Row():
+        view.file = gr.File(label="Image to label", file_types=["image"], elem_id="label-file", scale=2)
+        view.example = gr.Dropdown(
+            [(Path(p).stem, p) for p in examples()],
+            label="or an example",
+            value=None,
+            elem_id="label-example",
+            scale=1,
+        )
+    view.image = gr.Image(label="Click on the image", interactive=False, elem_id="label-view", format="png", height=420)
+    with gr.Row():
+        view.mode = gr.Radio(list(labeller.MODES), value=labeller.MODES[0], label="Click adds", scale=2)
+        view.lab_class = gr.Dropdown(["object"], label="Class of the region", visible=False, scale=1)
+        view.model = gr.Dropdown(backbones_for("dichotomous"), value="tiny-sam", label="Click model", scale=1)
+    with gr.Row():
+        view.undo = gr.Button("Undo click", size="sm")
+        view.clear = gr.Button("Clear clicks", size="sm")
+        view.add = gr.Button("Add region", size="sm", elem_id="add-region")
+        view.save = gr.Button("Save pair to set", variant="primary", size="sm", elem_id="save-pair")
+    with gr.Accordion("Brush fix-ups", open=False):
+        gr.Markdown("Paint green to add to the current class, red to erase; then *Apply brush*.")
+        view.brush = gr.ImageEditor(
+            label="Brush",
+            type="numpy",
+            sources=(),
+            transforms=(),
+            layers=False,
+            brush=gr.Brush(
+                colors=[labeller.BRUSH_ADD, labeller.BRUSH_ERASE],
+                default_color=labeller.BRUSH_ADD,
+                color_mode="fixed",
+            ),
+            format="png",
         )
         with gr.Row():
-            use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
-            set_zip = gr.DownloadButton("Download the labelled set (zip)", elem_id="download-set")
-            clear_set = gr.Button("Empty the labelled set", variant="stop", size="sm")
-        lab_state = gr.State(None)
+            view.brush_open = gr.Button("Edit the current image with the brush", size="sm")
+            view.brush_apply = gr.Button("Apply brush", size="sm")
 
-    # one labelled set per browser, a standard dataset folder
-    def set_dir(o):
-        return studio.paths.labelled_set(check_owner(o))
 
-    def n_classes(t, names):
-        return len(_classes(t, names))
+def _labelled_set(view: SimpleNamespace) -> None:
+    view.msg = gr.Markdown(elem_id="data-msg", elem_classes="studio-msg")
+    view.gallery = gr.Gallery(
+        label="Labelled set",
+        columns=8,
+        height=220,
+        allow_preview=False,
+        fit_columns=False,
+        object_fit="contain",
+        elem_id="label-gallery",
+    )
+    with gr.Row():
+        view.use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
+        view.set_zip = gr.DownloadButton("Download the labelled set (zip)", elem_id="download-set")
+        view.clear_set = gr.Button("Empty the labelled set", variant="stop", size="sm")
+
+
+def _wire_labelling(studio: Studio, owner, task, view: SimpleNamespace) -> None:
+    """Open an image, click (SAM proposes), undo / clear / add the region, fix it with the brush."""
+
+    def shown(state, t, names, clicks=True):
+        return labeller.render(state, len(_classes(t, names)), clicks=clicks)
 
     @user_errors
     def open_image(o, path, t, names):
@@ -112,7 +141,7 @@ def data_tab(studio: Studio, owner, task) -> dict:
             return gr.skip(), gr.skip(), gr.skip()
         check_owner(o)
         state = labeller.new_state(studio.load_image(path), Path(path).name)
-        return state, labeller.render(state, n_classes(t, names)), f"Labelling **{Path(path).name}**."
+        return state, shown(state, t, names), f"Labelling **{Path(path).name}**."
 
     def on_click(o, state, m, model, t, names, evt: gr.SelectData):
         if state is None:
@@ -122,7 +151,7 @@ def data_tab(studio: Studio, owner, task) -> dict:
         if state.get("device_note") and state.get("device_note") != state.get("device_note_shown"):
             state["device_note_shown"] = state["device_note"]
             gr.Info(f"Click labelling: {state['device_note']}")  # once per image and reason
-        return state, labeller.render(state, n_classes(t, names))
+        return state, shown(state, t, names)
 
     def edit(action):
         def run(state, model, t, names, lab):
@@ -134,24 +163,45 @@ def data_tab(studio: Studio, owner, task) -> dict:
                 labeller.clear_clicks(state)
             else:
                 labeller.add_region(state, _class_id(t, names, lab))
-            return state, labeller.render(state, n_classes(t, names))
+            return state, shown(state, t, names)
 
         return run
 
     def open_brush(state, t, names):
         if state is None:
             return gr.skip()
-        return {
-            "background": labeller.render(state, n_classes(t, names), clicks=False),
-            "layers": [],
-            "composite": None,
-        }
+        return {"background": shown(state, t, names, clicks=False), "layers": [], "composite": None}
 
     def apply(state, value, t, names, lab):
         if state is None or not value or not value.get("layers"):
             return gr.skip(), gr.skip()
         labeller.apply_brush(state, value["layers"][0], _class_id(t, names, lab))
-        return state, labeller.render(state, n_classes(t, names))
+        return state, shown(state, t, names)
+
+    v, ctx = view, [view.model, task, view.classes]
+    opened = [v.state, v.image, v.msg]
+    v.file.upload(open_image, [owner, v.file, task, v.classes], opened, api_visibility="private")
+    v.example.input(
+        lambda o, p, t, n: open_image(o, example_path(p), t, n),
+        [owner, v.example, task, v.classes],
+        opened,
+        api_visibility="private",
+    )
+    v.image.select(on_click, [owner, v.state, v.mode, *ctx], [v.state, v.image], api_visibility="private")
+    for button, action in ((v.undo, "undo"), (v.clear, "clear"), (v.add, "add")):
+        button.click(edit(action), [v.state, *ctx, v.lab_class], [v.state, v.image], api_visibility="private")
+    v.brush_open.click(open_brush, [v.state, task, v.classes], v.brush, api_visibility="private")
+    v.brush_apply.click(
+        apply, [v.state, v.brush, task, v.classes, v.lab_class], [v.state, v.image], api_visibility="private"
+    )
+
+
+def _wire_set(studio: Studio, owner, task, view: SimpleNamespace):
+    """Save the labelled image to the browser's labelled set (one per browser, a standard dataset
+    folder); download, empty or train on it. Returns the train-on-it action (the Train tab wires it)."""
+
+    def set_dir(o):
+        return studio.paths.labelled_set(check_owner(o))
 
     @user_errors
     def save_pair(o, state, t, names, lab):
@@ -163,7 +213,7 @@ def data_tab(studio: Studio, owner, task) -> dict:
             raise UserError(str(e)) from None
         return (
             state,
-            labeller.render(state, n_classes(t, names)),
+            labeller.render(state, len(_classes(t, names))),
             labeller.gallery(set_dir(o), t),
             f"Saved **{stem}** to the labelled set.",
         )
@@ -184,66 +234,41 @@ def data_tab(studio: Studio, owner, task) -> dict:
         shutil.rmtree(set_dir(o), ignore_errors=True)
         return [], "The labelled set is empty."
 
-    ctx = [lab_model, task, classes]
-    lab_file.upload(
-        open_image, [owner, lab_file, task, classes], [lab_state, lab_view, data_msg], api_visibility="private"
-    )
-    lab_example.input(
-        lambda o, p, t, n: open_image(o, example_path(p), t, n),
-        [owner, lab_example, task, classes],
-        [lab_state, lab_view, data_msg],
-        api_visibility="private",
-    )
-    lab_view.select(on_click, [owner, lab_state, mode, *ctx], [lab_state, lab_view], api_visibility="private")
-    for button, action in ((undo, "undo"), (clear, "clear"), (add, "add")):
-        button.click(edit(action), [lab_state, *ctx, lab_class], [lab_state, lab_view], api_visibility="private")
-    brush_open.click(open_brush, [lab_state, task, classes], brush, api_visibility="private")
-    brush_apply.click(
-        apply, [lab_state, brush, task, classes, lab_class], [lab_state, lab_view], api_visibility="private"
-    )
-    save.click(
+    v = view
+    v.save.click(
         save_pair,
-        [owner, lab_state, task, classes, lab_class],
-        [lab_state, lab_view, lab_gallery, data_msg],
+        [owner, v.state, task, v.classes, v.lab_class],
+        [v.state, v.image, v.gallery, v.msg],
         api_visibility="private",
     )
-    set_zip.click(download_set, owner, set_zip, api_visibility="private")
-    clear_set.click(empty_set, [owner, task], [lab_gallery, data_msg], api_visibility="private")
-    classes.change(
+    v.set_zip.click(download_set, owner, v.set_zip, api_visibility="private")
+    v.clear_set.click(empty_set, [owner, task], [v.gallery, v.msg], api_visibility="private")
+    v.classes.change(
         lambda t, n: gr.Dropdown(choices=_classes(t, n)[1:] or ["object"]),
-        [task, classes],
-        lab_class,
+        [task, v.classes],
+        v.lab_class,
         api_visibility="private",
     )
-    return {
-        "classes": classes,
-        "lab_class": lab_class,
-        "check": check,
-        "use_set": use_set,
-        "msg": data_msg,
-        "zip": up_zip,
-        "images": up_images,
-        "masks": up_masks,
-        "owner": owner,
-        "use_labelled": use_labelled,
-        "lab_state": lab_state,  # the labeller, which the Label-the-rest tab opens results in
-        "lab_view": lab_view,
-    }
+    return use_labelled
 
 
 def _classes(task: str, names: str) -> list[str]:
-    if task != "openvocab":
-        return ["background", "foreground"]
+    """The classes a label map is saved with: the task's fixed ones, or the names the user gave
+    (background first; only background while they do not parse)."""
+    kind = TASKS[task].mask
+    if not kind.needs_class_names:
+        return kind.classes([])
     try:
         return parse_classes(names, background=True)
     except UserError:
-        return ["background"]
+        return kind.classes([])
 
 
 def _class_id(task: str, names: str, chosen: str | None) -> int:
-    classes = _classes(task, names)
-    if task != "openvocab":
+    """The id a region is painted with: the foreground of a binary mask, or the chosen class."""
+    if not TASKS[task].mask.needs_class_names:
         return 1
+    classes = _classes(task, names)
     if chosen in classes[1:]:
         return classes.index(chosen)
     if len(classes) < 2:
@@ -252,8 +277,6 @@ def _class_id(task: str, names: str, chosen: str | None) -> int:
 
 
 def _zip_set(studio: Studio, owner: str) -> Path:
-    from app.studio import zip_folder
-
     folder = studio.paths.labelled_set(check_owner(owner))
     if not (folder / "images").exists():
         raise UserError("the labelled set is empty")

@@ -1,0 +1,90 @@
+"""What the studio offers: the tasks, their backbones (the one to propose first), the methods with
+what each trains, and whether a backbone's weights are here. The page draws its choices from here;
+the request facade (app.studio) checks a request's task and backbone against the same lists."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from adapt import evidence
+from adapt.backbones import BACKBONES, family_of
+from adapt.methods import METHODS
+from adapt.tasks import TASKS
+from app.checks import MAX_ID, UserError, as_text, choice
+
+
+@lru_cache(maxsize=1)
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@lru_cache(maxsize=64)
+def _count(backbone: str, method: str) -> dict:
+    from adapt.pipeline import count_params
+
+    return count_params(backbone, method)
+
+
+def describe_method(backbone: str, method: str) -> tuple[str, dict]:
+    """A method's summary, its parameter counts on `backbone`, and what was measured of it."""
+    if method not in METHODS:
+        return f"Unknown method {method!r}.", {}
+    try:
+        info = dict(_count(backbone, method))
+    except ValueError as e:
+        return f"**{method}** cannot be used here: {e}", {}
+    text = (
+        f"**{method}**: {METHODS[method].summary}\n\n"
+        f"Trains **{info['adapter']:,}** adapter parameters "
+        f"({100 * info['adapter'] / info['base']:.3f}% of {backbone}), "
+        f"**{info['trainable']:,}** with the task head."
+    )
+    measured = evidence.describe(family_of(backbone), method)
+    return text + (f"\n\n{measured}" if measured else ""), info
+
+
+def family_for_task(task: str) -> str:
+    """The backbone family a task runs on; an unknown task is a UserError."""
+    return TASKS[choice(task, "task", TASKS)].family
+
+
+def backbones_for(task: str) -> list[str]:
+    """The task's backbones, the one to propose first: on a GPU the official models (their weights
+    are downloaded on first use), smallest first; on the CPU the bundled tiny model, which trains in
+    seconds there, then the official ones."""
+    family = family_for_task(task)
+    names = [n for n in BACKBONES if family_of(n) == family]  # catalog order: official by size
+    return sorted(names, key=lambda n: BACKBONES[n].bundled == has_gpu())
+
+
+def backbone_for(task: str, backbone) -> str:
+    """`backbone`, checked to be text and one of the task's backbones."""
+    backbone = as_text(backbone, "backbone", MAX_ID)
+    names = backbones_for(task)
+    if backbone not in names:
+        raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(names)}")
+    return backbone
+
+
+def backbone_status(name: str) -> str:
+    from adapt.weights import available
+
+    info = available(name)
+    if info["ready"]:
+        return f"`{name}`: {info['message']}."
+    if info["downloadable"]:
+        return f"`{name}`: {info['message']}. Click *Download weights* (or train: the worker downloads them)."
+    return f"`{name}`: {info['message'] or 'no weights available'}."
+
+
+def download_weights(name: str) -> str:
+    """Fetch an official checkpoint (tqdm progress, which the UI mirrors); the message says where."""
+    from adapt.weights import WeightsUnavailable, resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(name, download=True, progress=True)
+    except (WeightsUnavailable, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    return f"`{name}` weights ready: {path}"

@@ -1,0 +1,153 @@
+"""The studio's Train tab: the backbone, the method and what it trains, the run's settings and
+memory plan, and the Train button (actions in app.studio; choices from app.catalog)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from adapt.methods import methods_for
+from adapt.tasks import TASKS
+from app.catalog import backbone_status, backbones_for, describe_method, download_weights
+from app.studio import Studio, UserError, estimate_memory, gpu_count
+from app.ui.common import user_errors
+
+
+def train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
+    """The tab, wired to the Data tab's checks (their result is the training data) and to the tabs."""
+    with gr.Tab("2. Train", id="train"):
+        form = _model_choice()
+        _run_settings(form)
+        form.dataset = gr.File(
+            label="Training data: a checked dataset zip (from the Data tab, or upload one)",
+            file_types=[".zip"],
+            elem_id="dataset",
+        )
+        form.train = gr.Button("Train", variant="primary", elem_id="train")
+        form.msg = gr.Markdown(elem_id="train-msg", elem_classes="studio-msg")
+        form.job = gr.Textbox(label="job", visible=False)
+    _wire_data(studio, owner, task, data, tabs, form)
+    _wire_choices(task, form)
+    _wire_train(studio, owner, task, tabs, form)
+    return {"job": form.job, "backbone": form.backbone}
+
+
+def _model_choice() -> SimpleNamespace:
+    """Backbone and method, whether the weights are here, and what the method trains."""
+    with gr.Row():
+        backbone = gr.Dropdown(
+            backbones_for("dichotomous"),
+            value=backbones_for("dichotomous")[0],
+            label="Backbone",
+            elem_id="backbone",
+            allow_custom_value=True,
+        )  # the API may name any backbone; submit() checks it
+        method = gr.Dropdown(
+            methods_for("sam"), value="parser", label="Method", elem_id="method", allow_custom_value=True
+        )
+    with gr.Row():
+        weights_md = gr.Markdown(backbone_status(backbone.value), elem_classes="studio-msg")
+        fetch = gr.Button("Download weights", size="sm", scale=0)
+    method_md = gr.Markdown(describe_method(backbone.value, "parser")[0], elem_id="method-info")
+    return SimpleNamespace(backbone=backbone, method=method, weights_md=weights_md, fetch=fetch, method_md=method_md)
+
+
+def _run_settings(form: SimpleNamespace) -> None:
+    """Steps, batch, learning rates, memory budget and GPUs, with the memory plan they give."""
+    with gr.Row():
+        # no precision/minimum here: the service checks every value and says what is wrong
+        form.steps = gr.Number(100, label="Steps", elem_id="steps")
+        form.batch = gr.Number(2, label="Batch size", elem_id="batch")
+        form.lr = gr.Number(1e-3, label="Learning rate (adapter)", elem_id="lr")
+        form.head_lr = gr.Number(1e-4, label="Learning rate (head)", elem_id="head-lr")
+        form.budget = gr.Textbox(
+            "",
+            label="Memory budget (optional, e.g. 16GB)",
+            placeholder="the GPU's free memory",
+            max_length=32,
+            elem_id="budget",
+        )
+        form.gpus = gr.Number(
+            1,
+            label=f"GPUs (data parallel, up to {gpu_count()})",
+            minimum=1,
+            maximum=max(1, gpu_count()),
+            precision=0,
+            visible=gpu_count() > 1,  # shown on machines with more than one GPU
+            elem_id="gpus",
+        )
+    form.memory_md = gr.Markdown(estimate_memory(form.backbone.value, "parser", 2), elem_id="memory")
+
+
+def _wire_data(studio: Studio, owner, task, data: dict, tabs, form: SimpleNamespace) -> None:
+    """The Data tab's checks fill in the training data and bring the user here."""
+
+    @user_errors
+    def check_data(owner, task, dataset_zip, images, masks, classes):
+        """Validate uploaded pairs; a bad upload is a message that stays in the page (and the API's error)."""
+        try:
+            dest, summary = studio.stage_upload(
+                owner, task, zip_file=dataset_zip, images=images or (), masks=masks or (), classes=classes
+            )
+        except UserError as e:
+            return None, f"**Cannot use this upload.**\n\n```\n{e}\n```", gr.skip()
+        return str(dest), f"Checked: ready to train.\n\n{summary}", gr.Tabs(selected="train")
+
+    data["check"].click(
+        check_data,
+        [owner, task, data["zip"], data["images"], data["masks"], data["classes"]],
+        [form.dataset, data["msg"], tabs],
+        api_name="check_data",
+    )
+    data["use_set"].click(
+        data["use_labelled"], [owner, task], [form.dataset, data["msg"], tabs], api_visibility="private"
+    )
+
+
+def _wire_choices(task, form: SimpleNamespace) -> None:
+    """A backbone brings its family's methods and weights status; every choice updates the method's
+    description and the memory plan."""
+
+    def on_backbone(bb, t):
+        family = TASKS[t].family if t in TASKS else "sam"
+        choices = methods_for(family)
+        return backbone_status(bb), gr.Dropdown(choices=choices, value=choices[0])
+
+    @user_errors
+    def fetch_weights(bb, progress=gr.Progress(track_tqdm=True)):
+        return download_weights(bb)
+
+    form.backbone.change(on_backbone, [form.backbone, task], [form.weights_md, form.method], api_visibility="private")
+    form.fetch.click(fetch_weights, form.backbone, form.weights_md, api_visibility="private")
+    for trigger in (form.backbone.change, form.method.change, form.batch.change):
+        trigger(
+            lambda bb, m: describe_method(bb, m)[0],
+            [form.backbone, form.method],
+            form.method_md,
+            api_visibility="private",
+        )
+    for trigger in (form.backbone.change, form.method.change, form.batch.change, form.budget.blur, form.budget.submit):
+        trigger(
+            estimate_memory,
+            [form.backbone, form.method, form.batch, form.budget],
+            form.memory_md,
+            api_visibility="private",
+        )
+
+
+def _wire_train(studio: Studio, owner, task, tabs, form: SimpleNamespace) -> None:
+    @user_errors
+    def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, budget="", gpus=1):
+        job_id = studio.submit(
+            owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget, gpus=gpus
+        )
+        return job_id, f"Job `{job_id}` queued."
+
+    form.train.click(
+        submit,
+        [owner, form.dataset, task, form.backbone, form.method, form.steps, form.lr, form.head_lr, form.batch]
+        + [form.budget, form.gpus],
+        [form.job, form.msg],
+        api_name="train",
+    ).success(lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private")
