@@ -105,3 +105,13 @@ def parse_clicks(value: str):
     if clicks is not None and len(clicks[0]) > MAX_CLICKS:
         raise UserError(f"{len(clicks[0])} clicks; at most {MAX_CLICKS} are accepted in one request")
     return clicks
+
+
+def clicks_inside(points, shape) -> None:
+    """Every click lies on the image (x < width, y < height); a click off it is a UserError."""
+    if points is None:
+        return
+    h, w = shape[:2]
+    for x, y in points[0].tolist():
+        if x >= w or y >= h:
+            raise UserError(f"the click at ({x:g}, {y:g}) is outside the {w}x{h} image")

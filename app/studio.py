@@ -36,6 +36,7 @@ from app.checks import (  # noqa: F401  (the app's modules import these from her
     as_text,
     check_owner,
     choice,
+    clicks_inside,
     file_list,
     number,
     parse_classes,
@@ -576,6 +577,7 @@ class Studio:
         check_owner(owner)
         names, points = parse_classes(classes, background=False), parse_clicks(clicks)  # cheap checks first
         image = self.load_image(image_path)
+        clicks_inside(points, image.shape)
         task_obj, desc, where = self.model(owner, adapter_ref, backbone, task)
         request = {}
         if task_obj.mask.needs_class_names:

@@ -9,7 +9,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # a repository path: a top-level folder of this repo, then path parts, ending in a file suffix
-PATH = re.compile(r"(?<![\w/.-])((?:adapt|app|bench|tests|docs|devtools|weights|assets)/[\w./-]*\.(?:py|md|json|png|txt|csv))")
+PATH = re.compile(
+    r"(?<![\w/.-])((?:adapt|app|bench|tests|docs|devtools|weights|assets)/[\w./-]*\.(?:py|md|json|png|txt|csv))"
+)
 
 
 def named_paths(text: str) -> set[str]:

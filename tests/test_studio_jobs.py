@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from app.config import Limits, Paths
 from app.jobs import JobStore
 from app.progress import read_progress
 from app.studio import Studio, UserError, check_owner, estimate_memory, parse_clicks
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -102,6 +105,17 @@ def test_owner_tokens_and_clicks_are_checked():
     assert parse_clicks(" ") is None
     with pytest.raises(UserError):
         parse_clicks("1,2,3,4")
+    for bad in ("nan,5", "5,inf", "-1,5", "5,-0.5", "1,2,2", "1,2,nan"):
+        with pytest.raises(UserError, match="click"):
+            parse_clicks(bad)
+
+
+def test_a_click_off_the_image_is_refused(tmp_path):
+    studio = Studio(Paths(tmp_path / "studio"), Limits())
+    image = str(REPO / "assets" / "examples" / "cells.jpg")
+    for far in ("1e308,5", "5,100000"):
+        with pytest.raises(UserError, match="outside the .* image"):
+            studio.predict(OWNER, image, "", "tiny-sam", "dichotomous", clicks=far)
 
 
 def test_memory_estimate_names_the_device():

@@ -21,6 +21,7 @@ coarse mask inside it (or the whole crop where it has none) and the clicks that 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,6 +55,10 @@ def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
             values = []
         if len(values) not in (2, 3):
             raise ValueError(f"clicks are 'x,y' or 'x,y,label' separated by ';', got {part!r}")
+        if not all(math.isfinite(v) for v in values) or min(values[:2]) < 0:
+            raise ValueError(f"a click's x and y are pixel positions (finite, not negative), got {part!r}")
+        if len(values) == 3 and values[2] not in (0, 1):
+            raise ValueError(f"a click's label is 1 (foreground) or 0 (background), got {part!r}")
         coords.append(values[:2])
         labels.append(int(values[2]) if len(values) == 3 else 1)
     if not coords:
