@@ -17,31 +17,39 @@ batch at a time, so memory does not grow with the number of images. OUT holds:
 
 Every file is written atomically (a temporary name, then a rename): a kill leaves no half-written
 PNG, and `resume` skips every image already in the ledger. An unreadable, corrupt or oversized
-image is listed in failed.json and the batch goes on. <name> is the file's path relative to the
-folder, "/" turned into "__", without its extension (with it, when two files would collide).
+image, or one whose outputs cannot be written, is listed in failed.json and the batch goes on (a
+full disk stops it: nothing after would fit either). <name> is the file's path relative to the
+folder, "/" turned into "__", without its extension; a name longer than MAX_NAME_BYTES, or one that
+two files would share ("a/x.png" and "a__x.png"), is shortened and ends with a hash of the file's
+path, so names are unique and fit every file system. scores.csv and the COCO file keep the
+source's own relative path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
 from adapt.data.images import IMAGE_EXTS, load_image
-from adapt.files import atomic_path, write_json, write_text
+from adapt.files import atomic_path, disk_full, write_json, write_text
 
 RECORDS = "records.jsonl"
 SCORES = "scores.csv"
 COCO = "annotations.json"
 FAILED = "failed.json"
 SUMMARY = "summary.json"
+MAX_NAME_BYTES = 120  # an output name, before "_alpha" etc. and ".png": far below any file system's 255
 MAX_PIXELS = 40_000_000  # per image, as everywhere else (adapt.data.images)
 
 
@@ -87,12 +95,21 @@ def list_images(folder: str | Path) -> list[Source]:
         and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts)
     )
     rel = [p.relative_to(folder) for p in paths]
+    return [Source(name, p, r.as_posix()) for name, r, p in zip(output_names(rel), rel, paths)]
+
+
+def output_names(rel: list[PurePath]) -> list[str]:
+    """Unique, bounded output names for relative image paths (see the module docstring)."""
     stems = ["__".join(r.with_suffix("").parts) for r in rel]
-    clash = {s for s in stems if stems.count(s) > 1}
-    return [
-        Source(f"{s}_{r.suffix.lstrip('.').lower()}" if s in clash else s, p, r.as_posix())
-        for s, r, p in zip(stems, rel, paths)
-    ]
+    shared = Counter(stems)
+    return [_hashed(s, r) if shared[s] > 1 or len(s.encode()) > MAX_NAME_BYTES else s for s, r in zip(stems, rel)]
+
+
+def _hashed(stem: str, rel: PurePath) -> str:
+    """`stem` cut to fit, then "-" and a hash of the whole relative path (unique per file)."""
+    digest = hashlib.sha256(rel.as_posix().encode()).hexdigest()[:12]
+    head = stem.encode()[: MAX_NAME_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}-{digest}"
 
 
 def open_source(source: str | Path, scratch: Path) -> Path:
@@ -142,6 +159,13 @@ def _write(out: Path, source: Source, image: np.ndarray, outputs: dict, soft: bo
         from adapt.render import cutout as rgba
 
         _save(rgba(image, outputs["alpha"]), out / "cutout" / f"{source.name}.png")
+
+
+def _remove_outputs(out: Path, source: Source) -> None:
+    """What an image whose outputs failed half-way had written (nothing half-written is kept)."""
+    for folder in ("masks", "colour", "alpha", "cutout"):
+        with contextlib.suppress(OSError):
+            (out / folder / f"{source.name}.png").unlink(missing_ok=True)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -206,14 +230,23 @@ def label_images(
                 kwargs = {"classes": vocabulary} if openvocab else {}
                 predictions = task.predict_many(images, device=device, **kwargs)
                 for (s, image), (outputs, scores) in zip(loaded, predictions):
-                    _write(out, s, image, outputs, soft, cutout)
+                    count += 1
+                    try:
+                        _write(out, s, image, outputs, soft, cutout)
+                    except OSError as e:
+                        if disk_full(e):
+                            raise
+                        report.failed.append({"file": s.label, "error": f"could not write its outputs ({e})"})
+                        _remove_outputs(out, s)
+                        if progress:
+                            progress(count, report.total, s.label)
+                        continue
                     h, w = image.shape[:2]
                     record = {"name": s.name, "file": s.label, "width": w, "height": h, **scores}
                     records.write(json.dumps(record) + "\n")
                     records.flush()
                     ledger[s.name] = record
                     report.done.append(s.name)
-                    count += 1
                     if progress:
                         progress(count, report.total, s.label)
                 del images, predictions, loaded

@@ -188,3 +188,37 @@ def test_label_uncertainty_is_one_minus_the_mean_top_two_margin():
     scores[1, :2] = 0.85  # half the pixels nearly tied
     got = label_uncertainty(scores)
     assert got["ambiguous"] == pytest.approx(0.5) and got["uncertainty"] == pytest.approx(1 - (0.8 + 0.05) / 2)
+
+
+def test_one_bad_name_never_fails_the_batch(tmp_path, monkeypatch):
+    """Names that would clash ("a/x.png" and "a__x.png") or overflow a file name (250 characters)
+    get unique, bounded output names; an image whose outputs cannot be written goes to
+    failed.json and the others are all labelled; scores.csv and COCO keep the source names."""
+    import adapt.batch as batch
+    from adapt.pipeline import inference_task
+
+    task, _ = inference_task(backbone="tiny-sam", task="dichotomous")
+    root = tmp_path / "images"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    long_name = "n" * 250 + ".png"
+    names = ["a/x.png", "a__x.png", long_name, "unwritable.png", "plain.png"]
+    for name in names:
+        Image.fromarray(make_scene(rng, size=64).image).save(root / name)
+    real_save = batch._save
+
+    def save(array, path):
+        if "unwritable" in path.name:
+            raise OSError(36, "File name too long")
+        real_save(array, path)
+
+    monkeypatch.setattr(batch, "_save", save)
+    report = label_images(task, root, tmp_path / "out")
+    assert len(report.done) == 4 and [f["file"] for f in report.failed] == ["unwritable.png"]
+    outputs = sorted(p.stem for p in (tmp_path / "out" / "masks").iterdir())
+    assert len(outputs) == len(set(outputs)) == 4 and "plain" in outputs
+    assert all(len(s.encode()) <= batch.MAX_NAME_BYTES for s in outputs)
+    scores = read_scores(tmp_path / "out")
+    assert sorted(r["file"] for r in scores) == sorted(n for n in names if n != "unwritable.png")
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert sorted(im["file_name"] for im in coco["images"]) == sorted(r["file"] for r in scores)
