@@ -23,7 +23,7 @@ import numpy as np
 
 from adapt import evidence
 from adapt.backbones import BACKBONES, family_of
-from adapt.files import atomic_path, copy_file, format_bytes
+from adapt.files import copy_file, format_bytes, zip_folder
 from adapt.methods import METHODS, methods_for
 from adapt.tasks import TASKS
 from app.checks import (  # noqa: F401  (the app's modules import these from here)
@@ -43,6 +43,7 @@ from app.checks import (  # noqa: F401  (the app's modules import these from her
     parse_clicks,
 )
 from app.config import Limits, Paths
+from app.gpus import gpu_count
 from app.jobs import FINISHED, JobStore, brief, new_token
 from app.progress import read_progress
 
@@ -171,30 +172,11 @@ def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | N
 
 
 @lru_cache(maxsize=1)
-def gpu_count() -> int:
-    """GPUs on this machine (what a job may ask for)."""
-    from app.run.supervisor import gpu_count as count
-
-    return count()
-
-
-@lru_cache(maxsize=1)
 def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return gpu_count() > 0
 
 
 # --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
-
-
-def zip_folder(folder: Path, dest: Path) -> Path:
-    """Zip a dataset folder atomically (relative paths only)."""
-    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                z.write(path, path.relative_to(folder).as_posix())
-    return dest
 
 
 def summarize(dataset) -> str:
@@ -441,7 +423,7 @@ class Studio:
             "status": job["status"],
             "error": job["error"],
             "note": job["note"],
-            **brief(job["config"]),
+            **brief(job),
             "step": progress.step,
             "loss": progress.last_loss,
             "eta_s": progress.eta_s,
@@ -463,7 +445,7 @@ class Studio:
             {
                 "job": j["id"],
                 "status": j["status"],
-                **{k: v for k, v in brief(j["config"]).items() if k in ("kind", "method", "backbone")},
+                **{k: v for k, v in brief(j).items() if k in ("kind", "method", "backbone")},
                 "created": j["created"],
             }
             for j in self.store.list(owner)

@@ -219,6 +219,27 @@ def test_a_store_from_an_older_version_gains_its_new_column(tmp_path):
     assert store.get(job, "o")["died_at"] is None
 
 
+def test_a_store_from_before_job_kinds_gives_every_job_its_kind(tmp_path):
+    """Older stores kept a labelling job's kind in its config: the new column takes it over."""
+    import sqlite3
+
+    from app.jobs import SCHEMA
+
+    old = SCHEMA.replace("\n    kind        TEXT NOT NULL DEFAULT 'train',", "")
+    assert old != SCHEMA
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:
+        db.executescript(old)
+        for job, config in (("t", {"train": {}}), ("l", {"kind": "label", "label": {}})):
+            db.execute(
+                "INSERT INTO jobs (id, owner, status, config, data, created) VALUES (?, 'o', 'queued', ?, 'd', 0)",
+                (job, json.dumps(config)),
+            )
+    store = JobStore(tmp_path / "old.sqlite")
+    assert store.get("t", "o")["kind"] == "train" and store.get("l", "o")["kind"] == "label"
+    assert store.get(store.submit("o", {}, "d"), "o")["kind"] == "train"
+    assert store.get(store.submit("o", {}, "d", kind="label"), "o")["kind"] == "label"
+
+
 def test_request_values_are_typed_and_bounded():
     from app.studio import MAX_CLICKS, as_text, choice, file_list, number, parse_classes
 
