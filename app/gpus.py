@@ -4,12 +4,12 @@ worker per GPU."""
 
 from __future__ import annotations
 
+import torch
+
 
 def gpu_count() -> int:
     """Visible CUDA devices; 0 when there are none or the driver cannot be asked (a broken driver
     must not stop the studio: it runs on the CPU)."""
-    import torch  # heavy: the supervisor's process need not load it before it asks
-
     try:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:

@@ -547,7 +547,7 @@ class Studio:
         check_owner(owner)
         out = []
         for j in self.store.list(owner):
-            if j["status"] == "done" and "train" in j["config"]:
+            if j["status"] == "done" and j["kind"] == "train":
                 t = j["config"]["train"]
                 out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
         folder = self.paths.uploaded_adapters(owner)
