@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 import adapt
 from adapt.archive import ArchiveError, safe_extract
 from adapt.backbones import BACKBONES, Backbone, build_backbone, load_into, load_state_dict_file
-from adapt.files import atomic_folder, atomic_path
+from adapt.files import atomic_folder, atomic_path, zip_folder
 from adapt.methods import METHODS, Handle, attach, make_config
 from adapt.tasks import TASKS, attach_task_head
 from adapt.weights import resolve_checkpoint
@@ -178,12 +178,8 @@ def local_adapter(path: str | Path) -> Path:
 
 
 def zip_adapter(folder: str | Path, zip_path: str | Path) -> Path:
-    folder, zip_path = local_adapter(folder), Path(zip_path)
-    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
-            if name != CARD_NAME or (folder / name).is_file():  # a Hub repository may lack the card
-                z.write(folder / name, name)
-    return zip_path
+    names = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME}  # a Hub repository may lack the card
+    return zip_folder(local_adapter(folder), zip_path, keep=lambda rel: rel.as_posix() in names)
 
 
 def push_to_hub(adapter: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:

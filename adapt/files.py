@@ -20,7 +20,8 @@ import secrets
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,6 +98,19 @@ def copy_file(src: str | Path, dest: str | Path) -> Path:
     """Copy `src` to `dest` atomically; returns `dest`."""
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
+    return Path(dest)
+
+
+def zip_folder(folder: str | Path, dest: str | Path, keep: Callable[[Path], bool] | None = None) -> Path:
+    """Zip the files under `folder` into `dest` atomically, deflated, under their paths relative to
+    `folder` (sorted; nothing else of the filesystem is named); `keep(relative path)` picks which
+    (default: all). Returns `dest`. The one folder zipper: datasets, adapters, labelling results."""
+    folder = Path(folder)
+    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if path.is_file() and (keep is None or keep(rel)):
+                z.write(path, rel.as_posix())
     return Path(dest)
 
 

@@ -11,13 +11,12 @@ from adapt.backbones import BACKBONES, family_of
 from adapt.methods import METHODS
 from adapt.tasks import TASKS
 from app.checks import MAX_ID, UserError, as_text, choice
+from app.gpus import gpu_count
 
 
 @lru_cache(maxsize=1)
 def has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return gpu_count() > 0
 
 
 @lru_cache(maxsize=64)

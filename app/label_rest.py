@@ -2,8 +2,8 @@
 background, rank the results for correction, correct a few into the labelled set, and retrain
 warm-started from the adapter on the enlarged set.
 
-    LabelRest(studio).submit(owner, images, adapter_ref, ...) -> job id   (a "label" job in the store)
-    run_labelling(...)     in the job function (app.run.worker.execute): adapt.batch.label_images
+    LabelRest(studio).submit(owner, images, adapter_ref, ...) -> job id   (a "label" job in the store,
+                           run by the worker: app.jobs.label)
     .results(owner, job)   thumbnails, most uncertain first, with their scores
     .correction(...)       a labelling state (app.labeller) starting from the model's mask
     .accept(...)           the model's mask as is, into the labelled set
@@ -19,17 +19,17 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from adapt.files import zip_folder
 from adapt.tasks import TASKS
 from app.catalog import backbone_for, family_for_task
 from app.jobs import new_token
-from app.studio import MAX_ID, Studio, UserError, as_text, check_owner, file_list, number, parse_classes, zip_folder
+from app.studio import MAX_ID, Studio, UserError, as_text, check_owner, file_list, number, parse_classes
 
 THUMB = 200  # px, the long side of a gallery thumbnail
 MAX_SHOWN = 120  # results the gallery shows (the download has them all)
@@ -102,8 +102,8 @@ class LabelRest:
         except BaseException:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise
-        config = {"kind": "label", "label": {**spec, "images": count, "batch_size": batch_size}}
-        self.studio.store.submit(owner, config, str(job.folder), job_id=job_id)
+        config = {"label": {**spec, "images": count, "batch_size": batch_size}}
+        self.studio.store.submit(owner, config, str(job.folder), job_id=job_id, kind="label")
         return job_id
 
     def _model_spec(self, owner: str, adapter_ref, backbone, task, classes) -> dict:
@@ -142,7 +142,7 @@ class LabelRest:
     # --- results ---------------------------------------------------------------------------------
     def _done_job(self, owner: str, job_id: str) -> tuple[dict, dict]:
         job = self.studio.job(owner, job_id)
-        if job["config"].get("kind") != "label":
+        if job["kind"] != "label":
             raise UserError(f"job {job['id']} is a training job, not a labelling job")
         if job["status"] != "done":
             raise UserError(f"job {job['id']} is {job['status']}: its results are there once it is done")
@@ -299,67 +299,4 @@ def _caption(record: dict) -> str:
     return f"#{record['rank']} · {record['uncertainty']:.2f}"  # short: the gallery cuts long captions
 
 
-# --- the worker's side ---------------------------------------------------------------------------
-
-
-def run_labelling(job: dict, files, control, max_pixels: int) -> str:
-    """Label a job's images in its folder (app.run.worker.execute calls this for "label" jobs); returns
-    "done", "cancelled" or "stopped". A restarted job resumes: the images already in the ledger
-    are skipped."""
-    from adapt.archive import safe_extract
-    from adapt.batch import label_images
-    from adapt.pipeline import inference_task
-    from adapt.train import EventLog
-
-    spec = job["config"]["label"]
-    if files.inputs_zip.exists() and not files.inputs.exists():
-        with tempfile.TemporaryDirectory(dir=files.folder) as tmp:
-            safe_extract(files.inputs_zip, Path(tmp) / "x", folder="the images")
-            (Path(tmp) / "x").rename(files.inputs)
-    if spec["adapter"]:
-        task, _ = inference_task(adapter=spec["adapter"], task=spec["task"])
-    else:
-        task, _ = inference_task(backbone=spec["backbone"], task=spec["task"], download=False)
-    log = EventLog(files.events)
-    log("start", images=spec["images"], model=spec["method"], backbone=spec["backbone"])
-    started, first = time.time(), []
-
-    def progress(done, total, name):
-        if not first:
-            first.append(done)
-        rate = (time.time() - started) / max(1, done - first[0] + 1)
-        log("labelled", step=done, total=total, name=name, eta_s=round(rate * (total - done), 1))
-
-    report = label_images(
-        task,
-        files.inputs,
-        files.labels,
-        classes=spec["classes"] or None,
-        batch_size=spec["batch_size"],
-        resume=True,
-        model=spec["adapter_ref"] or spec["backbone"],
-        progress=progress,
-        should_stop=control.should_stop,
-        max_pixels=max_pixels,
-    )
-    if report.cancelled:
-        log("cancelled", step=len(report.done) + len(report.skipped))
-        return "cancelled" if control.cancelled() else "stopped"
-    _zip_results(files.labels, files.labels_zip)
-    log("done", step=report.total, failed=len(report.failed))
-    return "done"
-
-
-def _zip_results(labels: Path, dest: Path) -> Path:
-    """What "Download all" gives: masks/ (and colour/), annotations.json, scores.csv, failed.json."""
-    from adapt.files import atomic_path
-
-    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(labels.rglob("*")):
-            rel = path.relative_to(labels)
-            if path.is_file() and rel.parts[0] not in ("thumbs",) and rel.name != "records.jsonl":
-                z.write(path, rel.as_posix())
-    return dest
-
-
-__all__ = ["LabelRest", "run_labelling"]
+__all__ = ["LabelRest"]

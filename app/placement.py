@@ -15,6 +15,8 @@ import os
 import threading
 from dataclasses import dataclass
 
+from app.gpus import gpu_count
+
 ENV = "ADAPT_PREDICT_DEVICE"
 CHOICES = ("auto", "cpu", "cuda")
 CACHE_BYTES = 512 * 2**20  # the click predictor's embedding cache, at most, in GPU memory
@@ -37,12 +39,6 @@ def choice() -> str:
     return value
 
 
-def _gpu_present() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
@@ -53,7 +49,7 @@ def place(backbone, name: str) -> Placement:
     wanted = choice()
     if wanted == "cpu":
         return Placement("cpu", "")
-    if not _gpu_present():
+    if not gpu_count():
         note = "" if wanted == "auto" else f"{ENV}=cuda, but no GPU is visible: running on the CPU"
         return Placement("cpu", note)
     import torch

@@ -16,12 +16,11 @@ import time
 import zipfile
 from collections import OrderedDict
 from dataclasses import asdict, replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from adapt.files import atomic_path, copy_file, format_bytes
+from adapt.files import copy_file, format_bytes, zip_folder
 from adapt.methods import methods_for
 from adapt.tasks import TASKS
 from app.catalog import backbone_for, family_for_task, has_gpu
@@ -43,6 +42,7 @@ from app.checks import (  # noqa: F401  (the app's modules import these from her
     parse_clicks,
 )
 from app.config import Limits, Paths
+from app.gpus import gpu_count
 from app.jobs import FINISHED, JobStore, brief, new_token
 from app.progress import read_progress
 
@@ -99,24 +99,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | N
     )
 
 
-@lru_cache(maxsize=1)
-def gpu_count() -> int:
-    """GPUs on this machine (what a job may ask for)."""
-    from app.run.supervisor import gpu_count as count
-
-    return count()
-
-
 # --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
-
-
-def zip_folder(folder: Path, dest: Path) -> Path:
-    """Zip a dataset folder atomically (relative paths only)."""
-    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                z.write(path, path.relative_to(folder).as_posix())
-    return dest
 
 
 def summarize(dataset) -> str:
@@ -364,7 +347,7 @@ class Studio:
             "status": job["status"],
             "error": job["error"],
             "note": job["note"],
-            **brief(job["config"]),
+            **brief(job),
             "step": progress.step,
             "loss": progress.last_loss,
             "eta_s": progress.eta_s,
@@ -386,7 +369,7 @@ class Studio:
             {
                 "job": j["id"],
                 "status": j["status"],
-                **{k: v for k, v in brief(j["config"]).items() if k in ("kind", "method", "backbone")},
+                **{k: v for k, v in brief(j).items() if k in ("kind", "method", "backbone")},
                 "created": j["created"],
             }
             for j in self.store.list(owner)
@@ -488,7 +471,7 @@ class Studio:
         check_owner(owner)
         out = []
         for j in self.store.list(owner):
-            if j["status"] == "done" and "train" in j["config"]:
+            if j["status"] == "done" and j["kind"] == "train":
                 t = j["config"]["train"]
                 out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
         folder = self.paths.uploaded_adapters(owner)

@@ -27,23 +27,17 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from adapt.files import zip_folder
 from devtools.launcher import StudioProcess
 
 OWNER = "bench-owner-" + "b" * 16
 
 
 def dataset_zip(folder: Path) -> Path:
-    import zipfile
-
     from adapt.data.synthetic import make_dataset, write_folder
 
     data = write_folder(make_dataset("camouflage", n=6, size=128, seed=1), folder / "data", task="dichotomous")
-    out = folder / "data.zip"
-    with zipfile.ZipFile(out, "w") as z:
-        for p in sorted(data.rglob("*")):
-            if p.is_file():
-                z.write(p, p.relative_to(data).as_posix())
-    return out
+    return zip_folder(data, folder / "data.zip")
 
 
 def poll(url: str, job: str, seconds: float, clients: int, via: str) -> dict:

@@ -107,7 +107,7 @@ def test_labelling_results_are_private_and_bad_requests_are_named(loop):
     with pytest.raises(UserError, match="training job, not a labelling job"):
         rest.results(OWNER, train_job)
     with pytest.raises(UserError, match="no labelled image"):
-        label_job = next(j["id"] for j in studio.store.list(OWNER) if j["config"].get("kind") == "label")
+        label_job = next(j["id"] for j in studio.store.list(OWNER) if j["kind"] == "label")
         rest.correction(OWNER, label_job, "../../etc/passwd")
     slip = images.parent / "slip.zip"
     with zipfile.ZipFile(slip, "w") as z:

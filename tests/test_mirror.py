@@ -24,7 +24,8 @@ def job_folder(tmp_path):
     job = {
         "id": "j1",
         "data": str(folder / "data.zip"),
-        "config": {"kind": "label", "label": {"adapter": str(adapter), "task": "dichotomous"}},
+        "kind": "label",
+        "config": {"label": {"adapter": str(adapter), "task": "dichotomous"}},
     }
     return job, folder, adapter
 

@@ -189,3 +189,47 @@ def test_dataset_kinds_are_the_tasks():
     from adapt.tasks import TASKS
 
     assert list(DATASET_KINDS) == list(TASKS)
+
+
+REQUEST_SIDE = ("app.studio", "app.label_rest", "app.ui", "app.rest")  # the page and the request facade
+
+
+def closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    """`start` and every module it imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    return seen
+
+
+def imports_gradio(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        if any(n == "gradio" or n.startswith("gradio.") for n in names):
+            return True
+    return False
+
+
+def test_the_job_process_imports_neither_the_page_nor_the_request_facade():
+    """The worker (and everything it imports, lazily or not) is the job side: it never reaches the
+    request side or Gradio, so a job runs where neither is installed or loaded."""
+    mods = {**modules("adapt"), **modules("app")}
+    reached = closure(import_graph(mods), "app.run.worker")
+    assert {"app.jobs", "app.jobs.train", "app.jobs.label"} <= reached
+    assert not {m for m in reached if any(m == r or m.startswith(r + ".") for r in REQUEST_SIDE)}
+    assert not {m for m in reached if imports_gradio(mods[m])}
+    assert imports_gradio(mods["app.ui.page"])  # the check sees Gradio where it is
+
+
+def test_loading_the_job_process_loads_no_gradio():
+    import subprocess
+    import sys
+
+    code = "import app.run.worker, app.jobs, sys; print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -105,7 +105,7 @@ def test_owner_tokens_and_clicks_are_checked():
     assert parse_clicks(" ") is None
     with pytest.raises(UserError):
         parse_clicks("1,2,3,4")
-    for bad in ("nan,5", "5,inf", "-1,5", "5,-0.5", "1,2,2", "1,2,nan"):
+    for bad in ("nan,5", "5,inf", "-1,5", "5,-0.5", "1e308,5", "1,2,2", "1,2,nan"):
         with pytest.raises(UserError, match="click"):
             parse_clicks(bad)
 
@@ -113,7 +113,7 @@ def test_owner_tokens_and_clicks_are_checked():
 def test_a_click_off_the_image_is_refused(tmp_path):
     studio = Studio(Paths(tmp_path / "studio"), Limits())
     image = str(REPO / "assets" / "examples" / "cells.jpg")
-    for far in ("1e308,5", "5,100000"):
+    for far in ("5,100000", "100000,5"):
         with pytest.raises(UserError, match="outside the .* image"):
             studio.predict(OWNER, image, "", "tiny-sam", "dichotomous", clicks=far)
 
@@ -231,6 +231,27 @@ def test_a_store_from_an_older_version_gains_its_new_column(tmp_path):
     store = JobStore(tmp_path / "old.sqlite")
     job = store.submit("o", {}, "d")
     assert store.get(job, "o")["died_at"] is None
+
+
+def test_a_store_from_before_job_kinds_gives_every_job_its_kind(tmp_path):
+    """Older stores kept a labelling job's kind in its config: the new column takes it over."""
+    import sqlite3
+
+    from app.jobs import SCHEMA
+
+    old = SCHEMA.replace("\n    kind        TEXT NOT NULL DEFAULT 'train',", "")
+    assert old != SCHEMA
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:
+        db.executescript(old)
+        for job, config in (("t", {"train": {}}), ("l", {"kind": "label", "label": {}})):
+            db.execute(
+                "INSERT INTO jobs (id, owner, status, config, data, created) VALUES (?, 'o', 'queued', ?, 'd', 0)",
+                (job, json.dumps(config)),
+            )
+    store = JobStore(tmp_path / "old.sqlite")
+    assert store.get("t", "o")["kind"] == "train" and store.get("l", "o")["kind"] == "label"
+    assert store.get(store.submit("o", {}, "d"), "o")["kind"] == "train"
+    assert store.get(store.submit("o", {}, "d", kind="label"), "o")["kind"] == "label"
 
 
 def test_request_values_are_typed_and_bounded():

@@ -37,6 +37,9 @@ from adapt.tasks.masks import BINARY, MaskKind
 PROMPTS = ("box", "points", "none", "mixed", "clicks")
 
 
+MAX_COORD = 1_000_000  # a click's position in source pixels: beyond any image the loaders accept
+
+
 def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     """Clicks written as text, "x,y[,label]; x,y[,label]" (source pixels; label 1 foreground, 0
     background, default 1), as (coords (N, 2) float32, labels (N,) int64); None when empty.
@@ -55,8 +58,8 @@ def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
             values = []
         if len(values) not in (2, 3):
             raise ValueError(f"clicks are 'x,y' or 'x,y,label' separated by ';', got {part!r}")
-        if not all(math.isfinite(v) for v in values) or min(values[:2]) < 0:
-            raise ValueError(f"a click's x and y are pixel positions (finite, not negative), got {part!r}")
+        if not all(math.isfinite(v) for v in values) or not 0 <= min(values[:2]) <= max(values[:2]) <= MAX_COORD:
+            raise ValueError(f"a click's x and y are pixel positions (0 to {MAX_COORD:,}), got {part!r}")
         if len(values) == 3 and values[2] not in (0, 1):
             raise ValueError(f"a click's label is 1 (foreground) or 0 (background), got {part!r}")
         coords.append(values[:2])

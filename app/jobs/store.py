@@ -1,4 +1,4 @@
-"""The job store: one SQLite table of training jobs, shared by the app and its worker processes.
+"""The job store: one SQLite table of jobs of every kind, shared by the app and its worker processes.
 
     queued -> running -> done | failed | cancelled          (running -> queued: interrupted, resumes)
 
@@ -30,6 +30,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id          TEXT PRIMARY KEY,
     owner       TEXT NOT NULL,
+    kind        TEXT NOT NULL DEFAULT 'train',
     status      TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
     config      TEXT NOT NULL,
     data        TEXT NOT NULL,
@@ -49,16 +50,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
 """
-
-
-def brief(config: dict) -> dict:
-    """What a job is, whatever its kind: kind ("train" | "label"), task, backbone, method, and its
-    length (steps; for a labelling job, images)."""
-    if config.get("kind") == "label":
-        spec = config["label"]
-        return {"kind": "label", **{k: spec[k] for k in ("task", "backbone", "method")}, "steps": spec["images"]}
-    spec = config["train"]
-    return {"kind": "train", **{k: spec[k] for k in ("task", "backbone", "method", "steps")}}
+NEW_COLUMNS = (("died_at", "INTEGER"), ("seen", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'train'"))
 
 
 def new_token() -> str:
@@ -73,9 +65,14 @@ class JobStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
-            for name, kind in (("died_at", "INTEGER"), ("seen", "REAL")):  # a store made by an older version
+            for name, decl in NEW_COLUMNS:  # a store made by an older version
                 if name not in columns:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+            if "kind" not in columns:  # older stores kept a label job's kind in its config
+                db.execute(
+                    "UPDATE jobs SET kind = json_extract(config, '$.kind') "
+                    "WHERE json_extract(config, '$.kind') IS NOT NULL"
+                )
 
     @contextmanager
     def _connect(self):
@@ -98,12 +95,13 @@ class JobStore:
         return job
 
     # --- users ---------------------------------------------------------------------------------
-    def submit(self, owner: str, config: dict, data: str, job_id: str | None = None) -> str:
+    def submit(self, owner: str, config: dict, data: str, job_id: str | None = None, kind: str = "train") -> str:
+        """Queue a job of `kind` (a key of app.jobs.KINDS) with its kind's config; returns its id."""
         job_id = job_id or new_token()
         with self._connect() as db:
             db.execute(
-                "INSERT INTO jobs (id, owner, status, config, data, created) VALUES (?, ?, 'queued', ?, ?, ?)",
-                (job_id, owner, json.dumps(config), str(data), time.time()),
+                "INSERT INTO jobs (id, owner, kind, status, config, data, created) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                (job_id, owner, kind, json.dumps(config), str(data), time.time()),
             )
         return job_id
 

@@ -46,7 +46,8 @@ import ray
 import ray.exceptions as rex
 
 from app.config import JobFiles, Limits, Paths
-from app.jobs import JobStore, new_token
+from app.jobs import JobStore, UnknownKind, job_kind, new_token
+from app.jobs.control import Control
 from app.run.mirror import MirrorError, apply, pack
 from app.run.supervisor import HEARTBEAT_TIMEOUT_S, retry_from_checkpoint
 
@@ -99,7 +100,7 @@ def run_task(token: str, payload: dict, channel, max_pixels: int, threads: int |
     import torch
 
     from app.run.mirror import Mirror, unpack
-    from app.run.worker import Control, execute, user_message
+    from app.run.worker import execute, user_message
 
     if threads:
         torch.set_num_threads(threads)
@@ -318,12 +319,6 @@ class RayExecutor:
             return {"num_gpus": int(config.get("gpus") or 1), "num_cpus": 1}, None
         return {"num_gpus": 0, "num_cpus": self.cpus_per_job}, max(1, int(self.cpus_per_job))
 
-    @staticmethod
-    def externals(job: dict) -> list[str]:
-        """Files outside the job's folder that it reads: the adapter a label job predicts with."""
-        adapter = job["config"].get("label", {}).get("adapter")
-        return [adapter] if adapter else []
-
     def _submit_queued(self) -> None:
         res = self._cluster()
         while len(self.running) < self.capacity():
@@ -339,7 +334,12 @@ class RayExecutor:
                 )
                 continue
             try:
-                payload = ray.put(pack(job, run.folder, self.externals(job)))
+                externals = job_kind(job).externals(job)
+            except UnknownKind as e:
+                self._fail(run, str(e))
+                continue
+            try:
+                payload = ray.put(pack(job, run.folder, externals))
             except (MirrorError, OSError) as e:
                 self._fail(run, f"the job's files could not be sent to the cluster: {e}")
                 continue

@@ -19,21 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.config import Paths
-from app.jobs import JobStore, new_token
+from app.gpus import gpu_count
+from app.jobs import KINDS, JobStore, new_token
 from app.progress import read_progress
 
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("app.run.supervisor")
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("ADAPT_HEARTBEAT_TIMEOUT", "300"))
-
-
-def gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
 
 
 def describe_exit(code: int) -> str:
@@ -63,10 +55,11 @@ def retry_from_checkpoint(store: JobStore, paths: Paths, job: dict, worker: str,
     """A job whose process died (`reason`) while it has a checkpoint goes back in the queue and
     resumes from it (True), once per step of death. None: it has no checkpoint; a string: it died
     at this step before, and says so. In both cases the caller fails the job. Both executors use
-    this rule (a SIGKILLed local worker; a lost Ray worker or node)."""
+    this rule (a SIGKILLed local worker; a lost Ray worker or node). What counts as a checkpoint
+    is the job's kind's to say (a job of an unknown kind has none)."""
     files = paths.job_files(job["id"])
-    labelling = job["config"].get("kind") == "label"  # its ledger is its checkpoint (adapt.batch)
-    if not (files.checkpoint.exists() or (labelling and files.labels.exists())):
+    kind = KINDS.get(job["kind"])
+    if kind is None or not kind.has_checkpoint(files):
         return None
     step = read_progress(files.folder).step
     note = f"{reason} at step {step}; retrying once from its last checkpoint"

@@ -1,12 +1,10 @@
-"""The training worker: a separate process that takes jobs from the job store one at a time.
+"""The worker: a separate process that takes jobs from the job store one at a time.
 
     python -m app.run.worker --root STUDIO_DIR --worker-id ID
 
-For each job it loads the job's dataset and calls `adapt.pipeline.train_adapter` with the job's
-folder as the output (events, checkpoint, adapter; resumed when a checkpoint is there), renders
-previews of held-out images from the live model as training goes, and at the end zips the
-adapter and writes the result (file names: app.config.JobFiles).
-Training errors mark the job failed with their message; a process that dies is noticed by the
+Each job is run by its kind (app.jobs.KINDS: train an adapter, label images) in the job's folder,
+while a thread beats its heartbeat and watches its cancel flag (app.jobs.control).
+A job's errors mark it failed with their message; a process that dies is noticed by the
 app's supervisor, which marks the job failed with the exit status. On SIGTERM (the app stopping)
 the run stops at the next step, saves its checkpoint and goes back to the queue.
 """
@@ -22,11 +20,19 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-HEARTBEAT_S = 2.0
+import torch
+
+from adapt.data import DatasetError
+from adapt.export import AdapterError
+from adapt.files import disk_full
+from adapt.train import TrainingError
+from adapt.weights import WeightsUnavailable
+from app.config import JobFiles, Limits, Paths
+from app.jobs import JobStore, UnknownKind, job_kind
+from app.jobs.control import Control, Heartbeat
+
 log = logging.getLogger("app.run.worker")
 
 
@@ -38,105 +44,18 @@ def _die_with_parent() -> None:
         pass
 
 
-class Heartbeat:
-    """Beats the job's heartbeat from a thread (a slow step must not look like a hang) and
-    watches its cancel flag."""
-
-    def __init__(self, store, job_id: str, worker: str):
-        self.store, self.job_id, self.worker = store, job_id, worker
-        self.cancelled = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._done.wait(HEARTBEAT_S):
-            try:
-                if self.store.beat(self.job_id, self.worker):
-                    self.cancelled.set()
-            except Exception:  # a locked database for a moment: try again next beat
-                pass
-
-    def __enter__(self):
-        if self.store.beat(self.job_id, self.worker):
-            self.cancelled.set()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._done.set()
-        self._thread.join(timeout=5)
-
-
-@dataclass(frozen=True)
-class Control:
-    """What a running job asks its executor between steps: has its owner cancelled it, and is the
-    process that runs it stopping (the job then checkpoints and goes back to the queue)."""
-
-    cancelled: Callable[[], bool]
-    stopping: Callable[[], bool]
-
-    def should_stop(self) -> bool:
-        return self.cancelled() or self.stopping()
-
-
-# the note a job stopped with its executor gets, by kind; it resumes at the next start
-RESUME_NOTE = {
-    "train": "stopped with the app; resumes from its checkpoint",
-    "label": "stopped with the app; resumes where it was",
-}
-
-
-def kind_of(job: dict) -> str:
-    return "label" if job["config"].get("kind") == "label" else "train"
-
-
-def execute(job: dict, files, control: Control, max_pixels: int) -> str:
-    """Run one job in its folder (`files`, an app.config.JobFiles) to its end, with no job store:
-    the one job function both executors call (this process's workers, and app.run.ray_executor's
-    tasks on other machines). Returns "done", "cancelled" (its owner asked) or "stopped" (the
-    executor is stopping; the checkpoint is written and the job resumes from it). Errors raise."""
-    if kind_of(job) == "label":  # label the rest: adapt.batch
-        from app.label_rest import run_labelling
-
-        return run_labelling(job, files, control, max_pixels)
-    from adapt.data import load_dataset
-    from adapt.export import zip_adapter
-    from adapt.files import write_json
-    from adapt.pipeline import train_adapter
-    from adapt.train import TrainConfig
-    from app.preview import Previewer
-
-    spec = job["config"]
-    files.folder.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(**spec["train"])
-    gpus = int(spec.get("gpus") or 1)
-    dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
-    source = spec.get("data_name", "uploaded dataset")
-    previews = Previewer(files, cfg.task, dataset.classes)
-    if gpus > 1:  # one process per GPU of this worker (the supervisor gave it `gpus` of them)
-        summary = _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, control)
-    else:
-        summary = train_adapter(
-            cfg,
-            dataset,
-            files.folder,
-            holdout=spec.get("holdout"),
-            source=source,
-            resume=True,
-            should_stop=control.should_stop,
-            on_eval=previews,
-        )
-    if summary["status"] == "cancelled":
-        return "cancelled" if control.cancelled() else "stopped"
-    zip_adapter(summary["adapter"], files.adapter_zip)
-    write_json(files.result, {k: (str(v) if k == "adapter" else v) for k, v in summary.items()})
-    return "done"
+def execute(job: dict, files: JobFiles, control: Control, max_pixels: int) -> str:
+    """Run one job in its folder to its end, with no job store: the one job function both executors
+    call (this process's workers, and app.run.ray_executor's tasks on other machines). The job's
+    kind (app.jobs.KINDS) runs it; returns "done", "cancelled" (its owner asked) or "stopped" (the
+    executor is stopping; the job resumes from what it kept). Errors raise (UnknownKind included)."""
+    return job_kind(job).run(job, files, control, max_pixels)
 
 
 def settle(store, job: dict, worker: str, status: str) -> str:
     """Record how a job ended in the store; returns the status it was left in."""
     if status == "stopped":
-        store.finish(job["id"], "queued", worker=worker, note=RESUME_NOTE[kind_of(job)])
+        store.finish(job["id"], "queued", worker=worker, note=job_kind(job).resume_note)
         return "queued"
     store.finish(job["id"], status, worker=worker)
     return status
@@ -149,43 +68,9 @@ def run_job(store, paths, job: dict, worker: str, shutdown: threading.Event, max
     return settle(store, job, worker, status)
 
 
-def _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, control: Control) -> dict:
-    """A multi-GPU job: adapt.distributed's processes, stopped through a flag file when the job is
-    cancelled or the app stops (the ranks cannot see this process's events)."""
-    from adapt.distributed import run_data_parallel, train_job
-
-    stop = files.folder / "stop.flag"
-    stop.unlink(missing_ok=True)
-    done = threading.Event()
-
-    def watch():
-        while not done.wait(0.5):
-            if control.should_stop():
-                stop.touch()
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    threads = max(1, (int(os.environ.get("ADAPT_WORKER_THREADS") or os.cpu_count() or 1)) // gpus)
-    try:
-        args = (cfg, job["data"], str(files.folder), job["config"].get("holdout"), cfg.task, threads, True)
-        summary = run_data_parallel(gpus, train_job, *args, str(stop), previews, source, max_pixels)[0]
-    finally:
-        done.set()
-        stop.unlink(missing_ok=True)
-    summary["adapter"] = Path(summary["adapter"]) if summary.get("adapter") else None
-    return summary
-
-
 def user_message(e: BaseException) -> str:
     """What the job page shows: our own errors speak for themselves; others get their type."""
-    from adapt.data import DatasetError
-    from adapt.export import AdapterError
-    from adapt.files import disk_full
-    from adapt.train import TrainingError
-    from adapt.weights import WeightsUnavailable
-
-    if isinstance(e, (DatasetError, TrainingError, WeightsUnavailable, AdapterError)):
+    if isinstance(e, (DatasetError, TrainingError, WeightsUnavailable, AdapterError, UnknownKind)):
         return str(e)
     if disk_full(e):
         return (
@@ -226,13 +111,7 @@ def main(argv=None) -> int:
     shutdown = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: shutdown.set())
     signal.signal(signal.SIGINT, lambda *_: shutdown.set())
-
-    import torch
-
     torch.set_num_threads(int(os.environ.get("ADAPT_WORKER_THREADS") or os.cpu_count() or 1))
-    from app.config import Limits, Paths
-    from app.jobs import JobStore
-
     paths = Paths(Path(args.root)).ensure()
     store = JobStore(paths.db)
     limits = Limits.from_env()
