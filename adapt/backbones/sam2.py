@@ -277,35 +277,15 @@ class _LinspaceOnCpu(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def build_sam2_model(spec: dict):
-    """SAM2Base from the catalog's settings (Meta's configs/sam2.1 values for the official sizes)."""
-    from sam2.modeling.backbones.hieradet import Hiera
-    from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
+def _video_memory(spec: dict) -> tuple:
+    """(memory attention, memory encoder): SAM 2's video memory, built because the checkpoints
+    hold it, never run in image mode."""
     from sam2.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer
     from sam2.modeling.memory_encoder import CXBlock, Fuser, MaskDownSampler, MemoryEncoder
     from sam2.modeling.position_encoding import PositionEmbeddingSine
     from sam2.modeling.sam.transformer import RoPEAttention
-    from sam2.modeling.sam2_base import SAM2Base
 
     d, mem = spec["d_model"], spec["memory_dim"]
-    embed = spec["embed_dim"]
-    with _LinspaceOnCpu():
-        trunk = Hiera(
-            embed_dim=embed,
-            num_heads=spec["num_heads"],
-            stages=tuple(spec["stages"]),
-            global_att_blocks=tuple(spec["global_att_blocks"]),
-            window_pos_embed_bkg_spatial_size=tuple(spec["window_pos_embed_bkg_spatial_size"]),
-            window_spec=tuple(spec["window_spec"]),
-        )
-    channels = [embed * 2**k for k in reversed(range(len(spec["stages"])))]
-    neck = FpnNeck(
-        position_encoding=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
-        d_model=d,
-        backbone_channel_list=channels,
-        fpn_top_down_levels=[2, 3],
-        fpn_interp_model="nearest",
-    )
     grid = spec["image_size"] // 16
 
     def rope(**kw):
@@ -340,6 +320,35 @@ def build_sam2_model(spec: dict):
         ),
         in_dim=d,
     )
+    return memory_attention, memory_encoder
+
+
+def build_sam2_model(spec: dict):
+    """SAM2Base from the catalog's settings (Meta's configs/sam2.1 values for the official sizes)."""
+    from sam2.modeling.backbones.hieradet import Hiera
+    from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
+    from sam2.modeling.position_encoding import PositionEmbeddingSine
+    from sam2.modeling.sam2_base import SAM2Base
+
+    d, embed = spec["d_model"], spec["embed_dim"]
+    with _LinspaceOnCpu():
+        trunk = Hiera(
+            embed_dim=embed,
+            num_heads=spec["num_heads"],
+            stages=tuple(spec["stages"]),
+            global_att_blocks=tuple(spec["global_att_blocks"]),
+            window_pos_embed_bkg_spatial_size=tuple(spec["window_pos_embed_bkg_spatial_size"]),
+            window_spec=tuple(spec["window_spec"]),
+        )
+    channels = [embed * 2**k for k in reversed(range(len(spec["stages"])))]
+    neck = FpnNeck(
+        position_encoding=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
+        d_model=d,
+        backbone_channel_list=channels,
+        fpn_top_down_levels=[2, 3],
+        fpn_interp_model="nearest",
+    )
+    memory_attention, memory_encoder = _video_memory(spec)
     return SAM2Base(
         image_encoder=ImageEncoder(scalp=1, trunk=trunk, neck=neck),
         memory_attention=memory_attention,
