@@ -3,8 +3,10 @@
 The records are written by the benchmarks themselves (`bench/fewshot_sam.py --seeds ... --record`,
 `bench/openvocab.py --seeds ... --record`) into docs/evidence/, one per family: means over seeds
 with 95% intervals, and paired differences to the family's reference (decoder-only training for
-SAM, zero-shot CLIP for the open-vocabulary task). Nothing here measures anything; a method with
-no record gets no text, and a difference is called significant only where its interval excludes 0.
+SAM, zero-shot CLIP for the open-vocabulary task). Beside a method's figures stand the reference's
+and those of the methods that declare themselves a baseline of the family (Handle.baseline_for).
+Nothing here measures anything; a method with no record gets no text, and a difference is called
+significant only where its interval excludes 0.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from functools import cache
 from pathlib import Path
 
+from adapt.methods import baselines
 from adapt.metrics import format_interval
 from adapt.weights import REPO_ROOT
 
@@ -69,7 +72,7 @@ def describe(family: str, method: str, folder: str | None = None) -> str:
         others = [
             f"{m} {format_interval(*x['dice'])}"
             for m, x in record["methods"].items()
-            if m in (reference, "lora", "full") and m != label
+            if (m == reference or m in baselines(family)) and m != label
         ]
         tail = f" Baselines: {', '.join(others)}; frozen {record['frozen']:.3f}." if others else ""
         return head + tail + " Details and per-domain figures: docs/benchmarks.md."
@@ -86,7 +89,7 @@ def describe(family: str, method: str, folder: str | None = None) -> str:
     others = [
         f"{m}: {scores(x)}"
         for m, x in record["methods"].items()
-        if m != label and not x.get("options") and x.get("name") in ("frozen", "lora-clip", "hclip")
+        if m != label and not x.get("options") and x.get("name") in baselines(family)
     ]
     tail = f". Baselines: {'; '.join(others)}." if others else "."
     return head + tail + " Details: docs/benchmarks.md."

@@ -322,7 +322,8 @@ def base_backbone(cfg: dict, checkpoint: str | Path | None = None) -> Backbone:
 def load_adapter(
     path: str | Path, backbone: Backbone | None = None, method: str | None = None, checkpoint: str | Path | None = None
 ) -> Handle:
-    """Attach a saved adapter to `backbone` (built from the adapter's config when not given)."""
+    """Attach a saved adapter to `backbone` (built from the adapter's config when not given); the
+    handle keeps the adapter's config as `handle.info`."""
     cfg, tensors = read_adapter(path)
     if backbone is None:
         backbone = base_backbone(cfg, checkpoint)

@@ -162,11 +162,8 @@ def export_onnx(adapter, out_dir, fp16: bool = False, classes: list[str] | None 
 def write_onnx(task, out_dir, fp16: bool = False, classes: list[str] | None = None, info: dict | None = None) -> Path:
     """export_onnx for a task already built (its model merged, in eval mode); `info` is kept in
     onnx_config.json as the adapter's config."""
-    if task.backbone.spec.get("kind") == "sam2":
-        raise OnnxError(
-            f"ONNX export of SAM 2 backbones ({task.backbone.name}) is not supported yet; "
-            "`export --official` writes the merged model in sam2's own checkpoint format"
-        )
+    if task.backbone.onnx_refusal:
+        raise OnnxError(f"{task.backbone.name}: {task.backbone.onnx_refusal}")
     dtype = torch.float16 if fp16 else torch.float32
     backbone = task.backbone.to("cpu")
     Dim = torch.export.Dim

@@ -18,11 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from adapt.backbones import Backbone, build_backbone, family_of
+from adapt.backbones import build_backbone, family_of
+from adapt.counts import count_params, encoder_shape  # noqa: F401  (re-exported for the CLI and the studio)
 from adapt.export import base_backbone, load_adapter, load_merged, read_adapter, save_adapter
-from adapt.methods import attach
 from adapt.tasks import attach_task_head, make_task, task_for_family, task_options
 from adapt.train import Evaluated, TrainConfig, train
 from adapt.weights import resolve_checkpoint
@@ -204,27 +203,3 @@ def inference_task(
     model.model.eval()
     options = {"classes": info.get("classes")} if info is not None and info.get("classes") else {}
     return make_task(task, model, **options), info
-
-
-def _meta_backbone(name: str) -> Backbone:
-    with torch.device("meta"):  # shapes only: no memory, no SVD, instant even for ViT-H
-        backbone = build_backbone(name)
-        attach_task_head(backbone)
-    return backbone
-
-
-def count_params(backbone: str, method: str, **options) -> dict:
-    """What `method` trains on `backbone` (built on the meta device): the handle's description
-    (adapter, head, trainable, base counts, config) and the adapter's share of the base model."""
-    model = _meta_backbone(backbone)
-    with torch.device("meta"):
-        info = attach(model, method, **options).describe()
-    # the base model's size: full fine-tuning's "adapter" is the model's own encoder weights
-    size = info["base"] + (info["adapter"] if method == "full" else 0)
-    info["adapter_percent_of_base"] = round(100.0 * info["adapter"] / size, 4)
-    return info
-
-
-def encoder_shape(backbone: str) -> dict:
-    """{"tokens", "width", "depth"} of the backbone's image encoder (for memory estimates)."""
-    return _meta_backbone(backbone).encoder_shape()

@@ -31,7 +31,6 @@ save it as, the folder to put it in, and that the bundled tiny models work offli
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import http.client
 import json
@@ -573,8 +572,3 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
     if entry.family == "clip":
         info.update(pretrained=entry.pretrained, quick_gelu=entry.quick_gelu, mean=entry.mean, std=entry.std)
     return info
-
-
-def with_sources(entry: Checkpoint, *sources: tuple[str, str]) -> Checkpoint:
-    """A copy of ``entry`` fetched from other ``(url, file name)`` sources (mirrors, tests)."""
-    return dataclasses.replace(entry, sources=tuple(sources))

@@ -22,13 +22,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import command_line, device_description  # noqa: E402
+from benchkit import command_line, device_description
 
 
 def click_times(backbone: str, device: str, pairs: int, size: int) -> tuple[float, float]:

@@ -40,9 +40,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from adapt.data.synthetic import make_dataset
+from benchkit import proc_status_kib, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,14 +53,6 @@ SECTION = "## Dichotomous segmentation at full resolution"
 class Sample:
     def __init__(self, image, mask, stem=""):
         self.image, self.mask, self.stem = image, mask, stem
-
-
-def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
 
 
 def cpu_time() -> float:
@@ -215,13 +207,6 @@ def quality(task, domains: list[str], n: int, size: int, log) -> tuple[dict, dic
 # --- memory (one subprocess per mode) -----------------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def measure_here(adapter: Path, mode: str, shape: tuple[int, int], domain: str) -> dict:
     """In a fresh process: peak RSS rise while predicting one image of `shape` in `mode`."""
     task = load_task(adapter)
@@ -229,11 +214,11 @@ def measure_here(adapter: Path, mode: str, shape: tuple[int, int], domain: str) 
     image = s.image
     task.predict(image[:64, :64], refine=False)  # first-call allocations (threads, kernels) before the reset
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    base = _status_kib("VmRSS")
+    base = proc_status_kib("VmRSS")
     start = time.perf_counter()
     prob, plan = task.predict_refined(image, refine=MODES[mode])
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    peak = proc_status_kib("VmHWM")
     return {
         "mode": mode,
         "shape": list(shape),

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import command_line, device_description, set_threads  # noqa: E402
+from benchkit import command_line, device_description, set_threads
 
 METHOD = {"sam": "lora", "clip": "hclip"}
 

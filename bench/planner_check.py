@@ -8,7 +8,7 @@
 Each case is BACKBONE:METHOD:BATCH[:ckpt]. It runs in a fresh subprocess of this script: the
 backbone (random-init, full-size architectures need no download) with the method attached, AdamW
 over its trainable groups, 2 training steps of MSE against a fixed random target on
-`backbone.example_inputs(batch)` (bench/step_cost.py's Trainer), and the step memory is measured as
+`backbone.example_inputs(batch)` (bench/benchkit.py's Trainer), and the step memory is measured as
 there: how far memory rises above its level before the first step (CPU: VmHWM after resetting it,
 minus VmRSS; CUDA: max_memory_allocated minus memory_allocated), with glibc's mmap threshold fixed
 so that freed tensors leave the RSS.
@@ -35,10 +35,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_cost import Trainer, command_line, device_description, measure_rise, set_threads  # noqa: E402
-
-from adapt.backbones import family_of  # noqa: E402
+from adapt.backbones import family_of
+from benchkit import Trainer, command_line, device_description, measure_rise, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20

@@ -50,14 +50,9 @@ absolute numbers are printed too, but they depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
-import platform
-import re
-import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -65,10 +60,19 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from adapt.backbones import BACKBONES, build_backbone, family_of
 from adapt.methods import METHODS, attach, configurations, label
+from benchkit import (
+    Trainer,
+    command_line,
+    count_flops,
+    device_description,
+    measure_rise,
+    quiet_gc,
+    set_threads,
+    sync,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,139 +88,26 @@ VARIANTS = sorted(
     key=lambda v: v[2] != "full",
 )
 BY_KEY = {v[0]: v for v in VARIANTS}
-LR = 1e-4
 MIB = 2**20
 
 
 # --- set-up -------------------------------------------------------------------------------------
 
 
-def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-    try:  # only allowed before any inter-op parallel work has started
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def quiet_gc():
-    """No automatic garbage collection inside timed code. A full collection over everything torch,
-    segment_anything and open_clip import takes ~0.25 s here, longer than a tiny-sam forward; after
-    gc.freeze() the explicit gc.collect() between measurements only walks new objects."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
-
-
-def count_flops(fn) -> int:
-    """Matmul/conv FLOPs (FlopCounterMode: mm, bmm, addmm, convolution, attention; element-wise
-    ops, norms and the optimizer are not counted) of one call: exact, unlike the timings."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-class Trainer:
-    """One method attached to its own fresh backbone, with its optimizer, inputs and target."""
-
-    def __init__(self, backbone: str, method: str, options: dict, batch: int, checkpointing: bool, device):
-        self.backbone = build_backbone(backbone, seed=0)
-        self.backbone.model.to(device)
-        self.handle = attach(self.backbone, method, **options)
-        if checkpointing:
-            self.backbone.set_checkpointing(True)
-        self.inputs = {k: v.to(device) for k, v in self.backbone.example_inputs(batch, seed=0).items()}
-        with torch.no_grad():
-            shape = self.backbone.forward(self.inputs).shape
-        self.target = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
-        groups = [{"params": g.params, "lr": LR * g.lr_scale} for g in self.handle.trainable_groups()]
-        self.opt = torch.optim.AdamW(groups, lr=LR)
-        self.backbone.model.train()  # SAM has no dropout/batch-norm; train mode for form's sake
-        self.times: list[float] = []
-
-    @classmethod
-    def for_key(cls, key: str, args, device) -> Trainer:
-        _, label, method, options = BY_KEY[key]
-        t = cls(args.backbone, method, options, args.batch, args.checkpointing, device)
-        t.key, t.label = key, label
-        return t
-
-    autocast: torch.dtype | None = None  # bench/planner_check.py --precision bf16|fp16
-
-    def loss(self) -> torch.Tensor:
-        device = self.target.device.type
-        with torch.autocast(device, dtype=self.autocast, enabled=self.autocast is not None):
-            out = self.backbone.forward(self.inputs)
-        return (out.float() - self.target).pow(2).mean()
-
-    def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        self.loss().backward()
-        self.opt.step()
-
-    def step_flops(self) -> int:
-        """FLOPs of forward + backward (the optimizer step is element-wise and not counted)."""
-        flops = count_flops(lambda: self.loss().backward())
-        self.opt.zero_grad(set_to_none=True)
-        return flops
+def trainer_for_key(key: str, args, device) -> Trainer:
+    """The Trainer of one --methods key, labelled for the report."""
+    _, label, method, options = BY_KEY[key]
+    t = Trainer(args.backbone, method, options, args.batch, args.checkpointing, device)
+    t.key, t.label = key, label
+    return t
 
 
 # --- memory (one method per fresh subprocess) ---------------------------------------------------
 
 
-def _proc_status_kib(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
-
-
-def _maxrss_bytes() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
-
-
-def measure_rise(trainer: Trainer, steps: int, device: torch.device) -> dict:
-    """Run `steps` training steps and return how far memory rose above its level before them."""
-    gc.collect()
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(steps):
-            trainer.step()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        how = "cuda max_memory_allocated - memory_allocated before the first step"
-    else:
-        try:
-            base = _proc_status_kib("VmRSS") * 1024
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            for _ in range(steps):
-                trainer.step()
-            peak = _proc_status_kib("VmHWM") * 1024
-            how = "VmHWM (reset via /proc/self/clear_refs) - VmRSS before the first step"
-        except OSError:
-            base = _maxrss_bytes()
-            for _ in range(steps):
-                trainer.step()
-            peak = _maxrss_bytes()
-            how = "ru_maxrss after the steps - ru_maxrss before them (lower bound)"
-    return {"step_bytes": max(peak - base, 0), "peak_total_bytes": peak, "before_bytes": base, "mem_how": how}
-
-
 def measure_memory_here(key: str, args, device: torch.device) -> dict:
     """Runs inside the `--one` subprocess: build, attach, then the rise of memory over the steps."""
-    t = Trainer.for_key(key, args, device)
+    t = trainer_for_key(key, args, device)
     # AdamW allocates its state in the first step, so the steady-state peak is reached by the second.
     steps = max(args.mem_steps if args.mem_steps is not None else min(args.warmup + args.steps, 3), 1)
     rise = measure_rise(t, steps, device)
@@ -277,7 +168,7 @@ def measure_memory(key: str, args) -> dict:
 
 
 def time_training(keys: list[str], args, device: torch.device, log) -> dict[str, list[float]]:
-    return time_round_robin([Trainer.for_key(k, args, device) for k in keys], args, device, log)
+    return time_round_robin([trainer_for_key(k, args, device) for k in keys], args, device, log)
 
 
 def time_round_robin(trainers: list[Trainer], args, device: torch.device, log) -> dict[str, list[float]]:
@@ -326,7 +217,7 @@ def checkpointing_cost(args, device: torch.device, log) -> str:
         )
     lines += [
         "",
-        f"Command: `{command_line()}`  ",
+        f"Command: `{command_line(__file__)}`  ",
         f"Device: {device_description(device)}; torch {torch.__version__}; {torch.get_num_threads()} thread(s); "
         f"times are {'process CPU time' if args.clock == 'cpu' else 'wall time'}; backbone `{args.backbone}`, "
         f"batch {args.batch}, {args.steps} timed rounds after {args.warmup} warm-up. "
@@ -432,28 +323,6 @@ def _spread(xs: list[float], refs: list[float]) -> list[float]:
 
 
 # --- report -------------------------------------------------------------------------------------
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    model = platform.processor() or platform.machine()
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        model = m.group(1).strip() if m else model
-    except OSError:
-        pass
-    return f"cpu ({model}, {os.cpu_count()} logical cores)"
-
-
-def command_line(script: str = __file__) -> str:
-    exe = sys.executable
-    try:
-        rel = os.path.relpath(exe, os.getcwd())
-        exe = rel if not rel.startswith("..") else exe
-    except ValueError:
-        pass
-    return shlex.join([exe, os.path.relpath(Path(script).resolve(), os.getcwd()), *sys.argv[1:]])
 
 
 def _ratio(x: float | None) -> str:
@@ -672,7 +541,7 @@ def main(argv=None) -> int:
         )
     any_mem = next(iter(memory.values()))
     report = {
-        "command": command_line(),
+        "command": command_line(__file__),
         "device": device_description(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

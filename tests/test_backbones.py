@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from adapt.backbones import BACKBONES, build_backbone
+from adapt.backbones import BACKBONES, architecture, build_backbone
+from adapt.backbones.catalog import CATALOG, BackboneEntry
 
 
 def n_params(model):
@@ -110,3 +111,45 @@ def test_official_openai_clip_checkpoints_get_quick_gelu():
     laion = _official_settings("clip-vit-b-16", "/w/open_clip_ViT-B-16_laion2b_s34b_b88k.safetensors")
     assert openai["quick_gelu"] is True and laion["quick_gelu"] is False
     assert _official_settings("clip-vit-b-16", "/w/mine.pt") == {} and _official_settings("tiny-clip", "x") == {}
+
+
+# Other widths for a backbone of each known architecture (from its tiny config): nothing but the
+# catalog entry is new
+OTHER_WIDTHS = {
+    "tiny-sam": (
+        {"encoder_embed_dim": 64, "encoder_num_heads": 2, "encoder_depth": 2, "encoder_global_attn_indexes": [1]},
+        "lora",
+    ),
+    "tiny-mobile-sam": ({"tinyvit_widths": [8, 16, 24, 32], "tinyvit_heads": [1, 2, 2, 2]}, "lora"),
+    "tiny-sam2": ({"embed_dim": 8, "stages": [1, 2, 2, 1], "global_att_blocks": [4]}, "lora"),
+    "tiny-clip": (
+        {"embed_dim": 32, "vision_cfg": {**CATALOG["tiny-clip"].arch["vision_cfg"], "width": 64}},
+        "lora-clip",
+    ),
+}
+
+
+@pytest.mark.parametrize("known", sorted(OTHER_WIDTHS))
+def test_a_backbone_of_a_known_architecture_is_one_catalog_entry(monkeypatch, known):
+    """A new size of a known architecture is one catalog entry: it builds (random init), counts its
+    parameters and gets a memory plan with no other edit."""
+    from adapt.counts import count_params
+    from adapt.planner import make_plan
+
+    widths, method = OTHER_WIDTHS[known]
+    base = CATALOG[known]
+    entry = BackboneEntry("other-" + known, base.family, arch={**base.arch, **widths}, bundled=False)
+    monkeypatch.setitem(CATALOG, entry.name, entry)
+    backbone = build_backbone(entry.name)
+    assert type(backbone) is architecture(known) and backbone.weights_id == "random-init"
+    assert backbone.forward(backbone.example_inputs(batch=1)).isfinite().all()
+    counts = count_params(entry.name, method)
+    assert counts["base"] == n_params(backbone.model) - sum(p.numel() for p in _inactive(backbone))
+    assert counts["adapter"] > 0 and counts["base"] != count_params(known, method)["base"]
+    plan = make_plan(entry.name, method, batch_size=2, budget="8GB")
+    assert plan.fits and 0 < plan.estimate.total < make_plan(known, method, 2, "8GB").estimate.total * 10
+
+
+def _inactive(backbone):
+    ids = backbone.inactive_parameter_ids()
+    return [p for p in backbone.model.parameters() if id(p) in ids]

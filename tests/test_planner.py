@@ -104,3 +104,22 @@ def test_the_estimate_stays_within_20_percent_of_the_recorded_cpu_peaks():
         e = estimate(m["backbone"], m["method"], m["batch"], m["checkpointing"], "fp32", **texts)
         error = (e.trainable_state + e.activations) / m["step_bytes"] - 1
         assert abs(error) <= 0.2, (m["backbone"], m["method"], m["batch"], m["checkpointing"], round(error, 3))
+
+
+def test_a_method_without_a_memory_profile_is_refused(monkeypatch):
+    """A new method declares what a training step costs (`memory` in its class); one that declares
+    nothing, a subclass of a method that does included, gets a clear refusal rather than some
+    other method's estimate."""
+    from adapt.methods import METHODS
+    from adapt.methods.lora import Lora
+
+    class Unprofiled(Lora):
+        name = "unprofiled"
+
+    monkeypatch.setitem(METHODS, Unprofiled.name, Unprofiled)
+    for plan in (
+        lambda: make_plan("tiny-sam", "unprofiled", 2, "8GB"),
+        lambda: estimate("tiny-sam", "unprofiled", 1, False, "fp32"),
+    ):
+        with pytest.raises(ValueError, match="'unprofiled' declares no memory profile"):
+            plan()

@@ -125,7 +125,7 @@ def test_each_piece_of_knowledge_lives_in_one_place():
     # atomic writes: the rename of a finished temporary file onto its final name
     assert occurrences(r"os\.replace\(") == {"adapt/files.py"}
     # parameter counting on the meta device
-    assert occurrences(r"torch\.device\([\"']meta[\"']\)") == {"adapt/pipeline.py"}
+    assert occurrences(r"torch\.device\([\"']meta[\"']\)") == {"adapt/counts.py"}
     # the merged-checkpoint writer and the train-then-save sequence
     assert occurrences(r"\.merge\(\)[\s\S]*save_file\(") == {"adapt/export.py"}
     assert occurrences(r"save_adapter\(", PACKAGES + ("bench",)) == {"adapt/export.py", "adapt/pipeline.py"}
@@ -155,6 +155,39 @@ def test_the_app_never_branches_on_a_task_name():
     branches = ['task == "openvocab"', "'dichotomous' != t", 'task_obj.name == "x"', 'spec["task"] != x']
     assert all(re.search(compared, b) for b in branches + ['if t in ("openvocab",):'])
     assert occurrences(compared, ("app",)) == set()
+
+
+def string_literals(path: Path) -> set[str]:
+    return {
+        n.value
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
+
+
+def test_the_planner_names_no_method():
+    """What a method costs in memory is declared by the method (Handle.memory), not by a table of
+    method names in the planner."""
+    from adapt.methods import METHODS
+
+    assert string_literals(REPO / "adapt/planner.py") & set(METHODS) == set()
+
+
+def test_architectures_are_known_only_to_backbones():
+    """What an architecture is and can do (memory blocks, embedding, upstream format, ONNX) is
+    asked of its Backbone subclass: outside adapt/backbones/ no module reads a spec's or a catalog
+    entry's kind, nor names an architecture that is not a whole family."""
+    from adapt.backbones import ARCHITECTURES, FAMILIES
+
+    kinds = sorted(set(ARCHITECTURES) - set(FAMILIES))
+    assert kinds  # e.g. sam2, tinyvit
+    names = "|".join(map(re.escape, kinds))
+    pattern = r"(spec|arch)(\.get\(|\[)[\"']kind[\"']|\.arch\b.*[\"']kind[\"']|[\"'](" + names + r")[\"']"
+    readers = {p for p in occurrences(pattern) if not p.startswith("adapt/backbones/")}
+    assert readers == set()
+    for name, path in {**modules("adapt"), **modules("app")}.items():
+        if not name.startswith("adapt.backbones"):
+            assert string_literals(path) & set(kinds) == set(), name
 
 
 def test_job_folder_names_are_spelled_once():

@@ -221,7 +221,7 @@ def test_resolve_official_downloads_then_uses_cache(blob, wdir, monkeypatch):
 def test_resolve_official_offline_message(wdir, monkeypatch):
     entry = weights.SAM_CHECKPOINTS["sam-vit-b"]
     url = closed_port_url()
-    monkeypatch.setitem(weights.SAM_CHECKPOINTS, "sam-vit-b", weights.with_sources(entry, (url, entry.file)))
+    monkeypatch.setitem(weights.SAM_CHECKPOINTS, "sam-vit-b", dataclasses.replace(entry, sources=((url, entry.file),)))
     with pytest.raises(WeightsUnavailable) as err:
         weights.resolve_checkpoint("sam-vit-b", progress=False, timeout=5)
     msg = str(err.value)

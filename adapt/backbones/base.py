@@ -1,7 +1,11 @@
-"""What every backbone is once built (`Backbone`), and reading checkpoint files safely.
+"""What every backbone is (`Backbone`, `SamFamilyBackbone`), and reading checkpoint files safely.
 
-Imported by the family modules (sam.py, clip.py) and by everything that holds a built model; it
-imports neither, so the package has no import cycle.
+A Backbone subclass is one architecture: built, it is the model plus what the library needs to
+know about it; unbuilt, its classmethods answer from the catalog's settings (a spec) what the
+memory planner, the upstream-format export and ONNX export ask of it, so nothing outside
+adapt/backbones/ branches on an architecture. Imported by the architecture modules (sam.py,
+tinyvit.py, sam2.py, clip.py) and by everything that holds a built model; it imports none of them,
+so the package has no import cycle.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -51,16 +56,37 @@ class EncoderLayout:
     others: tuple[str, ...] = ()  # further encoder weights outside the blocks (TinyViT's conv stage, merges)
 
 
+@dataclass(frozen=True)
+class MemoryBlock:
+    """One encoder block as the memory planner models it (adapt/planner.py): per image, `tokens`
+    of `width` channels, an MLP of `mlp` x width, and `heads` attention heads over sequences of
+    `length` tokens, `sequences` of them (windows); `explicit`: the attention matrix is
+    materialised (segment-anything's and TinyViT's attention), not fused (PyTorch's
+    scaled_dot_product_attention, open_clip's nn.MultiheadAttention, Hiera's), which keeps none."""
+
+    tokens: int
+    width: int
+    mlp: int
+    heads: int
+    length: int
+    sequences: int
+    explicit: bool
+
+
 @dataclass
 class Backbone:
     """A built model plus what the rest of the library needs to know about it.
 
-    `model` is the module adapters attach to (segment_anything.Sam or open_clip.CLIP).
-    `heads` are the modules a task trains next to the adapter (SAM: the mask decoder; CLIP: the
-    open-vocabulary head, added by that task). `weights_id` identifies the base weights: the
-    sha256 of the checkpoint file, or "random-init" for an architecture built without one.
-    Each family (sam.py, clip.py) subclasses it with its input size and its probe forward.
+    `model` is the module adapters attach to (segment_anything.Sam, sam2's SAM2Base or
+    open_clip.CLIP). `heads` are the modules a task trains next to the adapter (SAM: the mask
+    decoder; CLIP: the open-vocabulary head, added by that task). `weights_id` identifies the base
+    weights: the sha256 of the checkpoint file, or "random-init" for an architecture built without
+    one. Each architecture subclasses it (sam.py, tinyvit.py, sam2.py, clip.py); the catalog
+    entry's kind names the subclass (adapt.backbones.architecture).
     """
+
+    # Why this architecture has no ONNX export ("" where it has one): adapt.onnx_graphs refuses with it.
+    onnx_refusal: ClassVar[str] = ""
 
     name: str
     family: str  # "sam" | "clip"
@@ -71,10 +97,64 @@ class Backbone:
     tokenizer: Callable | None = None
     method: str | None = None  # the adaptation method attached (adapt.methods.attach), if any
 
+    # --- the architecture, asked of its catalog settings (no model is built) ----------------------
+    @classmethod
+    def spec_for(cls, entry) -> dict:
+        """The architecture's settings for a catalog entry (adapt.backbones.catalog.BackboneEntry)."""
+        return {"family": entry.family, **entry.arch}
+
+    @classmethod
+    def build(cls, entry, checkpoint=None) -> Backbone:
+        """The model of a catalog entry, random-init or loaded from a local checkpoint file."""
+        raise NotImplementedError
+
+    @classmethod
+    def input_size_of(cls, spec: dict) -> int:
+        """Side of the square image the model takes."""
+        raise NotImplementedError
+
+    @classmethod
+    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+        """(image-encoder blocks, text-tower blocks) as the memory planner models them."""
+        raise NotImplementedError
+
+    @classmethod
+    def embedding_values(cls, spec: dict) -> int:
+        """Values of one cached image embedding (what an interactive predictor keeps per image);
+        0 where nothing is cached."""
+        return 0
+
+    @classmethod
+    def head_activation_values(cls, spec: dict) -> int:
+        """Values the trained head keeps for backward per image (SAM's mask decoder); 0 where the
+        planner counts none."""
+        return 0
+
+    @classmethod
+    def upstream_checkpoint(cls, state: dict) -> dict:
+        """What the upstream project's own checkpoint file holds for a state dict of this model."""
+        return state
+
+    def upstream_config(self) -> dict | None:
+        """The architecture's config file for the upstream project, where that project does not
+        know the architecture by name (written beside the checkpoint); None where it does."""
+        return None
+
+    def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        """Python that loads `dest` (an upstream_checkpoint file; `config`: its upstream_config
+        file) with the upstream project."""
+        raise NotImplementedError
+
+    def weights_settings(self) -> dict:
+        """Settings of the loaded weights that the backbone's name does not give (they travel with
+        an upstream-format export); none by default."""
+        return {}
+
+    # --- the built model --------------------------------------------------------------------------
     @property
     def input_size(self) -> int:
         """Side of the square image the model takes."""
-        raise NotImplementedError
+        return self.input_size_of(self.spec)
 
     def encoder_shape(self) -> dict:
         """{"tokens", "width", "depth"} of the image encoder (memory estimates)."""
@@ -131,6 +211,64 @@ class Backbone:
     @property
     def checkpointing(self) -> bool:
         return any(isinstance(vars(b).get("forward"), _Checkpointed) for b in self.blocks())
+
+
+# SAM's mask decoder keeps about 24 x 256 channels per image at the embedding grid for backward
+DECODER_WIDTHS = 24
+
+
+class SamFamilyBackbone(Backbone):
+    """What the dichotomous task and the SAM methods ask of any SAM-family backbone (SAM ViT,
+    MobileSAM, SAM 2): `resize` ("letterbox": longest side to the input size, padded; "stretch":
+    resized to the square), `pixel_mean` / `pixel_std` (0..255), `encode` / `decode` (the two
+    network calls of every prediction) and `layout` (where the adapted parts sit). The image
+    embedding is at stride 16 of the input, and the mask decoder is the head."""
+
+    resize: ClassVar[str] = "letterbox"
+
+    @property
+    def pixel_mean(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def pixel_std(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, images: torch.Tensor):
+        """Image embeddings of normalised square images (B, 3, S, S)."""
+        raise NotImplementedError
+
+    def decode(self, embeddings, **prompt) -> torch.Tensor:
+        """Low-resolution mask logits from embeddings and one prompt per image."""
+        raise NotImplementedError
+
+    def layout(self) -> EncoderLayout:
+        raise NotImplementedError
+
+    @classmethod
+    def embedding_grid(cls, spec: dict) -> int:
+        """Side of the image embedding: the input at stride 16."""
+        return cls.input_size_of(spec) // 16
+
+    @classmethod
+    def embedding_values(cls, spec: dict) -> int:
+        return 256 * cls.embedding_grid(spec) ** 2
+
+    @classmethod
+    def head_activation_values(cls, spec: dict) -> int:
+        return DECODER_WIDTHS * 256 * cls.embedding_grid(spec) ** 2
+
+    def example_inputs(self, batch: int = 2, seed: int = 0) -> dict:
+        """Images and one box each, inside the image."""
+        g = torch.Generator().manual_seed(seed)
+        size = self.input_size
+        images = torch.randn(batch, 3, size, size, generator=g)
+        lo = torch.rand(batch, 2, generator=g) * size * 0.4
+        hi = lo + size * 0.3 + torch.rand(batch, 2, generator=g) * size * 0.3
+        return {"images": images, "boxes": torch.cat([lo, hi], dim=1)}
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        return self.decode(self.encode(inputs["images"]), boxes=inputs["boxes"])
 
 
 class _Checkpointed:

@@ -12,8 +12,9 @@ Three kinds of entry:
 - tiny models: discovered from configs/*.json (each names its family), with weights committed in
   weights/ and described by weights/manifest.json, or ("bundled": false) random-init test configs.
 
-A new official backbone is one entry below; a new tiny one is one JSON file. The family modules
-(sam.py, clip.py) build models from entries; adapt.weights resolves their files. This module
+A new official backbone of a known architecture is one entry below; a new tiny one is one JSON
+file. The architecture modules (sam.py, tinyvit.py, sam2.py, clip.py) build models from entries;
+adapt.weights resolves their files. This module
 imports only the standard library, so anything may ask it questions.
 """
 
@@ -67,8 +68,9 @@ class Checkpoint:
 class BackboneEntry:
     """What the library knows about one backbone before building it.
 
-    arch: the family's architecture settings (SAM: the image encoder's and decoder's sizes; CLIP:
-    ``open_clip_name`` for official models, or the whole open_clip config for tiny ones).
+    arch: the architecture's settings (SAM: the image encoder's and decoder's sizes; CLIP:
+    ``open_clip_name`` for official models, or the whole open_clip config for tiny ones); its
+    "kind" names the architecture where the family has several (``kind``).
     checkpoint: the official SAM file; pretrained: the open_clip tags offered (default first);
     bundled: the weights ship with the project (weights/manifest.json).
     """
@@ -83,6 +85,11 @@ class BackboneEntry:
     @property
     def official(self) -> bool:
         return self.checkpoint is not None or bool(self.pretrained)
+
+    @property
+    def kind(self) -> str:
+        """The architecture (adapt.backbones.ARCHITECTURES): arch["kind"], else the family's own."""
+        return self.arch.get("kind", self.family)
 
 
 CATALOG: dict[str, BackboneEntry] = {}

@@ -6,19 +6,85 @@ built with the same class and the real BPE tokenizer (only its context length is
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from adapt.backbones.base import Backbone, load_into, load_state_dict_file
+from adapt.backbones.base import Backbone, MemoryBlock, load_into, load_state_dict_file
 from adapt.backbones.catalog import BackboneEntry
+
+# The settings of official weights that the architecture's name does not give (OpenAI's QuickGELU
+# and image normalisation): they travel with an upstream-format export
+WEIGHTS_SETTINGS = ("quick_gelu", "image_mean", "image_std")
 
 
 class ClipBackbone(Backbone):
     """A built CLIP: both towers are what the methods adapt; the open-vocabulary head, added by
     that task, is the head."""
 
-    @property
-    def input_size(self) -> int:
-        return self.spec["vision_cfg"]["image_size"]
+    @classmethod
+    def spec_for(cls, entry: BackboneEntry) -> dict:
+        """An official entry's open_clip config (by its open_clip name), or the tiny one's own."""
+        if "open_clip_name" in entry.arch:
+            import open_clip  # imported where needed: it costs ~3 s, and SAM-only work never needs it
+
+            return {"family": "clip", **entry.arch, **open_clip.get_model_config(entry.arch["open_clip_name"])}
+        return {"family": "clip", **entry.arch}
+
+    @classmethod
+    def build(cls, entry: BackboneEntry, checkpoint=None) -> ClipBackbone:
+        from open_clip.model import CLIP
+        from open_clip.tokenizer import SimpleTokenizer
+
+        spec = cls.spec_for(entry)
+        spec.update(_official_settings(entry.name, checkpoint))
+        cfg = {k: v for k, v in spec.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
+        model = CLIP(**cfg)
+        weights_id = "random-init"
+        if checkpoint is not None:
+            state, weights_id = load_state_dict_file(checkpoint)
+            load_into(model, state, checkpoint)
+        tokenizer = SimpleTokenizer(context_length=spec["text_cfg"].get("context_length", 77))
+        return cls(name=entry.name, family="clip", model=model, spec=spec, weights_id=weights_id, tokenizer=tokenizer)
+
+    @classmethod
+    def input_size_of(cls, spec: dict) -> int:
+        return spec["vision_cfg"]["image_size"]
+
+    @classmethod
+    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+        """Both towers' residual blocks; open_clip's nn.MultiheadAttention runs fused
+        scaled-dot-product attention, which keeps no length^2 matrix."""
+        v, t = spec["vision_cfg"], spec["text_cfg"]
+        tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
+        heads = v["width"] // v.get("head_width", 64)
+        image = MemoryBlock(tokens, v["width"], v.get("mlp_ratio", 4), heads, tokens, 1, explicit=False)
+        n = t["context_length"]
+        text = MemoryBlock(n, t["width"], t.get("mlp_ratio", 4), t["heads"], n, 1, explicit=False)
+        return [image] * v["layers"], [text] * t["layers"]
+
+    def weights_settings(self) -> dict:
+        """The loaded weights' own settings (OpenAI's QuickGELU and normalisation)."""
+        return {k: v for k, v in self.spec.items() if k in WEIGHTS_SETTINGS}
+
+    def upstream_config(self) -> dict | None:
+        """open_clip's model config where open_clip does not know the architecture by name (the
+        bundled tiny one); None for its own architectures."""
+        if "open_clip_name" in self.spec:
+            return None
+        arch = {k: self.spec.get(k) for k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
+        return {k: v for k, v in arch.items() if v is not None}
+
+    def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        """open_clip.create_model by the architecture's name; an architecture open_clip does not
+        know is registered from its `config` file first, under the checkpoint's stem."""
+        name = self.spec.get("open_clip_name") or dest.stem
+        quick = ", force_quick_gelu=True" if self.spec.get("quick_gelu") else ""
+        lines = ["import open_clip"]
+        if config is not None:
+            lines.append(f"open_clip.add_model_config({str(config)!r})  # its architecture")
+        lines.append(f"model = open_clip.create_model({name!r}, pretrained={str(dest)!r}{quick})")
+        return "\n".join(lines)
 
     def encoder_shape(self) -> dict:
         v = self.spec["vision_cfg"]
@@ -41,32 +107,6 @@ class ClipBackbone(Backbone):
 
     def blocks(self) -> list:
         return list(self.model.visual.transformer.resblocks) + list(self.model.transformer.resblocks)
-
-
-def spec_for(entry: BackboneEntry) -> dict:
-    if "open_clip_name" in entry.arch:
-        import open_clip  # imported where needed: it costs ~3 s, and SAM-only work never needs it
-
-        return {"family": "clip", **entry.arch, **open_clip.get_model_config(entry.arch["open_clip_name"])}
-    return {"family": "clip", **entry.arch}
-
-
-def build(entry: BackboneEntry, checkpoint=None) -> ClipBackbone:
-    from open_clip.model import CLIP
-    from open_clip.tokenizer import SimpleTokenizer
-
-    spec = spec_for(entry)
-    spec.update(_official_settings(entry.name, checkpoint))
-    cfg = {k: v for k, v in spec.items() if k in ("embed_dim", "vision_cfg", "text_cfg", "quick_gelu")}
-    model = CLIP(**cfg)
-    weights_id = "random-init"
-    if checkpoint is not None:
-        state, weights_id = load_state_dict_file(checkpoint)
-        load_into(model, state, checkpoint)
-    tokenizer = SimpleTokenizer(context_length=spec["text_cfg"].get("context_length", 77))
-    return ClipBackbone(
-        name=entry.name, family="clip", model=model, spec=spec, weights_id=weights_id, tokenizer=tokenizer
-    )
 
 
 def _official_settings(name: str, checkpoint) -> dict:

@@ -1,5 +1,5 @@
-"""SAM backbones: segment-anything's own Sam class, built from a catalog entry (official sizes
-and the tiny config alike).
+"""SAM ViT backbones: segment-anything's own Sam class, built from a catalog entry (official sizes
+and the tiny config alike). MobileSAM, the same Sam around a TinyViT encoder, is in tinyvit.py.
 
 Built here rather than through `sam_model_registry` so that every size (tiny included) goes
 through one constructor and checkpoints load with `weights_only=True`.
@@ -7,28 +7,87 @@ through one constructor and checkpoints load with `weights_only=True`.
 
 from __future__ import annotations
 
+import json
+import math
 from functools import partial
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from adapt.backbones.base import Backbone, BlockLayout, EncoderLayout, load_into, load_state_dict_file
+from adapt.backbones.base import (
+    BlockLayout,
+    EncoderLayout,
+    MemoryBlock,
+    SamFamilyBackbone,
+    load_into,
+    load_state_dict_file,
+)
 from adapt.backbones.catalog import BackboneEntry
 
 
-class SamBackbone(Backbone):
-    """A built SAM: the image encoder is what the methods adapt, the mask decoder is the head.
+class SamBackbone(SamFamilyBackbone):
+    """A built SAM (ViT image encoder): the image encoder is what the methods adapt, the mask
+    decoder is the head."""
 
-    What the dichotomous task and the SAM methods ask of any SAM-family backbone (SAM 2's in
-    sam2.py answers the same): `resize` ("letterbox": longest side to the input size, padded),
-    `pixel_mean` / `pixel_std` (0..255), `encode` / `decode` (the two network calls of every
-    prediction) and `layout` (where the adapted parts sit)."""
+    # segment-anything's registry names of Meta's three sizes, by encoder width
+    REGISTRY: ClassVar[dict[int, str]] = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 
-    resize = "letterbox"
+    @classmethod
+    def input_size_of(cls, spec: dict) -> int:
+        return spec["img_size"]
 
-    @property
-    def input_size(self) -> int:
-        return self.spec["img_size"]
+    @classmethod
+    def build_encoder(cls, spec: dict) -> torch.nn.Module:
+        """segment-anything's ViT image encoder."""
+        return ImageEncoderViT(
+            depth=spec["encoder_depth"],
+            embed_dim=spec["encoder_embed_dim"],
+            img_size=spec["img_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=spec["encoder_num_heads"],
+            patch_size=spec["patch_size"],
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=spec["encoder_global_attn_indexes"],
+            window_size=spec["window_size"],
+            out_chans=spec["prompt_embed_dim"],
+        )
+
+    @classmethod
+    def build(cls, entry: BackboneEntry, checkpoint=None) -> SamBackbone:
+        spec = cls.spec_for(entry)
+        model = build_sam_model(spec, cls.build_encoder(spec))
+        weights_id = "random-init"
+        if checkpoint is not None:
+            state, weights_id = load_state_dict_file(checkpoint)
+            load_into(model, state, checkpoint)
+        return cls(
+            name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id, heads=[model.mask_decoder]
+        )
+
+    @classmethod
+    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+        """Windowed blocks with global attention at encoder_global_attn_indexes; segment-anything
+        computes the attention matrix explicitly."""
+        grid = spec["img_size"] // spec["patch_size"]
+        ws = spec["window_size"]
+        windows = math.ceil(grid / ws) ** 2
+        image = [
+            MemoryBlock(
+                tokens=grid * grid,
+                width=spec["encoder_embed_dim"],
+                mlp=4,
+                heads=spec["encoder_num_heads"],
+                length=grid * grid if i in spec["encoder_global_attn_indexes"] else ws * ws,
+                sequences=1 if i in spec["encoder_global_attn_indexes"] else windows,
+                explicit=True,
+            )
+            for i in range(spec["encoder_depth"])
+        ]
+        return image, []
 
     @property
     def pixel_mean(self) -> torch.Tensor:
@@ -47,8 +106,6 @@ class SamBackbone(Backbone):
         return sam_decode(self.model, embeddings, **prompt)
 
     def layout(self) -> EncoderLayout:
-        if self.spec.get("kind") == "tinyvit":
-            return tinyvit_layout(self.spec)
         width = self.spec["encoder_embed_dim"]
         blocks = tuple(
             BlockLayout(f"image_encoder.blocks.{i}", width, width) for i in range(self.spec["encoder_depth"])
@@ -58,81 +115,38 @@ class SamBackbone(Backbone):
         )
 
     def encoder_shape(self) -> dict:
-        if self.spec.get("kind") == "tinyvit":  # its first attention stage
-            return {"tokens": (self.input_size // 8) ** 2, "width": self.spec["tinyvit_widths"][1], "depth": 10}
         return {
             "tokens": (self.input_size // self.spec["patch_size"]) ** 2,
             "width": self.spec["encoder_embed_dim"],
             "depth": self.spec["encoder_depth"],
         }
 
-    def example_inputs(self, batch: int = 2, seed: int = 0) -> dict:
-        g = torch.Generator().manual_seed(seed)
-        size = self.input_size
-        images = torch.randn(batch, 3, size, size, generator=g)
-        lo = torch.rand(batch, 2, generator=g) * size * 0.4
-        hi = lo + size * 0.3 + torch.rand(batch, 2, generator=g) * size * 0.3
-        return {"images": images, "boxes": torch.cat([lo, hi], dim=1)}
-
-    def forward(self, inputs: dict) -> torch.Tensor:
-        return self.decode(self.encode(inputs["images"]), boxes=inputs["boxes"])
-
-    def inactive(self) -> tuple[str, ...]:
-        """MobileSAM's TinyViT carries its ImageNet classifier, which segmentation never runs."""
-        return ("image_encoder.norm_head", "image_encoder.head") if self.spec.get("kind") == "tinyvit" else ()
-
     def blocks(self) -> list:
-        if self.spec.get("kind") == "tinyvit":
-            return [b for layer in self.model.image_encoder.layers for b in layer.blocks]
         return list(self.model.image_encoder.blocks)
 
-
-def tinyvit_layout(spec: dict) -> EncoderLayout:
-    """MobileSAM's TinyViT: attention blocks in stages 1-3 (per-head qkv, normalising MLPs, a local
-    depthwise conv each); the patch embedding's two convs as the stem; stage 0's MBConv convs and
-    the patch mergings' convs as further weights; SAM's neck."""
-    enc, depths = "image_encoder", spec["tinyvit_depths"]
-    blocks = tuple(
-        BlockLayout(
-            f"{enc}.layers.{i}.blocks.{j}",
-            spec["tinyvit_widths"][i],
-            spec["tinyvit_widths"][i],
-            norm2=None,
-            mlp_linears=("mlp.fc1", "mlp.fc2"),
-            other_linears=("local_conv.c",),
-            qkv_heads=spec["tinyvit_heads"][i],
+    def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        """segment-anything's registry for Meta's three sizes; the same classes otherwise."""
+        spec = self.spec
+        registry = self.REGISTRY.get(spec["encoder_embed_dim"])
+        if registry and spec["img_size"] == 1024 and spec["encoder_depth"] in (12, 24, 32):
+            return (
+                "from segment_anything import sam_model_registry, SamPredictor\n"
+                f"sam = sam_model_registry[{registry!r}](checkpoint={str(dest)!r})"
+            )
+        encoder = {k: spec[k] for k in spec if k.startswith("encoder_") or k == "img_size"}
+        return (
+            f"# {self.name} is not one of segment-anything's registry sizes: build its Sam with the same classes\n"
+            f"# (encoder {json.dumps(encoder)})\n"
+            f"sam.load_state_dict(torch.load({str(dest)!r}))"
         )
-        for i in range(1, len(depths))
-        for j in range(depths[i])
-    )
-    convs = [f"{enc}.layers.0.blocks.{j}.conv{k}.c" for j in range(depths[0]) for k in (1, 2, 3)]
-    convs += [f"{enc}.layers.{i}.downsample.conv{k}.c" for i in range(len(depths) - 1) for k in (1, 2, 3)]
-    stem = (f"{enc}.patch_embed.seq.0.c", f"{enc}.patch_embed.seq.2.c")
-    return EncoderLayout(blocks, stem=stem, neck=(f"{enc}.neck.0", f"{enc}.neck.2"), others=tuple(convs))
 
 
-def build_sam_model(spec: dict) -> Sam:
-    """segment-anything's Sam; with "kind": "tinyvit", MobileSAM's (the TinyViT encoder, tinyvit.py)."""
+def build_sam_model(spec: dict, encoder: torch.nn.Module | None = None) -> Sam:
+    """segment-anything's Sam around an image encoder (default: the ViT of `spec`); MobileSAM's
+    is the same Sam around its TinyViT encoder (tinyvit.py)."""
     emb = spec["img_size"] // spec.get("patch_size", 16)
-    if spec.get("kind") == "tinyvit":
-        from adapt.backbones.tinyvit import TinyViTEncoder
-
-        encoder = TinyViTEncoder(spec)
-    else:
-        encoder = ImageEncoderViT(
-            depth=spec["encoder_depth"],
-            embed_dim=spec["encoder_embed_dim"],
-            img_size=spec["img_size"],
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=spec["encoder_num_heads"],
-            patch_size=spec["patch_size"],
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=spec["encoder_global_attn_indexes"],
-            window_size=spec["window_size"],
-            out_chans=spec["prompt_embed_dim"],
-        )
+    if encoder is None:
+        encoder = SamBackbone.build_encoder(spec)
     return Sam(
         image_encoder=encoder,
         prompt_encoder=PromptEncoder(
@@ -156,36 +170,6 @@ def build_sam_model(spec: dict) -> Sam:
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
-
-
-def build(entry: BackboneEntry, checkpoint=None) -> SamBackbone:
-    spec = {"family": "sam", **entry.arch}
-    model = build_sam_model(spec)
-    weights_id = "random-init"
-    if checkpoint is not None:
-        state, weights_id = load_state_dict_file(checkpoint)
-        load_into(model, state, checkpoint)
-    return SamBackbone(
-        name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id, heads=[model.mask_decoder]
-    )
-
-
-def sam_mask_logits(
-    sam: Sam,
-    images: torch.Tensor,
-    boxes: torch.Tensor | None = None,
-    points: tuple[torch.Tensor, torch.Tensor] | None = None,
-    multimask: bool = False,
-    masks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Low-resolution mask logits (B, 1 or 3, h, w) for preprocessed images and one prompt each.
-
-    `images` are normalised and padded to the encoder size (Sam.preprocess); boxes are (B, 4) xyxy
-    in that frame; points are (coords (B, N, 2), labels (B, N)). With neither, the whole image is
-    the box (the prompt-free mode). masks: optional (B, 1, 4h, 4w) low-resolution logits of an
-    earlier prediction (SAM's mask_input).
-    """
-    return sam_decode(sam, sam.image_encoder(images), boxes=boxes, points=points, multimask=multimask, masks=masks)
 
 
 def sam_decode(

@@ -19,13 +19,21 @@ Where SAM 2 differs from SAM, and how the rest of the library sees it:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
-from adapt.backbones.base import Backbone, BlockLayout, EncoderLayout, load_into, load_state_dict_file
+from adapt.backbones.base import (
+    BlockLayout,
+    EncoderLayout,
+    MemoryBlock,
+    SamFamilyBackbone,
+    load_into,
+    load_state_dict_file,
+)
 from adapt.backbones.catalog import BackboneEntry
 
 # SAM2ImagePredictor's image statistics (on [0, 1] pixels), here on 0..255 as SAM's
@@ -76,15 +84,89 @@ class Sam2Features:
         return sum(t.numel() * t.element_size() for t in (self.image_embed, *self.high_res))
 
 
-class Sam2Backbone(Backbone):
+SAM2_CONFIGS = {  # sam2's own config files for the official sizes
+    "sam2.1-hiera-tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "sam2.1-hiera-small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "sam2.1-hiera-base-plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "sam2.1-hiera-large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+
+
+class Sam2Backbone(SamFamilyBackbone):
     """A built SAM 2.1 (sam2.modeling.sam2_base.SAM2Base): the Hiera trunk and the FPN neck are
     what the methods adapt, the mask decoder is the head, the prompt encoder stays frozen."""
 
     resize = "stretch"
+    onnx_refusal = (
+        "ONNX export of SAM 2 backbones is not supported yet; "
+        "`export --official` writes the merged model in sam2's own checkpoint format"
+    )
 
-    @property
-    def input_size(self) -> int:
-        return self.spec["image_size"]
+    @classmethod
+    def input_size_of(cls, spec: dict) -> int:
+        return spec["image_size"]
+
+    @classmethod
+    def build(cls, entry: BackboneEntry, checkpoint=None) -> Sam2Backbone:
+        spec = cls.spec_for(entry)
+        model = build_sam2_model(spec)
+        weights_id = "random-init"
+        if checkpoint is not None:
+            state, weights_id = load_state_dict_file(checkpoint)
+            state = state.get("model", state)  # Meta's files: {"model": state dict}
+            load_into(model, state, checkpoint)
+        return cls(
+            name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id, heads=[model.sam_mask_decoder]
+        )
+
+    @classmethod
+    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+        """Hiera: stage k works at 1/4 / 2^k of the input with width and heads x 2^k, in windows of
+        window_spec[k] (global attention in global_att_blocks); its attention is PyTorch's fused
+        scaled_dot_product_attention, which keeps no length^2 matrix."""
+        blocks = []
+        for k, depth in enumerate(spec["stages"]):
+            grid = spec["image_size"] // 4 // 2**k
+            ws = spec["window_spec"][k]
+            for _ in range(depth):
+                glob = len(blocks) in spec["global_att_blocks"]
+                blocks.append(
+                    MemoryBlock(
+                        tokens=grid * grid,
+                        width=spec["embed_dim"] * 2**k,
+                        mlp=4,
+                        heads=spec["num_heads"] * 2**k,
+                        length=grid * grid if glob else ws * ws,
+                        sequences=1 if glob else math.ceil(grid / ws) ** 2,
+                        explicit=False,
+                    )
+                )
+        return blocks, []
+
+    @classmethod
+    def embedding_values(cls, spec: dict) -> int:
+        """The pyramid: the image embedding (d x g x g) and the decoder's two finer levels (d/8
+        channels at 4g, d/4 at 2g), four times as much as SAM's in all."""
+        grid, d = cls.embedding_grid(spec), spec["d_model"]
+        return d * grid * grid + d // 8 * (4 * grid) ** 2 + d // 4 * (2 * grid) ** 2
+
+    @classmethod
+    def upstream_checkpoint(cls, state: dict) -> dict:
+        return {"model": state}  # sam2's build_sam2 reads ckpt["model"]
+
+    def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        config = SAM2_CONFIGS.get(self.name)
+        if config:
+            return (
+                "from sam2.build_sam import build_sam2\n"
+                "from sam2.sam2_image_predictor import SAM2ImagePredictor\n"
+                f"predictor = SAM2ImagePredictor(build_sam2({config!r}, {str(dest)!r}))"
+            )
+        return (
+            f"# {self.name} is not one of sam2's config files: build its SAM2Base with the same classes\n"
+            "# (adapt.backbones.sam2.build_sam2_model(spec) with this backbone's spec)\n"
+            f"model.load_state_dict(torch.load({str(dest)!r})['model'])"
+        )
 
     @property
     def pixel_mean(self) -> torch.Tensor:
@@ -126,17 +208,6 @@ class Sam2Backbone(Backbone):
         trunk = self.model.image_encoder.trunk
         grid = self.input_size // 4
         return {"tokens": grid * grid, "width": trunk.blocks[0].dim, "depth": len(trunk.blocks)}
-
-    def example_inputs(self, batch: int = 2, seed: int = 0) -> dict:
-        g = torch.Generator().manual_seed(seed)
-        size = self.input_size
-        images = torch.randn(batch, 3, size, size, generator=g)
-        lo = torch.rand(batch, 2, generator=g) * size * 0.4
-        hi = lo + size * 0.3 + torch.rand(batch, 2, generator=g) * size * 0.3
-        return {"images": images, "boxes": torch.cat([lo, hi], dim=1)}
-
-    def forward(self, inputs: dict) -> torch.Tensor:
-        return self.decode(self.encode(inputs["images"]), boxes=inputs["boxes"])
 
     def encode(self, images: torch.Tensor) -> Sam2Features:
         """What SAM2ImagePredictor.set_image computes for normalised square images (B, 3, S, S)."""
@@ -192,48 +263,29 @@ class Sam2Backbone(Backbone):
         return torch.cat(out, dim=0)
 
 
-@contextmanager
-def _scalars_on_cpu():
+class _LinspaceOnCpu(TorchFunctionMode):
     """Hiera's constructor reads its drop-path rates with torch.linspace(...).item(), which a
-    shape-only build on the meta device (parameter counting) cannot do: while it runs,
-    linspace makes CPU tensors (a handful of floats; every parameter still follows the device)."""
-    linspace = torch.linspace
-    torch.linspace = lambda *args, **kwargs: linspace(*args, **{**kwargs, "device": "cpu"})
-    try:
-        yield
-    finally:
-        torch.linspace = linspace
+    shape-only build on the meta device (parameter counting) cannot do: inside this mode,
+    linspace makes CPU tensors (a handful of floats; every parameter still follows the device).
+    A torch function mode is the calling thread's own, so builds in other threads (the studio's
+    requests) are untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.linspace:
+            kwargs = {**kwargs, "device": "cpu"}
+        return func(*args, **kwargs)
 
 
-def build_sam2_model(spec: dict):
-    """SAM2Base from the catalog's settings (Meta's configs/sam2.1 values for the official sizes)."""
-    from sam2.modeling.backbones.hieradet import Hiera
-    from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
+def _video_memory(spec: dict) -> tuple:
+    """(memory attention, memory encoder): SAM 2's video memory, built because the checkpoints
+    hold it, never run in image mode."""
     from sam2.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer
     from sam2.modeling.memory_encoder import CXBlock, Fuser, MaskDownSampler, MemoryEncoder
     from sam2.modeling.position_encoding import PositionEmbeddingSine
     from sam2.modeling.sam.transformer import RoPEAttention
-    from sam2.modeling.sam2_base import SAM2Base
 
     d, mem = spec["d_model"], spec["memory_dim"]
-    embed = spec["embed_dim"]
-    with _scalars_on_cpu():
-        trunk = Hiera(
-            embed_dim=embed,
-            num_heads=spec["num_heads"],
-            stages=tuple(spec["stages"]),
-            global_att_blocks=tuple(spec["global_att_blocks"]),
-            window_pos_embed_bkg_spatial_size=tuple(spec["window_pos_embed_bkg_spatial_size"]),
-            window_spec=tuple(spec["window_spec"]),
-        )
-    channels = [embed * 2**k for k in reversed(range(len(spec["stages"])))]
-    neck = FpnNeck(
-        position_encoding=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
-        d_model=d,
-        backbone_channel_list=channels,
-        fpn_top_down_levels=[2, 3],
-        fpn_interp_model="nearest",
-    )
     grid = spec["image_size"] // 16
 
     def rope(**kw):
@@ -268,6 +320,35 @@ def build_sam2_model(spec: dict):
         ),
         in_dim=d,
     )
+    return memory_attention, memory_encoder
+
+
+def build_sam2_model(spec: dict):
+    """SAM2Base from the catalog's settings (Meta's configs/sam2.1 values for the official sizes)."""
+    from sam2.modeling.backbones.hieradet import Hiera
+    from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
+    from sam2.modeling.position_encoding import PositionEmbeddingSine
+    from sam2.modeling.sam2_base import SAM2Base
+
+    d, embed = spec["d_model"], spec["embed_dim"]
+    with _LinspaceOnCpu():
+        trunk = Hiera(
+            embed_dim=embed,
+            num_heads=spec["num_heads"],
+            stages=tuple(spec["stages"]),
+            global_att_blocks=tuple(spec["global_att_blocks"]),
+            window_pos_embed_bkg_spatial_size=tuple(spec["window_pos_embed_bkg_spatial_size"]),
+            window_spec=tuple(spec["window_spec"]),
+        )
+    channels = [embed * 2**k for k in reversed(range(len(spec["stages"])))]
+    neck = FpnNeck(
+        position_encoding=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
+        d_model=d,
+        backbone_channel_list=channels,
+        fpn_top_down_levels=[2, 3],
+        fpn_interp_model="nearest",
+    )
+    memory_attention, memory_encoder = _video_memory(spec)
     return SAM2Base(
         image_encoder=ImageEncoder(scalp=1, trunk=trunk, neck=neck),
         memory_attention=memory_attention,
@@ -303,21 +384,3 @@ def build_sam2_model(spec: dict):
             "dynamic_multimask_stability_thresh": 0.98,
         },
     )
-
-
-def build(entry: BackboneEntry, checkpoint=None) -> Sam2Backbone:
-    spec = {"family": "sam", **entry.arch}
-    model = build_sam2_model(spec)
-    weights_id = "random-init"
-    if checkpoint is not None:
-        state, weights_id = load_state_dict_file(checkpoint)
-        state = state.get("model", state)  # Meta's files: {"model": state dict}
-        load_into(model, state, checkpoint)
-    return Sam2Backbone(
-        name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id, heads=[model.sam_mask_decoder]
-    )
-
-
-def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
-    """SAM2Transforms' Resize((size, size)) on float images (B, 3, H, W): bilinear, antialiased."""
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -21,11 +21,20 @@ The classifier head that TinyViT carries (norm_head, head) is in the checkpoint 
 from __future__ import annotations
 
 import itertools
+import json
+import math
+from pathlib import Path
 
 import torch
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 from torch.nn import functional as F
+
+from adapt.backbones.base import BlockLayout, EncoderLayout, MemoryBlock
+from adapt.backbones.sam import SamBackbone
+
+# MobileSAM's own registry name of its one size ("vit_t") and that size's encoder
+MOBILE_SAM_VIT_T = {"img_size": 1024, "tinyvit_widths": [64, 128, 160, 320], "tinyvit_depths": [2, 2, 6, 2]}
 
 
 class ConvBN(nn.Sequential):
@@ -196,3 +205,76 @@ class TinyViTEncoder(nn.Module):
             x = layer(x)
         b, _, c = x.shape
         return self.neck(x.transpose(1, 2).reshape(b, c, self.grid, self.grid))
+
+
+class MobileSamBackbone(SamBackbone):
+    """A built MobileSAM: segment-anything's Sam around the TinyViT encoder above. Its attention
+    stages are what the methods adapt (per-head qkv, normalising MLPs); the classifier TinyViT
+    carries is kept but never runs."""
+
+    @classmethod
+    def build_encoder(cls, spec: dict) -> nn.Module:
+        return TinyViTEncoder(spec)
+
+    @classmethod
+    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+        """Stage 0 is convolutional (modelled as a block of its width at 1/4 without attention),
+        stages 1-3 attend in windows at 1/8, 1/16 and 1/16, materialising the matrix."""
+        size, out = spec["img_size"], []
+        grids = [size // 4, size // 8, size // 16, size // 16]
+        for k, (width, depth) in enumerate(zip(spec["tinyvit_widths"], spec["tinyvit_depths"])):
+            ws, grid = spec["tinyvit_windows"][k], grids[k]
+            heads, length, sequences = spec["tinyvit_heads"][k], ws * ws, math.ceil(grid / ws) ** 2
+            if k == 0:
+                heads = length = sequences = 0
+            out += [MemoryBlock(grid * grid, width, 4, heads, length, sequences, explicit=k > 0)] * depth
+        return out, []
+
+    def layout(self) -> EncoderLayout:
+        """Attention blocks in stages 1-3 (per-head qkv, normalising MLPs, a local depthwise conv
+        each); the patch embedding's two convs as the stem; stage 0's MBConv convs and the patch
+        mergings' convs as further weights; SAM's neck."""
+        spec, enc = self.spec, "image_encoder"
+        depths = spec["tinyvit_depths"]
+        blocks = tuple(
+            BlockLayout(
+                f"{enc}.layers.{i}.blocks.{j}",
+                spec["tinyvit_widths"][i],
+                spec["tinyvit_widths"][i],
+                norm2=None,
+                mlp_linears=("mlp.fc1", "mlp.fc2"),
+                other_linears=("local_conv.c",),
+                qkv_heads=spec["tinyvit_heads"][i],
+            )
+            for i in range(1, len(depths))
+            for j in range(depths[i])
+        )
+        convs = [f"{enc}.layers.0.blocks.{j}.conv{k}.c" for j in range(depths[0]) for k in (1, 2, 3)]
+        convs += [f"{enc}.layers.{i}.downsample.conv{k}.c" for i in range(len(depths) - 1) for k in (1, 2, 3)]
+        stem = (f"{enc}.patch_embed.seq.0.c", f"{enc}.patch_embed.seq.2.c")
+        return EncoderLayout(blocks, stem=stem, neck=(f"{enc}.neck.0", f"{enc}.neck.2"), others=tuple(convs))
+
+    def encoder_shape(self) -> dict:
+        """Its first attention stage."""
+        return {"tokens": (self.input_size // 8) ** 2, "width": self.spec["tinyvit_widths"][1], "depth": 10}
+
+    def inactive(self) -> tuple[str, ...]:
+        """TinyViT's ImageNet classifier, which segmentation never runs."""
+        return ("image_encoder.norm_head", "image_encoder.head")
+
+    def blocks(self) -> list:
+        return [b for layer in self.model.image_encoder.layers for b in layer.blocks]
+
+    def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        """MobileSAM's registry ("vit_t") for its one size; the same classes otherwise."""
+        if all(self.spec.get(k) == v for k, v in MOBILE_SAM_VIT_T.items()):
+            return (
+                "from mobile_sam import sam_model_registry, SamPredictor  # github.com/ChaoningZhang/MobileSAM\n"
+                f"sam = sam_model_registry['vit_t'](checkpoint={str(dest)!r})"
+            )
+        encoder = {k: v for k, v in self.spec.items() if k.startswith("tinyvit_") or k == "img_size"}
+        return (
+            f"# {self.name} is not MobileSAM's size: build its Sam with the same classes\n"
+            f"# (adapt.backbones.tinyvit.TinyViTEncoder, encoder {json.dumps(encoder)})\n"
+            f"sam.load_state_dict(torch.load({str(dest)!r}))"
+        )

@@ -11,7 +11,7 @@ import dataclasses
 
 from adapt.backbones import Backbone
 from adapt.methods.adaptformer import AdaptFormer
-from adapt.methods.base import Handle, MethodConfig, ParamGroup, Variant
+from adapt.methods.base import Handle, MemoryProfile, MethodConfig, ParamGroup, Variant
 from adapt.methods.baselines import Decoder, Frozen, Full
 from adapt.methods.cobot import CobotAdaptFormer, CobotLora
 from adapt.methods.hclip import Hclip
@@ -27,18 +27,41 @@ METHODS: dict[str, type[Handle]] = {
 __all__ = [
     "METHODS",
     "Handle",
+    "MemoryProfile",
     "MethodConfig",
     "ParamGroup",
     "Variant",
     "attach",
+    "baselines",
     "configurations",
     "make_config",
+    "memory_profile",
     "methods_for",
 ]
 
 
 def methods_for(family: str) -> list[str]:
     return [name for name, cls in METHODS.items() if family in cls.families]
+
+
+def memory_profile(method: str) -> MemoryProfile:
+    """What `method` declares a training step costs (its class's own `memory`). A method that
+    declares none is refused rather than estimated as some other method, also where it subclasses
+    one that does: what it adds may cost memory of its own."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    profile = vars(METHODS[method]).get("memory")
+    if profile is None:
+        raise ValueError(
+            f"method {method!r} declares no memory profile (`memory = MemoryProfile(...)` in its class, "
+            "adapt/methods/base.py): its training memory cannot be estimated"
+        )
+    return profile
+
+
+def baselines(family: str) -> list[str]:
+    """The methods a family's measured figures quote beside every other one (Handle.baseline_for)."""
+    return [name for name, cls in METHODS.items() if family in cls.baseline_for]
 
 
 def configurations(family: str | None = None, compared: bool = False) -> list[tuple[str, str, dict]]:

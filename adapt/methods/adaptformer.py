@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapt.methods.base import MethodConfig, SwapHandle
+from adapt.methods.base import MemoryProfile, MethodConfig, SwapHandle
 
 
 @dataclass
@@ -94,6 +94,7 @@ class AdaptFormer(SwapHandle):
     families = ("sam",)
     Config = AdaptFormerConfig
     summary = "A bottleneck MLP (V=16) beside every encoder MLP; about 323K parameters on ViT-B."
+    memory = MemoryProfile("adapter")
     fully_mergeable = False
 
     def _make_mixer(self, depth: int, width: int):

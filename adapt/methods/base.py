@@ -84,6 +84,26 @@ class Variant:
     compare: bool = True
 
 
+@dataclass(frozen=True)
+class MemoryProfile:
+    """What a method adds to a training step's memory, as the planner (adapt/planner.py) models it.
+
+    scope: the linear layers whose inputs an encoder block keeps for the method's trainable tensors:
+      "all" (qkv, proj, the MLP's two layers), "attention" (the fused in-projection and the
+      out-projection), "qkv" (a LoRA branch beside the qkv layer), "adapter" (a parallel
+      bottleneck's input), "none" (nothing in the encoder trains: no gradient flows through it).
+    rebuilt: weight-space methods rebuild their weights every forward and the linear layer keeps
+      the rebuilt W' for the input's gradient: the share of a block's weights they cover, or
+      "attention" for the attention weights.
+    transform_copies: fp32 copies of the adapter's tensors kept for backward outside the blocks
+      (H-CLIP computes all its transforms once per forward, so checkpointing does not recompute them).
+    """
+
+    scope: str
+    rebuilt: float | str = 0.0
+    transform_copies: int = 0
+
+
 @dataclass
 class ParamGroup:
     kind: str  # "adapter" | "coefficients" | "head"
@@ -109,6 +129,11 @@ class Handle:
     # False where the adapter has a non-linear branch that cannot be folded into the base weights.
     fully_mergeable: ClassVar[bool] = True
     variants: ClassVar[tuple[Variant, ...]] = ()  # option sets checked (and compared) besides the defaults
+    # What a training step costs beyond the base model; each method class declares its own (the
+    # planner refuses a method without one, a subclass included: adapt.methods.memory_profile).
+    memory: ClassVar[MemoryProfile | None] = None
+    # Families whose measured figures (adapt.evidence) quote this method beside every other one.
+    baseline_for: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: Backbone, config: MethodConfig):
         if backbone.family not in self.families:
@@ -124,6 +149,8 @@ class Handle:
         self.model = backbone.model
         self.config = config
         self.merged = False
+        # the saved adapter's config (adapter_config.json) when loaded from a file (adapt.export.load_adapter)
+        self.info: dict = {}
         self._coefficient_ids: set[int] = set()
         self._adapter_ids: set[int] = set()
         frozen = [p for p in self.model.parameters()] + [p for head in backbone.heads for p in head.parameters()]

@@ -9,7 +9,7 @@ Merge is a no-op for all three: there is nothing to fold.
 
 from __future__ import annotations
 
-from adapt.methods.base import Handle, MethodConfig
+from adapt.methods.base import Handle, MemoryProfile, MethodConfig
 
 
 class _NoModules(Handle):
@@ -27,6 +27,8 @@ class _NoModules(Handle):
 class Full(_NoModules):
     name = "full"
     summary = "Full fine-tuning of the whole backbone (the costly reference)."
+    memory = MemoryProfile("all")
+    baseline_for = ("sam",)
 
     def _attach(self) -> None:
         skip = {id(p) for h in self.backbone.heads for p in h.parameters()} | self.backbone.inactive_parameter_ids()
@@ -38,6 +40,7 @@ class Full(_NoModules):
 class Decoder(_NoModules):
     name = "decoder"
     summary = "Train only the task head (SAM's mask decoder / the open-vocabulary head)."
+    memory = MemoryProfile("none")
 
     def _attach(self) -> None:
         pass
@@ -46,6 +49,8 @@ class Decoder(_NoModules):
 class Frozen(_NoModules):
     name = "frozen"
     summary = "No training: the pretrained model as it is (zero-shot reference)."
+    memory = MemoryProfile("none")
+    baseline_for = ("clip",)
 
     def __init__(self, backbone, config: MethodConfig):
         config.train_heads = False

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from adapt.methods.adaptformer import AdaptFormer, AdaptFormerConfig
-from adapt.methods.base import Float32Module, Variant
+from adapt.methods.base import Float32Module, MemoryProfile, Variant
 from adapt.methods.lora import Lora, LoraConfig
 
 
@@ -140,6 +140,7 @@ class CobotLora(_CobotMixin, Lora):
     Config = CobotLoraConfig
     slices_per_block = 2
     summary = "LoRA plus cross-block coefficient orchestration (+864 parameters on ViT-B)."
+    memory = MemoryProfile("qkv")
     variants = (
         Variant(
             {"quaternion_init": "random"}, "random quaternion heads (the paper leaves the init open)", compare=False
@@ -152,3 +153,4 @@ class CobotAdaptFormer(_CobotMixin, AdaptFormer):
     Config = CobotAdaptFormerConfig
     slices_per_block = 1
     summary = "AdaptFormer plus cross-block coefficient orchestration (+1,296 parameters on ViT-B)."
+    memory = MemoryProfile("adapter")

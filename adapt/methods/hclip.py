@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from adapt.backbones.clip import attention_targets
-from adapt.methods.base import Float32Module, MethodConfig, Variant, WeightSpaceHandle
+from adapt.methods.base import Float32Module, MemoryProfile, MethodConfig, Variant, WeightSpaceHandle
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,9 @@ class Hclip(WeightSpaceHandle):
     families = ("clip",)
     Config = HclipConfig
     summary = "Block-orthogonal (text) and free (image) input-side transforms of q,k,v,o in both towers, with DCRC."
+    # the stacked generators, their DCRC mixing and the transforms: about three fp32 copies of the generators
+    memory = MemoryProfile("attention", rebuilt="attention", transform_copies=3)
+    baseline_for = ("clip",)
     variants = (
         Variant({"dcrc": False}, "the paper's ablation without dual cross-relation communication"),
         Variant({"orthogonal": "both"}, "orthogonal transforms in the image tower too (the paper's ablation)"),

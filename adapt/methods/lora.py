@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapt.methods.base import MethodConfig, SwapHandle
+from adapt.methods.base import MemoryProfile, MethodConfig, SwapHandle
 
 
 @dataclass
@@ -96,6 +96,8 @@ class Lora(SwapHandle):
     families = ("sam",)
     Config = LoraConfig
     summary = "Low-rank updates of q and v in every encoder block (r=4); about 147K parameters on ViT-B."
+    memory = MemoryProfile("qkv")
+    baseline_for = ("sam",)
 
     def _make_mixer(self, depth: int, width: int):
         """The bottleneck mixer shared by all blocks; none for plain LoRA (COBOT overrides this)."""

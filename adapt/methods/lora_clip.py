@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from adapt.backbones.clip import attention_targets
-from adapt.methods.base import WeightSpaceHandle
+from adapt.methods.base import MemoryProfile, WeightSpaceHandle
 from adapt.methods.lora import LoraConfig, LowRank
 
 
@@ -44,6 +44,8 @@ class LoraClip(WeightSpaceHandle):
     families = ("clip",)
     Config = LoraClipConfig
     summary = "Low-rank updates (r=8) of q, k, v, o in every attention block of both CLIP towers."
+    memory = MemoryProfile("attention", rebuilt="attention")
+    baseline_for = ("clip",)
 
     def _register_parametrizations(self) -> None:
         cfg = self.config

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from adapt.backbones.base import EncoderLayout
-from adapt.methods.base import Float32Module, MethodConfig, Variant, WeightSpaceHandle
+from adapt.methods.base import Float32Module, MemoryProfile, MethodConfig, Variant, WeightSpaceHandle
 
 
 @dataclass
@@ -87,6 +87,7 @@ class Parser(WeightSpaceHandle):
     families = ("sam",)
     Config = ParserConfig
     summary = "SVD coefficients of every encoder weight (U, V frozen); about 38K parameters on ViT-B."
+    memory = MemoryProfile("all", rebuilt=1.0)  # every encoder weight is rebuilt from its SVD each forward
     variants = (
         Variant({"scope": "conv"}, "the official demo's scope: patch embedding and neck convolutions only"),
         Variant(
