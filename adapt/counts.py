@@ -3,6 +3,7 @@
     count_params(backbone, method, **options)   what a method trains on the real architecture, instantly
     base_params(backbone)                       the base model's size, with no method attached
     encoder_shape(backbone)                     tokens, width and depth of the image encoder
+    trainable_tensors(backbone, method, **opts) name -> (shape, dtype) of what an adapter file holds
 
 Below the use-case floor (adapt.pipeline re-exports both): the memory planner and the
 upstream-format export ask it for shapes without building a model in memory.
@@ -49,3 +50,13 @@ def base_params(backbone: str) -> int:
 def encoder_shape(backbone: str) -> dict:
     """{"tokens", "width", "depth"} of the backbone's image encoder (for memory estimates)."""
     return meta_backbone(backbone).encoder_shape()
+
+
+def trainable_tensors(backbone: str, method: str, **options) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) of every tensor an adapter of `method` on `backbone` saves (its
+    state_dict), from the meta-device build: what a file read back must hold."""
+    model = meta_backbone(backbone)
+    with torch.device("meta"):
+        state = attach(model, method, **options).state_dict()
+    return {name: (tuple(t.shape), t.dtype) for name, t in state.items()}
+

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 import adapt
 from adapt.archive import ArchiveError, safe_extract
 from adapt.backbones import BACKBONES, Backbone, build_backbone, load_into, load_state_dict_file
+from adapt.counts import trainable_tensors
 from adapt.files import atomic_folder, atomic_path, zip_folder
 from adapt.methods import METHODS, Handle, attach, make_config
 from adapt.tasks import TASKS, attach_task_head
@@ -232,13 +233,40 @@ def read_adapter(path: str | Path) -> tuple[dict, dict]:
     try:
         cfg = json.loads((path / CONFIG_NAME).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{path / CONFIG_NAME} is not valid JSON: {e}") from e
-    validate_config(cfg, where=str(path / CONFIG_NAME))
+        raise AdapterError(f"{CONFIG_NAME} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise AdapterError(f"{CONFIG_NAME} is nested too deeply to be an adapter config") from None
+    validate_config(cfg)
     try:
         tensors = load_file(str(path / WEIGHTS_NAME))
     except Exception as e:
-        raise AdapterError(f"{path / WEIGHTS_NAME} cannot be read: {e}") from e
+        raise AdapterError(f"{WEIGHTS_NAME} cannot be read: {e}") from e
+    check_tensors(cfg, tensors)
     return cfg, tensors
+
+
+def check_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str = WEIGHTS_NAME) -> None:
+    """The adapter's tensors are exactly what its method trains on its base model (names, shapes and
+    dtypes, from the architecture built on the meta device: no memory, no weights) and finite, so
+    a bad file is refused when it is read, never at predict time or silently as an empty mask."""
+    expected = trainable_tensors(cfg["base_model"]["name"], cfg["method"], **cfg.get("config", {}))
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(
+            f"{where}: the tensors do not fit a {cfg['method']!r} adapter on {cfg['base_model']['name']!r}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for name, (shape, dtype) in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise AdapterError(f"{where}: tensor {name} has shape {tuple(t.shape)}, expected {shape}")
+        if t.dtype != dtype:
+            raise AdapterError(f"{where}: tensor {name} is {t.dtype}, expected {dtype}")
+        if not torch.isfinite(t).all():
+            raise AdapterError(
+                f"{where}: tensor {name} holds NaN or infinite values (the run that wrote it diverged); "
+                "retrain with a lower learning rate"
+            )
 
 
 def _check(ok: bool, where: str, field: str, expected: str, value) -> None:
@@ -282,8 +310,18 @@ def validate_config(cfg, where: str = CONFIG_NAME) -> dict:
         "null or a list of names",
         classes,
     )
+    if classes is not None and task is not None and not TASKS[task].mask.needs_class_names:
+        raise AdapterError(f"{where}: a {task} adapter has no classes (its masks are foreground/background)")
     for field in ("counts", "metrics", "data"):
         _check(isinstance(cfg.get(field, {}), dict), where, field, "an object", cfg.get(field))
+    metrics = cfg.get("metrics", {})
+    _check(
+        all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in metrics.values()),
+        where,
+        "metrics",
+        "an object of numbers",
+        metrics,
+    )
     counts = cfg.get("counts", {})
     _check(
         all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()),

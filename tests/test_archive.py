@@ -151,7 +151,72 @@ MALFORMED = {
     "an unknown method": (lambda c: {**c, "method": "magic"}, "method must be one of"),
     "an unknown task": (lambda c: {**c, "task": "depth"}, "task must be null or one of"),
     "classes not names": (lambda c: {**c, "classes": [1, 2]}, "classes must be null or a list of names"),
+    "classes on a binary task": (
+        lambda c: {**c, "classes": ["background", "cat"]},
+        "a dichotomous adapter has no classes",
+    ),
+    "metrics as a string": (lambda c: {**c, "metrics": "good"}, "metrics must be an object"),
+    "metric values as strings": (
+        lambda c: {**c, "metrics": {"adapted_iou": "0.9"}},
+        "metrics must be an object of numbers",
+    ),
+    "an option of the wrong type": (lambda c: {**c, "config": {"reparam": 3}}, "option 'reparam' must be a string"),
+    "a boolean for a number": (lambda c: {**c, "config": {"coefficient_lr_scale": True}}, "must be a number"),
 }
+
+
+def rewrite_tensors(adapter_zip, tmp_path, edit):
+    """The adapter zip with its tensors edited (`edit` takes and returns the name -> tensor dict)."""
+    import torch  # noqa: F401  (safetensors.torch needs it loaded)
+    from safetensors.torch import load, save
+
+    with zipfile.ZipFile(adapter_zip) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    files["adapter_model.safetensors"] = save(edit(load(files["adapter_model.safetensors"])))
+    out = tmp_path / "edited.zip"
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return out
+
+
+def _first(tensors, change):
+    name = sorted(tensors)[0]
+    return {**tensors, name: change(tensors[name])}
+
+
+BAD_TENSORS = {
+    "a missing tensor": (lambda t: dict(sorted(t.items())[1:]), "1 missing"),
+    "an extra tensor": (lambda t: {**t, "evil": t[sorted(t)[0]].clone()}, "1 unexpected"),
+    "a wrong shape": (lambda t: _first(t, lambda x: x.reshape(-1)[:-1].clone()), "has shape"),
+    "half precision": (lambda t: _first(t, lambda x: x.half()), "is torch.float16, expected torch.float32"),
+    "integers": (lambda t: _first(t, lambda x: x.long()), "is torch.int64, expected torch.float32"),
+    "NaN": (lambda t: _first(t, lambda x: x * float("nan")), "NaN or infinite"),
+    "infinity": (lambda t: _first(t, lambda x: x + float("inf")), "NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TENSORS, ids=list(BAD_TENSORS))
+def test_adapter_tensors_are_checked_when_read(tmp_path, adapter_zip, case):
+    """Names, shapes, dtypes and finiteness against the method's own parameters, at load: nothing
+    loads that would fail at predict time or predict an empty mask silently."""
+    edit, message = BAD_TENSORS[case]
+    with pytest.raises(AdapterError, match=message) as e:
+        read_adapter(rewrite_tensors(adapter_zip, tmp_path, edit))
+    assert "/tmp" not in str(e.value)  # the user's file names, not the server's temporary paths
+
+
+def test_a_deeply_nested_config_gets_its_own_message(tmp_path, adapter_zip):
+    deep = "[" * 100_000 + "]" * 100_000
+    with zipfile.ZipFile(adapter_zip) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    files["adapter_config.json"] = deep.encode()
+    out = tmp_path / "deep.zip"
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(AdapterError, match="nested too deeply"):
+        read_adapter(out)
 
 
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))

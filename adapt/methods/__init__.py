@@ -8,6 +8,8 @@ See base.py for the contract every method obeys.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 
 from adapt.backbones import Backbone
 from adapt.methods.adaptformer import AdaptFormer
@@ -91,7 +93,27 @@ def make_config(method: str, **options) -> MethodConfig:
     unknown = sorted(set(options) - names)
     if unknown:
         raise ValueError(f"method {method!r} has no option(s) {unknown}; it takes {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in options.items():
+        _check_option(name, value, hints[name])
     return cls(**options)
+
+
+_OPTION_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_option(name: str, value, kind) -> None:
+    """An option's value has its declared type (a float option takes an integer too; booleans are
+    never numbers); a number must be finite."""
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        str: lambda v: isinstance(v, str),
+    }.get(kind)
+    if ok is not None and not ok(value):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ValueError(f"option {name!r} must be {_OPTION_TYPES[kind]}, not {shown}")
 
 
 def attach(backbone: Backbone, method: str, **options) -> Handle:
