@@ -325,8 +325,8 @@ def run_labelling(job: dict, files, control, max_pixels: int) -> str:
     are skipped."""
     from adapt.archive import safe_extract
     from adapt.batch import label_images
+    from adapt.events import EventLog, Labelled, LabellingCancelled, LabellingDone, LabellingStart
     from adapt.pipeline import inference_task
-    from adapt.train import EventLog
 
     spec = job["config"]["label"]
     if files.inputs_zip.exists() and not files.inputs.exists():
@@ -338,14 +338,14 @@ def run_labelling(job: dict, files, control, max_pixels: int) -> str:
     else:
         task, _ = inference_task(backbone=spec["backbone"], task=spec["task"], download=False)
     log = EventLog(files.events)
-    log("start", images=spec["images"], model=spec["method"], backbone=spec["backbone"])
+    log(LabellingStart(images=spec["images"], model=spec["method"], backbone=spec["backbone"]))
     started, first = time.time(), []
 
     def progress(done, total, name):
         if not first:
             first.append(done)
         rate = (time.time() - started) / max(1, done - first[0] + 1)
-        log("labelled", step=done, total=total, name=name, eta_s=round(rate * (total - done), 1))
+        log(Labelled(step=done, total=total, name=name, eta_s=round(rate * (total - done), 1)))
 
     report = label_images(
         task,
@@ -360,10 +360,10 @@ def run_labelling(job: dict, files, control, max_pixels: int) -> str:
         max_pixels=max_pixels,
     )
     if report.cancelled:
-        log("cancelled", step=len(report.done) + len(report.skipped))
+        log(LabellingCancelled(step=len(report.done) + len(report.skipped)))
         return "cancelled" if control.cancelled() else "stopped"
     _zip_results(files.labels, files.labels_zip)
-    log("done", step=report.total, failed=len(report.failed))
+    log(LabellingDone(step=report.total, failed=len(report.failed)))
     return "done"
 
 
