@@ -2,7 +2,9 @@
 
     log = EventLog(folder / EVENTS_NAME)
     log(Step(step=3, loss=0.41, lr=1e-3, grad_norm=0.8, images_per_s=5.2, eta_s=40.0))
-    progress = Progress.of(read_events(folder / EVENTS_NAME))
+    progress = Progress()
+    for line in open(folder / EVENTS_NAME):
+        progress.apply(parse(line))       # None (a line cut by a kill) is passed over
 
 Written by the trainer (adapt.train) and the studio's label-the-rest job; read by the CLI's progress
 bar, the studio's Progress tab and job status, and the benchmarks. This module owns the file name,
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -242,13 +244,6 @@ def parse(line: str | bytes) -> dict | None:
     return event if isinstance(event, dict) else None
 
 
-def read_events(path: Path) -> list[dict]:
-    """Every complete event in an events.jsonl (none when it does not exist)."""
-    if not Path(path).exists():
-        return []
-    return [e for line in Path(path).read_text().splitlines() if (e := parse(line)) is not None]
-
-
 def kind(event: dict) -> str | None:
     """An event's name (Step.type, Eval.type, ...)."""
     return event.get(TYPE)
@@ -271,16 +266,9 @@ class Progress:
     warning: str | None = None  # the run's not-better-than-frozen sentence, when it has one
     best_step: int | None = None  # the step whose state the run returned (by its validation images)
 
-    @classmethod
-    def of(cls, events: Iterable[dict]) -> Progress:
-        progress = cls()
-        for event in events:
-            progress.apply(event)
-        return progress
-
     def apply(self, event: dict) -> None:
-        """Fold one more event in."""
-        name = kind(event)
+        """Fold one more event in (None, an unreadable line: nothing)."""
+        name = kind(event) if event is not None else None
         if name == Step.type:
             self.steps.append((event["step"], event["loss"]))
             self.step, self.eta_s, self.last_loss = event["step"], event.get("eta_s"), event["loss"]

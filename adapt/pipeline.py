@@ -104,9 +104,20 @@ def train_adapter(
         if dataset.origin is None:
             raise ValueError("data-parallel training loads the dataset in each process: load it from a folder or zip")
         threads = max(1, torch.get_num_threads() // gpus)  # this process's threads, shared
-        job = RankJob(cfg, dataset.origin, str(out), holdout, source, resume, adapter, threads, on_eval=on_eval)
         with stop_flag(out, should_stop) as flag:
-            return run_data_parallel(gpus, train_rank, replace(job, stop_file=flag))[0]
+            job = RankJob(
+                cfg,
+                dataset.origin,
+                str(out),
+                holdout=holdout,
+                source=source,
+                resume=resume,
+                adapter=adapter,
+                threads=threads,
+                stop_file=flag,
+                on_eval=on_eval,
+            )
+            return run_data_parallel(gpus, train_rank, job)[0]
     cfg = configure(cfg, dataset)
     train_set, heldout = dataset.split(holdout=holdout, seed=cfg.seed)
     train_samples, validation = validation_split(list(train_set), cfg.validation, cfg.seed)
