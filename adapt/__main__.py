@@ -43,25 +43,27 @@ def _progress(total: int):
     """An event printer: a tqdm bar for steps, one line for evaluations and the end."""
     from tqdm import tqdm
 
+    from adapt.events import ENDINGS, Eval, Resumed, Step, kind
+
     bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def echo(event: dict) -> None:
-        kind = event["type"]
-        if kind == "step":
+        name = kind(event)
+        if name == Step.type:
             bar.n = event["step"]
             bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
             bar.refresh()
-        elif kind == "resumed":
+        elif name == Resumed.type:
             bar.n = event["step"]
             bar.refresh()
-        elif kind == "eval":
+        elif name == Eval.type:
             m = event["metrics"]
             bar.write(
                 f"step {event['step']}: {event['model']} on held-out: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)),
                 file=sys.stderr,
             )
-        elif kind in ("done", "cancelled", "error"):
+        elif name in ENDINGS:
             bar.close()
 
     return echo
@@ -71,7 +73,9 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from adapt.data import load_dataset
+    from adapt.events import EVENTS_NAME
     from adapt.pipeline import train_adapter, warm_start
+    from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan
     from adapt.train import TrainConfig
 
     if args.plan:
@@ -90,20 +94,17 @@ def cmd_train(args) -> int:
             task=args.task or "dichotomous", backbone=args.backbone or "tiny-sam", method=args.method or "parser"
         )
     dataset = load_dataset(args.data, task=cfg.task)
-    task_options = {"prompt": args.prompt} if cfg.task == "dichotomous" else {}
     cfg = replace(
         cfg,
         checkpoint=args.checkpoint or cfg.checkpoint,
         method_options=_parse_options(args.option) if args.option else cfg.method_options,
-        task_options=task_options,
+        task_options=default_task_options(cfg.task, prompt=args.prompt),
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         head_lr=args.head_lr,
         seed=args.seed,
-        eval_every=args.eval_every
-        if args.eval_every is not None
-        else (max(1, args.steps // 10) if args.validation else 0),
+        eval_every=args.eval_every if args.eval_every is not None else eval_every(args.steps, args.validation),
         device=args.device,
         accumulate=args.accumulate,
         checkpointing=args.checkpointing,
@@ -111,30 +112,22 @@ def cmd_train(args) -> int:
         validation=args.validation,
         patience=args.patience,
     )
-    plan = _memory_plan(cfg, args.memory_budget)
+    plan = memory_plan(cfg, args.memory_budget, gpus=args.gpus)
     if plan is not None:
-        if not plan.fits:
-            raise ValueError(plan.describe())
+        cfg = fit_to_plan(cfg, plan)
         print(f"memory plan: {plan.describe()}", file=sys.stderr)
-        cfg = replace(cfg, accumulate=plan.accumulate, checkpointing=cfg.checkpointing or plan.checkpointing)
     if args.gpus > 1:  # data parallel, one process per GPU (adapt.distributed); rank 0 reports
-        from adapt.distributed import run_data_parallel, train_job
-
-        dataset.close()
-        print(f"training on {args.gpus} processes (data parallel); events in {args.out}/events.jsonl", file=sys.stderr)
-        summary = run_data_parallel(
-            args.gpus, train_job, cfg, str(args.data), args.out, args.holdout, cfg.task, 1, args.resume
-        )[0]
-    else:
-        summary = train_adapter(
-            cfg,
-            dataset,
-            args.out,
-            holdout=args.holdout,
-            source=str(args.data),
-            resume=args.resume,
-            echo=_progress(args.steps),
-        )
+        print(f"training on {args.gpus} processes (data parallel); events in {args.out}/{EVENTS_NAME}", file=sys.stderr)
+    summary = train_adapter(
+        cfg,
+        dataset,
+        args.out,
+        holdout=args.holdout,
+        source=str(args.data),
+        resume=args.resume,
+        echo=_progress(args.steps) if args.gpus == 1 else None,
+        gpus=args.gpus,
+    )
     if summary["status"] != "done":
         print(f"training {summary['status']} at step {summary['step']}; resume with --resume", file=sys.stderr)
         return 1
@@ -157,29 +150,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _memory_plan(cfg, budget: str | None):
-    """The planner's choice for this run: for --memory-budget, or the free memory of the GPU the
-    run will use; none on the CPU without a budget."""
-    import torch
-
-    from adapt.planner import make_plan
-    from adapt.train import resolve_precision
-
-    device = cfg.resolved_device()
-    if budget is None and device.type == "cuda":
-        budget = torch.cuda.mem_get_info(device)[0]
-    if budget is None:
-        return None
-    return make_plan(
-        cfg.backbone, cfg.method, cfg.batch_size, budget, resolve_precision(cfg, device), **cfg.method_options
-    )
-
-
 def _print_plan(args) -> int:
     """train --plan: what the planner would choose, without a dataset or a run folder. Without a
     GPU here, the plan is for one (bf16, unless --precision says otherwise)."""
     import torch
 
+    from adapt.preflight import memory_plan
     from adapt.train import TrainConfig
 
     precision = args.precision
@@ -195,7 +171,7 @@ def _print_plan(args) -> int:
         device=args.device,
         precision=precision,
     )
-    plan = _memory_plan(cfg, args.memory_budget)
+    plan = memory_plan(cfg, args.memory_budget, gpus=args.gpus)
     if plan is None:
         print("no GPU here and no --memory-budget: give one, e.g. --memory-budget 24GB")
         return 2

@@ -59,4 +59,3 @@ def trainable_tensors(backbone: str, method: str, **options) -> dict[str, tuple[
     with torch.device("meta"):
         state = attach(model, method, **options).state_dict()
     return {name: (tuple(t.shape), t.dtype) for name, t in state.items()}
-

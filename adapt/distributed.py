@@ -1,7 +1,7 @@
 """One training job on several processes: data parallel, one process per GPU (or, for tests and
 CPU machines, per CPU process with the gloo backend).
 
-    summaries = run_data_parallel(2, train_job, cfg, "data/", "runs/x")   # train --gpus 2
+    train_adapter(cfg, dataset, "runs/x", gpus=2)     # adapt.pipeline; train --gpus 2
 
 Every process builds the same model from the same seed and draws the same batch each step (the
 trainer's generators depend only on seed and step); each computes the gradients of its share of
@@ -12,13 +12,64 @@ events, checkpoints and the adapter and scores the held-out split; a resume read
 checkpoint in every process. Random draws inside the loss (a jittered box prompt, augmentation)
 are taken per process, so a data-parallel run is the same as a single-process one exactly only
 where the loss draws nothing (prompt-free, no augmentation): the test checks that case.
+
+This module holds the processes (run_data_parallel), what a process asks about its place among
+them (`ranks()`) and how a cancel reaches them (`stop_flag`); what each process runs is
+adapt.pipeline's.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import replace
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+STOP_FLAG = "stop.flag"  # in the run folder: the ranks stop at their next step once it exists
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel run, or a single process's (rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0 writes the events, checkpoints and adapter and evaluates."""
+        return self.rank == 0
+
+    @property
+    def alone(self) -> bool:
+        return self.size == 1
+
+    def share(self, batch: list) -> list:
+        """This process's images of the step's batch."""
+        return batch[self.rank :: self.size]
+
+    def sum(self, params, loss: torch.Tensor) -> None:
+        """Sum every gradient (and the loss) over the ranks: each rank computed its share of the
+        batch, weighted by its share, so the sum is the whole batch's gradient on every rank."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+        dist.all_reduce(loss)
+
+
+def ranks() -> Ranks:
+    """This process's place: in a process group (run_data_parallel), its rank; else alone."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
 
 
 def _free_port() -> int:
@@ -28,9 +79,6 @@ def _free_port() -> int:
 
 
 def _entry(rank: int, world_size: int, port: int, backend: str, fn, args, results) -> None:
-    import torch
-    import torch.distributed as dist
-
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
@@ -44,9 +92,6 @@ def _entry(rank: int, world_size: int, port: int, backend: str, fn, args, result
 def run_data_parallel(world_size: int, fn, *args, backend: str | None = None) -> list:
     """Run fn(rank, *args) in `world_size` processes joined in one process group (nccl when there
     are that many GPUs, else gloo); returns each rank's result (what it returns must pickle)."""
-    import torch
-    import torch.multiprocessing as mp
-
     if world_size < 1:
         raise ValueError(f"the number of processes must be at least 1, not {world_size}")
     if backend is None:
@@ -59,43 +104,30 @@ def run_data_parallel(world_size: int, fn, *args, backend: str | None = None) ->
         return [results.get(r) for r in range(world_size)]
 
 
-def train_job(
-    rank: int,
-    cfg,
-    data: str,
-    out: str,
-    holdout=None,
-    task: str | None = None,
-    threads: int = 1,
-    resume: bool = False,
-    stop_file: str | None = None,
-    on_eval=None,
-    source: str | None = None,
-    max_pixels: int | None = None,
-) -> dict:
-    """One process of a data-parallel `train_adapter` on the dataset at `data` (each process loads
-    it); on a GPU machine, rank r trains on cuda:r. Returns rank 0's summary (others: None).
+@contextmanager
+def stop_flag(folder: Path, should_stop: Callable[[], bool] | None) -> Iterator[str | None]:
+    """The path of a flag file the ranks watch (None when nothing can stop the run): this
+    process creates it once `should_stop()` says so, from a thread, because the ranks cannot call
+    this process's function. The flag is removed before and after."""
+    if should_stop is None:
+        yield None
+        return
+    flag = Path(folder) / STOP_FLAG
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.unlink(missing_ok=True)
+    done = threading.Event()
 
-    stop_file: the run stops (checkpointed, status "cancelled") at the next step once this file
-    exists; every rank sees it (how the studio's worker cancels a multi-GPU job). on_eval: rank 0's
-    callback at each evaluation (the studio's previews)."""
-    import torch
+    def watch():
+        while not done.wait(0.5):
+            if should_stop():
+                flag.touch()
+                return
 
-    from adapt.data import load_dataset
-    from adapt.pipeline import train_adapter
-
-    torch.set_num_threads(threads)
-    if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
-        cfg = replace(cfg, device=f"cuda:{rank}")
-    extra = {"max_pixels": max_pixels} if max_pixels else {}
-    options = {"source": source} if source else {}
-    if stop_file:
-        options["should_stop"] = lambda: os.path.exists(stop_file)
-    if on_eval is not None and rank == 0:
-        options["on_eval"] = on_eval
-    dataset = load_dataset(data, task=task or cfg.task, **extra)
-    summary = train_adapter(cfg, dataset, out, holdout=holdout, resume=resume, **options)
-    if rank != 0:
-        return None
-    summary.pop("run", None)
-    return {k: (str(v) if k == "adapter" else v) for k, v in summary.items()}
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield str(flag)
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+        flag.unlink(missing_ok=True)

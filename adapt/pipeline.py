@@ -1,27 +1,34 @@
 """The use cases: what the CLI and the studio ask of the library, each spelled out once.
 
-    train_adapter(cfg, dataset, out)          split, train, save OUT/adapter with its model card
+    train_adapter(cfg, dataset, out, gpus=1)  split, train (data parallel on gpus > 1), save OUT/adapter
     warm_start(cfg, adapter)                  cfg continuing from a saved adapter (the retrain step)
+    interactive_predictor(backbone)           the click labeller's predictor
     evaluate_adapter(adapter, dataset)        frozen vs adapted scores on a dataset
     inference_task(adapter=... | backbone=...)  a task ready to predict, and the adapter's config
     count_params(backbone, method, **options) parameter counts on the real architecture, instantly
     encoder_shape(backbone)                   tokens, width and depth of the image encoder
 
-`python -m adapt` and the studio (app/worker.py, app/service.py) call these and nothing below
+What a run is before it starts (defaults, memory plan) is adapt.preflight's.
+
+`python -m adapt` and the studio (its job runners and app/studio.py) call these and nothing below
 them, so a change to what "train an adapter" means is made here once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from adapt.backbones import build_backbone, family_of
 from adapt.counts import count_params, encoder_shape  # noqa: F401  (re-exported for the CLI and the studio)
+from adapt.data import load_dataset
+from adapt.distributed import ranks, run_data_parallel, stop_flag
 from adapt.export import base_backbone, load_adapter, load_merged, read_adapter, save_adapter
+from adapt.predictor import InteractivePredictor
 from adapt.tasks import attach_task_head, make_task, task_for_family, task_options
 from adapt.train import Evaluated, TrainConfig, train
 from adapt.weights import resolve_checkpoint
@@ -76,19 +83,41 @@ def train_adapter(
     source: str | None = None,
     resume: bool = False,
     echo: Callable[[dict], None] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
+    should_stop: Callable[[], bool] | None = None,
     on_eval: Callable[[Evaluated], None] | None = None,
     adapter: str | Path | None = None,
+    gpus: int = 1,
 ) -> dict:
     """Split `dataset` (holdout: see Dataset.split), train `cfg` into `out` (events, checkpoint;
     `resume` continues from it) and, when training finished, save the adapter to OUT/adapter
     with the held-out scores and a data summary in its model card (`adapter`: another folder).
 
-    A warm start (cfg.init_adapter, see `warm_start`) is recorded in the model card's data.
+    `gpus` > 1: data parallel, one process each (adapt.distributed), each loading the dataset
+    from where `dataset` was loaded (Dataset.origin); `should_stop` reaches them through a flag
+    file, `on_eval` runs in rank 0 (it must pickle) and `echo` is not called (the events file has
+    everything). A warm start (cfg.init_adapter, see `warm_start`) is recorded in the model card.
     Returns the trainer's summary (status, step, frozen, adapted, initial, counts, seconds) plus
     "adapter" (its folder, or None when the run was cancelled) and "train_images" /
     "heldout_images".
     """
+    if gpus > 1:  # each process loads the dataset and runs the single-process path below
+        if dataset.origin is None:
+            raise ValueError("data-parallel training loads the dataset in each process: load it from a folder or zip")
+        threads = max(1, torch.get_num_threads() // gpus)  # this process's threads, shared
+        with stop_flag(out, should_stop) as flag:
+            job = RankJob(
+                cfg,
+                dataset.origin,
+                str(out),
+                holdout=holdout,
+                source=source,
+                resume=resume,
+                adapter=adapter,
+                threads=threads,
+                stop_file=flag,
+                on_eval=on_eval,
+            )
+            return run_data_parallel(gpus, train_rank, job)[0]
     cfg = configure(cfg, dataset)
     train_set, heldout = dataset.split(holdout=holdout, seed=cfg.seed)
     train_samples, validation = validation_split(list(train_set), cfg.validation, cfg.seed)
@@ -98,7 +127,7 @@ def train_adapter(
         list(heldout),
         out,
         resume=resume,
-        should_stop=should_stop,
+        should_stop=should_stop or (lambda: False),
         echo=echo,
         on_eval=on_eval,
         validation_samples=validation,
@@ -107,11 +136,7 @@ def train_adapter(
     summary.update(
         adapter=None, train_images=len(train_samples), validation_images=len(validation), heldout_images=len(heldout)
     )
-    if summary["status"] != "done":
-        return summary
-    from adapt.train import world
-
-    if world()[0] != 0:  # data parallel: rank 0 saves the adapter
+    if summary["status"] != "done" or not ranks().lead:  # data parallel: rank 0 saves the adapter
         return summary
     data = {
         "source": source or str(dataset.source),
@@ -139,6 +164,46 @@ def train_adapter(
     return summary
 
 
+@dataclass(frozen=True)
+class RankJob:
+    """What each process of a data-parallel `train_adapter` is given (it pickles): the dataset as
+    load_dataset's arguments (each process loads its own copy), and a flag file in place of a
+    callback for cancelling."""
+
+    cfg: TrainConfig
+    data: dict  # load_dataset(**data); "path" at least
+    out: str
+    holdout: object = None
+    source: str | None = None
+    resume: bool = False
+    adapter: str | Path | None = None
+    threads: int = 1
+    stop_file: str | None = None
+    on_eval: Callable[[Evaluated], None] | None = None  # rank 0's
+
+
+def train_rank(rank: int, job: RankJob) -> dict | None:
+    """One process of a data-parallel `train_adapter` (run by adapt.distributed.run_data_parallel);
+    on a GPU machine, rank r trains on cuda:r. Returns rank 0's summary (others: None)."""
+    torch.set_num_threads(job.threads)
+    cfg = job.cfg
+    if torch.cuda.is_available() and cfg.device in ("auto", "cuda"):
+        cfg = replace(cfg, device=f"cuda:{rank}")
+    stop_file = job.stop_file
+    summary = train_adapter(
+        cfg,
+        load_dataset(**{"task": cfg.task, **job.data}),
+        job.out,
+        holdout=job.holdout,
+        source=job.source,
+        resume=job.resume,
+        should_stop=(lambda: Path(stop_file).exists()) if stop_file else None,
+        on_eval=job.on_eval if rank == 0 else None,
+        adapter=job.adapter,
+    )
+    return summary if rank == 0 else None
+
+
 # Training images below which none are kept aside: a choice made on one image is noise (on the
 # README's 7-image example, one validation image chose step 10 of 100, whose held-out IoU was 0.18
 # against the last step's 0.33), and each image counts more for training
@@ -161,6 +226,14 @@ def validation_split(samples: list, share: float, seed: int = 0) -> tuple[list, 
     n = min(len(samples) - 1, max(MIN_VALIDATION_IMAGES, round(share * len(samples))))
     chosen = set(order[:n])
     return [s for i, s in enumerate(samples) if i not in chosen], [s for i, s in enumerate(samples) if i in chosen]
+
+
+def interactive_predictor(backbone: str, *, device="cpu", capacity: int = 8, download: bool = False):
+    """The click labeller's predictor (adapt.predictor): the frozen `backbone` with its family's
+    task, its weights already here unless `download`, on `device`, caching the image embeddings
+    of `capacity` images."""
+    model = build_backbone(backbone, checkpoint=resolve_checkpoint(backbone, download=download)).to(device)
+    return InteractivePredictor(make_task(task_for_family(model.family), model), capacity=capacity, device=device)
 
 
 def evaluate_adapter(adapter: str | Path, dataset, task: str | None = None, checkpoint=None, **overrides) -> dict:

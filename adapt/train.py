@@ -8,18 +8,21 @@
   stopped after k steps and resumed from its checkpoint repeats the uninterrupted run's steps.
   Checkpoints (adapter tensors + optimizer state + step) are written atomically every
   `checkpoint_every` steps and on cancel.
-- Events: one JSON object per line in events.jsonl (step, loss, lr, throughput, eta; held-out
-  metrics; done / cancelled / error), which the CLI shows as a progress bar and the app reads.
+- Events (adapt.events): one JSON object per line in events.jsonl (step, loss, lr, throughput,
+  eta; held-out metrics; done / cancelled / error), which the CLI shows as a progress bar and the
+  app reads.
 - A non-finite loss stops the run with a message saying at which step and what to try.
 - Cancellation: `should_stop()` is checked between steps.
 - The frozen model is scored on the held-out split before the first step (every method is the
   identity at step 0), and the adapted model after the last, so both figures come from one run.
+- With validation images, the best evaluated state is the one returned (BestState).
+- Data parallel (adapt.distributed): every rank runs this loop on its share of each batch; rank 0
+  writes, evaluates and checkpoints (Run.ranks).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import math
 import shutil
 import time
@@ -32,14 +35,28 @@ import torch
 
 from adapt.backbones import build_backbone
 from adapt.data.augment import augment
-from adapt.files import atomic_path, remove_parts, write_text
+from adapt.distributed import ranks
+from adapt.events import (
+    EVENTS_NAME,
+    BestCheckpoint,
+    EarlyStop,
+    Error,
+    Eval,
+    EventLog,
+    OutOfMemory,
+    Resumed,
+    Start,
+    Step,
+    WarmStart,
+    ended,
+)
+from adapt.files import atomic_path, remove_parts
 from adapt.methods import attach
 from adapt.metrics import main_score, not_better_warning
 from adapt.tasks import Task, make_task
 from adapt.weights import resolve_checkpoint
 
 CHECKPOINT_NAME = "checkpoint.pt"
-EVENTS_NAME = "events.jsonl"
 
 
 class TrainingError(RuntimeError):
@@ -132,36 +149,6 @@ class Evaluated:
     samples: list
 
 
-class EventLog:
-    def __init__(self, path: Path | None, echo: Callable[[dict], None] | None = None):
-        self.path, self.echo = path, echo
-
-    def rewind(self, step: int) -> None:
-        """Drop the events a resumed run will repeat: everything after the step its checkpoint was
-        taken at (steps, evaluations, and how the interrupted run ended). The file is rewritten
-        atomically; a half-written last line (a kill mid-write) goes too."""
-        if self.path is None or not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("step", 0) <= step and event.get("type") not in ("done", "cancelled", "error"):
-                kept.append(line)
-        write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def __call__(self, kind: str, **fields):
-        event = {"type": kind, "time": round(time.time(), 3), **fields}
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(event) + "\n")
-        if self.echo is not None:
-            self.echo(event)
-        return event
-
-
 def _atomic_torch_save(obj, path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # our handle: closed (and freed) on failure
         try:
@@ -191,6 +178,11 @@ class Run:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        self.ranks = ranks()  # this process's place in a data-parallel run (rank 0 of 1 alone)
+        if cfg.batch_size < self.ranks.size:
+            raise TrainingError(
+                f"a batch of {cfg.batch_size} cannot be shared by {self.ranks.size} processes: raise the batch size"
+            )
         self.device = cfg.resolved_device()
         self.backbone, self.task, self.handle = build_model(cfg)
         if cfg.accumulate < 1 or cfg.accumulate > cfg.batch_size:
@@ -254,28 +246,7 @@ class Run:
         self.step = state["step"]
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of a data-parallel run (adapt.distributed), (0, 1) otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_reduce_gradients(run: Run) -> None:
-    """Sum every trainable gradient over the ranks: each rank computed its share of the batch,
-    weighted by its share, so the sum is the whole batch's gradient on every rank."""
-    import torch.distributed as dist
-
-    for group in run.groups:
-        for p in group["params"]:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-
-
-def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> torch.Tensor:
+def _step_gradients(run: Run, train_samples, log: EventLog) -> torch.Tensor:
     """The gradients of one optimizer step, left in .grad; returns the step's loss.
 
     Gradient accumulation: the step's batch in `run.accumulate` micro-batches, each loss weighted
@@ -283,16 +254,15 @@ def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> 
     means over samples; prompts come from the same generator in the same order). A CUDA
     out-of-memory error halves the micro-batch (doubles the accumulation) and redoes the step from
     its start, at most MAX_OOM_RETRIES times, saying so in the log; then the run stops with a
-    message. Nothing is lost: the optimizer has not moved."""
+    TrainingError (as it does on a non-finite loss). Nothing is lost: the optimizer has not moved."""
     cfg = run.cfg
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
-    rank, size = world()
     for attempt in range(MAX_OOM_RETRIES + 1):
         prepared, rng = _batch(train_samples, run.step, cfg, run.task)  # the same draws on a retry
         torch.manual_seed(cfg.seed * 1_000_003 + run.step)  # dropout etc.: a function of the step
         run.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=run.device)
-        share = prepared[rank::size]  # data parallel: this rank's images of the step's batch
+        share = run.ranks.share(prepared)  # data parallel: this rank's images of the step's batch
         try:
             for part in _micro_batches(share, min(run.accumulate, len(share))):
                 with torch.autocast(
@@ -300,23 +270,19 @@ def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> 
                 ):
                     part_loss = run.task.loss(part, rng, run.device) * (len(part) / len(prepared))
                 if not torch.isfinite(part_loss):
-                    save_checkpoint()
                     msg = (
                         f"the loss became {part_loss.item()} at step {run.step + 1}; nothing was saved as an adapter. "
                         f"Try a lower learning rate (now {cfg.lr:g}, head {cfg.head_lr:g}) or check the masks."
                     )
-                    log("error", step=run.step, message=msg)
+                    log(Error(step=run.step, message=msg))
                     raise TrainingError(msg)
                 (run.scaler.scale(part_loss) if run.scaler is not None else part_loss).backward()
                 loss = loss + part_loss.detach()
-            if size > 1:
-                import torch.distributed as dist
-
-                _all_reduce_gradients(run)
-                dist.all_reduce(loss)
+            if not run.ranks.alone:
+                run.ranks.sum([p for g in run.groups for p in g["params"]], loss)
             return loss
         except torch.cuda.OutOfMemoryError:
-            if size > 1:  # the other ranks are waiting in all_reduce: no retry that they would miss
+            if not run.ranks.alone:  # the other ranks are waiting in all_reduce: no retry that they would miss
                 raise
             run.optimizer.zero_grad(set_to_none=True)
             if run.device.type == "cuda":
@@ -329,18 +295,32 @@ def _step_gradients(run: Run, train_samples, log: EventLog, save_checkpoint) -> 
                     f"{'on' if cfg.checkpointing else 'off'}, {run.precision}). Try activation checkpointing, a "
                     "smaller batch, a smaller backbone or a lighter method; the checkpoint keeps the steps done."
                 )
-                save_checkpoint()
-                log("error", step=run.step, message=msg)
+                log(Error(step=run.step, message=msg))
                 raise TrainingError(msg) from None
             run.accumulate = min(len(prepared), run.accumulate * 2)
-            log(
-                "oom",
-                step=run.step,
-                accumulate=run.accumulate,
-                message=f"out of memory at step {run.step + 1}: retrying it in micro-batches of "
-                f"{-(-len(prepared) // run.accumulate)} (accumulation {run.accumulate})",
+            message = (
+                f"out of memory at step {run.step + 1}: retrying it in micro-batches of "
+                f"{-(-len(prepared) // run.accumulate)} (accumulation {run.accumulate})"
             )
+            log(OutOfMemory(step=run.step, accumulate=run.accumulate, message=message))
     raise AssertionError("unreachable")
+
+
+def _optimizer_step(run: Run, train_samples, log: EventLog) -> tuple[float, float | None]:
+    """One step: gradients, clipping (of the unscaled gradients), the optimizer; returns the
+    step's loss and the gradient norm (None without clipping)."""
+    loss = _step_gradients(run, train_samples, log)
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients
+    params = [p for g in run.groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.clip_grad) if run.cfg.clip_grad else None
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)  # skipped when the scaled gradients overflowed
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.step += 1
+    return round(loss.item(), 6), None if grad_norm is None else round(float(grad_norm), 4)
 
 
 def _micro_batches(prepared: list, pieces: int) -> list[list]:
@@ -359,6 +339,144 @@ def _batch(samples, step: int, cfg: TrainConfig, task: Task) -> tuple[list, np.r
             image, mask = augment(image, mask, rng, **task.augment_options)
         prepared.append(task.prepare(image, mask))
     return prepared, rng
+
+
+class BestState:
+    """Which state a run returns. With validation images, the best-scoring of the states evaluated
+    (the frozen one included: every method is the identity at its initialisation) and how many
+    evaluations have passed since it; without, the last. It also keeps the frozen model's held-out
+    scores once known. All of it goes into the checkpoint, so a resumed run chooses alike."""
+
+    def __init__(self, run: Run, validating: bool, saved: dict):
+        self.validating = validating
+        selection = saved.get("selection") or {"frozen_state": run.handle.state_dict(), "best": None, "since_best": 0}
+        self.frozen_state, self.best, self.since_best = (selection[k] for k in ("frozen_state", "best", "since_best"))
+        self.frozen_metrics = saved.get("frozen_metrics")
+
+    def saved(self) -> dict:
+        selection = {"frozen_state": self.frozen_state, "best": self.best, "since_best": self.since_best}
+        return {"frozen_metrics": self.frozen_metrics, "selection": selection}
+
+    def consider(self, metrics: dict | None, run: Run) -> None:
+        """Keep the run's current state when its validation score is the best so far."""
+        if not self.validating or metrics is None:
+            return
+        score = main_score(metrics)
+        if self.best is None or score > self.best["score"]:
+            self.best = {"score": score, "step": run.step, "state": run.handle.state_dict()}
+            self.since_best = 0
+        else:
+            self.since_best += 1
+
+    def patience_spent(self, patience: int) -> bool:
+        """`patience` evaluations without a better validation score (0: never)."""
+        return bool(patience) and self.validating and self.since_best >= patience
+
+    def restore(self, run: Run) -> int:
+        """Load the best state into the run (when it is not the current one); returns its step."""
+        if self.best["step"] != run.step:
+            run.handle.load_state_dict(self.best["state"])
+        return self.best["step"]
+
+
+class Checkpoint:
+    """The run's checkpoint file (no file without a run folder): every rank reads it on resume,
+    rank 0 writes it (atomically)."""
+
+    def __init__(self, out: Path | None, run: Run):
+        self.path = out / CHECKPOINT_NAME if out is not None else None
+        self.run = run
+
+    def load(self) -> dict:
+        """The saved state, loaded into the run ({} when there is none)."""
+        if self.path is None or not self.path.exists():
+            return {}
+        state = torch.load(self.path, map_location=self.run.device, weights_only=True)
+        self.run.load(state)
+        return state
+
+    def save(self, best: BestState) -> None:
+        if self.path is not None and self.run.ranks.lead:
+            _atomic_torch_save({**self.run.state(), **best.saved()}, self.path)
+
+
+class Scorer:
+    """Scores samples with the model as it is, logs the scores and shows them to `on_eval`; only
+    rank 0 evaluates (other ranks get None). `watched` are what the evaluations during training
+    score: the validation images when the run keeps some aside, else the held-out ones."""
+
+    def __init__(self, run: Run, log: EventLog, on_eval, validation: list, heldout: list):
+        self.run, self.log, self.on_eval = run, log, on_eval
+        self.watched, self.split = (validation, "validation") if validation else (heldout, "heldout")
+
+    def __call__(self, which: str, samples: list, split: str, final: bool = True) -> dict | None:
+        """Scores of `which` model ("frozen" | "adapted"); DIS metrics only on the final scores
+        (~0.5 s a 1024^2 image)."""
+        run = self.run
+        step = 0 if which == "frozen" else run.step
+        if not run.ranks.lead or not samples:
+            return None
+        run.backbone.model.eval()
+        metrics = run.task.evaluate(samples, device=run.device, dis=final)
+        self.log(Eval(step=step, split=split, model=which, metrics=metrics))
+        if self.on_eval is not None:
+            self.on_eval(Evaluated(step, which, final, metrics, run, list(samples)))
+        return metrics
+
+    def watch(self, which: str, final: bool = False) -> dict | None:
+        return self(which, self.watched, self.split, final)
+
+
+def _score_start(run: Run, best: BestState, score: Scorer, log: EventLog) -> dict | None:
+    """Before the first step: the frozen model on the watched images (a validation score is a
+    candidate for the best state; a held-out one is the frozen figure), then a warm start's loaded
+    adapter, whose state replaces the frozen one as the first candidate. Returns the warm start's
+    score."""
+    cfg = run.cfg
+    if run.step == 0 and best.best is None and best.frozen_metrics is None:
+        first = score.watch("frozen", final=not best.validating)
+        if best.validating:
+            best.consider(first, run)
+        else:
+            best.frozen_metrics = first  # no validation split: the curve is the held-out one
+    if not cfg.init_adapter or run.step != 0:
+        return None
+    run.warm_start(cfg.init_adapter)
+    log(WarmStart(step=0, adapter=str(cfg.init_adapter)))
+    initial = score.watch("adapted")
+    best.best = None  # the run continues the loaded adapter: its state is the first candidate
+    best.consider(initial, run)
+    return initial
+
+
+def _score_end(
+    run: Run, best: BestState, score: Scorer, log: EventLog, heldout: list
+) -> tuple[dict | None, int | None]:
+    """After the last step: the last state competes with the best validated one, which the run
+    keeps; then the held-out split, read now for the first time when validating, frozen and
+    adapted. Returns (adapted held-out scores, the best state's step or None)."""
+    run.backbone.model.eval()
+    best_step = None
+    if best.validating and run.ranks.lead:
+        best.consider(score.watch("adapted"), run)
+        best_step = best.restore(run)
+        log(BestCheckpoint(step=run.step, best_step=best_step, validation_score=round(best.best["score"], 6)))
+    if heldout and best.frozen_metrics is None:
+        kept = run.handle.state_dict()
+        run.handle.load_state_dict(best.frozen_state)
+        best.frozen_metrics = score("frozen", heldout, "heldout")
+        run.handle.load_state_dict(kept)
+    return score("adapted", heldout, "heldout"), best_step
+
+
+def _run_folder(out_dir, run: Run) -> Path | None:
+    """The run folder (None: none); rank 0 makes it and removes the temporary files of a run that
+    was killed mid-write."""
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and run.ranks.lead:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_parts(out)
+    return out
 
 
 def train(
@@ -387,156 +505,63 @@ def train(
     """
     if not train_samples:
         raise TrainingError("no training samples")
-    rank, size = world()
-    lead = rank == 0  # in a data-parallel run, rank 0 writes events and checkpoints and evaluates
-    if cfg.batch_size < size:
-        raise TrainingError(f"a batch of {cfg.batch_size} cannot be shared by {size} processes: raise the batch size")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and lead:
-        out.mkdir(parents=True, exist_ok=True)
-    log = EventLog(out / EVENTS_NAME if out and lead else None, echo if lead else None)
     run = Run(cfg)
-    ckpt_path = out / CHECKPOINT_NAME if out else None
-    frozen_metrics = None
-    if out is not None and lead:
-        remove_parts(out)  # temporary files of a run that was killed mid-write
-    state = {}
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=run.device, weights_only=True)
-        run.load(state)
-        frozen_metrics = state.get("frozen_metrics")
+    lead = run.ranks.lead  # in a data-parallel run, rank 0 writes events and checkpoints and evaluates
+    out = _run_folder(out_dir, run)
+    log = EventLog(out / EVENTS_NAME if out and lead else None, echo if lead else None)
+    checkpoint = Checkpoint(out, run)
+    saved = checkpoint.load() if resume else {}
+    validation_samples, heldout_samples = list(validation_samples), list(heldout_samples)
+    best = BestState(run, bool(validation_samples), saved)
+    score = Scorer(run, log, on_eval, validation_samples, heldout_samples)
+    if saved:
         log.rewind(run.step)  # each step shows once in curves, ETA and the log
-        log("resumed", step=run.step)
+        log(Resumed(step=run.step))
     else:
-        log(
-            "start",
-            config=asdict(cfg),
-            counts=run.handle.count(),
-            train=len(train_samples),
-            validation=len(validation_samples),
-            heldout=len(heldout_samples),
-            device=str(run.device),
-            precision=run.precision,
-        )
-    model = run.backbone.model
-    validation_samples = list(validation_samples)
-    watched = validation_samples or list(heldout_samples)  # what the evaluations during training score
-    watched_split = "validation" if validation_samples else "heldout"
-    # the state the frozen model is (every method is the identity at its initialisation) and the
-    # best validated one so far; kept in the checkpoint so that a resumed run chooses alike
-    selection = state.get("selection") or {"frozen_state": run.handle.state_dict(), "best": None, "since_best": 0}
-
-    def evaluate(which: str, samples, split: str, final: bool = True) -> dict | None:
-        """Score `samples` now with the model as it is ("frozen" or "adapted"); DIS metrics only
-        on the final scores (~0.5 s a 1024^2 image)."""
-        step = 0 if which == "frozen" else run.step
-        if not lead or not samples:
-            return None
-        model.eval()
-        metrics = run.task.evaluate(samples, device=run.device, dis=final)
-        log("eval", step=step, split=split, model=which, metrics=metrics)
-        if on_eval is not None:
-            on_eval(Evaluated(step, which, final, metrics, run, list(samples)))
-        return metrics
-
-    def consider(metrics: dict | None) -> None:
-        """Keep the current state when its validation score is the best so far."""
-        if not validation_samples or metrics is None:
-            return
-        score = main_score(metrics)
-        best = selection["best"]
-        if best is None or score > best["score"]:
-            selection["best"] = {"score": score, "step": run.step, "state": run.handle.state_dict()}
-            selection["since_best"] = 0
-        else:
-            selection["since_best"] += 1
-
-    initial_metrics = None
-    if run.step == 0 and selection["best"] is None and frozen_metrics is None:
-        first = evaluate("frozen", watched, watched_split, final=not validation_samples)
-        if validation_samples:
-            consider(first)
-        else:
-            frozen_metrics = first  # no validation split: the curve is the held-out one, as before
-    if cfg.init_adapter and run.step == 0:
-        # warm start: the frozen state above is the base model's; the adapted curve starts from
-        # the loaded adapter's score
-        run.warm_start(cfg.init_adapter)
-        log("warm_start", step=0, adapter=str(cfg.init_adapter))
-        initial_metrics = evaluate("adapted", watched, watched_split, final=False)
-        selection["best"] = None  # the run continues the loaded adapter: its state is the first candidate
-        consider(initial_metrics)
-
-    def save_checkpoint():
-        if ckpt_path is not None and lead:
-            _atomic_torch_save({**run.state(), "frozen_metrics": frozen_metrics, "selection": selection}, ckpt_path)
+        counts, device = run.handle.count(), str(run.device)
+        sizes = {"train": len(train_samples), "validation": len(validation_samples), "heldout": len(heldout_samples)}
+        log(Start(config=asdict(cfg), counts=counts, **sizes, device=device, precision=run.precision))
+    initial_metrics = _score_start(run, best, score, log)
 
     started, first_step = time.time(), run.step
     status = "done"
     while run.step < cfg.steps and run.optimizer is not None:
         if should_stop():
             status = "cancelled"
-            save_checkpoint()
+            checkpoint.save(best)
             break
-        model.train()
-        lr_f = run.set_lr()
-        loss = _step_gradients(run, train_samples, log, save_checkpoint)
-        if run.scaler is not None:
-            run.scaler.unscale_(run.optimizer)  # clip the true gradients
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_([p for g in run.groups for p in g["params"]], cfg.clip_grad)
-            if cfg.clip_grad
-            else None
-        )
-        if run.scaler is not None:
-            run.scaler.step(run.optimizer)  # skipped when the scaled gradients overflowed
-            run.scaler.update()
-        else:
-            run.optimizer.step()
-        run.step += 1
-        elapsed = time.time() - started
-        per_step = elapsed / (run.step - first_step)
-        log(
-            "step",
-            step=run.step,
-            loss=round(loss.item(), 6),
-            lr=cfg.lr * lr_f,
-            grad_norm=None if grad_norm is None else round(float(grad_norm), 4),
-            images_per_s=round(cfg.batch_size / per_step, 3),
-            eta_s=round(per_step * (cfg.steps - run.step), 1),
-        )
+        run.backbone.model.train()
+        lr = cfg.lr * run.set_lr()
+        try:
+            loss, grad_norm = _optimizer_step(run, train_samples, log)
+        except TrainingError:  # a non-finite loss, or out of memory: the steps done are kept
+            checkpoint.save(best)
+            raise
+        per_step = (time.time() - started) / (run.step - first_step)
+        throughput = {
+            "images_per_s": round(cfg.batch_size / per_step, 3),
+            "eta_s": round(per_step * (cfg.steps - run.step), 1),
+        }
+        log(Step(step=run.step, loss=loss, lr=lr, grad_norm=grad_norm, **throughput))
         if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < cfg.steps:
-            save_checkpoint()
+            checkpoint.save(best)
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
-            consider(evaluate("adapted", watched, watched_split, final=False))
+            best.consider(score.watch("adapted"), run)
             # (not in a data-parallel run: only rank 0 evaluates, and every rank must stop together)
-            if cfg.patience and validation_samples and size == 1 and selection["since_best"] >= cfg.patience:
-                log("early_stop", step=run.step, best_step=selection["best"]["step"], patience=cfg.patience)
+            if run.ranks.alone and best.patience_spent(cfg.patience):
+                log(EarlyStop(step=run.step, best_step=best.best["step"], patience=cfg.patience))
                 break
     adapted_metrics, best_step = None, None
     if status == "done":
-        model.eval()
-        if validation_samples and lead:  # the last state competes too; the best one is what the run returns
-            consider(evaluate("adapted", watched, watched_split, final=False))
-            best = selection["best"]
-            best_step = best["step"]
-            if best_step != run.step:
-                run.handle.load_state_dict(best["state"])
-            log("best_checkpoint", step=run.step, best_step=best_step, validation_score=round(best["score"], 6))
-        if heldout_samples and frozen_metrics is None:  # the held-out split, read now for the first time
-            kept = run.handle.state_dict()
-            run.handle.load_state_dict(selection["frozen_state"])
-            frozen_metrics = evaluate("frozen", heldout_samples, "heldout")
-            run.handle.load_state_dict(kept)
-        adapted_metrics = evaluate("adapted", heldout_samples, "heldout")
-        save_checkpoint()
+        adapted_metrics, best_step = _score_end(run, best, score, log, heldout_samples)
+        checkpoint.save(best)
     summary = {
         "status": status,
         "step": run.step,
         "best_step": best_step,
-        "frozen": frozen_metrics,
+        "frozen": best.frozen_metrics,
         "adapted": adapted_metrics,
-        "warning": not_better_warning(frozen_metrics, adapted_metrics, cfg.lr, cfg.steps, cfg.method),
+        "warning": not_better_warning(best.frozen_metrics, adapted_metrics, cfg.lr, cfg.steps, cfg.method),
         "initial": initial_metrics,
         "precision": run.precision,
         "accumulate": run.accumulate,
@@ -544,6 +569,6 @@ def train(
         "counts": run.handle.count(),
         "seconds": round(time.time() - started, 2),
     }
-    log(status, **{k: v for k, v in summary.items() if k != "status"})
+    log(ended(status, **{k: v for k, v in summary.items() if k != "status"}))
     summary["run"] = run
     return summary

@@ -21,9 +21,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapt.events import EVENTS_NAME
 from adapt.files import write_text
 from adapt.pipeline import ADAPTER_DIR
-from adapt.train import CHECKPOINT_NAME, EVENTS_NAME
+from adapt.train import CHECKPOINT_NAME
 
 
 def _int(name: str, default: int) -> int:

@@ -16,7 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from adapt.pipeline import interactive_predictor
 from adapt.tasks import TASKS
+from app.placement import cache_entries, place
 
 DISPLAY = 768
 BRUSH_ADD, BRUSH_ERASE = "#00ff00", "#ff0000"
@@ -29,19 +31,11 @@ _predictors_lock = threading.Lock()
 def predictor(backbone: str = "tiny-sam"):
     """One interactive SAM predictor per backbone (its image embeddings are cached), on the GPU when
     there is room for it (app.placement); `pred.placement` says where it runs."""
-    from adapt.backbones import build_backbone
-    from adapt.predictor import InteractivePredictor
-    from adapt.train import make_task
-    from adapt.weights import resolve_checkpoint
-    from app.placement import cache_entries, place
-
     with _predictors_lock:
         if backbone not in _predictors:
-            bb = build_backbone(backbone, checkpoint=resolve_checkpoint(backbone, download=False))
-            where = place(bb, backbone)
-            pred = InteractivePredictor(
-                make_task("dichotomous", bb), capacity=cache_entries(backbone, where.device), device=where.device
-            )
+            pred = interactive_predictor(backbone)  # on the CPU until placed
+            where = place(pred.task.backbone, backbone)
+            pred.device, pred.capacity = where.device, cache_entries(backbone, where.device)
             pred.placement = where
             _predictors[backbone] = (pred, threading.Lock())
         return _predictors[backbone]

@@ -1,14 +1,27 @@
-"""A job's progress, read from the events.jsonl its trainer writes (one JSON object per line)."""
+"""A job's progress as the studio shows it: adapt.events' fold of the job's events.jsonl, read
+incrementally (every poll of every client asks), with the job log's lines and the charts' rows."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from adapt.events import (
+    ENDINGS,
+    BestCheckpoint,
+    EarlyStop,
+    Eval,
+    LabellingStart,
+    Progress,
+    Resumed,
+    Start,
+    Step,
+    kind,
+    parse,
+)
 from app.config import JobFiles
 
 LOG_LINES = 40
@@ -16,17 +29,11 @@ METRICS = ("iou", "dice", "miou", "pixel_acc")  # what the held-out chart draws
 
 
 @dataclass
-class Progress:
-    steps: list = field(default_factory=list)  # (step, loss)
-    evals: list = field(default_factory=list)  # (step, model, metrics, split)
+class JobProgress(Progress):
+    """A job's progress (adapt.events.Progress) with what the studio shows of it: the log lines
+    and the charts' rows."""
+
     log: list = field(default_factory=list)  # human-readable lines
-    step: int = 0
-    eta_s: float | None = None
-    last_loss: float | None = None
-    frozen: dict | None = None
-    adapted: dict | None = None
-    warning: str | None = None  # the run's not-better-than-frozen sentence, when it has one
-    best_step: int | None = None  # the step whose state the run returned (by its validation images)
     signature: tuple = ()  # changes whenever the file does
 
     def curves(self) -> dict:
@@ -57,56 +64,38 @@ class Progress:
 
 
 def _line(event: dict) -> str | None:
-    kind = event.get("type")
+    """The event as a line of the job's log (None: not shown there)."""
+    name = kind(event)
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
-    if kind == "start" and "images" in event:  # a labelling job
+    if name == LabellingStart.type and "images" in event:
         return f"{stamp} start: labelling {event['images']} images with {event.get('model')} on {event.get('backbone')}"
-    if kind == "start":
+    if name == Start.type:
         return (
             f"{stamp} start: {event.get('train')} training / {event.get('heldout')} held-out images on "
             f"{event.get('device')}, {event.get('counts', {}).get('trainable', 0):,} trainable parameters"
         )
-    if kind == "step":
+    if name == Step.type:
         return f"{stamp} step {event['step']}: loss {event['loss']:.4f}, lr {event['lr']:.2e}, eta {event.get('eta_s', 0):.0f} s"
-    if kind == "eval":
+    if name == Eval.type:
         m = event.get("metrics", {})
         scores = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
         where = "validation" if event.get("split") == "validation" else "held-out"
         return f"{stamp} {where} ({event.get('model')}) at step {event['step']}: {scores}"
-    if kind == "early_stop":
+    if name == EarlyStop.type:
         return f"{stamp} early stop at step {event['step']}: no better validation score in {event.get('patience')} evaluations"
-    if kind == "best_checkpoint":
+    if name == BestCheckpoint.type:
         return f"{stamp} best checkpoint: step {event.get('best_step')} (by the validation images)"
-    if kind == "labelled":
-        return None  # one per image: the status line shows the count
-    if kind in ("done", "cancelled", "resumed", "error"):
+    if name in (*ENDINGS, Resumed.type):  # (Labelled: one per image, the status line shows the count)
         extra = event.get("message") or (f"at step {event.get('step')}" if "step" in event else "")
-        return f"{stamp} {kind} {extra}".rstrip()
+        return f"{stamp} {name} {extra}".rstrip()
     return None
 
 
-def _apply(p: Progress, raw: bytes) -> None:
-    try:
-        event = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):  # a line cut by a kill
+def _apply(p: JobProgress, raw: bytes) -> None:
+    event = parse(raw)
+    if event is None:  # a line cut by a kill
         return
-    kind = event.get("type")
-    if kind == "step":
-        p.steps.append((event["step"], event["loss"]))
-        p.step, p.eta_s, p.last_loss = event["step"], event.get("eta_s"), event["loss"]
-    elif kind == "labelled":  # a labelling job: images done so far
-        p.step, p.eta_s = event["step"], event.get("eta_s")
-    elif kind == "eval":
-        split = event.get("split") or "heldout"
-        p.evals.append((event["step"], event.get("model"), event.get("metrics", {}), split))
-        if event.get("model") == "frozen" and split == "heldout":
-            p.frozen = event.get("metrics")
-    elif kind == "best_checkpoint":
-        p.best_step = event.get("best_step")
-    elif kind in ("done", "resumed"):
-        p.step = event.get("step", p.step)
-        if kind == "done":
-            p.adapted, p.eta_s, p.warning = event.get("adapted"), 0, event.get("warning")
+    p.apply(event)
     line = _line(event)
     if line:
         p.log.append(line)
@@ -115,24 +104,24 @@ def _apply(p: Progress, raw: bytes) -> None:
 # Every poll of every client reads its job's progress: the parsed events are kept per file (as
 # long as it is the same file, i.e. not rewritten by a resume) and only lines appended since the
 # last read are parsed, so a status call costs a stat and a few lines, not the whole run.
-_CACHE: OrderedDict[str, tuple[int, int, Progress]] = OrderedDict()  # path -> (inode, offset, progress)
+_CACHE: OrderedDict[str, tuple[int, int, JobProgress]] = OrderedDict()  # path -> (inode, offset, progress)
 _CACHE_SIZE = 256
 _LOCK = threading.Lock()
 
 
-def read_progress(folder: Path) -> Progress:
+def read_progress(folder: Path) -> JobProgress:
     """The progress of the job whose folder this is (an empty Progress when nothing is written yet).
     A line still being written (no newline yet) is left for the next read."""
     path = JobFiles(Path(folder)).events
     try:
         st = path.stat()
     except OSError:
-        return Progress()
+        return JobProgress()
     key = str(path)
     with _LOCK:
         inode, offset, p = _CACHE.pop(key, (None, 0, None))
         if p is None or inode != st.st_ino or st.st_size < offset:  # new, or rewritten: from the start
-            inode, offset, p = st.st_ino, 0, Progress()
+            inode, offset, p = st.st_ino, 0, JobProgress()
         if st.st_size > offset:
             with open(path, "rb") as f:
                 f.seek(offset)

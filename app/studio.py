@@ -15,14 +15,17 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from adapt.files import copy_file, format_bytes, zip_folder
 from adapt.methods import methods_for
+from adapt.planner import parse_bytes
+from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan
 from adapt.tasks import TASKS
+from adapt.train import TrainConfig
 from app.catalog import backbone_for, family_for_task, has_gpu
 from app.checks import (  # noqa: F401  (the app's modules import these from here)
     MAX_CLASSES,
@@ -49,11 +52,14 @@ from app.progress import read_progress
 MAX_BUDGET_TEXT = 32  # characters in a memory budget ("24GB")
 
 
-def job_plan(backbone: str, method: str, batch_size: int, budget: str | None = None, options: dict | None = None):
-    """The pre-flight plan (adapt.planner) a job gets, or None when there is nothing to plan: on a
-    GPU machine for the GPU's free memory less the app predictor's reservation, capped by `budget`
-    when one is given; on a CPU-only machine only for a given `budget` (RAM, fp32)."""
-    from adapt.planner import make_plan, parse_bytes
+def job_plan(
+    backbone: str, method: str, batch_size: int, budget: str | None = None, options: dict | None = None, gpus: int = 1
+):
+    """The pre-flight plan (adapt.preflight.memory_plan) a job gets, or None when there is nothing
+    to plan: on a GPU machine for the GPU's free memory less the app predictor's reservation,
+    capped by `budget` when one is given; on a CPU-only machine only for a given `budget` (RAM,
+    fp32). With `gpus`, for each GPU's share of the batch."""
+    from app.placement import reservation
 
     text = as_text(budget, "the memory budget", MAX_BUDGET_TEXT).strip()
     try:
@@ -62,19 +68,15 @@ def job_plan(backbone: str, method: str, batch_size: int, budget: str | None = N
         raise UserError(f"memory budget: {e}") from None
     if limit is not None and limit < 1:
         raise UserError("memory budget: give a positive size, e.g. 16GB")
-    if has_gpu():
-        import torch
-
-        from app.placement import reservation
-
-        free = max(torch.cuda.mem_get_info()[0] - reservation(backbone), 0)
-        limit = free if limit is None else min(limit, free)
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    elif limit is None:
-        return None
-    else:
-        precision = "fp32"
-    return make_plan(backbone, method, batch_size, limit, precision, **(options or {}))
+    gpu = has_gpu()
+    cfg = TrainConfig(
+        backbone=backbone,
+        method=method,
+        batch_size=batch_size,
+        method_options=dict(options or {}),
+        device="cuda" if gpu else "cpu",
+    )
+    return memory_plan(cfg, limit, gpus=gpus, reserve=reservation(backbone) if gpu else None)
 
 
 def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | None = None) -> str:
@@ -252,7 +254,6 @@ class Studio:
         `memory_budget` ("16GB"): the job is planned to fit it (job_plan); `gpus`: data-parallel on
         that many GPUs (the supervisor gives the job a worker holding them)."""
         from adapt.pipeline import configure, warm_start
-        from adapt.train import TrainConfig
 
         check_owner(owner)
         if not as_text(dataset_zip, "the dataset zip"):
@@ -273,13 +274,13 @@ class Studio:
         self.check_storage(owner, Path(dataset_zip).stat().st_size if Path(dataset_zip).is_file() else 0)
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
         dataset.close()
-        every = max(1, steps // 8)
+        every = eval_every(steps)  # the studio previews at each evaluation
         cfg = TrainConfig(
             task=task,
             backbone=backbone,
             method=method,
             method_options=dict(options or {}),
-            task_options=dict(TASKS[task].default_options),
+            task_options=default_task_options(task),
             steps=steps,
             batch_size=batch_size,
             lr=float(lr),
@@ -312,16 +313,16 @@ class Studio:
         return job_id
 
     def _fit_to_plan(self, cfg, budget: str | None = None, gpus: int = 1):
-        """The pre-flight plan (job_plan): the job gets the plan's accumulation and checkpointing,
-        or is refused before it is queued, saying what would fit. On a CPU-only machine without a
-        budget, the job runs as asked."""
-        share = -(-cfg.batch_size // gpus)  # each GPU's part of the batch
-        plan = job_plan(cfg.backbone, cfg.method, share, budget, cfg.method_options)
+        """The pre-flight plan (job_plan): the job gets the plan's accumulation and checkpointing
+        (for each GPU's share of the batch), or is refused before it is queued, saying what would
+        fit. On a CPU-only machine without a budget, the job runs as asked."""
+        plan = job_plan(cfg.backbone, cfg.method, cfg.batch_size, budget, cfg.method_options, gpus)
         if plan is None:
             return cfg
-        if not plan.fits:
-            raise UserError(f"this job would not fit: {plan.describe()}")
-        return replace(cfg, accumulate=plan.accumulate, checkpointing=plan.checkpointing)  # per GPU share
+        try:
+            return fit_to_plan(cfg, plan)
+        except ValueError as e:
+            raise UserError(f"this job would not fit: {e}") from None
 
     def job(self, owner: str, job_id: str) -> dict:
         check_owner(owner)

@@ -10,9 +10,9 @@ import torch
 
 from adapt.data import load_dataset
 from adapt.data.synthetic import make_dataset, write_folder
-from adapt.distributed import run_data_parallel, train_job
+from adapt.distributed import run_data_parallel
 from adapt.export import read_adapter
-from adapt.pipeline import train_adapter
+from adapt.pipeline import RankJob, train_adapter, train_rank
 from adapt.train import TrainConfig
 
 pytest.importorskip("torch.distributed")
@@ -33,7 +33,8 @@ def test_two_processes_train_the_adapter_one_process_trains(tmp_path):
         device="cpu",
     )
     single = train_adapter(cfg, load_dataset(data), tmp_path / "single", holdout=2)
-    results = run_data_parallel(2, train_job, cfg, str(data), str(tmp_path / "dp"), 2, None, 1, backend="gloo")
+    job = RankJob(cfg, {"path": str(data)}, str(tmp_path / "dp"), holdout=2)
+    results = run_data_parallel(2, train_rank, job, backend="gloo")
     assert results[1] is None and results[0]["status"] == "done" and results[0]["step"] == 3
     _, one = read_adapter(single["adapter"])
     _, two = read_adapter(tmp_path / "dp" / "adapter")
@@ -49,7 +50,7 @@ def test_two_processes_train_the_adapter_one_process_trains(tmp_path):
     assert sum(e["type"] == "start" for e in events) == 1 and sum(e["type"] == "step" for e in events) == 3
     # resume: every process reads rank 0's checkpoint (step 2 of 3 written) and finishes the run
     longer = TrainConfig(**{**cfg.__dict__, "steps": 4})
-    again = run_data_parallel(2, train_job, longer, str(data), str(tmp_path / "dp"), 2, None, 1, True, backend="gloo")
+    again = run_data_parallel(2, train_rank, RankJob(longer, job.data, job.out, holdout=2, resume=True), backend="gloo")
     assert again[0]["status"] == "done" and again[0]["step"] == 4
 
 
@@ -59,5 +60,7 @@ def test_a_batch_smaller_than_the_processes_is_refused(tmp_path):
     data = write_folder(make_dataset("camouflage", n=4, size=64, seed=2), tmp_path / "data", task="dichotomous")
     cfg = TrainConfig(steps=1, batch_size=1, device="cpu")
     with pytest.raises(Exception, match="cannot be shared by 2 processes"):
-        run_data_parallel(2, train_job, cfg, str(data), str(tmp_path / "dp"), 1, None, 1, backend="gloo")
+        run_data_parallel(
+            2, train_rank, RankJob(cfg, {"path": str(data)}, str(tmp_path / "dp"), holdout=1), backend="gloo"
+        )
     assert issubclass(TrainingError, RuntimeError)

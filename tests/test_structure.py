@@ -206,7 +206,20 @@ def test_job_folder_names_are_spelled_once():
     for name in names:
         assert occurrences(r"(?<![\w.-])" + re.escape(name) + r"[\"']") == {"app/config.py"}, name
     assert occurrences(r"[\"']checkpoint\.pt[\"']") == {"adapt/train.py"}
-    assert occurrences(r"[\"']events\.jsonl[\"']") == {"adapt/train.py"}
+    assert occurrences(r"[\"']events\.jsonl[\"']") == {"adapt/events.py"}
+
+
+def test_the_event_log_has_one_owner():
+    """Events are written, read and folded through adapt.events: no other module spells the key
+    that names an event, or writes an event by its name."""
+    assert occurrences(r"[\"']type[\"']") == {"adapt/events.py"}
+    assert occurrences(r"\blog\(\s*[\"']") == set()
+
+
+def test_the_trainer_reads_top_to_bottom():
+    tree = ast.parse((REPO / "adapt" / "train.py").read_text())
+    (loop,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train"]
+    assert loop.end_lineno - loop.lineno + 1 < 110
 
 
 def test_the_cli_offers_exactly_the_registered_tasks():

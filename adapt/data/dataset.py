@@ -91,7 +91,8 @@ class Dataset(Sequence):
     Attributes: task, classes (list of names; index = mask value; ["background", "foreground"]
     for dichotomous), ignore_index (int or None; None for dichotomous), source (what was loaded),
     given_heldout (a Dataset from a val/ or heldout/ folder, or None), skipped ((file, reason)
-    for files that were not used, e.g. README.txt in images/).
+    for files that were not used, e.g. README.txt in images/), origin (load_dataset's arguments
+    for a dataset loaded from files, so that another process can load it too; None otherwise).
     """
 
     def __init__(self, samples, *, task: str, classes: list[str], ignore_index: int | None,
@@ -104,6 +105,7 @@ class Dataset(Sequence):
         self.given_heldout = given_heldout
         self.skipped = list(skipped)
         self._storage = storage
+        self.origin: dict | None = None  # load_dataset's arguments, when loaded from files (to load it again)
 
     @classmethod
     def of(cls, samples, task: str = "dichotomous", classes: list[str] | None = None, ignore_index: int | None = None,

@@ -86,6 +86,7 @@ def load_dataset(path, *, task: str = "dichotomous", max_pixels: int | None = 40
         ds._storage = None
         if ds.given_heldout is not None:
             ds.given_heldout._storage = None
+    ds.origin = {"path": str(path), "task": task, "max_pixels": max_pixels}
     return ds
 
 

@@ -1,6 +1,6 @@
 """The "label" job kind: label the rest. Auto-label a batch of uploaded images with an adapter (or
 a frozen backbone) through `adapt.batch.label_images`, reporting progress in the job's
-events.jsonl ("labelled" events) so the page follows it like a training job, and zip the masks,
+event log (adapt.events: "labelled" events) so the page follows it like a training job, and zip the masks,
 annotations and scores for download. The request side (submit, results, corrections, retrain) is
 app.label_rest.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from adapt.archive import safe_extract
 from adapt.batch import RECORDS, label_images
+from adapt.events import EventLog, Labelled, LabellingCancelled, LabellingDone, LabellingStart
 from adapt.files import zip_folder
 from adapt.pipeline import inference_task
-from adapt.train import EventLog
 from app.config import JobFiles
 from app.jobs.control import Control
 
@@ -39,14 +39,14 @@ class LabelJob:
         else:
             task, _ = inference_task(backbone=spec["backbone"], task=spec["task"], download=False)
         log = EventLog(files.events)
-        log("start", images=spec["images"], model=spec["method"], backbone=spec["backbone"])
+        log(LabellingStart(images=spec["images"], model=spec["method"], backbone=spec["backbone"]))
         started, first = time.time(), []
 
         def progress(done, total, name):
             if not first:
                 first.append(done)
             rate = (time.time() - started) / max(1, done - first[0] + 1)
-            log("labelled", step=done, total=total, name=name, eta_s=round(rate * (total - done), 1))
+            log(Labelled(step=done, total=total, name=name, eta_s=round(rate * (total - done), 1)))
 
         report = label_images(
             task,
@@ -61,10 +61,10 @@ class LabelJob:
             max_pixels=max_pixels,
         )
         if report.cancelled:
-            log("cancelled", step=len(report.done) + len(report.skipped))
+            log(LabellingCancelled(step=len(report.done) + len(report.skipped)))
             return "cancelled" if control.cancelled() else "stopped"
         zip_results(files.labels, files.labels_zip)
-        log("done", step=report.total, failed=len(report.failed))
+        log(LabellingDone(step=report.total, failed=len(report.failed)))
         return "done"
 
     def has_checkpoint(self, files: JobFiles) -> bool:

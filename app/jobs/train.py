@@ -9,12 +9,7 @@ trains data-parallel on the GPUs its worker holds.
 
 from __future__ import annotations
 
-import os
-import threading
-from pathlib import Path
-
 from adapt.data import load_dataset
-from adapt.distributed import run_data_parallel, train_job
 from adapt.export import zip_adapter
 from adapt.files import write_json
 from adapt.pipeline import train_adapter
@@ -32,23 +27,20 @@ class TrainJob:
         spec = job["config"]
         files.folder.mkdir(parents=True, exist_ok=True)
         cfg = TrainConfig(**spec["train"])
-        gpus = int(spec.get("gpus") or 1)
         dataset = load_dataset(job["data"], task=cfg.task, max_pixels=max_pixels)
         source = spec.get("data_name", "uploaded dataset")
         previews = Previewer(files, cfg.task, dataset.classes)
-        if gpus > 1:  # one process per GPU of this worker (the supervisor gave it `gpus` of them)
-            summary = _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, control)
-        else:
-            summary = train_adapter(
-                cfg,
-                dataset,
-                files.folder,
-                holdout=spec.get("holdout"),
-                source=source,
-                resume=True,
-                should_stop=control.should_stop,
-                on_eval=previews,
-            )
+        summary = train_adapter(
+            cfg,
+            dataset,
+            files.folder,
+            holdout=spec.get("holdout"),
+            source=source,
+            resume=True,
+            should_stop=control.should_stop,
+            on_eval=previews,
+            gpus=int(spec.get("gpus") or 1),  # data parallel on the GPUs the supervisor gave this worker
+        )
         if summary["status"] == "cancelled":
             return "cancelled" if control.cancelled() else "stopped"
         zip_adapter(summary["adapter"], files.adapter_zip)
@@ -63,29 +55,3 @@ class TrainJob:
 
     def brief(self, config: dict) -> dict:
         return {k: config["train"][k] for k in ("task", "backbone", "method", "steps")}
-
-
-def _data_parallel(gpus, cfg, job, files, previews, source, max_pixels, control: Control) -> dict:
-    """A multi-GPU job: adapt.distributed's processes, stopped through a flag file when the job is
-    cancelled or the app stops (the ranks cannot see this process's events)."""
-    stop = files.folder / "stop.flag"
-    stop.unlink(missing_ok=True)
-    done = threading.Event()
-
-    def watch():
-        while not done.wait(0.5):
-            if control.should_stop():
-                stop.touch()
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    threads = max(1, (int(os.environ.get("ADAPT_WORKER_THREADS") or os.cpu_count() or 1)) // gpus)
-    try:
-        args = (cfg, job["data"], str(files.folder), job["config"].get("holdout"), cfg.task, threads, True)
-        summary = run_data_parallel(gpus, train_job, *args, str(stop), previews, source, max_pixels)[0]
-    finally:
-        done.set()
-        stop.unlink(missing_ok=True)
-    summary["adapter"] = Path(summary["adapter"]) if summary.get("adapter") else None
-    return summary
