@@ -358,12 +358,8 @@ def cmd_selfcheck(args) -> int:
     return 0 if ok else 1
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m adapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _train_parser(sub) -> None:
+    """`train`: what is adapted to what (task, backbone, method, data, warm start, memory plan)."""
     p = sub.add_parser("train", help="adapt a backbone to a dataset; writes OUT/adapter")
     p.add_argument("--task", choices=TASK_NAMES, help="default: dichotomous (or the --init-adapter's)")
     p.add_argument("--backbone", help="default: tiny-sam (or the --init-adapter's)")
@@ -398,6 +394,12 @@ def main(argv=None) -> int:
         help="dichotomous: the prompt trained with ('none' = prompt-free; 'clicks' = prompt-free "
         "plus random clicks, so clicks can refine the prompt-free mask)",
     )
+    _schedule_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _schedule_arguments(p) -> None:
+    """`train`: how the run goes (steps, rates, evaluation, memory, devices, output)."""
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -447,8 +449,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="the run folder (events, checkpoint, OUT/adapter)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUT")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_train)
 
+
+def _eval_parser(sub) -> None:
+    """`eval`: frozen and adapted scores side by side."""
     p = sub.add_parser("eval", help="frozen and adapted scores side by side on a dataset")
     p.add_argument("--adapter", required=True)
     p.add_argument("--data", required=True)
@@ -458,6 +462,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+
+def _predict_parser(sub) -> None:
+    """`predict`: one image, or a folder labelled."""
     p = sub.add_parser(
         "predict",
         help="predict one image (--image) or label a folder/zip of them (--images): masks or label maps",
@@ -495,6 +502,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_predict)
 
+
+def _export_parser(sub) -> None:
+    """`export`: zip, merged, upstream-format and ONNX exports; the Hub."""
     p = sub.add_parser(
         "export",
         help="zip an adapter; write the merged model (ours, or the upstream format), ONNX graphs; push to the Hub",
@@ -515,6 +525,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_export)
 
+
+def _tool_parsers(sub) -> None:
+    """`synth`, `pretrain`, `params`, `selfcheck`: the tools around adaptation."""
     p = sub.add_parser("synth", help="write a synthetic dataset folder (images/ + masks/)")
     p.add_argument("--domain", default="camouflage")
     p.add_argument("--n", type=int, default=10)
@@ -561,7 +574,19 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_selfcheck)
 
-    args = parser.parse_args(argv)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m adapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_train_parser, _eval_parser, _predict_parser, _export_parser, _tool_parsers):
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
