@@ -30,7 +30,7 @@ from adapt.distributed import ranks, run_data_parallel, stop_flag
 from adapt.export import base_backbone, load_adapter, load_merged, read_adapter, save_adapter
 from adapt.predictor import InteractivePredictor
 from adapt.tasks import attach_task_head, make_task, task_for_family, task_options
-from adapt.train import Evaluated, TrainConfig, train
+from adapt.train import CHECKPOINT_NAME, Evaluated, TrainConfig, TrainingError, train  # noqa: F401  (re-exported)
 from adapt.weights import resolve_checkpoint
 
 ADAPTER_DIR = "adapter"  # train_adapter writes OUT/adapter

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from adapt import evidence
+import adapt.evidence as evidence
 from adapt.backbones import BACKBONES, family_of
 from adapt.methods import METHODS
 from adapt.tasks import TASKS

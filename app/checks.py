@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from adapt.tasks.dichotomous import parse_points
+from adapt.tasks import parse_points
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from adapt.events import EVENTS_NAME
 from adapt.files import write_text
-from adapt.pipeline import ADAPTER_DIR
-from adapt.train import CHECKPOINT_NAME
+from adapt.pipeline import ADAPTER_DIR, CHECKPOINT_NAME
 
 
 def _int(name: str, default: int) -> int:

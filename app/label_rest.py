@@ -56,7 +56,7 @@ class LabelRest:
         """Queue a labelling job for uploaded images (one zip, or image files) with an adapter of
         this browser, or a frozen backbone (zero-shot); returns the job id."""
         from adapt.archive import ArchiveLimits, problems
-        from adapt.data.images import IMAGE_EXTS
+        from adapt.data import IMAGE_EXTS
 
         check_owner(owner)
         files = [Path(f) for f in file_list(images, "images", self.limits.label_images)]

@@ -54,7 +54,8 @@ def place(backbone, name: str) -> Placement:
         return Placement("cpu", note)
     import torch
 
-    from adapt.planner import _gb, inference_estimate
+    from adapt.files import format_bytes
+    from adapt.preflight import inference_estimate
 
     need = inference_estimate(name, cache=cache_entries(name, "cuda"))
     try:
@@ -62,7 +63,7 @@ def place(backbone, name: str) -> Placement:
         if free < need:
             return Placement(
                 "cpu",
-                f"running on the CPU: the GPU has {_gb(free)} free and this model needs about {_gb(need)} "
+                f"running on the CPU: the GPU has {format_bytes(free)} free and this model needs about {format_bytes(need)} "
                 "(training jobs have it)",
             )
         backbone.to("cuda")
@@ -104,7 +105,7 @@ def cache_entries(name: str, device: str) -> int:
     they would pass CACHE_BYTES."""
     if device == "cpu":
         return CACHE_ENTRIES
-    from adapt.planner import embedding_bytes
+    from adapt.preflight import embedding_bytes
 
     return max(1, min(CACHE_ENTRIES, CACHE_BYTES // embedding_bytes(name)))
 
@@ -118,6 +119,6 @@ def reservation(backbone: str) -> int:
     with _lock:
         if _on_gpu:
             return 0
-    from adapt.planner import inference_estimate
+    from adapt.preflight import inference_estimate
 
     return inference_estimate(backbone, cache=cache_entries(backbone, "cuda"))

@@ -22,10 +22,9 @@ import numpy as np
 
 from adapt.files import copy_file, format_bytes, zip_folder
 from adapt.methods import methods_for
-from adapt.planner import parse_bytes
-from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan
+from adapt.pipeline import TrainConfig
+from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan, parse_bytes
 from adapt.tasks import TASKS
-from adapt.train import TrainConfig
 from app.catalog import backbone_for, family_for_task, has_gpu
 from app.checks import (  # noqa: F401  (the app's modules import these from here)
     MAX_CLASSES,
@@ -82,7 +81,7 @@ def job_plan(
 def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | None = None) -> str:
     """The Train tab's memory line: the plan the job would get (job_plan), or on a CPU-only machine
     without a budget the estimate for the batch as asked (in RAM, fp32)."""
-    from adapt.planner import estimate
+    from adapt.preflight import estimate
 
     try:
         batch_size = number(batch_size, "batch size", 1, 64, integer=True)

@@ -7,74 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.shape import closure, cycles, external_imports, functions, import_graph, modules
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("adapt", "app")
 MAX_LINES = 700
 ALLOWED_LONG = {"adapt/data/synthetic.py"}  # the synthetic world generator: one job, kept whole
-
-
-def modules(package: str) -> dict[str, Path]:
-    out = {}
-    for path in sorted((REPO / package).rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        out[name] = path
-    return out
-
-
-def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
-    """module -> the modules of `mods` it imports, at the top or inside functions alike."""
-    graph = {}
-    for name, path in mods.items():
-        is_package = path.name == "__init__.py"
-        edges = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = name.split(".") if is_package else name.split(".")[:-1]
-                    anchor = anchor[: len(anchor) - node.level + 1]
-                    base = ".".join(anchor + ([node.module] if node.module else []))
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
-            else:
-                continue
-            edges |= {t for t in targets if t in mods and t != name}
-        graph[name] = edges
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
-    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
-
-    def visit(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for v in graph:
-        if v not in index:
-            visit(v)
-    return found
 
 
 def test_the_cycle_finder_finds_cycles():
@@ -240,25 +178,8 @@ def test_dataset_kinds_are_the_tasks():
 REQUEST_SIDE = ("app.studio", "app.label_rest", "app.ui", "app.rest")  # the page and the request facade
 
 
-def closure(graph: dict[str, set[str]], start: str) -> set[str]:
-    """`start` and every module it imports, directly or through others."""
-    seen, todo = set(), [start]
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(graph[name])
-    return seen
-
-
 def imports_gradio(path: Path) -> bool:
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-        if isinstance(node, ast.ImportFrom) and not node.level:
-            names = [node.module or ""]
-        if any(n == "gradio" or n.startswith("gradio.") for n in names):
-            return True
-    return False
+    return "gradio" in external_imports(path)
 
 
 def test_the_job_process_imports_neither_the_page_nor_the_request_facade():
@@ -279,3 +200,42 @@ def test_loading_the_job_process_loads_no_gradio():
     code = "import app.run.worker, app.jobs, sys; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+MAX_FUNCTION = 120  # lines
+
+
+def test_no_function_is_too_long():
+    """A function a reader can hold: none over MAX_FUNCTION lines (the synthetic world generator's
+    module aside, kept whole as above)."""
+    long = [
+        f"{p.relative_to(REPO)}:{name} ({n} lines)"
+        for pkg in PACKAGES
+        for p in modules(pkg).values()
+        if str(p.relative_to(REPO)) not in ALLOWED_LONG
+        for name, _, n in functions(p)
+        if n > MAX_FUNCTION
+    ]
+    assert long == []
+
+
+# What the studio may ask of the library: the use-case floor (what runs, what is decided before a
+# run, what a run reports, labelling a folder), the adapter files (local and on the Hub), data
+# loading and the files and pictures made of it, and the registries (backbones, methods, tasks,
+# weights, the measured evidence per method). Everything else (the trainer, the planner, a task's
+# module, a method's) is reached through these.
+APP_MAY_IMPORT = {
+    "floor": {"adapt.pipeline", "adapt.preflight", "adapt.events", "adapt.batch"},
+    "adapter files": {"adapt.export", "adapt.hub"},
+    "data": {"adapt.data", "adapt.archive", "adapt.files", "adapt.render"},
+    "registries": {"adapt.backbones", "adapt.methods", "adapt.tasks", "adapt.weights", "adapt.evidence"},
+}
+
+
+def test_the_app_imports_only_the_floor_files_data_and_registries():
+    allowed = set().union(*APP_MAY_IMPORT.values())
+    mods = {**modules("adapt"), **modules("app")}
+    graph = import_graph(mods)
+    reached = {(m, w) for m in graph if m.startswith("app") for w in graph[m] if w.startswith("adapt")}
+    assert {(m, w) for m, w in reached if w not in allowed} == set()
+    assert {w for _, w in reached} >= {"adapt.pipeline", "adapt.export", "adapt.data", "adapt.tasks"}

@@ -19,12 +19,12 @@ from adapt.data.augment import (  # noqa: F401
 from adapt.data.coco import polygons_to_mask, rle_decode, rle_encode  # noqa: F401
 from adapt.data.dataset import Dataset, Sample  # noqa: F401
 from adapt.data.errors import DatasetError  # noqa: F401
-from adapt.data.images import load_image  # noqa: F401
+from adapt.data.images import IMAGE_EXTS, load_image  # noqa: F401
 from adapt.data.layout import ACCEPTED_LAYOUTS  # noqa: F401
 from adapt.data.loading import TASKS, load_dataset  # noqa: F401
 
 __all__ = [
-    "load_dataset", "load_image", "Dataset", "Sample", "DatasetError", "TASKS", "ACCEPTED_LAYOUTS",
+    "load_dataset", "load_image", "IMAGE_EXTS", "Dataset", "Sample", "DatasetError", "TASKS", "ACCEPTED_LAYOUTS",
     "rle_decode", "rle_encode", "polygons_to_mask",
     "Augment", "augment", "random_flip", "random_scale_crop", "color_jitter",
     "resize_longest_side", "pad_to_square", "Letterbox", "letterbox", "unletterbox",

@@ -16,11 +16,20 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 
-from adapt.tasks.dichotomous import DichotomousTask
+from adapt.tasks.dichotomous import DichotomousTask, parse_points
 from adapt.tasks.masks import MaskKind
 from adapt.tasks.openvocab import OpenVocabTask
 
-__all__ = ["TASKS", "MaskKind", "Task", "attach_task_head", "make_task", "task_for_family", "task_options"]
+__all__ = [
+    "TASKS",
+    "MaskKind",
+    "Task",
+    "attach_task_head",
+    "make_task",
+    "parse_points",
+    "task_for_family",
+    "task_options",
+]
 
 
 class Task(Protocol):

@@ -12,8 +12,7 @@ from __future__ import annotations
 from adapt.data import load_dataset
 from adapt.export import zip_adapter
 from adapt.files import write_json
-from adapt.pipeline import train_adapter
-from adapt.train import TrainConfig
+from adapt.pipeline import TrainConfig, train_adapter
 from app.config import JobFiles
 from app.jobs.control import Control
 from app.jobs.previews import Previewer

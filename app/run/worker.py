@@ -27,7 +27,7 @@ import torch
 from adapt.data import DatasetError
 from adapt.export import AdapterError
 from adapt.files import disk_full
-from adapt.train import TrainingError
+from adapt.pipeline import TrainingError
 from adapt.weights import WeightsUnavailable
 from app.config import JobFiles, Limits, Paths
 from app.jobs import JobStore, UnknownKind, job_kind
