@@ -560,7 +560,6 @@ class Studio:
         check_owner(owner)
         names, points = parse_classes(classes, background=False), parse_clicks(clicks)  # cheap checks first
         image = self.load_image(image_path)
-        clicks_inside(points, image.shape)
         task_obj, desc, where = self.model(owner, adapter_ref, backbone, task)
         request = {}
         if task_obj.mask.needs_class_names:
@@ -569,6 +568,7 @@ class Studio:
                 raise UserError("give the class names to look for, separated by commas (e.g. sky, road, car)")
             request["classes"] = names
         elif points is not None:
+            clicks_inside(points, image.shape)  # only where they are used: other tasks ignore clicks
             request["points"] = points
         import torch
 
