@@ -299,7 +299,7 @@ def cmd_export(args) -> int:
         files, how = save_official(args.adapter, args.official, checkpoint=args.checkpoint)
         print("wrote " + ", ".join(map(str, files)) + "\nload it with:\n" + how)
     if args.onnx:
-        from adapt.onnx_graphs import export_onnx
+        from adapt.pipeline import export_onnx
 
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
         out = export_onnx(args.adapter, args.onnx, fp16=args.fp16, classes=classes, checkpoint=args.checkpoint)

@@ -1,6 +1,6 @@
 """ONNX graphs of an adapted model, and a runner that predicts with them (onnxruntime on the CPU).
 
-    export_onnx("runs/x/adapter", "x-onnx")      # the adapter merged into its base model
+    export_onnx("runs/x/adapter", "x-onnx")      # adapt.pipeline: the adapter merged into its base model
     task = load_onnx("x-onnx")                   # the task's API, its network calls in onnxruntime
     task.predict_outputs(image, box=[...])       # the same outputs as the PyTorch task
 
@@ -149,18 +149,8 @@ def _metadata(path: Path, entries: dict) -> None:
     onnx.save(model, str(path))
 
 
-def export_onnx(adapter, out_dir, fp16: bool = False, classes: list[str] | None = None, checkpoint=None) -> Path:
-    """Write the ONNX folder (module doc) for an adapter (folder or zip) merged into its base model,
-    or a merged checkpoint; `classes` (CLIP) overrides the adapter's class list. Atomic: a failure
-    leaves nothing behind."""
-    from adapt.pipeline import inference_task
-
-    task, info = inference_task(adapter=adapter, checkpoint=checkpoint)
-    return write_onnx(task, out_dir, fp16=fp16, classes=classes, info=info)
-
-
 def write_onnx(task, out_dir, fp16: bool = False, classes: list[str] | None = None, info: dict | None = None) -> Path:
-    """export_onnx for a task already built (its model merged, in eval mode); `info` is kept in
+    """The ONNX folder (module doc) for a task already built (its model merged, in eval mode); `info` is kept in
     onnx_config.json as the adapter's config."""
     if task.backbone.onnx_refusal:
         raise OnnxError(f"{task.backbone.name}: {task.backbone.onnx_refusal}")
@@ -294,7 +284,7 @@ def read_config(folder) -> dict:
 
 def load_onnx(folder):
     """A task (the dichotomous or open-vocabulary task's prediction API) whose network calls run in
-    onnxruntime on the CPU, from a folder written by `export_onnx`."""
+    onnxruntime on the CPU, from a folder written by `write_onnx` (adapt.pipeline.export_onnx)."""
     folder = Path(folder)
     config = read_config(folder)
     if config["dtype"] != "float32":

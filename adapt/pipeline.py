@@ -276,3 +276,13 @@ def inference_task(
     model.model.eval()
     options = {"classes": info.get("classes")} if info is not None and info.get("classes") else {}
     return make_task(task, model, **options), info
+
+
+def export_onnx(adapter, out_dir, fp16: bool = False, classes: list[str] | None = None, checkpoint=None) -> Path:
+    """Write the ONNX folder (adapt.onnx_graphs) for an adapter (folder or zip) merged into its base
+    model, or a merged checkpoint; `classes` (CLIP) overrides the adapter's class list. Atomic: a
+    failure leaves nothing behind."""
+    from adapt.onnx_graphs import write_onnx  # onnx and onnxscript load only for an export
+
+    task, info = inference_task(adapter=adapter, checkpoint=checkpoint)
+    return write_onnx(task, out_dir, fp16=fp16, classes=classes, info=info)

@@ -64,7 +64,7 @@ def parse_bytes(text: str | int | float) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def _gb(n: float) -> str:
+def memory_size(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
@@ -183,13 +183,13 @@ class Plan:
         e = self.estimate
         head = (
             f"{self.method} on {self.backbone}, batch {self.batch_size}, {self.precision}: "
-            f"budget {_gb(self.budget)}, estimate {_gb(e.total)} (weights {_gb(e.weights)}, "
-            f"gradients + optimizer {_gb(e.trainable_state)}, activations {_gb(e.activations)}, x{SLACK} slack)"
+            f"budget {memory_size(self.budget)}, estimate {memory_size(e.total)} (weights {memory_size(e.weights)}, "
+            f"gradients + optimizer {memory_size(e.trainable_state)}, activations {memory_size(e.activations)}, x{SLACK} slack)"
         )
         if not self.fits:
             floor = int((e.weights + e.trainable_state) * SLACK)
             return f"{head}. It does not fit, even in micro-batches of 1 image with activation checkpointing. " + (
-                f"Weights and optimizer state alone need {_gb(floor)}: choose a parameter-efficient "
+                f"Weights and optimizer state alone need {memory_size(floor)}: choose a parameter-efficient "
                 "method or a smaller backbone."
                 if floor > self.budget
                 else "Try a smaller backbone, a lighter method, or a larger budget."

@@ -15,7 +15,15 @@ from dataclasses import replace
 
 import torch
 
-from adapt.planner import Plan, embedding_bytes, estimate, inference_estimate, make_plan, parse_bytes  # noqa: F401  (re-exported: the estimates the studio shows)
+from adapt.planner import (  # noqa: F401  (re-exported: the estimates the studio shows)
+    Plan,
+    embedding_bytes,
+    estimate,
+    inference_estimate,
+    make_plan,
+    memory_size,
+    parse_bytes,
+)
 from adapt.tasks import TASKS
 from adapt.train import TrainConfig, resolve_precision
 

@@ -54,8 +54,7 @@ def place(backbone, name: str) -> Placement:
         return Placement("cpu", note)
     import torch
 
-    from adapt.files import format_bytes
-    from adapt.preflight import inference_estimate
+    from adapt.preflight import inference_estimate, memory_size
 
     need = inference_estimate(name, cache=cache_entries(name, "cuda"))
     try:
@@ -63,7 +62,7 @@ def place(backbone, name: str) -> Placement:
         if free < need:
             return Placement(
                 "cpu",
-                f"running on the CPU: the GPU has {format_bytes(free)} free and this model needs about {format_bytes(need)} "
+                f"running on the CPU: the GPU has {memory_size(free)} free and this model needs about {memory_size(need)} "
                 "(training jobs have it)",
             )
         backbone.to("cuda")

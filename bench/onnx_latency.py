@@ -5,7 +5,7 @@
                                            [--method parser|lora|hclip] [--rounds 7] [--threads 1]
 
 Per backbone: the method attached to the random-init architecture (no download), its adapter
-moved off its initialisation, saved, then exported with adapt.onnx_graphs.export_onnx (merged).
+moved off its initialisation, saved, then exported with adapt.pipeline.export_onnx (merged).
 Timed, one thread each (torch.set_num_threads and onnxruntime's intra-op threads), rounds
 interleaved (PyTorch then onnxruntime, then the other way round), the median of per-round ratios:
 - SAM: the image encoder on one image at the encoder size; the prompt encoder + mask decoder

@@ -39,3 +39,24 @@ def perturb(handle, scale: float = 0.05, seed: int = 1):
 @pytest.fixture(params=CASES, ids=CASE_IDS)
 def case(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def studio_app(tmp_path_factory):
+    """One studio process for the browser tests of the whole session (started on first use)."""
+    from browser_support import need_browser
+    from studio_support import App
+
+    need_browser()
+    app = App(tmp_path_factory.mktemp("studio-browser") / "studio").start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium(studio_app):
+    """One headless Chromium for the session; each test module opens its own page (a new owner)."""
+    from browser_support import launched
+
+    with launched() as browser:
+        yield browser

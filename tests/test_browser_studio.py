@@ -7,41 +7,25 @@ label the rest with the adapter, correct the most uncertain result, retrain.
 A screenshot of each tab is saved to $STUDIO_SCREENSHOTS (`make screenshots` writes docs/img/).
 
 Skipped, with the reason, only when Chromium or Playwright is missing outside CI; in CI (CI=true)
-their absence is a failure.
+their absence is a failure (tests/browser_support.py).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from studio_support import App, bad_uploads, dataset_zip, slip_zip
+from browser_support import expect, studio_page, tab
+from studio_support import bad_uploads, dataset_zip, slip_zip
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "shapes.jpg"
-T = 60_000  # ms
 # `make screenshots` (STUDIO_SCREENSHOTS=docs/img) trains on a domain tiny-sam does not know
 # (camouflage) for long enough that the Progress screenshot shows adaptation helping; the plain
 # test run trains a few steps on the source domain, to be quick
 SCREENSHOTS = bool(os.environ.get("STUDIO_SCREENSHOTS"))
 DOMAIN, N_PAIRS, STEPS = ("camouflage", 10, "100") if SCREENSHOTS else ("source", 6, "6")
-
-
-def _need(ok: bool, reason: str):
-    if not ok:
-        if IN_CI:
-            pytest.fail(f"{reason} (CI must run the browser test: .ci/run installs it)")
-        pytest.skip(reason)
-
-
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover
-    sync_playwright = None
 
 
 @pytest.fixture(scope="module")
@@ -52,31 +36,9 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    _need(sync_playwright is not None, "playwright is not installed (pip install -r requirements.txt)")
-    _need(CHROMIUM is not None, "chromium is not installed (apt-get install chromium)")
-    workdir = tmp_path_factory.mktemp("studio-browser")
-    app = App(workdir / "studio").start()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        context = browser.new_context(viewport={"width": 1360, "height": 1000}, accept_downloads=True)
-        page = context.new_page()
-        page.set_default_timeout(T)
-        page.workdir = workdir
-        page.goto(app.url)
-        expect(page.locator("#task")).to_be_visible()
-        # the page has made this browser's owner token (kept in localStorage) before anything is clicked
-        page.wait_for_function("() => !!window.localStorage.getItem('adapt-studio-owner')")
+def page(studio_app, chromium, tmp_path_factory):
+    with studio_page(chromium, studio_app.url, tmp_path_factory.mktemp("studio-browser")) as page:
         yield page
-        browser.close()
-    app.stop()
-
-
-def tab(page, name: str):
-    page.get_by_role("tab", name=re.compile(name)).click()
 
 
 def upload(page, elem_id: str, files):

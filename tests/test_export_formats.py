@@ -15,8 +15,8 @@ from adapt.data.synthetic import make_dataset, write_folder
 from adapt.export import AdapterError, save_adapter
 from adapt.methods import attach
 from adapt.official import openvocab_from_open_clip, save_official
-from adapt.onnx_graphs import OnnxError, export_onnx, load_onnx
-from adapt.pipeline import inference_task
+from adapt.onnx_graphs import OnnxError, load_onnx
+from adapt.pipeline import export_onnx, inference_task
 
 CLASSES = ["red", "blue", "green"]
 
