@@ -74,6 +74,9 @@ def test_each_piece_of_knowledge_lives_in_one_place():
     # sha256 of a file and human-readable sizes
     assert occurrences(r"hashlib\.sha256\(\)") == {"adapt/files.py", "adapt/weights.py"}  # weights: streamed download
     assert occurrences(r"def \w*(fmt|format)_bytes") == {"adapt/files.py"}
+    # zipping a folder, and asking how many GPUs the studio has
+    assert occurrences(r"ZipFile\([^)]*[\"']w[\"']", PACKAGES + ("bench", "devtools")) == {"adapt/files.py"}
+    assert occurrences(r"cuda\.(device_count|is_available)\(", ("app",)) == {"app/gpus.py"}
 
 
 def test_the_app_never_branches_on_a_task_name():
