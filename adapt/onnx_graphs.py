@@ -19,6 +19,12 @@ What the folder holds:
 - `onnx_config.json`: what a runner needs (task, input size, normalisation, classes) and the
   adapter's own config; `README.md`: the inputs, outputs and pre/post-processing in words.
 
+A folder is not trusted before it is read (it may come from anyone): `load_onnx` checks every key of
+onnx_config.json against the backbone's architecture, parses each graph with onnx (without its
+external data) to refuse external-data locations outside the folder and to compare the graph's
+inputs and outputs with the config, and only then hands the graphs to onnxruntime; every failure,
+onnxruntime's included, is one OnnxError line naming the folder's file.
+
 The runner reuses the task's own pre- and post-processing (letterbox, windows, upsampling to the
 source resolution, refinement), so its outputs are the PyTorch task's; only the network calls go to
 onnxruntime. Graphs are fp32 by default; `fp16=True` exports half-precision graphs for GPU runtimes
@@ -28,13 +34,17 @@ onnxruntime. Graphs are fp32 by default; `fp16=True` exports half-precision grap
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from adapt.backbones import BACKBONES, architecture, spec_of
+from adapt.backbones.catalog import names as backbone_names
 from adapt.files import atomic_folder
+from adapt.tasks import TASKS
 from adapt.tasks.dichotomous import DichotomousTask
 from adapt.tasks.openvocab import IGNORE_INDEX, OpenVocabTask, class_logits
 
@@ -42,6 +52,7 @@ CONFIG = "onnx_config.json"
 ENCODER, DECODER, OPENVOCAB = "image_encoder.onnx", "mask_decoder.onnx", "openvocab.onnx"
 OPSET = 18
 FORMAT = "adapt-onnx"
+GRAPHS = {"dichotomous": (ENCODER, DECODER), "openvocab": (OPENVOCAB,)}  # what a task's export holds
 
 
 class OnnxError(ValueError):
@@ -198,7 +209,7 @@ def write_onnx(task, out_dir, fp16: bool = False, classes: list[str] | None = No
                 pixel_std=task.pixel_std.flatten().tolist(),
                 embedding_grid=g,
                 embedding_channels=c,
-                graphs=[ENCODER, DECODER],
+                graphs=list(GRAPHS[task.name]),
             )
         else:
             names = task.vocabulary(classes)
@@ -213,7 +224,7 @@ def write_onnx(task, out_dir, fp16: bool = False, classes: list[str] | None = No
                 threshold=task.threshold,
                 overlap_stride=task.stride,
                 scale=task.scale,
-                graphs=[OPENVOCAB],
+                graphs=list(GRAPHS[task.name]),
             )
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(config))
@@ -254,41 +265,273 @@ PyTorch model): `python -m adapt predict --onnx THIS_FOLDER --image photo.jpg --
     return head + body + use
 
 
-# --- runner --------------------------------------------------------------------------------------
+# --- reading a folder ----------------------------------------------------------------------------
+
+MAX_CONFIG_BYTES = 1 << 20  # an export's onnx_config.json is a few KB, the adapter's config included
+MAX_CLASSES = IGNORE_INDEX  # class ids 0..254 fit the byte a class map is saved in; 255 is "ignore"
+MAX_CLASS_NAME = 200  # characters (CLIP's tokenizer reads 77 tokens of a name)
+MAX_CHANNELS = 4096  # embedding channels: SAM's are 256
+MAX_SCALE = 8.0  # working resolution: shorter side = scale x the input size, so memory grows with its square
+COMMON_KEYS = ("format", "task", "backbone", "size", "dtype", "adapter", "graphs")
+TASK_KEYS = {
+    "dichotomous": ("pixel_mean", "pixel_std", "embedding_grid", "embedding_channels"),
+    "openvocab": ("classes", "mean", "std", "threshold", "overlap_stride", "scale"),
+}
 
 
-def _session(path: Path):
-    import onnxruntime as ort
+def _integer(value, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+def _number(value, lo: float, hi: float, above: bool = False) -> bool:
+    """A finite JSON number in [lo, hi] ((lo, hi] with `above`); JSON's NaN and Infinity are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (lo < value if above else lo <= value) and value <= hi
+
+
+def _rgb(value, lo: float, hi: float, above: bool = False) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(_number(v, lo, hi, above) for v in value)
+
+
+def _require(ok: bool, where, key: str, expected: str, value) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise OnnxError(f"{where}: {key} must be {expected}, not {shown}")
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file that is not a symbolic link (a link could point anywhere on the machine)."""
+    return path.is_file() and not path.is_symlink()
+
+
+def _check_classes(classes, where) -> None:
+    expected = f"a list of 2 to {MAX_CLASSES} distinct names (background included)"
+    _require(isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES, where, "classes", expected, classes)
+    bad = [c for c in classes if not (isinstance(c, str) and c.strip() and len(c) <= MAX_CLASS_NAME)]
+    _require(not bad, where, "each class", f"a name of 1 to {MAX_CLASS_NAME} characters", bad[0] if bad else None)
+    _require(len(set(classes)) == len(classes) and "background" in classes, where, "classes", expected, classes)
+
+
+def _task_fields(config: dict, size: int, grid: int | None) -> list[tuple[str, bool, str]]:
+    """(key, valid, what it must be) for the keys of the config's task."""
+    if config["task"] == "dichotomous":
+        return [
+            ("pixel_mean", _rgb(config["pixel_mean"], 0, 255), "3 numbers in [0, 255] (RGB, 0-255 scale)"),
+            ("pixel_std", _rgb(config["pixel_std"], 0, 255, above=True), "3 numbers in (0, 255]"),
+            ("embedding_grid", _integer(config["embedding_grid"], grid, grid), f"{grid} (the input size / 16)"),
+            ("embedding_channels", _integer(config["embedding_channels"], 1, MAX_CHANNELS), f"1 to {MAX_CHANNELS}"),
+        ]
+    threshold = config["threshold"]
+    return [
+        ("mean", _rgb(config["mean"], 0, 1), "3 numbers in [0, 1] (RGB, 0-1 scale)"),
+        ("std", _rgb(config["std"], 0, 1, above=True), "3 numbers in (0, 1]"),
+        ("threshold", threshold is None or _number(threshold, 0, 1), "null or a number in [0, 1]"),
+        ("overlap_stride", _integer(config["overlap_stride"], 1, size), f"an integer in [1, {size}] (pixels)"),
+        ("scale", _number(config["scale"], 0, MAX_SCALE, above=True), f"a number in (0, {MAX_SCALE:g}]"),
+    ]
+
+
+def check_config(config, where) -> None:
+    """Every key of an onnx_config.json (`where` names the file): the keys the task's export has and
+    no others, each of its type and range, the size and the embedding grid the backbone's own."""
+    _require(isinstance(config, dict), where, "the file", "a JSON object", type(config).__name__)
+    if config.get("format") != FORMAT:
+        raise OnnxError(f"{where} does not describe an adapt ONNX export (format {config.get('format')!r})")
+    task = config.get("task")
+    _require(isinstance(task, str) and task in GRAPHS, where, "task", f"one of {', '.join(GRAPHS)}", task)
+    keys = COMMON_KEYS + TASK_KEYS[task]
+    missing, unknown = [k for k in keys if k not in config], [k for k in config if k not in keys]
+    if missing:
+        raise OnnxError(f"{where} lacks {', '.join(missing)}, which a {task} export's config has")
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise OnnxError(f"{where} has keys that a {task} export's config does not: {shown}")
+    family = TASKS[task].family
+    name = config["backbone"]
+    known = isinstance(name, str) and name in BACKBONES and BACKBONES[name].family == family
+    _require(known, where, "backbone", f"a {family} backbone ({', '.join(backbone_names(family))})", name)
+    arch, spec = architecture(name), spec_of(name)
+    if arch.onnx_refusal:
+        raise OnnxError(f"{where}: backbone {name}: {arch.onnx_refusal}")
+    size = arch.input_size_of(spec)
+    _require(_integer(config["size"], size, size), where, "size", f"{size} (the input size of {name})", config["size"])
+    _require(config["dtype"] in ("float32", "float16"), where, "dtype", "float32 or float16", config["dtype"])
+    adapter = config["adapter"]
+    _require(isinstance(adapter, dict), where, "adapter", "an object (the adapter's config)", adapter)
+    graphs = list(GRAPHS[task])
+    _require(config["graphs"] == graphs, where, "graphs", f"{graphs} (a {task} export's)", config["graphs"])
+    if task == "openvocab":
+        _check_classes(config["classes"], where)
+    grid = arch.embedding_grid(spec) if task == "dichotomous" else None
+    for key, ok, expected in _task_fields(config, size, grid):
+        _require(ok, where, key, expected, config[key])
 
 
 def read_config(folder) -> dict:
+    """onnx_config.json of an export folder, every key checked (check_config), its graphs present."""
     folder = Path(folder)
     path = folder / CONFIG
     if not path.is_file():
         raise OnnxError(f"{folder} is not an ONNX export of adapt: it has no {CONFIG} (export it with --onnx)")
+    if not _plain_file(path) or path.stat().st_size > MAX_CONFIG_BYTES:
+        raise OnnxError(f"{path} is not an export's config (a symbolic link, or over {MAX_CONFIG_BYTES} bytes)")
     try:
         config = json.loads(path.read_text())
-    except ValueError as e:
-        raise OnnxError(f"{path} is not valid JSON: {e}") from None
-    if config.get("format") != FORMAT or config.get("task") not in ("dichotomous", "openvocab"):
-        raise OnnxError(f"{path} does not describe an adapt ONNX export")
-    missing = [g for g in config.get("graphs", []) if not (folder / g).is_file()]
+    except (ValueError, RecursionError) as e:
+        raise OnnxError(f"{path} is not valid JSON: {_one_line(e)}") from None
+    check_config(config, path)
+    missing = [g for g in config["graphs"] if not (folder / g).is_file()]
     if missing:
         raise OnnxError(f"{folder} lacks {', '.join(missing)}")
     return config
 
 
+def _one_line(error: Exception) -> str:
+    """An error's message as one short line (onnxruntime's span several, with its own prefix)."""
+    text = " ".join(str(error).split()).replace("[ONNXRuntimeError] : ", "")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _interfaces(config: dict) -> dict[str, tuple[dict, dict]]:
+    """Per graph file: ({input: dims}, {output: dims}) as the runner feeds and reads them, from the
+    config; None is a dimension of any size."""
+    s = config["size"]
+    if config["task"] == "dichotomous":
+        g, c = config["embedding_grid"], config["embedding_channels"]
+        prompt = {"point_coords": (1, None, 2), "point_labels": (1, None), "mask_input": (1, 1, 4 * g, 4 * g)}
+        return {
+            ENCODER: ({"image": (None, 3, s, s)}, {"image_embeddings": (None, c, g, g)}),
+            DECODER: (
+                {"image_embeddings": (1, c, g, g), **prompt, "has_mask_input": (1,)},
+                {"low_res_logits": (1, 1, 4 * g, 4 * g)},
+            ),
+        }
+    return {OPENVOCAB: ({"images": (None, 3, s, s)}, {"logits": (None, len(config["classes"]), s, s)})}
+
+
+def _external_locations(message):
+    """The external-data location of every tensor anywhere in an ONNX protobuf: initializers,
+    sparse initializers, node attributes, subgraphs and functions alike ("" where a tensor stored
+    outside names none)."""
+    from google.protobuf.message import Message
+    from onnx import TensorProto
+
+    if isinstance(message, TensorProto):  # a tensor holds no tensors: its raw bytes are not walked
+        if message.data_location == TensorProto.EXTERNAL or len(message.external_data):
+            yield next((e.value for e in message.external_data if e.key == "location"), "")
+        return
+    for field, value in message.ListFields():
+        if field.message_type is not None:
+            for item in [value] if isinstance(value, Message) else value:
+                yield from _external_locations(item)
+
+
+def _check_location(folder: Path, graph: Path, location: str) -> None:
+    """Refuse external data that is not a plain file inside the folder: no location, an absolute
+    one (or a Windows drive), one with '..', one that resolves outside it, or one reached through a
+    symbolic link."""
+    target = folder / location
+    parts = Path(location).parts
+    plain = bool(location) and not any(bad in location for bad in ("\0", "..", ":"))
+    if (
+        not plain
+        or location.startswith(("/", "\\"))
+        or any(folder.joinpath(*parts[: i + 1]).is_symlink() for i in range(len(parts)))
+        or not target.resolve().is_relative_to(folder.resolve())
+    ):
+        raise OnnxError(
+            f"{graph} names external data {location!r} that is not a plain file inside {folder}; "
+            "an export keeps its weights beside its graphs: export the adapter again"
+        )
+    if not target.is_file():
+        raise OnnxError(f"{graph} needs its external data {location!r}, which is not in {folder}")
+
+
+def _dims(value) -> tuple | None:
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+
+
+def _check_values(path: Path, kind: str, values, expected: dict, elem_type: int) -> None:
+    """The graph's inputs (or outputs) are the runner's names, element type and fixed sizes."""
+    declared = {v.name: v for v in values}
+    if sorted(declared) != sorted(expected):
+        raise OnnxError(
+            f"{path} has {kind} {', '.join(declared) or 'none'}; the runner uses {', '.join(expected)} "
+            "(is it a graph of this export?)"
+        )
+    for name, want in expected.items():
+        dims = _dims(declared[name])
+        fits = dims is None or (
+            len(dims) == len(want) and all(d is None or w is None or d == w for d, w in zip(dims, want))
+        )
+        if declared[name].type.tensor_type.elem_type != elem_type or not fits:
+            shown = "(" + ", ".join("N" if w is None else str(w) for w in want) + ")"
+            raise OnnxError(f"{path}: {kind[:-1]} {name} is not the {shown} tensor that {CONFIG} describes")
+
+
+def check_graphs(folder, config: dict) -> None:
+    """Each graph of a checked config, parsed by onnx without its external data: a valid ONNX
+    model, its external data plain files inside the folder (checked here, so that no outside file is
+    read whatever onnxruntime allows), its inputs and outputs the ones the config describes."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    folder = Path(folder)
+    elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(config["dtype"]))
+    for name, (inputs, outputs) in _interfaces(config).items():
+        path = folder / name
+        if not _plain_file(path):
+            raise OnnxError(f"{path} is a symbolic link; an export's graphs are plain files in its folder")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, ValueError, OSError) as e:
+            raise OnnxError(f"{path} is not a valid ONNX graph ({_one_line(e)}); export the adapter again") from None
+        if not model.HasField("graph") or not model.opset_import:
+            raise OnnxError(f"{path} is not a valid ONNX graph (no graph in it); export the adapter again")
+        for location in _external_locations(model):
+            _check_location(folder, path, location)
+        stored = {t.name for t in model.graph.initializer}
+        _check_values(path, "inputs", [v for v in model.graph.input if v.name not in stored], inputs, elem_type)
+        _check_values(path, "outputs", model.graph.output, outputs, elem_type)
+
+
+# --- runner --------------------------------------------------------------------------------------
+
+
+class _Graph:
+    """One graph in an onnxruntime CPU session; its errors are OnnxErrors naming the file."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        self.path = path
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's errors share no base class below Exception
+            raise OnnxError(f"{path}: onnxruntime cannot load it ({_one_line(e)})") from None
+
+    def run(self, feed: dict) -> np.ndarray:
+        try:
+            return self.session.run(None, feed)[0]
+        except Exception as e:  # as above
+            raise OnnxError(f"{self.path}: onnxruntime failed running it ({_one_line(e)})") from None
+
+
 def load_onnx(folder):
     """A task (the dichotomous or open-vocabulary task's prediction API) whose network calls run in
-    onnxruntime on the CPU, from a folder written by `write_onnx` (adapt.pipeline.export_onnx)."""
+    onnxruntime on the CPU, from a folder written by `write_onnx` (adapt.pipeline.export_onnx); the
+    folder is checked first (read_config, check_graphs)."""
     folder = Path(folder)
     config = read_config(folder)
     if config["dtype"] != "float32":
         raise OnnxError("the runner runs fp32 graphs on the CPU; this export is fp16 (for GPU runtimes)")
+    check_graphs(folder, config)
     return (OnnxDichotomous if config["task"] == "dichotomous" else OnnxOpenVocab)(folder, config)
 
 
@@ -324,10 +567,10 @@ class OnnxDichotomous(_onnx_task(DichotomousTask)):
         self.stretch = False  # SAM 2 has no ONNX export: every graph here is a letterboxed SAM
         self.pixel_mean = torch.tensor(config["pixel_mean"]).reshape(3, 1, 1)
         self.pixel_std = torch.tensor(config["pixel_std"]).reshape(3, 1, 1)
-        self.encoder, self.decoder = _session(self.folder / ENCODER), _session(self.folder / DECODER)
+        self.encoder, self.decoder = _Graph(self.folder / ENCODER), _Graph(self.folder / DECODER)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.encoder.run(None, {"image": _numpy(images)})[0])
+        return torch.from_numpy(self.encoder.run({"image": _numpy(images)}))
 
     def decode(self, embeddings: torch.Tensor, boxes=None, points=None, masks=None, multimask=False) -> torch.Tensor:
         out = []
@@ -346,7 +589,7 @@ class OnnxDichotomous(_onnx_task(DichotomousTask)):
                 "mask_input": mask,
                 "has_mask_input": np.array([0.0 if masks is None else 1.0], np.float32),
             }
-            out.append(torch.from_numpy(self.decoder.run(None, feed)[0]))
+            out.append(torch.from_numpy(self.decoder.run(feed)))
         return torch.cat(out)
 
 
@@ -358,7 +601,7 @@ class OnnxOpenVocab(_onnx_task(OpenVocabTask)):
         self.window_batch = 4
         self.mean, self.std = torch.tensor(config["mean"]), torch.tensor(config["std"])
         self.augment_options = {"mask_fill": IGNORE_INDEX}
-        self.graph = _session(self.folder / OPENVOCAB)
+        self.graph = _Graph(self.folder / OPENVOCAB)
 
     def vocabulary(self, classes: list[str] | None = None) -> list[str]:
         names = super().vocabulary(classes)
@@ -373,4 +616,4 @@ class OnnxOpenVocab(_onnx_task(OpenVocabTask)):
         return None  # baked into the graph
 
     def logits(self, images: torch.Tensor, texts=None) -> torch.Tensor:
-        return torch.from_numpy(self.graph.run(None, {"images": _numpy(images)})[0])
+        return torch.from_numpy(self.graph.run({"images": _numpy(images)}))

@@ -301,6 +301,47 @@ def test_rle_decode_known_strings():
         assert np.array_equal(rle_decode(rle_encode(mask, compressed=False)), mask)
 
 
+def test_rle_goes_through_pycocotools_a_runtime_dependency(monkeypatch):
+    """The codec is pycocotools (pinned for the studio, not only for the tests), its decoder fed
+    only checked counts."""
+    from pathlib import Path
+
+    import pycocotools.mask
+
+    root = Path(__file__).resolve().parent.parent
+    pins = [line for line in (root / "requirements.txt").read_text().splitlines() if line.startswith("pycocotools==")]
+    assert len(pins) == 1 and "pycocotools" not in (root / "requirements-test.txt").read_text()
+    calls = []
+    for name in ("encode", "decode"):
+        real = getattr(pycocotools.mask, name)
+        monkeypatch.setattr(pycocotools.mask, name, lambda x, real=real, name=name: calls.append(name) or real(x))
+    mask = (np.random.default_rng(1).random((9, 14)) < 0.4).astype(np.uint8)
+    assert np.array_equal(rle_decode(rle_encode(mask)), mask)
+    assert np.array_equal(rle_decode(rle_encode(mask, compressed=False)), mask)
+    assert calls == ["encode", "decode", "encode", "decode"]
+
+
+@pytest.mark.parametrize(
+    "counts,size,covered",
+    [("n02X1", [7, 11], 72), ("n02X13", [7, 10], 77), (b"n02X13", [8, 11], 77), ("n02X130", [7, 11], 117)],
+    ids=["too-few", "too-many", "too-few-bytes", "one-run-more"],
+)
+def test_a_compressed_rle_that_does_not_cover_its_size_is_refused(tmp_path, counts, size, covered):
+    """pycocotools would decode too few pixels from uninitialised memory (and refuse too many
+    without saying why): the counts are checked first, in the message the list form gets."""
+    h, w = size
+    with pytest.raises(ValueError, match=f"^RLE counts cover {covered} pixels but size {w}x{h} has {h * w}$"):
+        rle_decode({"size": size, "counts": counts})
+    make_coco(
+        tmp_path,
+        {"a": [(1, {"size": size, "counts": str(counts, "ascii") if isinstance(counts, bytes) else counts})]},
+        size=(h, w),
+    )
+    with pytest.raises(DatasetError) as e:
+        load_dataset(tmp_path)
+    assert_problem(e, "annotations.json", "annotation 1", "does not decode", f"RLE counts cover {covered} pixels")
+
+
 def test_given_heldout_folder(tmp_path):
     make_pairs(tmp_path, n=3)
     make_pairs(tmp_path / "val", n=2)

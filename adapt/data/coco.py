@@ -1,43 +1,65 @@
 """COCO segmentation codecs: RLE and polygons to masks (and masks back to RLE), and their checks.
 
 `rle_decode` / `rle_encode` read and write COCO run-length encodings (counts as a list of ints or
-pycocotools' compressed string) without needing pycocotools; `polygons_to_mask` rasterises
-polygons with COCO's pixel convention. `_check_segmentation` says why an annotation is malformed
-(used while collecting a COCO file, so every bad annotation is reported before anything is
-decoded) and `_coco_mask` rasterises one image's annotations, both at validation and when a lazy
-`Sample` reads its mask. Only numpy is needed here.
+pycocotools' compressed string) through pycocotools, the reference codec; `polygons_to_mask`
+rasterises polygons with COCO's pixel convention. `_check_segmentation` says why an annotation is
+malformed (used while collecting a COCO file, so every bad annotation is reported before anything
+is decoded) and `_coco_mask` rasterises one image's annotations, both at validation and when a lazy
+`Sample` reads its mask.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from pycocotools import mask as coco_rle
 
 __all__ = ["rle_decode", "rle_encode", "polygons_to_mask"]
+
+MAX_RUN = 2**32 - 1  # pycocotools keeps run lengths as 32-bit unsigned ints
 
 
 def rle_decode(rle: dict) -> np.ndarray:
     """COCO RLE (counts as a list of ints or the compressed string) -> HxW uint8 0/1 mask.
 
     Runs alternate background/foreground starting with background, over the image in
-    column-major (Fortran) order, as pycocotools stores them.
+    column-major (Fortran) order, as pycocotools stores them. The counts are checked first
+    (`_checked_rle`): pycocotools' decoder trusts them.
     """
+    return np.ascontiguousarray(coco_rle.decode(_checked_rle(rle)))
+
+
+def _checked_rle(rle: dict) -> dict:
+    """The RLE as pycocotools' decoder takes it (compressed, bytes), after checking that its runs
+    are non-negative, fit pycocotools' 32-bit counts and cover exactly its h*w pixels: for fewer,
+    pycocotools' decode leaves the rest of the mask as uninitialised memory; for more, it raises
+    (since 2.0.5) a ValueError that does not say why."""
     h, w = (int(v) for v in rle["size"])
+    if h < 0 or w < 0:
+        raise ValueError(f"RLE size {w}x{h} has a negative side")
     counts = rle["counts"]
-    if isinstance(counts, (bytes, str)):
-        counts = _rle_counts_from_string(counts.decode("ascii") if isinstance(counts, bytes) else counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if (counts < 0).any():
+    compressed = isinstance(counts, (bytes, str))
+    if compressed:
+        text = counts.decode("ascii") if isinstance(counts, bytes) else counts
+        runs = np.asarray(_rle_counts_from_string(text), dtype=np.int64)
+    else:
+        runs = np.asarray(counts, dtype=np.int64)
+    if (runs < 0).any():
         raise ValueError("RLE counts contain a negative run length")
-    total = int(counts.sum())
+    if (runs > MAX_RUN).any():
+        raise ValueError(f"RLE counts contain a run longer than {MAX_RUN} pixels")
+    total = int(runs.sum())
     if total != h * w:
         raise ValueError(f"RLE counts cover {total} pixels but size {w}x{h} has {h * w}")
-    values = np.zeros(len(counts), dtype=np.uint8)
-    values[1::2] = 1
-    flat = np.repeat(values, counts)
-    return np.ascontiguousarray(flat.reshape(w, h).T)
+    if compressed:
+        return {"size": [h, w], "counts": text.encode("ascii")}
+    return coco_rle.frPyObjects({"size": [h, w], "counts": runs.tolist()}, h, w)
 
 
 def _rle_counts_from_string(s: str) -> list[int]:
+    """The run lengths in pycocotools' compressed string. pycocotools reads them only inside its C
+    decoder, which trusts them (see `_checked_rle`), and offers no way to read them from Python, so
+    this reader exists to check them before decoding (and to give `rle_encode` its uncompressed
+    form)."""
     # pycocotools' compact form: each count is split into 5-bit groups, least significant first,
     # each stored as chr(48 + group), with bit 0x20 meaning "more groups follow" and bit 0x10 of the
     # last group the sign; from the third count on, the value stored is the difference to the count
@@ -66,28 +88,11 @@ def _rle_counts_from_string(s: str) -> list[int]:
 
 def rle_encode(mask: np.ndarray, *, compressed: bool = True) -> dict:
     """HxW mask (nonzero = foreground) -> COCO RLE dict; the inverse of `rle_decode`."""
-    m = (np.asarray(mask) != 0)
+    m = np.asfortranarray(np.asarray(mask) != 0, dtype=np.uint8)
+    rle = coco_rle.encode(m)
+    text = rle["counts"].decode("ascii")
     h, w = m.shape
-    flat = m.T.reshape(-1).astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        runs = [0] + runs
-    if not compressed:
-        return {"size": [h, w], "counts": [int(r) for r in runs]}
-    out = []
-    for i, run in enumerate(runs):
-        x = run - runs[i - 2] if i > 2 else run
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return {"size": [h, w], "counts": "".join(out)}
+    return {"size": [h, w], "counts": text if compressed else _rle_counts_from_string(text)}
 
 
 def polygons_to_mask(polygons, height: int, width: int) -> np.ndarray:
@@ -152,7 +157,7 @@ def _check_segmentation(seg) -> str | None:
         elif not isinstance(counts, str):
             return "has RLE 'counts' that are neither a list of integers nor a string"
         try:
-            rle_decode(seg)
+            _checked_rle(seg)
         except (ValueError, KeyError) as e:
             return f"has an RLE segmentation that does not decode ({e})"
         return None
