@@ -28,6 +28,7 @@ from adapt.counts import count_params, encoder_shape  # noqa: F401  (re-exported
 from adapt.data import load_dataset
 from adapt.distributed import ranks, run_data_parallel, stop_flag
 from adapt.export import base_backbone, load_adapter, load_merged, read_adapter, save_adapter
+from adapt.metrics import INTERVAL, METRIC_HELP, small_split_warning, with_interval  # noqa: F401  (what the studio shows)
 from adapt.predictor import InteractivePredictor
 from adapt.tasks import attach_task_head, make_task, task_for_family, task_options
 from adapt.train import CHECKPOINT_NAME, Evaluated, TrainConfig, TrainingError, train  # noqa: F401  (re-exported)
@@ -37,10 +38,29 @@ ADAPTER_DIR = "adapter"  # train_adapter writes OUT/adapter
 
 
 def metric_record(frozen: dict | None, adapted: dict | None) -> dict:
-    """Held-out scores under one naming for model cards and adapter configs: frozen_<m>, adapted_<m>."""
-    record = {f"frozen_{k}": v for k, v in (frozen or {}).items()}
-    record.update({f"adapted_{k}": v for k, v in (adapted or {}).items()})
+    """Held-out scores under one naming for model cards and adapter configs: frozen_<m>, adapted_<m>
+    (the numbers only: the intervals go to the card's data, heldout_scores)."""
+    number = (int, float)
+    record = {f"frozen_{k}": v for k, v in (frozen or {}).items() if isinstance(v, number)}
+    record.update({f"adapted_{k}": v for k, v in (adapted or {}).items() if isinstance(v, number)})
     return record
+
+
+def heldout_report(frozen: dict | None, adapted: dict | None, heldout: int) -> dict:
+    """What a run says of its held-out scores beside the numbers: the main metrics with their 95%
+    bootstrap intervals over the images ("heldout_scores"), and a flag when the split is too small
+    to trust ("heldout_warning", adapt.metrics.small_split_warning)."""
+    report = {}
+    keys = [k for k in METRIC_HELP if k in (frozen or {}) and k in (adapted or {})][:2]  # iou, dice / miou, acc
+    if keys:
+        report["heldout_scores"] = (
+            "; ".join(f"{k} {with_interval(frozen, k)} frozen -> {with_interval(adapted, k)} adapted" for k in keys)
+            + f" (95% bootstrap intervals over the {heldout} held-out images)"
+        )
+    warning = small_split_warning(heldout)
+    if warning:
+        report["heldout_warning"] = warning
+    return report
 
 
 def configure(cfg: TrainConfig, dataset) -> TrainConfig:
@@ -153,6 +173,9 @@ def train_adapter(
         data["memory"] = f"accumulation {summary['accumulate']}, checkpointing {'on' if cfg.checkpointing else 'off'}"
     if cfg.init_adapter:
         data["warm_start"] = Path(cfg.init_adapter).name
+    report = heldout_report(summary["frozen"], summary["adapted"], len(heldout))
+    summary.update(report)  # the job's result says it too
+    data.update(report)
     summary["adapter"] = save_adapter(
         run.handle,
         Path(adapter) if adapter is not None else Path(out) / ADAPTER_DIR,

@@ -3,6 +3,7 @@
 The one place where predictions become images; the CLI and the app both call it.
 
     colorize(labels, palette(len(classes)))          # (H, W) ids -> (H, W, 3) uint8
+    class_palette(classes)                           # colours that agree with colour class names
     legend(classes, palette(len(classes)))           # a small swatch + name image
     overlay(image, labels_or_mask, colors)           # blend over the photo, outlines drawn
     cutout(image, alpha)                             # RGBA with the background transparent
@@ -29,6 +30,52 @@ def palette(n: int) -> np.ndarray:
         lightness, s = (0.5, 0.75) if i % 2 == 0 else (0.62, 0.65)
         colors.append([round(255 * c) for c in colorsys.hls_to_rgb(h, lightness, s)])
     return np.asarray(colors, dtype=np.uint8).reshape(n, 3)
+
+
+# the colour a class whose name says one is drawn in ("red object" is red): one word each, the
+# first found in the name wins
+NAMED_COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 80, 230),
+    "yellow": (240, 220, 20),
+    "orange": (250, 140, 20),
+    "purple": (140, 50, 190),
+    "violet": (140, 50, 190),
+    "pink": (250, 120, 180),
+    "magenta": (230, 30, 200),
+    "cyan": (20, 210, 230),
+    "brown": (130, 80, 30),
+    "white": (250, 250, 250),
+    "black": (10, 10, 10),
+    "grey": (128, 128, 128),
+    "gray": (128, 128, 128),
+}
+_NEAR = 90  # RGB distance under which a palette colour would pass for a named one
+
+
+def named_color(name: str) -> tuple[int, int, int] | None:
+    """The colour a class name says (a colour word in it), or None."""
+    words = "".join(ch if ch.isalpha() else " " for ch in name.lower()).split()
+    return next((NAMED_COLORS[w] for w in words if w in NAMED_COLORS), None)
+
+
+def class_palette(classes: list[str]) -> np.ndarray:
+    """One colour per class (uint8 (n, 3)) that never contradicts a name: a class named with a
+    colour word is drawn in that colour, and the other classes take palette colours far from
+    every named colour in use (so "cat" is not drawn red beside "red object")."""
+    named = [named_color(c) for c in classes]
+    used = np.asarray([c for c in named if c is not None], np.float64).reshape(-1, 3)
+    candidates = iter(palette(len(classes) * 4 + 8))
+    out = []
+    for color in named:
+        if color is None:
+            color = next(
+                (c for c in candidates if not len(used) or np.linalg.norm(used - c, axis=1).min() >= _NEAR),
+                (128, 128, 128),
+            )
+        out.append(color)
+    return np.asarray(out, dtype=np.uint8).reshape(len(classes), 3)
 
 
 def colorize(

@@ -67,6 +67,56 @@ def backbone_for(task: str, backbone) -> str:
     return backbone
 
 
+def on_disk(name: str) -> str:
+    """A backbone's weights in a few words for its picker: "on disk", or what a download takes."""
+    from adapt.files import format_bytes
+    from adapt.weights import available
+
+    info = available(name)
+    if info["ready"]:
+        return "random weights, for tests" if info["kind"] == "random-init" else "on disk"
+    if info["downloadable"]:
+        return f"download {format_bytes(info['bytes'])}" if info["bytes"] else "download, size unknown"
+    return "no weights here"
+
+
+def backbone_choices(task: str) -> list[tuple[str, str]]:
+    """The backbone pickers' (label, name) choices: backbones_for(task), each saying whether its
+    weights are on disk ("sam-vit-b (download 357.7 MB)", "tiny-sam (on disk)")."""
+    return [(f"{name} ({on_disk(name)})", name) for name in backbones_for(task)]
+
+
+def free_memory() -> tuple[int | None, str]:
+    """(free bytes, what) where this machine trains: the first GPU's free memory on a GPU machine,
+    else the RAM the kernel can give (MemAvailable); None when it cannot be read."""
+    if has_gpu():
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info()[0]), "GPU memory"
+        except RuntimeError:
+            return None, "GPU memory"
+    try:
+        with open("/proc/meminfo") as f:
+            line = next(x for x in f if x.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024, "RAM"
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None, "RAM"
+
+
+def fit_warning(needed: int, free: tuple[int | None, str] | None = None) -> str:
+    """A warning when `needed` bytes exceed this machine's free memory (free_memory()), else ""."""
+    from adapt.files import format_bytes
+
+    available, what = free or free_memory()
+    if available is None or needed <= available:
+        return ""
+    return (
+        f"\n\n**Will not fit here:** the estimate ({format_bytes(needed)}) is more than this machine's free "
+        f"{what} ({format_bytes(available)}). Choose a smaller backbone or batch, a lighter method, or free memory."
+    )
+
+
 def backbone_status(name: str) -> str:
     from adapt.weights import available
 

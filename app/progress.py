@@ -34,6 +34,7 @@ class JobProgress(Progress):
     and the charts' rows."""
 
     log: list = field(default_factory=list)  # human-readable lines
+    heldout: int | None = None  # the run's held-out images (its Start event), to flag a split too small
     signature: tuple = ()  # changes whenever the file does
 
     def curves(self) -> dict:
@@ -96,6 +97,8 @@ def _apply(p: JobProgress, raw: bytes) -> None:
     if event is None:  # a line cut by a kill
         return
     p.apply(event)
+    if kind(event) == Start.type:
+        p.heldout = event.get("heldout")
     line = _line(event)
     if line:
         p.log.append(line)

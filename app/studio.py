@@ -25,7 +25,7 @@ from adapt.methods import methods_for
 from adapt.pipeline import TrainConfig
 from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan, parse_bytes
 from adapt.tasks import TASKS
-from app.catalog import backbone_for, family_for_task, has_gpu
+from app.catalog import backbone_for, family_for_task, fit_warning, has_gpu
 from app.checks import (  # noqa: F401  (the app's modules import these from here)
     MAX_CLASSES,
     MAX_CLICKS,
@@ -88,7 +88,8 @@ def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | N
         plan = job_plan(backbone, method, batch_size, budget)
         if plan is not None:
             where = "GPU memory plan" if has_gpu() else "Memory plan (this machine has no GPU: RAM, fp32)"
-            return f"{where}: {plan.describe()}" if plan.fits else f"**Will not fit.** {plan.describe()}"
+            text = f"{where}: {plan.describe()}" if plan.fits else f"**Will not fit.** {plan.describe()}"
+            return text + (fit_warning(plan.estimate.total) if plan.fits else "")  # a budget over what is free
         e = estimate(backbone, method, batch_size, False, "fp32")
     except (ValueError, UserError, RuntimeError) as err:  # RuntimeError: a GPU that cannot be queried
         return f"Cannot estimate: {err}"
@@ -97,7 +98,7 @@ def estimate_memory(backbone: str, method: str, batch_size: int, budget: str | N
         f"{format_bytes(e.weights)}, gradients and optimizer state {format_bytes(e.trainable_state)}, activations "
         f"{format_bytes(e.activations)} at batch {batch_size}). A model of the step (adapt/planner.py), not a "
         "measurement: each run records its measured peak. Give a memory budget to plan for it."
-    )
+    ) + fit_warning(e.total)
 
 
 # --- the studio: datasets, jobs, adapters, prediction ---------------------------------------------
@@ -464,23 +465,30 @@ class Studio:
         except (HubError, AdapterError) as e:
             raise UserError(str(e)) from None
 
-    def adapters(self, owner: str) -> list[tuple[str, str]]:
-        """(label, ref) of every adapter this browser can use: finished jobs and uploaded zips."""
+    def adapters(self, owner: str, task: str | None = None) -> list[tuple[str, str]]:
+        """(label, ref) of every adapter this browser can use: finished jobs and uploaded zips;
+        with `task`, only those trained for it (the others would predict another task)."""
+        from adapt.backbones import family_of
         from adapt.export import read_adapter
+        from adapt.tasks import task_for_family
 
         check_owner(owner)
         out = []
         for j in self.store.list(owner):
             if j["status"] == "done" and j["kind"] == "train":
                 t = j["config"]["train"]
-                out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
+                if task in (None, t["task"]):
+                    out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
         folder = self.paths.uploaded_adapters(owner)
         for path in sorted(folder.glob("upload-*.zip")) if folder.exists() else []:
             try:
                 cfg, _ = read_adapter(path)
-                out.append((f"uploaded: {cfg['method']} on {cfg['base_model']['name']} ({cfg.get('task')})", path.stem))
+                name = cfg["base_model"]["name"]
+                kind = cfg.get("task") or task_for_family(family_of(name))
             except Exception:
                 continue
+            if task in (None, kind):
+                out.append((f"uploaded: {cfg['method']} on {name} ({kind})", path.stem))
         return out
 
     def _adapter_path(self, owner: str, ref: str) -> Path:
@@ -561,6 +569,11 @@ class Studio:
         names, points = parse_classes(classes, background=False), parse_clicks(clicks)  # cheap checks first
         image = self.load_image(image_path)
         task_obj, desc, where = self.model(owner, adapter_ref, backbone, task)
+        if not isinstance(task_obj, TASKS[task]):  # an adapter predicts its own task: never another silently
+            raise UserError(
+                f"the chosen adapter is for the {TASKS[task_obj.name].title} task, not {TASKS[task].title}: "
+                f"choose a {task} adapter, or none to run the frozen backbone"
+            )
         request = {}
         if task_obj.mask.needs_class_names:
             names = names or list(task_obj.classes or [])

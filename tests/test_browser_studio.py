@@ -196,7 +196,7 @@ def test_open_vocabulary_preview(page, shots):
     classes = page.locator("#predict-classes textarea, #predict-classes input").first
     expect(classes).to_be_visible()
     expect(classes).to_have_value(re.compile("background, red object, cyan object"))  # the default
-    expect(page.locator("#predict-backbone input")).to_have_value("tiny-clip")
+    expect(page.locator("#predict-backbone input")).to_have_value("tiny-clip (on disk)")
     page.locator("#adapter input").click()
     page.get_by_role("option", name=re.compile("none")).click()
     clear = page.locator("#predict-image").get_by_role("button", name=re.compile("Clear|Remove", re.I))

@@ -446,8 +446,9 @@ class DichotomousTask:
 
     @torch.no_grad()
     def evaluate(self, samples, device="cpu", dis: bool = True) -> dict:
-        """Held-out scores with the evaluation prompt: mean IoU and Dice, and the DIS metric set."""
-        from adapt.metrics import DISMetrics, dice, iou
+        """Held-out scores with the evaluation prompt: mean IoU and Dice (with their bootstrap
+        intervals over the images under "interval"), and the DIS metric set."""
+        from adapt.metrics import INTERVAL, DISMetrics, dice, intervals_over_images, iou
 
         ious, dices = [], []
         dis_metrics = DISMetrics(hce=False) if dis else None  # HCE costs ~0.5 s per 1024^2 image
@@ -461,6 +462,7 @@ class DichotomousTask:
             if dis_metrics is not None:
                 dis_metrics.step(prob, gt)
         out = {"iou": float(np.mean(ious)), "dice": float(np.mean(dices))}
+        out[INTERVAL] = intervals_over_images({"iou": ious, "dice": dices})  # over the images
         if dis_metrics is not None:
             out.update(dis_metrics.results())
         return out

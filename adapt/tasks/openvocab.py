@@ -320,9 +320,10 @@ class OpenVocabTask:
     @torch.no_grad()
     def evaluate(self, samples, device="cpu", classes: list[str] | None = None, dis: bool = True) -> dict:
         """mIoU over the classes (background included), pixel accuracy and per-class IoU, from one
-        confusion matrix accumulated over every held-out pixel (not a mean of per-image scores).
+        confusion matrix accumulated over every held-out pixel (not a mean of per-image scores), with
+        the bootstrap intervals of mIoU and pixel accuracy over the images under "interval".
         `classes` must list the dataset's classes in id order (default: the training classes)."""
-        from adapt.metrics import ConfusionMatrix
+        from adapt.metrics import INTERVAL, ConfusionMatrix, confusion_statistic, intervals_over_images
 
         classes = list(classes or self.classes or [])
         if not classes:
@@ -330,24 +331,31 @@ class OpenVocabTask:
         vocab = self.vocabulary(classes)
         shift = len(vocab) - len(classes)  # 1 when "background" was prepended to the dataset's classes
         cm = ConfusionMatrix(len(vocab), ignore_index=self.ignore_index)
+        per_image = []  # each image's confusion matrix: the intervals resample images
         for s in samples:
             pred, _, _ = self.predict(s.image, classes, device=device)
             gt = s.mask.astype(np.int64)
             if shift:
                 gt = np.where(gt == self.ignore_index, gt, gt + shift)
-            cm.update(pred, gt)
+            one = ConfusionMatrix(len(vocab), ignore_index=self.ignore_index)
+            one.update(pred, gt)
+            cm += one
+            per_image.append(one.matrix)
         ious = cm.iou_per_class()
         out = {"miou": cm.miou(), "pixel_acc": cm.pixel_accuracy()}
         out.update({f"iou/{c}": float(ious[k]) for k, c in enumerate(vocab) if not np.isnan(ious[k])})
+        names = ("miou", "pixel_acc")
+        out[INTERVAL] = intervals_over_images({k: per_image for k in names}, {k: confusion_statistic(k) for k in names})
         self.last_confusion = cm
         return out
 
 
 def class_colors(classes: list[str]) -> np.ndarray:
-    """The label map's colours: distinct hues per class, background a neutral dark grey."""
-    from adapt.render import palette
+    """The label map's colours: distinct hues per class, in the colour a class's name says
+    (adapt.render.class_palette), background a neutral dark grey."""
+    from adapt.render import class_palette
 
-    colors = palette(len(classes))
+    colors = class_palette(classes)
     for k, name in enumerate(classes):
         if name == BACKGROUND:
             colors[k] = (48, 48, 48)

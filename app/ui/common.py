@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 
 from adapt.files import disk_full
-from app.catalog import backbones_for
+from app.catalog import backbone_choices
 from app.studio import UserError, check_owner
 
 log = logging.getLogger("app")
@@ -117,15 +117,18 @@ def model_pickers(adapter_id: str, backbone_id: str, backbone_label: str):
     """The (adapter, backbone) dropdowns of a tab that predicts: any of this browser's adapters,
     or none and a frozen backbone. Both take any value from the API; the service checks it."""
     adapter = gr.Dropdown([NO_ADAPTER], value="", label="adapter", allow_custom_value=True, elem_id=adapter_id)
-    names = backbones_for("dichotomous")
-    backbone = gr.Dropdown(names, value=names[0], allow_custom_value=True, label=backbone_label, elem_id=backbone_id)
+    names = backbone_choices("dichotomous")
+    backbone = gr.Dropdown(names, value=names[0][1], allow_custom_value=True, label=backbone_label, elem_id=backbone_id)
     return adapter, backbone
 
 
-def adapter_choices(studio, owner: str, value: str = ""):
-    """The adapter dropdown's choices for this browser: none, its finished jobs, its uploads."""
+def adapter_choices(studio, owner: str, value: str = "", task: str | None = None):
+    """The adapter dropdown's choices for this browser: none, its finished jobs, its uploads; with
+    `task`, only the adapters for that task, and `value` only if it is one of them (none otherwise)."""
     try:
-        items = studio.adapters(owner)
+        items = studio.adapters(owner, task)
     except UserError:
         items = []
+    if task is not None and value not in [ref for _, ref in items]:
+        value = ""
     return gr.Dropdown(choices=[NO_ADAPTER] + items, value=value)

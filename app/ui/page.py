@@ -13,13 +13,13 @@ from __future__ import annotations
 import gradio as gr
 
 from adapt.tasks import TASKS
-from app.catalog import backbones_for
+from app.catalog import backbone_choices
 from app.config import Paths, default_root
 from app.jobs import new_token
 from app.studio import Studio
 from app.ui.adapters import adapters_tab
 from app.ui.api import api_endpoints
-from app.ui.common import valid_owner
+from app.ui.common import adapter_choices, valid_owner
 from app.ui.label_rest import label_tab
 from app.ui.labeller import data_tab
 from app.ui.methods import methods_tab
@@ -67,15 +67,17 @@ def build(studio: Studio | None = None) -> gr.Blocks:
                 progress_area = gr.Column()
             preview = preview_tab(studio, owner, task)
             rest = label_tab(studio, owner, task, data, tabs, train["job"])
-            adapters = adapters_tab(studio, owner, preview)
+            adapters = adapters_tab(studio, owner, task, preview)
             with progress_area:
-                progress = progress_tab(studio, owner, train["job"], preview["adapter"])
+                progress = progress_tab(studio, owner, train["job"], preview["adapter"], task)
             methods_tab()
         api_endpoints(studio, rest["api"])
-        _remember_the_browser(studio, demo, owner, saved_owner, saved_job, train["job"], progress, preview, adapters)
+        _remember_the_browser(
+            studio, demo, (owner, saved_owner, saved_job, task, tabs), train["job"], progress, adapters
+        )
         task.change(
-            _on_task,
-            task,
+            lambda t, o, chosen: _on_task(t) + (adapter_choices(studio, o, chosen, t),),
+            [task, owner, preview["adapter"]],
             [
                 data["classes"],
                 data["lab_class"],
@@ -84,6 +86,7 @@ def build(studio: Studio | None = None) -> gr.Blocks:
                 preview["backbone"],
                 rest["classes"],
                 rest["backbone"],
+                preview["adapter"],
             ],
             api_visibility="private",
         )
@@ -91,21 +94,24 @@ def build(studio: Studio | None = None) -> gr.Blocks:
     return demo
 
 
-def _remember_the_browser(studio: Studio, demo, owner, saved_owner, saved_job, job, progress, preview, adapters):
+def _remember_the_browser(studio: Studio, demo, browser: tuple, job, progress, adapters):
     """On load: the browser's owner token (a new one the first time) and its current job (from the
-    URL's ?job= or the browser's storage), then its job and adapter lists; the job id follows the
-    current job into storage and the URL."""
+    URL's ?job= or the browser's storage), then its job and adapter lists; a URL naming one of its
+    jobs opens the Progress tab on it. The job id follows the current job into storage and the URL."""
+    owner, saved_owner, saved_job, task, tabs = browser
 
     def on_load(stored_owner, stored_job, request: gr.Request):
         ok = isinstance(stored_owner, str) and bool(stored_owner) and valid_owner(stored_owner)
         token = stored_owner if ok else new_token()
-        current = (request.query_params.get("job") if request else None) or stored_job or ""
-        return token, token, current
+        asked = (request.query_params.get("job") if request else None) or ""
+        current = asked or stored_job or ""
+        mine = asked and asked in [j["job"] for j in studio.jobs(token)]
+        return token, token, current, gr.Tabs(selected="progress") if mine else gr.skip()
 
-    demo.load(on_load, [saved_owner, saved_job], [owner, saved_owner, job], api_visibility="private").then(
-        lambda o, j: (job_choices(studio, o, j),) + adapters["lists"](o, j),
-        [owner, job],
-        [progress["jobs"], adapters["chosen"], preview["adapter"]],
+    demo.load(on_load, [saved_owner, saved_job], [owner, saved_owner, job, tabs], api_visibility="private").then(
+        lambda o, j, t: (job_choices(studio, o, j),) + adapters["lists"](o, j, t),
+        [owner, job, task],
+        [progress["jobs"], adapters["chosen"], adapters["preview"]],
         api_visibility="private",
     )
     job.change(lambda j: j, job, saved_job, api_visibility="private")
@@ -114,17 +120,18 @@ def _remember_the_browser(studio: Studio, demo, owner, saved_owner, saved_job, j
 
 def _on_task(task: str):
     """A task shows the class-name fields when its masks are maps of named classes, and offers its
-    backbones (in the Train, Preview and Label-the-rest tabs)."""
-    names = backbones_for(task)  # checks the task
+    backbones, each saying whether its weights are on disk (in the Train, Preview and Label-the-rest
+    tabs)."""
+    names = backbone_choices(task)  # checks the task
     named = TASKS[task].mask.needs_class_names
     return (
         gr.Textbox(visible=named),
         gr.Dropdown(visible=named),
-        gr.Dropdown(choices=names, value=names[0]),
+        gr.Dropdown(choices=names, value=names[0][1]),
         gr.Textbox(visible=named),
-        gr.Dropdown(choices=names, value=names[0]),
+        gr.Dropdown(choices=names, value=names[0][1]),
         gr.Textbox(visible=named),
-        gr.Dropdown(choices=names, value=names[0]),
+        gr.Dropdown(choices=names, value=names[0][1]),
     )
 
 

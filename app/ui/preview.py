@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import cv2
 import gradio as gr
 
+from adapt.tasks import TASKS
 from app import labeller
-from app.studio import Studio
-from app.ui.common import example_path, examples, model_pickers, user_errors
+from app.studio import Studio, UserError, parse_classes, parse_clicks
+from app.ui.common import example_path, examples, model_pickers, user_errors, valid_owner
+from app.ui.messages import api_endpoint, in_page, message
 
 # the open-vocabulary preview's default classes: the objects of assets/examples/colours.jpg, which
 # the bundled tiny-clip tells apart zero-shot (see assets/examples/README.md)
@@ -30,7 +32,7 @@ def preview_tab(studio: Studio, owner, task) -> dict:
                 form.over = gr.Image(label="Overlay", format="png", elem_id="predict-overlay")
                 form.info = gr.Markdown(elem_id="predict-info")
         form.scale = gr.State(1.0)
-    _wire(studio, owner, task, form)
+        _wire(studio, owner, task, form)  # in the tab: its hidden API trigger too
     return {"adapter": form.adapter, "classes": form.classes, "backbone": form.backbone}
 
 
@@ -69,8 +71,13 @@ def _request_form() -> SimpleNamespace:
         visible=False,
         elem_id="predict-classes",
     )
-    run = gr.Button("Predict", variant="primary", elem_id="predict")
+    with gr.Row(equal_height=True):
+        run = gr.Button("Predict", variant="primary", elem_id="predict", scale=1)
+        runs = message("predict-runs", "Runs: frozen " + backbone.value + " (no adapter)")
+    msg = message("predict-msg")
     return SimpleNamespace(
+        runs=runs,
+        msg=msg,
         image=image,
         example=example,
         view=view,
@@ -102,19 +109,50 @@ def _wire(studio: Studio, owner, task, form: SimpleNamespace) -> None:
         part = f"{x:.0f},{y:.0f},{1 if m.startswith('foreground') else 0}"
         return f"{text}; {part}" if text and text.strip() else part
 
-    @user_errors
     def predict(owner, image, adapter, backbone, task, classes, clicks):
         outputs, desc = studio.predict(owner, image, adapter, backbone, task, classes, clicks)
         second = outputs.get("cutout", outputs.get("legend"))
         return outputs["main"], second, outputs["overlay"], desc
 
+    def predict_in_page(*args):
+        return (*predict(*args), "Done: the results are on the right.")
+
     f = form
     f.image.upload(show, f.image, [f.view, f.scale, f.clicks], api_visibility="private")
     f.example.input(pick, f.example, [f.image, f.view, f.scale, f.clicks], api_visibility="private")
     f.view.select(add_click, [f.clicks, f.mode, f.scale], f.clicks, api_visibility="private")
+    request = [owner, f.image, f.adapter, f.backbone, task, f.classes, f.clicks]
+    api_endpoint(predict, request, [f.main, f.extra, f.over, f.info], "predict")
     f.run.click(
-        predict,
-        [owner, f.image, f.adapter, f.backbone, task, f.classes, f.clicks],
-        [f.main, f.extra, f.over, f.info],
-        api_name="predict",
+        in_page(predict_in_page, 5), request, [f.main, f.extra, f.over, f.info, f.msg], api_visibility="private"
     )
+    choice = [owner, f.adapter, f.backbone, task, f.classes, f.clicks]
+    for trigger in (f.adapter.change, f.backbone.change, task.change, f.classes.change, f.clicks.change):
+        trigger(lambda *a: what_runs(studio, *a), choice, f.runs, api_visibility="private", show_progress="hidden")
+
+
+def what_runs(studio: Studio, owner, adapter, backbone, task, classes, clicks) -> str:
+    """The line beside Predict that says plainly what will run: the model (an adapter of this
+    browser, or a frozen backbone), the task, and its classes or clicks; or why it will not run
+    (an adapter trained for another task is refused by the studio too)."""
+    if task not in TASKS:
+        return ""
+    kind = TASKS[task]
+    title = kind.title.split(" (")[0].lower()
+    if adapter:
+        fitting = {ref: label for label, ref in studio.adapters(owner, task)} if valid_owner(owner or "") else {}
+        if adapter not in fitting:
+            return f"**Will not run:** adapter {adapter[:16]} is not for the {title} task: choose another, or none."
+        model = f"adapter {fitting[adapter]}"
+    else:
+        model = f"frozen {backbone}"
+    try:
+        if kind.mask.needs_class_names:
+            names = parse_classes(classes, background=False)
+            detail = f"{len(names)} classes" if names else ("the adapter's classes" if adapter else "no classes given")
+        else:
+            points = parse_clicks(clicks)
+            detail = f"{len(points[0])} click(s)" if points is not None else "no clicks"
+    except UserError as e:
+        return f"**Will not run:** {e}"
+    return f"Runs: {model}, {title}, {detail}"

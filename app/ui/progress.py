@@ -10,10 +10,14 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
+from adapt.pipeline import INTERVAL, METRIC_HELP, small_split_warning, with_interval
 from app.config import JobFiles
+from app.jobs import FINISHED
 from app.progress import read_progress
 from app.studio import Studio, UserError
-from app.ui.common import adapter_choices, outbox, read_rgb, user_errors, valid_owner
+from app.ui.adapters import adapter_download
+from app.ui.common import adapter_choices, read_rgb, valid_owner
+from app.ui.messages import api_endpoint, in_page, message
 
 # fixed up front: a plot first drawn with no data would otherwise keep an empty colour legend
 SERIES_COLORS = {
@@ -28,9 +32,9 @@ SERIES_COLORS = {
 }
 
 
-def progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
+def progress_tab(studio: Studio, owner, job, adapter_choice, task) -> dict:
     """The tab's contents, laid out inside the Progress tab (built after the Preview tab, whose
-    adapter list it updates once a job's adapter is ready)."""
+    adapter list, for the page's `task`, it updates once a job's adapter is ready)."""
     with gr.Column():
         view = _job_controls()
         _charts(view)
@@ -39,9 +43,9 @@ def progress_tab(studio: Studio, owner, job, adapter_choice) -> dict:
         timer = gr.Timer(1.5)
     refresh = _refresher(studio)
     outputs = [view.seen, view.status_md, view.loss_plot, view.metric_plot, view.preview, view.slider, view.scores]
-    outputs += [view.log, view.job_view, adapter_choice, view.jobs]
-    timer.tick(refresh, [owner, job, view.seen], outputs, api_visibility="private", show_progress="hidden")
-    job.change(refresh, [owner, job, gr.State(None)], outputs, api_visibility="private")
+    outputs += [view.log, view.job_view, adapter_choice, view.jobs, view.cancel, view.resume]
+    timer.tick(refresh, [owner, job, view.seen, task], outputs, api_visibility="private", show_progress="hidden")
+    job.change(refresh, [owner, job, gr.State(None), task], outputs, api_visibility="private")
     _wire_actions(studio, owner, job, view)
     return {"jobs": view.jobs}
 
@@ -50,10 +54,14 @@ def _job_controls() -> SimpleNamespace:
     with gr.Row():
         jobs = gr.Dropdown([], label="My jobs", elem_id="jobs", scale=3)
         job_view = gr.Textbox(label="Job id", elem_id="job-id", scale=3)
-        cancel = gr.Button("Cancel job", variant="stop", scale=1, elem_id="cancel")
-        resume = gr.Button("Resume", scale=1, elem_id="resume")  # a failed job, from its checkpoint
+        # enabled only where they apply to the job's status (see `actions`)
+        cancel = gr.Button("Cancel job", variant="stop", scale=1, elem_id="cancel", interactive=False)
+        resume = gr.Button("Resume", scale=1, elem_id="resume", interactive=False)  # a failed job
+    action_msg = message("job-action-msg")  # Cancel's and Resume's answers, which the status line never overwrites
     status_md = gr.Markdown("No job yet: start one in the Train tab.", elem_id="job-status")
-    return SimpleNamespace(jobs=jobs, job_view=job_view, cancel=cancel, resume=resume, status_md=status_md)
+    return SimpleNamespace(
+        jobs=jobs, job_view=job_view, cancel=cancel, resume=resume, action_msg=action_msg, status_md=status_md
+    )
 
 
 def _charts(view: SimpleNamespace) -> None:
@@ -88,26 +96,27 @@ def _downloads(view: SimpleNamespace) -> None:
         )
         view.get = gr.Button("Download", elem_id="download")
         view.out_file = gr.File(label="Download", elem_id="download-file")
+    view.download_msg = message("download-msg")
 
 
 def _refresher(studio: Studio):
     """The timer's update: everything about the job, redrawn only when something changed (the
     signature of its status, events and pictures)."""
 
-    def refresh(o, job_id, last):
+    def refresh(o, job_id, last, task=None):
         if not job_id or not valid_owner(o or ""):
-            return (None,) + (gr.skip(),) * 10
+            return (None,) + (gr.skip(),) * 12
         try:
             s = studio.status(o, job_id)
         except UserError as e:
-            return (None, f"**{e}**") + (gr.skip(),) * 9
+            return (None, f"**{e}**") + (gr.skip(),) * 11
         job_files = studio.paths.job_files(s["job"])
         p = read_progress(job_files.folder)
         pictures = (job_files.after, job_files.preview, job_files.before)  # the newest first
         stamps = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in pictures)
         signature = (s["job"], s["status"], s["error"], p.signature, stamps)
         if signature == last:
-            return (last,) + (gr.skip(),) * 10
+            return (last,) + (gr.skip(),) * 12
         loss_df, metric_df = _curves(p)
         shown = next((im for im in map(read_rgb, pictures) if im is not None), None)
         before = read_rgb(JobFiles.predictions(job_files.before))
@@ -119,11 +128,12 @@ def _refresher(studio: Studio):
             metric_df,
             shown,
             (before, after) if before is not None and after is not None else None,
-            _scores(s["frozen"], s["adapted"], s.get("warning"), s.get("best_step")),
+            _scores(s["frozen"], s["adapted"], s.get("warning"), s.get("best_step"), p.heldout),
             "\n".join(p.log),
             s["job"],
-            adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
+            adapter_choices(studio, o, s["job"], task) if s["adapter_ready"] else gr.skip(),
             job_choices(studio, o, s["job"]),
+            *actions(s["status"]),
         )
 
     return refresh
@@ -145,27 +155,38 @@ def _curves(p) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     )
 
 
+def actions(status: str) -> tuple:
+    """Cancel and Resume, each enabled only where it applies: Cancel a queued or running job,
+    Resume a failed one."""
+    return gr.Button(interactive=status not in FINISHED), gr.Button(interactive=status == "failed")
+
+
 def _wire_actions(studio: Studio, owner, job, view: SimpleNamespace) -> None:
-    @user_errors
+    """Cancel, Resume and Download, each answering beside its button; the same functions are the
+    API's cancel, resume and download endpoints."""
+
     def do_cancel(owner, job):
         return studio.cancel(owner, job)
 
-    @user_errors
     def do_resume(owner, job):
         return studio.resume(owner, job)
 
-    @user_errors
     def download(owner, job, merged):
-        if merged:
-            return outbox(studio.merged_checkpoint(owner, job), f"merged-{job[:8]}.safetensors")
-        return outbox(studio.adapter_zip(owner, job), f"adapter-{job[:8]}.zip")
+        return adapter_download(studio, owner, job, merged)
 
     view.jobs.input(lambda j: j, view.jobs, job, api_visibility="private")
     view.job_view.submit(lambda j: j.strip(), view.job_view, job, api_visibility="private")
     job.change(lambda o, j: job_choices(studio, o, j), [owner, job], view.jobs, api_visibility="private")
-    view.cancel.click(do_cancel, [owner, view.job_view], view.status_md, api_name="cancel")
-    view.resume.click(do_resume, [owner, view.job_view], view.status_md, api_name="resume")
-    view.get.click(download, [owner, view.job_view, view.merged], view.out_file, api_name="download")
+    for button, fn, name in ((view.cancel, do_cancel, "cancel"), (view.resume, do_resume, "resume")):
+        api_endpoint(fn, [owner, view.job_view], view.action_msg, name)
+        button.click(in_page(fn, 1), [owner, view.job_view], view.action_msg, api_visibility="private")
+    api_endpoint(download, [owner, view.job_view, view.merged], view.out_file, "download")
+    view.get.click(
+        in_page(lambda *a: (download(*a), ""), 2),
+        [owner, view.job_view, view.merged],
+        [view.out_file, view.download_msg],
+        api_visibility="private",
+    )
 
 
 def job_choices(studio: Studio, owner: str, current: str = ""):
@@ -176,8 +197,8 @@ def job_choices(studio: Studio, owner: str, current: str = ""):
         jobs = []
     choices = [
         (
-            f"{time.strftime('%m-%d %H:%M', time.localtime(j['created']))} {j['method']} on {j['backbone']}: "
-            f"{j['status']}",
+            f"{time.strftime('%m-%d %H:%M', time.localtime(j['created']))} {j['kind']}: {j['method']} on "
+            f"{j['backbone']}: {j['status']}",
             j["job"],
         )
         for j in jobs
@@ -204,16 +225,29 @@ def _status_text(s: dict) -> str:
     return head
 
 
-def _scores(frozen: dict | None, adapted: dict | None, warning: str | None = None, best: int | None = None) -> str:
+def _scores(
+    frozen: dict | None,
+    adapted: dict | None,
+    warning: str | None = None,
+    best: int | None = None,
+    heldout: int | None = None,
+) -> str:
+    """The held-out table: each score with its 95% bootstrap interval over the images where the
+    run gives one, what each metric means in a line, and a flag on a split too small to trust."""
     if not frozen:
         return ""
     keys = [k for k, v in frozen.items() if isinstance(v, float)][:8]
-    rows = ["| held-out | frozen | adapted |", "|---|---|---|"]
-    for k in keys:
-        a = adapted.get(k) if adapted else None
-        rows.append(f"| {k} | {frozen[k]:.4f} | {a:.4f} |" if isinstance(a, float) else f"| {k} | {frozen[k]:.4f} | |")
+    images = f" ({heldout} images)" if heldout else ""
+    rows = [f"| held-out{images} | frozen | adapted |", "|---|---|---|"]
+    rows += [f"| {k} | {with_interval(frozen, k)} | {with_interval(adapted, k)} |" for k in keys]
+    if any((frozen or {}).get(INTERVAL) or {}):
+        rows.append("\n[low, high]: the 95% bootstrap interval over the held-out images.")
+    rows += [f"\n- {METRIC_HELP[k]}" for k in keys if k in METRIC_HELP]
     if best is not None:
         rows.append(f"\nThe adapter is the state of step {best}, the best on the validation images.")
+    small = small_split_warning(heldout) if heldout is not None else None
+    if small:
+        rows.append(f"\n**Too few held-out images.** {small[0].upper()}{small[1:]}.")
     if warning:
         rows.append(f"\n**Warning.** {warning}")
     return "\n".join(rows)

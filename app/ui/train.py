@@ -9,9 +9,10 @@ import gradio as gr
 
 from adapt.methods import methods_for
 from adapt.tasks import TASKS
-from app.catalog import backbone_status, backbones_for, describe_method, download_weights
+from app.catalog import backbone_choices, backbone_status, backbones_for, describe_method, download_weights
 from app.studio import Studio, UserError, estimate_memory, gpu_count
 from app.ui.common import user_errors
+from app.ui.messages import api_endpoint, in_page
 
 
 def train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
@@ -27,9 +28,9 @@ def train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
         form.train = gr.Button("Train", variant="primary", elem_id="train")
         form.msg = gr.Markdown(elem_id="train-msg", elem_classes="studio-msg")
         form.job = gr.Textbox(label="job", visible=False)
+        _wire_train(studio, owner, task, tabs, form)  # in the tab: its hidden API trigger too
     _wire_data(studio, owner, task, data, tabs, form)
     _wire_choices(task, form)
-    _wire_train(studio, owner, task, tabs, form)
     return {"job": form.job, "backbone": form.backbone}
 
 
@@ -37,7 +38,7 @@ def _model_choice() -> SimpleNamespace:
     """Backbone and method, whether the weights are here, and what the method trains."""
     with gr.Row():
         backbone = gr.Dropdown(
-            backbones_for("dichotomous"),
+            backbone_choices("dichotomous"),  # each saying whether its weights are on disk
             value=backbones_for("dichotomous")[0],
             label="Backbone",
             elem_id="backbone",
@@ -137,17 +138,19 @@ def _wire_choices(task, form: SimpleNamespace) -> None:
 
 
 def _wire_train(studio: Studio, owner, task, tabs, form: SimpleNamespace) -> None:
-    @user_errors
+    """Train: a queued job opens the Progress tab; a refusal is said beside the button."""
+
     def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, budget="", gpus=1):
         job_id = studio.submit(
             owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget, gpus=gpus
         )
         return job_id, f"Job `{job_id}` queued."
 
-    form.train.click(
-        submit,
-        [owner, form.dataset, task, form.backbone, form.method, form.steps, form.lr, form.head_lr, form.batch]
-        + [form.budget, form.gpus],
-        [form.job, form.msg],
-        api_name="train",
-    ).success(lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private")
+    def submit_in_page(*args):
+        job_id, text = submit(*args)
+        return job_id, gr.Tabs(selected="progress"), text
+
+    request = [owner, form.dataset, task, form.backbone, form.method, form.steps, form.lr, form.head_lr, form.batch]
+    request += [form.budget, form.gpus]
+    api_endpoint(submit, request, [form.job, form.msg], "train")
+    form.train.click(in_page(submit_in_page, 3), request, [form.job, tabs, form.msg], api_visibility="private")
