@@ -212,8 +212,8 @@ class Studio:
         check_owner(owner)
         family_for_task(task)  # a known task
         classes = as_text(classes, "the class list")
-        images = file_list(images, "image files", self.limits.max_images)
-        masks = file_list(masks, "mask files", self.limits.max_images)
+        images = [uploaded(f) for f in file_list(images, "image files", self.limits.max_images)]
+        masks = [uploaded(f) for f in file_list(masks, "mask files", self.limits.max_images)]
         zip_file = uploaded(as_text(zip_file, "the dataset zip")) or None
         # a zip is kept and unpacked while checked; files are copied into a folder and kept zipped
         self.check_storage(
