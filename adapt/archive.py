@@ -13,10 +13,12 @@ Checked before a byte is written, from the zip's own directory:
 - names: two entries that unpack to the same path (the later would silently replace the earlier).
 While extracting, the bytes actually written are counted (a header can lie): an entry larger than
 it declared, or a total over the limit, stops the extraction. On any failure the destination is
-removed, so nothing half-extracted is left. The limits come from the environment
+removed, so nothing half-extracted is left; a full disk is raised as the OSError it is
+(adapt.files.disk_full), so that callers say the disk is full, not that the zip is bad.
+`declared_size` is what a zip may write (the guard never writes more): what a storage quota counts. The limits come from the environment
 (ADAPT_MAX_UNZIPPED_MB, ADAPT_MAX_ZIP_ENTRIES) or are given.
 
-Standard library only: every layer may use it.
+Standard library only (and adapt.files, which is too): every layer may use it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from adapt.files import disk_full
 
 CHUNK = 1 << 20
 RATIO_FLOOR = 1 << 20  # entries smaller than this may compress as well as they like
@@ -121,6 +125,16 @@ def problems(zf: zipfile.ZipFile, limits: ArchiveLimits, folder: str = "the fold
     return found
 
 
+def declared_size(path: str | Path) -> int:
+    """The bytes a zip declares it unpacks to (0 for a file that is not a readable zip): what
+    extracting it may write, since the guard stops an entry that writes more than it declared."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return 0
+
+
 def safe_extract(
     path: str | Path,
     dest: str | Path,
@@ -175,6 +189,8 @@ def safe_extract(
             raise
         except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as e:
             shutil.rmtree(dest, ignore_errors=True)
+            if disk_full(e):  # the server's problem, not the zip's
+                raise
             raise ArchiveError([("", f"the zip could not be extracted ({e})")], source=path.name) from None
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)

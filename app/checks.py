@@ -5,6 +5,7 @@ with it. The UI shows a UserError in the page; gradio_client and the JSON API re
 
 from __future__ import annotations
 
+import os
 import re
 
 from adapt.tasks import parse_points
@@ -12,8 +13,34 @@ from adapt.tasks import parse_points
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 
+# an absolute path in a message, up to the first space, quote or separator (the rest of a name
+# with spaces stays as text), and the folders in one that a server makes up: mkdtemp's names
+# ("tmpab12cd_x", "adapt-dataset-ab12cd_x") and Gradio's cache folders (a content hash)
+SERVER_PATH = re.compile(r"(?<![\w.~:/@-])/[^\s'\"`,;:()\[\]{}<>]+")
+MADE_UP = re.compile(r"(?:tmp|[a-z]+(?:-[a-z]+)*-)[a-z0-9_]{8}|[0-9a-f]{32,}")
+
+
+def without_server_paths(message: str) -> str:
+    """A message with each absolute server path cut to what the user knows of it: what follows
+    the last made-up folder (a temporary folder, Gradio's upload cache: the user's own file name
+    or the path inside their zip), else the last component. A user never gives a server path, so
+    a message names a file the way the user named it, never where the server keeps it."""
+
+    def cut(match: re.Match) -> str:
+        parts = [p for p in match.group(0).split("/") if p]
+        made_up = [i for i, p in enumerate(parts) if MADE_UP.fullmatch(p)]
+        rest = parts[made_up[-1] + 1 :] if made_up else parts[-1:]
+        return "/".join(rest) or "the upload"
+
+    return SERVER_PATH.sub(cut, message)
+
+
 class UserError(ValueError):
-    """Something the user can fix; the message says what."""
+    """Something the user can fix; the message says what (naming files as the user named them:
+    server paths are cut at construction, the one place every user-facing message passes)."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(without_server_paths(str(message)))
 
 
 # --- what a request may carry: every variable-size input is bounded, every value type-checked ----
@@ -70,6 +97,14 @@ def file_list(files, what: str, limit: int) -> list[str]:
     if len(files) > limit:
         raise UserError(f"{len(files)} {what} uploaded at once; at most {limit} are accepted")
     return list(files)
+
+
+def uploaded(path: str) -> str:
+    """An uploaded file's path, refused by its name when it is no longer there (uploads are kept
+    for a while: app.config.Limits.served_files)."""
+    if path and not os.path.isfile(path):
+        raise UserError(f"{os.path.basename(path)}: the upload is no longer on the server: upload it again")
+    return path
 
 
 def check_owner(owner: str | None) -> str:

@@ -7,6 +7,8 @@ ADAPT_MAX_PIXELS     largest image, in pixels, checked from the file header (def
 ADAPT_MAX_IMAGES     most image/mask pairs in one dataset (default 500)
 ADAPT_MAX_STEPS      most training steps one job may ask for (default 20000)
 ADAPT_MAX_LABEL_IMAGES  most images one labelling job may take (default 2000)
+ADAPT_SERVED_FILES_S how long a file the page hands out (a download, a checked dataset, a
+                     prediction) stays readable at its URL, in seconds (default 3600)
 ADAPT_WORKER_THREADS torch threads in each worker (default: all cores)
 ADAPT_WORKERS        worker processes (default: one per GPU, one when there is none)
 ADAPT_EXECUTOR       what runs the jobs: local (default) | ray | auto (app/run/executor.py); with ray:
@@ -50,6 +52,7 @@ class Limits:
     active_jobs: int = 3  # queued + running jobs per owner
     owner_storage_mb: int = 2048  # uploads + job folders per owner
     retention_days: float = 7.0  # finished jobs and uploads older than this are removed (0: never)
+    served_files_s: int = 3600  # a file handed to the browser is removed from Gradio's cache after this
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -62,7 +65,14 @@ class Limits:
             active_jobs=_int("ADAPT_MAX_ACTIVE_JOBS", cls.active_jobs),
             owner_storage_mb=_int("ADAPT_OWNER_STORAGE_MB", cls.owner_storage_mb),
             retention_days=float(os.environ.get("ADAPT_RETENTION_DAYS") or cls.retention_days),
+            served_files_s=_int("ADAPT_SERVED_FILES_S", cls.served_files_s),
         )
+
+    @property
+    def served_files(self) -> tuple[int, int]:
+        """Gradio's delete_cache (every how many seconds, older than how many): what the page
+        hands out, and what users upload, lives this long at its URL (README, "Who can read what")."""
+        return max(1, self.served_files_s // 6), self.served_files_s
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,11 @@ class Paths:
 
     def uploaded_adapters(self, owner: str) -> Path:
         return self.owner_uploads(owner) / "adapters"
+
+    def checked_dataset(self, owner: str, ref: str) -> Path:
+        """A dataset the studio checked for this owner, by its id (what /check_data answers and
+        /train takes): kept in the owner's own folder, so another browser's id finds nothing."""
+        return self.owner_uploads(owner) / "datasets" / f"{ref}.zip"
 
     def labelled_set(self, owner: str) -> Path:
         """The owner's click-labelled pairs, a standard images/ + masks/ dataset folder."""

@@ -64,7 +64,7 @@ class LabelRest:
             raise UserError("upload the images to label: a zip of them, or the image files")
         batch_size = number(batch_size, "batch size", 1, 32, integer=True)
         self.studio.check_active(owner)
-        self.studio.check_storage(owner, sum(f.stat().st_size for f in files if f.is_file()))
+        self.studio.check_storage(owner, self.studio.incoming_bytes(files))  # a zip: what it unpacks to, too
         if len(files) == 1 and files[0].suffix.lower() == ".zip":
             try:
                 with zipfile.ZipFile(files[0]) as z:

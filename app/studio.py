@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.files import copy_file, format_bytes, zip_folder
+from adapt.files import copy_file, disk_full, format_bytes, zip_folder
 from adapt.methods import methods_for
 from adapt.pipeline import TrainConfig
 from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan, parse_bytes
@@ -42,6 +42,7 @@ from app.checks import (  # noqa: F401  (the app's modules import these from her
     number,
     parse_classes,
     parse_clicks,
+    uploaded,
 )
 from app.config import Limits, Paths
 from app.gpus import gpu_count
@@ -49,6 +50,7 @@ from app.jobs import FINISHED, JobStore, brief, new_token
 from app.progress import read_progress
 
 MAX_BUDGET_TEXT = 32  # characters in a memory budget ("24GB")
+DATASET_REF = re.compile(r"dataset-[A-Za-z0-9_-]{16}")  # a checked dataset's id (Paths.checked_dataset)
 
 
 def job_plan(
@@ -139,6 +141,16 @@ class Studio:
         folders = [self.paths.owner_uploads(owner)] + [self.paths.job_dir(j) for j in self.store.owner_jobs(owner)]
         return sum(f.stat().st_size for folder in folders if folder.exists() for f in folder.rglob("*") if f.is_file())
 
+    @staticmethod
+    def incoming_bytes(files) -> int:
+        """What taking these uploaded files may put on disk: each file, plus what a zip among them
+        unpacks to while it is checked or labelled (the archive guard never writes more than a
+        zip declares), so many small entries count as what they become, not as the upload."""
+        from adapt.archive import declared_size
+
+        files = [Path(f) for f in files]
+        return sum(f.stat().st_size + declared_size(f) for f in files if f.is_file())
+
     def check_storage(self, owner: str, adding: int = 0) -> None:
         """Refuse what would take the owner past their storage limit, saying what to remove."""
         limit = self.limits.owner_storage_mb << 20
@@ -195,16 +207,20 @@ class Studio:
         self, owner: str, task: str, zip_file: str | None = None, images=(), masks=(), classes: str = ""
     ) -> tuple[Path, str]:
         """Validate uploaded pairs (a zip, or image files + mask files paired by name) and keep
-        them as one dataset zip; returns (zip path, summary). Nothing is kept on failure."""
+        them as one dataset zip in the owner's folder, named after its id (checked_dataset finds
+        it again); returns (zip path, summary). Nothing is kept on failure. What is unpacked while
+        checking counts against the owner's storage quota, as does the zip kept."""
         check_owner(owner)
         family_for_task(task)  # a known task
         classes = as_text(classes, "the class list")
-        images = file_list(images, "image files", self.limits.max_images)
-        masks = file_list(masks, "mask files", self.limits.max_images)
-        zip_file = as_text(zip_file, "the dataset zip") or None
-        uploaded = [Path(f) for f in [*images, *masks, *([zip_file] if zip_file else [])]]
-        self.check_storage(owner, sum(f.stat().st_size for f in uploaded if f.is_file()))
-        dest = self.paths.owner_uploads(owner) / f"dataset-{new_token()[:12]}.zip"
+        images = [uploaded(f) for f in file_list(images, "image files", self.limits.max_images)]
+        masks = [uploaded(f) for f in file_list(masks, "mask files", self.limits.max_images)]
+        zip_file = uploaded(as_text(zip_file, "the dataset zip")) or None
+        # a zip is kept and unpacked while checked; files are copied into a folder and kept zipped
+        self.check_storage(
+            owner, self.incoming_bytes([zip_file] if zip_file else []) + 2 * self.incoming_bytes(images + masks)
+        )
+        dest = self.paths.checked_dataset(owner, f"dataset-{new_token()[:16]}")
         if zip_file:
             if images or masks:
                 raise UserError("give either a zip or image and mask files, not both")
@@ -231,6 +247,26 @@ class Studio:
             dataset.close()
             return zip_folder(folder, dest), summary
 
+    def checked_dataset(self, owner: str, dataset) -> Path:
+        """The owner's checked dataset that a request names: its id, or a file named after it (the
+        copy /check_data handed out, as the page and gradio_client send it back). Only the copy in
+        the owner's own folder is ever read, never the file sent: a path, or the id of a dataset
+        another browser checked, is refused."""
+        check_owner(owner)
+        text = as_text(dataset, "the dataset", 1024).strip()
+        if not text:
+            raise UserError("no dataset: upload pairs or label images in the Data tab first, then check them there")
+        name = Path(text).name
+        ref = name.removesuffix(".zip")
+        path = self.paths.checked_dataset(owner, ref)
+        if not DATASET_REF.fullmatch(ref) or not path.is_file():
+            raise UserError(
+                f"{name!r} is not a dataset checked for this browser: check the data in the Data tab first "
+                "(the API: /check_data answers the checked dataset that /train takes). A checked dataset "
+                "belongs to the browser that checked it, and expires with its uploads"
+            )
+        return path
+
     # --- jobs ----------------------------------------------------------------------------------
     def submit(
         self,
@@ -249,7 +285,9 @@ class Studio:
         memory_budget: str | None = None,
         gpus: int = 1,
     ) -> str:
-        """Queue a training job; `init_adapter` (an adapter folder or zip the owner may use):
+        """Queue a training job on `dataset_zip`, a zip on this server (a request names one through
+        checked_dataset, which only finds the owner's own); `init_adapter` (an adapter folder or
+        zip the owner may use):
         a warm start from it, with its backbone, method and options (adapt.pipeline.warm_start);
         `memory_budget` ("16GB"): the job is planned to fit it (job_plan); `gpus`: data-parallel on
         that many GPUs (the supervisor gives the job a worker holding them)."""
@@ -420,13 +458,15 @@ class Studio:
         from adapt.export import AdapterError, read_adapter
 
         check_owner(owner)
-        if not as_text(zip_path, "the adapter zip"):
+        if not uploaded(as_text(zip_path, "the adapter zip")):
             raise UserError("choose an adapter .zip to load")
+        self.check_storage(owner, self.incoming_bytes([zip_path]))  # unpacked while it is read, then kept
         try:
             cfg, tensors = read_adapter(Path(zip_path))
         except (AdapterError, zipfile.BadZipFile, OSError) as e:
-            raise UserError(f"not a usable adapter: {e}") from None
-        self.check_storage(owner, Path(zip_path).stat().st_size if Path(zip_path).is_file() else 0)
+            if disk_full(e):  # the server's disk, not the user's zip: said as such (error_message)
+                raise
+            raise UserError(f"{Path(zip_path).name}: not a usable adapter: {e}") from None
         ref = f"upload-{new_token()[:16]}"
         copy_file(Path(zip_path), self.paths.uploaded_adapters(owner) / f"{ref}.zip")
         return ref, describe_adapter(cfg, len(tensors))
@@ -492,6 +532,7 @@ class Studio:
         return out
 
     def _adapter_path(self, owner: str, ref: str) -> Path:
+        check_owner(owner)
         ref = as_text(ref, "the adapter id", MAX_ID).strip()
         if ref.startswith("upload-"):
             path = self.paths.uploaded_adapters(owner) / f"{ref}.zip"

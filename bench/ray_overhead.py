@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from adapt.files import zip_folder
-from devtools.launcher import RayCluster, StudioProcess
+from devtools.launcher import RayCluster, StudioProcess, checked
 
 OWNER = "bench-owner-" + "r" * 16
 
@@ -53,7 +53,16 @@ def run_jobs(app: StudioProcess, data: Path, jobs: int, steps: int, timeout: flo
     for _ in range(jobs):
         start = time.time()
         job, _ = client.predict(
-            OWNER, handle_file(str(data)), "dichotomous", "tiny-sam", "parser", steps, 1e-3, 1e-4, 2, api_name="/train"
+            OWNER,
+            handle_file(checked(client, OWNER, data)),
+            "dichotomous",
+            "tiny-sam",
+            "parser",
+            steps,
+            1e-3,
+            1e-4,
+            2,
+            api_name="/train",
         )
         folder, seen = app.root / "jobs" / job, None
         deadline = time.time() + timeout

@@ -28,7 +28,7 @@ import urllib.parse
 from pathlib import Path
 
 from adapt.files import zip_folder
-from devtools.launcher import StudioProcess
+from devtools.launcher import StudioProcess, checked
 
 OWNER = "bench-owner-" + "b" * 16
 
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         ).start()
         try:
             client = Client(app.url, verbose=False)
-            data = handle_file(str(dataset_zip(tmp)))
+            data = handle_file(checked(client, OWNER, dataset_zip(tmp)))
             idle_job, _ = client.predict(
                 OWNER, data, "dichotomous", "tiny-sam", "parser", 1, 1e-3, 1e-4, 2, api_name="/train"
             )

@@ -26,6 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def checked(client, owner: str, data: Path, task: str = "dichotomous") -> str:
+    """`data` checked by the studio's /check_data for `owner`: the local copy of its answer (a file
+    named after the checked dataset's id), which is what /train takes. A refusal raises its message."""
+    from gradio_client import handle_file
+
+    dataset, message = client.predict(owner, task, handle_file(str(data)), [], [], "", api_name="/check_data")
+    if dataset is None:
+        raise ValueError(message)
+    return dataset
+
+
 class StudioProcess:
     """`python -m app` in its own process group (so a test can kill it with its workers at once)."""
 

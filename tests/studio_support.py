@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 from devtools.launcher import StudioProcess, free_port  # noqa: F401  (re-exported for the tests)
+from devtools.launcher import checked as check_with
 
 REPO = Path(__file__).resolve().parent.parent
 OWNER = "test-owner-" + "a" * 20
@@ -25,6 +26,11 @@ def dataset_zip(
         make_dataset(domain, n=n, size=size, seed=seed), folder / f"data-{task}-{domain}-{n}-{size}", task=task
     )
     return zip_tree(data, folder / f"{data.name}.zip")
+
+
+def checked(client, data: Path, task: str = "dichotomous", owner: str = OWNER) -> str:
+    """devtools.launcher.checked with the tests' owner: what /train takes for `data`."""
+    return check_with(client, owner, data, task)
 
 
 def zip_tree(folder: Path, dest: Path) -> Path:

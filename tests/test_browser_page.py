@@ -23,11 +23,13 @@ def page(studio_app, chromium, tmp_path_factory):
 @pytest.fixture(scope="module")
 def job(page):
     """A finished 3-step tiny-sam job trained from the Train tab (6 pairs: 2 held out)."""
-    tab(page, "Train")
-    expect(page.locator("#backbone input")).to_have_value("tiny-sam (on disk)")  # item 14: weights here
+    tab(page, "Data")  # the Train tab trains on a dataset checked here (owner-bound, item 1)
     data = dataset_zip(page.workdir, n=6, size=64, domain="source")
-    page.locator("#dataset input[type=file]").set_input_files(str(data))
+    page.locator("#upload-zip input[type=file]").set_input_files(str(data))
+    page.locator("#check-data").click()
+    expect(page.get_by_role("tab", name=re.compile("Train"))).to_have_attribute("aria-selected", "true")
     expect(page.locator("#dataset")).to_contain_text(".zip")
+    expect(page.locator("#backbone input")).to_have_value("tiny-sam (on disk)")  # item 14: weights here
     page.locator("#steps input").fill("3")
     page.locator("#steps input").press("Tab")
     page.locator("#train").click()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from studio_support import OWNER, App, bad_uploads, dataset_zip, slip_zip, wait_for
+from studio_support import OWNER, App, bad_uploads, checked, dataset_zip, slip_zip, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -48,7 +48,7 @@ def data(workdir):
 def train(client, data, steps=6, owner=OWNER, **kw):
     job, message = client.predict(
         owner,
-        handle_file(str(data)),
+        handle_file(checked(client, data, kw.get("task", "dichotomous"), owner)),
         kw.get("task", "dichotomous"),
         kw.get("backbone", "tiny-sam"),
         kw.get("method", "parser"),
@@ -364,7 +364,7 @@ def test_every_endpoint_answers_malformed_values_with_a_specific_message(client,
     what is wrong (raised, or returned in the page's message for /check_data). A component that
     checks a value itself (a radio's choices) answers with its own specific message."""
     wrong = []
-    for (endpoint, args), expected in malformed_requests(data):
+    for (endpoint, args), expected in malformed_requests(checked(client, data)):
         try:
             answer = " ".join(str(x) for x in client.predict(*args, api_name=endpoint))
         except Exception as e:  # gradio_client raises the endpoint's error text

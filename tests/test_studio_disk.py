@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from studio_support import OWNER, App, dataset_zip, wait_for
+from studio_support import OWNER, App, checked, dataset_zip, wait_for
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -59,7 +59,7 @@ def test_a_full_disk_fails_the_job_clearly_and_the_app_goes_on(small_disk, tmp_p
     app = App(small_disk / "studio").start()
     try:
         client = Client(app.url, verbose=False)
-        data = handle_file(str(dataset_zip(tmp_path, n=4, size=80)))
+        data = handle_file(checked(client, dataset_zip(tmp_path, n=4, size=80)))
         job, _ = client.predict(OWNER, data, "dichotomous", "tiny-sam", "parser", 400, 1e-3, 1e-4, 2, api_name="/train")
         wait_for(lambda: answer(client, OWNER, job, api_name="/status")["step"] >= 1, 120, what="the first step")
         filler = fill(small_disk, leave=2 << 20)  # the next checkpoint (several MB) cannot be written

@@ -75,9 +75,54 @@ def user_errors(fn):
     return wrapped
 
 
+def owners_checked(demo: gr.Blocks, owner) -> None:
+    """Every event of `demo` that takes the `owner` token refuses a missing or malformed one before
+    it runs. No event is protected by being left out of the API: a "private" one is still callable
+    by fn_index over /gradio_api/queue/join. A timer's tick, which may come before the page has its
+    token, changes nothing instead of raising. Call once, after every event is registered."""
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None or owner not in block_fn.inputs:
+            continue
+        ticks = all(event == "tick" for _, event in block_fn.targets)
+        block_fn.fn = _owner_first(block_fn.fn, block_fn.inputs.index(owner), len(block_fn.outputs), ticks)
+
+
+def _owner_first(fn, position: int, n_outputs: int, quiet: bool):
+    """`fn` behind the owner check of its argument at `position` (Gradio passes the inputs in
+    order: the owner is always among them, before any Request or event data)."""
+
+    def refused(args) -> tuple | None:
+        """None when the owner token is well formed; else skips (a tick) or a raised gr.Error."""
+        token = args[position] if position < len(args) else None
+        try:
+            check_owner(token)
+            return None
+        except UserError as e:
+            if quiet:
+                return gr.skip() if n_outputs == 1 else tuple(gr.skip() for _ in range(n_outputs))
+            raise gr.Error(str(e), print_exception=False) from None
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awaited(*args, **kwargs):
+            skip = refused(args)
+            return skip if skip is not None else await fn(*args, **kwargs)
+
+        return awaited
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        skip = refused(args)
+        return skip if skip is not None else fn(*args, **kwargs)
+
+    return wrapped
+
+
 def outbox(path: Path, name: str) -> str:
     """A copy of a file for the browser to download, under the temp folder gradio may serve from
-    (the studio folder itself is never exposed)."""
+    (the studio folder itself is never exposed). Gradio serves it from its cache, at a URL only
+    this answer names, until Limits.served_files removes it (README, "Who can read what")."""
     folder = Path(tempfile.gettempdir()) / "adapt-studio-downloads"
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*/*"):

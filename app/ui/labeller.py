@@ -224,7 +224,11 @@ def _wire_set(studio: Studio, owner, task, view: SimpleNamespace):
         if not (folder / "images").exists():
             raise UserError("the labelled set is empty: label and save at least two images")
         dest, summary = studio.stage_upload(o, t, zip_file=str(_zip_set(studio, o)))
-        return str(dest), f"Labelled set checked and ready to train on.\n\n{summary}", gr.Tabs(selected="train")
+        return (
+            outbox(dest, dest.name),
+            f"Labelled set checked and ready to train on.\n\n{summary}",
+            gr.Tabs(selected="train"),
+        )
 
     @user_errors
     def download_set(o):

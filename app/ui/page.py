@@ -19,7 +19,7 @@ from app.jobs import new_token
 from app.studio import Studio
 from app.ui.adapters import adapters_tab
 from app.ui.api import api_endpoints
-from app.ui.common import adapter_choices, valid_owner
+from app.ui.common import adapter_choices, owners_checked, valid_owner
 from app.ui.label_rest import label_tab
 from app.ui.labeller import data_tab
 from app.ui.methods import methods_tab
@@ -49,7 +49,8 @@ CSS = ".studio-msg p {margin: 0.2em 0}"
 def build(studio: Studio | None = None) -> gr.Blocks:
     studio = studio or Studio(Paths(default_root()))
     secret = studio.paths.browser_secret()
-    with gr.Blocks(title="Segmentation adaptation studio") as demo:
+    # what the page hands out (and what users upload) is removed from Gradio's cache after a while
+    with gr.Blocks(title="Segmentation adaptation studio", delete_cache=studio.limits.served_files) as demo:
         saved_owner = gr.BrowserState(None, storage_key="adapt-studio-owner", secret=secret)
         saved_job = gr.BrowserState("", storage_key="adapt-studio-job", secret=secret)
         owner = gr.Textbox(label="owner", elem_id="owner", visible=False)  # the browser's token; an API input
@@ -90,6 +91,7 @@ def build(studio: Studio | None = None) -> gr.Blocks:
             ],
             api_visibility="private",
         )
+        owners_checked(demo, owner)  # last: every event above that takes the owner checks it first
     demo.studio = studio
     return demo
 

@@ -11,7 +11,7 @@ from adapt.methods import methods_for
 from adapt.tasks import TASKS
 from app.catalog import backbone_choices, backbone_status, backbones_for, describe_method, download_weights
 from app.studio import Studio, UserError, estimate_memory, gpu_count
-from app.ui.common import user_errors
+from app.ui.common import outbox, user_errors
 from app.ui.messages import api_endpoint, in_page
 
 
@@ -20,9 +20,10 @@ def train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
     with gr.Tab("2. Train", id="train"):
         form = _model_choice()
         _run_settings(form)
-        form.dataset = gr.File(
-            label="Training data: a checked dataset zip (from the Data tab, or upload one)",
+        form.dataset = gr.File(  # filled by the Data tab's checks: /train reads only this browser's own copy
+            label="Training data: the dataset checked in the Data tab",
             file_types=[".zip"],
+            interactive=False,
             elem_id="dataset",
         )
         form.train = gr.Button("Train", variant="primary", elem_id="train")
@@ -86,14 +87,15 @@ def _wire_data(studio: Studio, owner, task, data: dict, tabs, form: SimpleNamesp
 
     @user_errors
     def check_data(owner, task, dataset_zip, images, masks, classes):
-        """Validate uploaded pairs; a bad upload is a message that stays in the page (and the API's error)."""
+        """Validate uploaded pairs; a bad upload is a message that stays in the page (and the API's error).
+        The answer is the checked dataset, a file named after its id, which /train takes back."""
         try:
             dest, summary = studio.stage_upload(
                 owner, task, zip_file=dataset_zip, images=images or (), masks=masks or (), classes=classes
             )
         except UserError as e:
             return None, f"**Cannot use this upload.**\n\n```\n{e}\n```", gr.skip()
-        return str(dest), f"Checked: ready to train.\n\n{summary}", gr.Tabs(selected="train")
+        return outbox(dest, dest.name), f"Checked: ready to train.\n\n{summary}", gr.Tabs(selected="train")
 
     data["check"].click(
         check_data,
@@ -141,8 +143,9 @@ def _wire_train(studio: Studio, owner, task, tabs, form: SimpleNamespace) -> Non
     """Train: a queued job opens the Progress tab; a refusal is said beside the button."""
 
     def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, budget="", gpus=1):
+        data = studio.checked_dataset(owner, dataset)  # this browser's own checked dataset, or refused
         job_id = studio.submit(
-            owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget, gpus=gpus
+            owner, str(data), task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget, gpus=gpus
         )
         return job_id, f"Job `{job_id}` queued."
 
