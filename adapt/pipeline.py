@@ -36,9 +36,11 @@ from adapt.weights import resolve_checkpoint
 ADAPTER_DIR = "adapter"  # train_adapter writes OUT/adapter
 
 
-def metric_record(frozen: dict | None, adapted: dict | None) -> dict:
-    """Held-out scores under one naming for model cards and adapter configs: frozen_<m>, adapted_<m>."""
+def metric_record(frozen: dict | None, adapted: dict | None, previous: dict | None = None) -> dict:
+    """Held-out scores under one naming for model cards and adapter configs: frozen_<m>, adapted_<m>
+    (and previous_<m>: a warm start's adapter before this run, on the same held-out images)."""
     record = {f"frozen_{k}": v for k, v in (frozen or {}).items()}
+    record.update({f"previous_{k}": v for k, v in (previous or {}).items()})
     record.update({f"adapted_{k}": v for k, v in (adapted or {}).items()})
     return record
 
@@ -158,7 +160,7 @@ def train_adapter(
         Path(adapter) if adapter is not None else Path(out) / ADAPTER_DIR,
         task=cfg.task,
         classes=cfg.task_options.get("classes"),
-        metrics=metric_record(summary["frozen"], summary["adapted"]),
+        metrics=metric_record(summary["frozen"], summary["adapted"], summary.get("previous")),
         data=data,
     )
     return summary
