@@ -352,6 +352,7 @@ class Studio:
             "loss": progress.last_loss,
             "eta_s": progress.eta_s,
             "frozen": progress.frozen,
+            "previous": progress.previous,  # a retraining round: the adapter it continues, on the same images
             "adapted": progress.adapted,
             "best_step": progress.best_step,
             "warning": progress.warning,

@@ -119,7 +119,7 @@ def _refresher(studio: Studio):
             metric_df,
             shown,
             (before, after) if before is not None and after is not None else None,
-            _scores(s["frozen"], s["adapted"], s.get("warning"), s.get("best_step")),
+            _scores(s["frozen"], s["adapted"], s.get("warning"), s.get("best_step"), s.get("previous")),
             "\n".join(p.log),
             s["job"],
             adapter_choices(studio, o, s["job"]) if s["adapter_ready"] else gr.skip(),
@@ -204,14 +204,27 @@ def _status_text(s: dict) -> str:
     return head
 
 
-def _scores(frozen: dict | None, adapted: dict | None, warning: str | None = None, best: int | None = None) -> str:
+def _scores(
+    frozen: dict | None,
+    adapted: dict | None,
+    warning: str | None = None,
+    best: int | None = None,
+    previous: dict | None = None,
+) -> str:
+    """The held-out table: frozen and adapted; a retraining round also its previous adapter."""
     if not frozen:
         return ""
     keys = [k for k, v in frozen.items() if isinstance(v, float)][:8]
-    rows = ["| held-out | frozen | adapted |", "|---|---|---|"]
+    columns = [("frozen", frozen)] + ([("previous adapter", previous)] if previous else []) + [("adapted", adapted)]
+    rows = ["| held-out | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for k in keys:
-        a = adapted.get(k) if adapted else None
-        rows.append(f"| {k} | {frozen[k]:.4f} | {a:.4f} |" if isinstance(a, float) else f"| {k} | {frozen[k]:.4f} | |")
+        cells = [f"{m[k]:.4f}" if m and isinstance(m.get(k), float) else "" for _, m in columns]
+        rows.append(f"| {k} | " + " | ".join(cells) + " |")
+    if previous:
+        rows.append(
+            "\nA retraining round: held out on the same images as the adapter it continues (never trained on); "
+            "*previous adapter* is that adapter on them, before this round, and *adapted* this round's result."
+        )
     if best is not None:
         rows.append(f"\nThe adapter is the state of step {best}, the best on the validation images.")
     if warning:
