@@ -15,6 +15,15 @@ batch at a time, so memory does not grow with the number of images. OUT holds:
     failed.json           files that could not be read, with the reason
     summary.json          counts, task, classes, model, seconds
 
+What a user decides afterwards is kept beside them (the studio's label the rest):
+
+    reviewed.json         name -> {"review": "accepted" | "corrected", ...}: one entry per result
+    corrected/<name>.png  a corrected result's mask, in masks/' format
+
+`export_results` zips the results as decided: a corrected mask replaces the model's in masks/
+(the model's own under predicted/), scores.csv gains a "review" column and annotations.json is
+rebuilt from the decided masks, each image entry marked with its review.
+
 Every file is written atomically (a temporary name, then a rename): a kill leaves no half-written
 PNG, and `resume` skips every image already in the ledger. An unreadable, corrupt or oversized
 image, or one whose outputs cannot be written, is listed in failed.json and the batch goes on (a
@@ -49,6 +58,10 @@ SCORES = "scores.csv"
 COCO = "annotations.json"
 FAILED = "failed.json"
 SUMMARY = "summary.json"
+REVIEWED = "reviewed.json"
+CORRECTED = "corrected"
+PREDICTED = "predicted"  # in an export: the model's masks that a correction replaced
+REVIEWS = ("accepted", "corrected")
 MAX_NAME_BYTES = 120  # an output name, before "_alpha" etc. and ".png": far below any file system's 255
 MAX_PIXELS = 40_000_000  # per image, as everywhere else (adapt.data.images)
 
@@ -283,7 +296,7 @@ def read_scores(out: str | Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     for r in rows:
         for k, v in r.items():
-            if k not in ("name", "file"):
+            if k not in ("name", "file", "review"):
                 try:
                     r[k] = int(v) if k in ("rank", "width", "height") else float(v)
                 except ValueError:
@@ -292,8 +305,9 @@ def read_scores(out: str | Path) -> list[dict]:
 
 
 def write_coco(out: Path, records: list[dict], vocabulary: list[str]) -> Path:
-    """annotations.json from the written masks: one image entry per record, one annotation per
-    (image, class present) with a compressed RLE, its area and bounding box. Read one mask at a
+    """annotations.json from the written masks: one image entry per record (with its "review", when
+    it has one), one annotation per (image, class present) with a compressed RLE, its area and
+    bounding box, and the model's confidence as "score" (not on a corrected image). Read one mask at a
     time; the JSON holds only the RLE strings."""
     from PIL import Image
 
@@ -303,6 +317,8 @@ def write_coco(out: Path, records: list[dict], vocabulary: list[str]) -> Path:
     images, annotations = [], []
     for image_id, r in enumerate(records, 1):
         images.append({"id": image_id, "file_name": r["file"], "width": r["width"], "height": r["height"]})
+        if r.get("review"):
+            images[-1]["review"] = r["review"]
         labels = np.asarray(Image.open(out / "masks" / f"{r['name']}.png"))
         present = [1] if len(vocabulary) == 2 else [int(k) for k in np.unique(labels) if k]
         for k in present:
@@ -320,9 +336,10 @@ def write_coco(out: Path, records: list[dict], vocabulary: list[str]) -> Path:
                     "area": int(len(ys)),
                     "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
                     "iscrowd": 0,
-                    "score": round(1.0 - float(r["uncertainty"]), 6),
                 }
             )
+            if r.get("review") != "corrected":  # the model's confidence; a corrected mask is the user's
+                annotations[-1]["score"] = round(1.0 - float(r["uncertainty"]), 6)
     coco = {
         "info": {"description": "predicted by adapt (label the rest)", "version": "1"},
         "images": images,
@@ -333,3 +350,75 @@ def write_coco(out: Path, records: list[dict], vocabulary: list[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(coco))
     return path
+
+
+# --- what the user decided -------------------------------------------------------------------------
+
+
+def read_reviews(out: str | Path) -> dict[str, dict]:
+    """name -> {"review": "accepted" | "corrected", ...} for every result reviewed so far."""
+    try:
+        reviews = json.loads((Path(out) / REVIEWED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return reviews if isinstance(reviews, dict) else {}
+
+
+def record_review(out: str | Path, name: str, review: str, mask: np.ndarray | None = None, **extra) -> dict:
+    """Mark the result `name` as accepted (the model's mask is the decision) or corrected (`mask`,
+    in masks/' format, is: kept as corrected/<name>.png); a later review of the same result
+    replaces the earlier one. Returns its entry. One writer at a time (the caller serialises)."""
+    out = Path(out)
+    if review not in REVIEWS:
+        raise ValueError(f"a review is one of {', '.join(REVIEWS)}, not {review!r}")
+    if not (out / "masks" / f"{name}.png").exists():
+        raise ValueError(f"no result named {name!r}")
+    corrected = out / CORRECTED / f"{name}.png"
+    if review == "corrected":
+        if mask is None:
+            raise ValueError("a correction needs its mask")
+        _save(mask, corrected)
+    else:
+        corrected.unlink(missing_ok=True)
+    reviews = read_reviews(out)
+    reviews[name] = {"review": review, **extra}
+    write_json(out / REVIEWED, reviews, indent=1)
+    return reviews[name]
+
+
+def decided_mask(out: str | Path, name: str) -> Path:
+    """The mask the user decided on for `name`: their correction, else the model's."""
+    corrected = Path(out) / CORRECTED / f"{name}.png"
+    return corrected if corrected.exists() else Path(out) / "masks" / f"{name}.png"
+
+
+def export_results(out: str | Path, dest: str | Path, leave_out: tuple[str, ...] = ()) -> Path:
+    """Zip the results in `out` as the user decided them (see the module docstring) into `dest`;
+    `leave_out`: top-level folders kept out (e.g. a cache). Returns `dest`."""
+    import shutil
+
+    from adapt.files import zip_folder
+
+    out = Path(out)
+    reviews = read_reviews(out)
+    kept = {RECORDS, REVIEWED, CORRECTED, *leave_out}
+    with tempfile.TemporaryDirectory(prefix="adapt-export-") as tmp:
+        folder = Path(tmp)
+        for path in sorted(out.iterdir()):
+            if path.name not in kept:
+                (shutil.copytree if path.is_dir() else shutil.copyfile)(path, folder / path.name)
+        for name, entry in reviews.items():
+            if entry.get("review") != "corrected" or not (out / CORRECTED / f"{name}.png").exists():
+                continue
+            for kind in ("masks", "colour"):  # the model's colour map no longer matches: moved aside
+                if (folder / kind / f"{name}.png").exists():
+                    (folder / PREDICTED / kind).mkdir(parents=True, exist_ok=True)
+                    (folder / kind / f"{name}.png").rename(folder / PREDICTED / kind / f"{name}.png")
+            shutil.copyfile(out / CORRECTED / f"{name}.png", folder / "masks" / f"{name}.png")
+        ledger = read_ledger(out)
+        records = [{**r, "review": reviews.get(n, {}).get("review", "")} for n, r in ledger.items()]
+        write_scores(folder, records)
+        vocabulary = json.loads((out / SUMMARY).read_text())["classes"] if (out / SUMMARY).exists() else None
+        write_coco(folder, records, vocabulary or ["background", "foreground"])
+        write_json(folder / REVIEWED, reviews, indent=1)
+        return zip_folder(folder, dest)

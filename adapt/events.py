@@ -77,12 +77,13 @@ class Step:
 
 @dataclass(frozen=True)
 class Eval:
-    """Scores of the model as it is at `step` ("frozen" is the base model, scored at step 0)."""
+    """Scores of the model as it is at `step` ("frozen" is the base model, scored at step 0;
+    "previous" a warm start's adapter as loaded, on the held-out split at step 0)."""
 
     type: ClassVar[str] = "eval"
     step: int
     split: str  # "validation" (chooses the best state) | "heldout" (reported)
-    model: str  # "frozen" | "adapted"
+    model: str  # "frozen" | "previous" | "adapted"
     metrics: dict
 
 
@@ -141,6 +142,7 @@ class Done:
     peak_memory_mb: float
     counts: dict
     seconds: float
+    previous: dict | None = None  # a warm start's adapter on the same held-out images, before training
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ class Progress:
     eta_s: float | None = None
     last_loss: float | None = None
     frozen: dict | None = None  # the frozen model's held-out scores
+    previous: dict | None = None  # a warm start's adapter's held-out scores, before this run trained it
     adapted: dict | None = None  # the returned model's held-out scores, once done
     warning: str | None = None  # the run's not-better-than-frozen sentence, when it has one
     best_step: int | None = None  # the step whose state the run returned (by its validation images)
@@ -277,8 +280,8 @@ class Progress:
         elif name == Eval.type:
             split = event.get("split") or "heldout"
             self.evals.append((event["step"], event.get("model"), event.get("metrics", {}), split))
-            if event.get("model") == "frozen" and split == "heldout":
-                self.frozen = event.get("metrics")
+            if event.get("model") in ("frozen", "previous") and split == "heldout":
+                setattr(self, event["model"], event.get("metrics"))
         elif name == BestCheckpoint.type:
             self.best_step = event.get("best_step")
         elif name in (Done.type, Resumed.type):

@@ -37,12 +37,17 @@ from adapt.weights import resolve_checkpoint
 ADAPTER_DIR = "adapter"  # train_adapter writes OUT/adapter
 
 
-def metric_record(frozen: dict | None, adapted: dict | None) -> dict:
+def metric_record(frozen: dict | None, adapted: dict | None, previous: dict | None = None) -> dict:
     """Held-out scores under one naming for model cards and adapter configs: frozen_<m>, adapted_<m>
-    (the numbers only: the intervals go to the card's data, heldout_scores)."""
-    number = (int, float)
-    record = {f"frozen_{k}": v for k, v in (frozen or {}).items() if isinstance(v, number)}
-    record.update({f"adapted_{k}": v for k, v in (adapted or {}).items() if isinstance(v, number)})
+    (and previous_<m>: a warm start's adapter before this run, on the same held-out images); the
+    numbers only (the intervals go to the card's data, heldout_scores)."""
+
+    def numbers(prefix: str, scores: dict | None) -> dict:
+        return {f"{prefix}_{k}": v for k, v in (scores or {}).items() if isinstance(v, (int, float))}
+
+    record = numbers("frozen", frozen)
+    record.update(numbers("previous", previous))
+    record.update(numbers("adapted", adapted))
     return record
 
 
@@ -181,7 +186,7 @@ def train_adapter(
         Path(adapter) if adapter is not None else Path(out) / ADAPTER_DIR,
         task=cfg.task,
         classes=cfg.task_options.get("classes"),
-        metrics=metric_record(summary["frozen"], summary["adapted"]),
+        metrics=metric_record(summary["frozen"], summary["adapted"], summary.get("previous")),
         data=data,
     )
     return summary

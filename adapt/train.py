@@ -142,7 +142,7 @@ class Evaluated:
     and the live run (task, handle, device) with the samples it was scored on."""
 
     step: int
-    model: str  # "frozen" | "adapted"
+    model: str  # "frozen" | "previous" (a warm start's adapter, before training) | "adapted"
     final: bool  # the frozen score or the last adapted one (not an intermediate)
     metrics: dict
     run: Run
@@ -352,10 +352,15 @@ class BestState:
         selection = saved.get("selection") or {"frozen_state": run.handle.state_dict(), "best": None, "since_best": 0}
         self.frozen_state, self.best, self.since_best = (selection[k] for k in ("frozen_state", "best", "since_best"))
         self.frozen_metrics = saved.get("frozen_metrics")
+        self.previous_metrics = saved.get("previous_metrics")  # a warm start's adapter on the held-out split
 
     def saved(self) -> dict:
         selection = {"frozen_state": self.frozen_state, "best": self.best, "since_best": self.since_best}
-        return {"frozen_metrics": self.frozen_metrics, "selection": selection}
+        return {
+            "frozen_metrics": self.frozen_metrics,
+            "previous_metrics": self.previous_metrics,
+            "selection": selection,
+        }
 
     def consider(self, metrics: dict | None, run: Run) -> None:
         """Keep the run's current state when its validation score is the best so far."""
@@ -408,6 +413,7 @@ class Scorer:
     def __init__(self, run: Run, log: EventLog, on_eval, validation: list, heldout: list):
         self.run, self.log, self.on_eval = run, log, on_eval
         self.watched, self.split = (validation, "validation") if validation else (heldout, "heldout")
+        self.heldout = heldout
 
     def __call__(self, which: str, samples: list, split: str, final: bool = True) -> dict | None:
         """Scores of `which` model ("frozen" | "adapted"); DIS metrics only on the final scores
@@ -419,7 +425,7 @@ class Scorer:
         run.backbone.model.eval()
         metrics = run.task.evaluate(samples, device=run.device, dis=final)
         self.log(Eval(step=step, split=split, model=which, metrics=metrics))
-        if self.on_eval is not None:
+        if self.on_eval is not None and which != "previous":  # the previews show frozen vs adapted
             self.on_eval(Evaluated(step, which, final, metrics, run, list(samples)))
         return metrics
 
@@ -430,8 +436,9 @@ class Scorer:
 def _score_start(run: Run, best: BestState, score: Scorer, log: EventLog) -> dict | None:
     """Before the first step: the frozen model on the watched images (a validation score is a
     candidate for the best state; a held-out one is the frozen figure), then a warm start's loaded
-    adapter, whose state replaces the frozen one as the first candidate. Returns the warm start's
-    score."""
+    adapter, whose state replaces the frozen one as the first candidate and which is scored on the
+    held-out split too (the "previous" figure a retraining round is compared with: the gain of
+    this round, where "frozen" is the base model's). Returns the warm start's watched score."""
     cfg = run.cfg
     if run.step == 0 and best.best is None and best.frozen_metrics is None:
         first = score.watch("frozen", final=not best.validating)
@@ -444,6 +451,7 @@ def _score_start(run: Run, best: BestState, score: Scorer, log: EventLog) -> dic
     run.warm_start(cfg.init_adapter)
     log(WarmStart(step=0, adapter=str(cfg.init_adapter)))
     initial = score.watch("adapted")
+    best.previous_metrics = score("previous", score.heldout, "heldout")
     best.best = None  # the run continues the loaded adapter: its state is the first candidate
     best.consider(initial, run)
     return initial
@@ -560,6 +568,7 @@ def train(
         "step": run.step,
         "best_step": best_step,
         "frozen": best.frozen_metrics,
+        "previous": best.previous_metrics,
         "adapted": adapted_metrics,
         "warning": not_better_warning(best.frozen_metrics, adapted_metrics, cfg.lr, cfg.steps, cfg.method),
         "initial": initial_metrics,

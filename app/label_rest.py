@@ -5,10 +5,15 @@ warm-started from the adapter on the enlarged set.
     LabelRest(studio).submit(owner, images, adapter_ref, ...) -> job id   (a "label" job in the store,
                            run by the worker: app.jobs.label)
     .results(owner, job)   thumbnails, most uncertain first, with their scores
-    .correction(...)       a labelling state (app.labeller) starting from the model's mask
-    .accept(...)           the model's mask as is, into the labelled set
-    .retrain(...)          a training job warm-started from the adapter on its data + the labelled set
-    .download(...)         masks + COCO + scores (zip)
+    .correction(...)       a labelling state (app.labeller) starting from the mask decided so far
+    .accept(...)           the model's mask as is, into the labelled set (again: the same pair)
+    .corrected(...)        a correction saved from the labeller, marked in the results
+    .retrain(...)          a training job warm-started from the adapter on its data + the labelled set,
+                           held out: the images that adapter was scored on
+    .download(...)         masks as decided + COCO + scores with each review (zip)
+
+Each result is one pair in the labelled set at most: accepting it again, or correcting it after
+accepting it, rewrites that pair (adapt.batch.record_review keeps the decision and its stem).
 
 Prediction never runs inside a request: the worker does it, reporting progress in the job's
 events.jsonl ("labelled" events), so the page follows it like a training job.
@@ -16,10 +21,13 @@ events.jsonl ("labelled" events), so the page follows it like a training job.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
+import threading
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -34,6 +42,9 @@ from app.studio import MAX_ID, Studio, UserError, as_text, check_owner, file_lis
 THUMB = 200  # px, the long side of a gallery thumbnail
 MAX_SHOWN = 120  # results the gallery shows (the download has them all)
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+LABELLED = "labelled-"  # the stems of the labelled set's pairs in a retraining dataset
+MARKS = {"accepted": "✓ accepted", "corrected": "✎ corrected"}  # how a review shows in the gallery
+_reviewing = threading.Lock()  # one review written at a time (reviewed.json is read, changed, written)
 
 
 class LabelRest:
@@ -139,6 +150,17 @@ class LabelRest:
             "classes": names,
         }
 
+    def default_adapter(self, owner: str, current_job: str = "") -> str:
+        """The adapter the tab starts with: the page's current job's, when it is a finished training
+        job, else the newest finished training job's; "" (the frozen backbone) when there is none."""
+        try:
+            check_owner(owner)
+        except UserError:
+            return ""
+        jobs = self.studio.store.list(owner)  # newest first
+        refs = [j["id"] for j in jobs if j["kind"] == "train" and j["status"] == "done"]
+        return current_job if current_job in refs else next(iter(refs), "")
+
     # --- results ---------------------------------------------------------------------------------
     def _done_job(self, owner: str, job_id: str) -> tuple[dict, dict]:
         job = self.studio.job(owner, job_id)
@@ -150,19 +172,25 @@ class LabelRest:
 
     def results(self, owner: str, job_id: str, limit: int = MAX_SHOWN) -> tuple[list, list[dict], str]:
         """(gallery items [(thumbnail RGB, caption)], their score rows, a summary line), most
-        uncertain first."""
+        uncertain first; a row's "review" is "accepted", "corrected" or ""."""
         import json
 
-        from adapt.batch import FAILED, read_scores
+        from adapt.batch import FAILED, read_reviews, read_scores
 
         job, spec = self._done_job(owner, job_id)
         labels = self.paths.job_files(job["id"]).labels
-        rows = read_scores(labels)
+        reviews = read_reviews(labels)
+        rows = [{**r, "review": reviews.get(r["name"], {}).get("review", "")} for r in read_scores(labels)]
         items = [(self._thumbnail(job["id"], spec, r), _caption(r)) for r in rows[:limit]]
         failed = json.loads((labels / FAILED).read_text()) if (labels / FAILED).exists() else []
         text = f"**{len(rows)} images labelled** with {spec['method']} on `{spec['backbone']}`, most uncertain first"
         if len(rows) > limit:
             text += f" (the first {limit} shown; the download has them all)"
+        done = [r["review"] for r in rows if r["review"]]
+        text += (
+            f". **Reviewed {len(done)} of {len(rows)}** ({done.count('accepted')} accepted, "
+            f"{done.count('corrected')} corrected), {len(rows) - len(done)} to go"
+        )
         if failed:
             text += f". Could not read {len(failed)}: " + "; ".join(f"{f['file']} ({f['error']})" for f in failed[:5])
         return items, rows[:limit], text
@@ -174,15 +202,21 @@ class LabelRest:
             raise UserError(f"the image {record['file']!r} is no longer there")
         return path
 
-    def _mask(self, job_id: str, name: str) -> np.ndarray:
-        mask = cv2.imread(str(self.paths.job_files(job_id).labels / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+    def _mask(self, job_id: str, name: str, decided: bool = True) -> np.ndarray:
+        """The mask decided so far (the user's correction, else the model's), or the model's."""
+        from adapt.batch import decided_mask
+
+        labels = self.paths.job_files(job_id).labels
+        path = decided_mask(labels, name) if decided else labels / "masks" / f"{name}.png"
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if mask is None:
             raise UserError(f"no predicted mask for {name!r}")
         return mask
 
     def _thumbnail(self, job_id: str, spec: dict, record: dict) -> np.ndarray:
-        """The prediction over the image, at most THUMB px (cached beside the masks)."""
-        cache = self.paths.job_files(job_id).labels / "thumbs" / f"{record['name']}.jpg"
+        """The decided mask over the image, at most THUMB px (cached beside the masks; a correction
+        removes its cached thumbnail)."""
+        cache = self._thumb_path(job_id, record["name"])
         if cache.exists():
             return cv2.cvtColor(cv2.imread(str(cache)), cv2.COLOR_BGR2RGB)
         image = self.studio.load_image(str(self._image_path(job_id, record)))
@@ -197,6 +231,9 @@ class LabelRest:
         cv2.imwrite(str(cache), cv2.cvtColor(np.ascontiguousarray(shown[..., :3]), cv2.COLOR_RGB2BGR))
         return shown
 
+    def _thumb_path(self, job_id: str, name: str) -> Path:
+        return self.paths.job_files(job_id).labels / "thumbs" / f"{name}.jpg"
+
     def _record(self, job_id: str, name: str) -> dict:
         from adapt.batch import read_ledger
 
@@ -207,8 +244,9 @@ class LabelRest:
         return record
 
     def correction(self, owner: str, job_id: str, name: str) -> dict:
-        """A labelling state (app.labeller) for one result: the image, with the model's mask as
-        the label map to start from."""
+        """A labelling state (app.labeller) for one result: the image, with the mask decided so far
+        as the label map to start from; saved, it rewrites the pair this result already has in the
+        labelled set ("stem"), and `corrected` marks it ("review": its job and name)."""
         from app import labeller
 
         job, spec = self._done_job(owner, job_id)
@@ -216,7 +254,23 @@ class LabelRest:
         state = labeller.new_state(self.studio.load_image(str(self._image_path(job["id"], record))), record["file"])
         mask = self._mask(job["id"], record["name"])
         state["labels"] = TASKS[spec["task"]].mask.decode(mask)
+        state["review"] = {"job": job["id"], "name": record["name"]}
+        stem = self._earlier_stem(owner, job["id"], record["name"], state["image"])
+        if stem:
+            state["stem"] = stem
         return state
+
+    def _earlier_stem(self, owner: str, job_id: str, name: str, image: np.ndarray) -> str | None:
+        """The stem of the pair this result was saved as, while that pair is still this image
+        (the labelled set may have been emptied, and the name taken by another image since)."""
+        from adapt.batch import read_reviews
+
+        stem = read_reviews(self.paths.job_files(job_id).labels).get(name, {}).get("stem")
+        saved = self.paths.labelled_set(owner) / "images" / f"{stem}.png"
+        if not isinstance(stem, str) or not stem or not saved.is_file():
+            return None
+        same = _digest(self.studio.load_image(str(saved))) == _digest(image)
+        return stem if same else None
 
     def classes(self, owner: str, job_id: str) -> list[str]:
         """The class list a correction is saved with (background first)."""
@@ -224,63 +278,80 @@ class LabelRest:
         return TASKS[spec["task"]].mask.classes(spec["classes"])
 
     def accept(self, owner: str, job_id: str, name: str) -> str:
-        """Save the model's mask as is into the labelled set; returns the saved stem."""
+        """Save the model's mask as is into the labelled set and mark the result accepted; returns
+        the saved stem. Accepting it again (or after a correction) rewrites the same pair."""
         from app import labeller
 
         state = self.correction(owner, job_id, name)
-        spec = self._done_job(owner, job_id)[1]
+        job, spec = self._done_job(owner, job_id)
+        state["labels"] = TASKS[spec["task"]].mask.decode(self._mask(job["id"], state["review"]["name"], decided=False))
         self.studio.check_storage(owner, state["image"].nbytes // 4)
-        try:
-            return labeller.save_pair(state, self.paths.labelled_set(owner), spec["task"], self.classes(owner, job_id))
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        with _reviewing:
+            try:
+                stem = labeller.save_pair(
+                    state, self.paths.labelled_set(owner), spec["task"], self.classes(owner, job_id)
+                )
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            self._review(job["id"], state, "accepted", stem)
+        return stem
+
+    def corrected(self, owner: str, state: dict | None) -> str | None:
+        """Mark the result a labeller state came from (`correction`) as corrected, with the label
+        map the labeller saved as the pair `state["stem"]`; None when the state is not a result's."""
+        review = (state or {}).get("review")
+        if not review or not state.get("stem"):
+            return None
+        job, spec = self._done_job(owner, review["job"])
+        self._record(job["id"], review["name"])  # still a result of this job
+        with _reviewing:
+            self._review(job["id"], state, "corrected", state["stem"], TASKS[spec["task"]].mask.encode(state["labels"]))
+        return review["name"]
+
+    def _review(self, job_id: str, state: dict, review: str, stem: str, mask: np.ndarray | None = None) -> None:
+        from adapt.batch import record_review
+
+        name = state["review"]["name"]
+        record_review(self.paths.job_files(job_id).labels, name, review, mask, stem=stem, file=state["name"])
+        self._thumb_path(job_id, name).unlink(missing_ok=True)
 
     def download(self, owner: str, job_id: str) -> Path:
+        """The results as the user decided them: the job's own zip while nothing is reviewed, else
+        one made now (adapt.batch.export_results: corrected masks in masks/, the model's under
+        predicted/, the reviews in scores.csv, annotations.json and reviewed.json)."""
+        from adapt.batch import export_results, read_reviews
+        from app.jobs.label import UNZIPPED
+
         job, _ = self._done_job(owner, job_id)
-        path = self.paths.job_files(job["id"]).labels_zip
-        if not path.exists():
+        files = self.paths.job_files(job["id"])
+        if not files.labels_zip.exists():
             raise UserError(f"job {job['id']} has no results to download")
-        return path
+        if not read_reviews(files.labels):
+            return files.labels_zip
+        with _reviewing:
+            return export_results(files.labels, files.folder / "labels-reviewed.zip", leave_out=UNZIPPED)
 
     # --- retraining ------------------------------------------------------------------------------
     def retrain(
         self, owner: str, job_id: str, steps: int = 100, lr: float = 1e-3, head_lr: float = 1e-4, batch_size: int = 2
     ) -> str:
         """A training job warm-started from the labelling job's adapter, on the data that adapter
-        was trained on (when it came from a job here) plus the labelled set; returns its id."""
-        from adapt.data import DatasetError, load_dataset
+        was trained on (when it came from a job here) plus the labelled set; returns its id.
 
+        Its held-out images are those of the adapter it continues, so one held-out set stays
+        fixed across rounds and is never trained on; the job scores the previous adapter on it
+        beside the new one (adapt.train). Only with no held-out set yet (an adapter uploaded
+        here) does the job split the labelled set, and that split is kept by the rounds after."""
         job, spec = self._done_job(owner, job_id)
         if not spec["adapter"]:
             raise UserError("these labels came from the frozen model: train an adapter on the labelled set instead")
         labelled = self.paths.labelled_set(owner)
         if not (labelled / "images").exists() or not any((labelled / "images").iterdir()):
             raise UserError("the labelled set is empty: correct or accept some results first")
-        sources = [labelled]
-        origin = (
-            self.studio.store.get(spec["adapter_ref"], owner) if not spec["adapter_ref"].startswith("upload-") else None
-        )
-        if origin is not None and self.paths.job_files(origin["id"]).data_zip.exists():
-            sources.insert(0, self.paths.job_files(origin["id"]).data_zip)
         dest = self.paths.owner_uploads(owner) / f"dataset-{new_token()[:12]}.zip"
         with tempfile.TemporaryDirectory(dir=self.paths.uploads) as tmp:
-            folder = Path(tmp) / "dataset"
-            classes = None
-            for i, source in enumerate(sources):
-                try:  # each part may be small; the merged set is checked as a whole by submit
-                    dataset = load_dataset(Path(source), task=spec["task"], max_pixels=self.limits.max_pixels)
-                except DatasetError as e:
-                    raise UserError(str(e)) from None
-                if classes is not None and dataset.classes != classes:
-                    dataset.close()
-                    raise UserError(
-                        f"the labelled set's classes ({', '.join(dataset.classes)}) differ from the adapter's "
-                        f"training data ({', '.join(classes)}): label with the same class names"
-                    )
-                classes = dataset.classes
-                dataset.write(folder, prefix=f"{i}-")
-                dataset.close()
-            zip_folder(folder, dest)
+            self._write_round(owner, spec, Path(tmp) / "dataset")
+            zip_folder(Path(tmp) / "dataset", dest)
         return self.studio.submit(
             owner,
             str(dest),
@@ -294,9 +365,82 @@ class LabelRest:
             init_adapter=Path(spec["adapter"]),
         )
 
+    def _write_round(self, owner: str, spec: dict, folder: Path) -> None:
+        """The next round's dataset in `folder`: the previous round's training images and the
+        labelled set (a labelled image replaces the same image's earlier pair), and under
+        heldout/ the previous round's held-out images (a labelled image equal to one of them is
+        left out). Without a previous round here: the labelled set alone, for the job to split."""
+        from adapt.data import Dataset
+
+        labelled = self._load(self.paths.labelled_set(owner), spec["task"])
+        origin = self._origin(owner, spec)
+        try:
+            if origin is None:
+                labelled.write(folder, prefix=LABELLED)
+                return
+            data, holdout, seed = origin
+            if data.classes != labelled.classes:
+                raise UserError(
+                    f"the labelled set's classes ({', '.join(labelled.classes)}) differ from the adapter's "
+                    f"training data ({', '.join(data.classes)}): label with the same class names"
+                )
+            try:
+                trained, heldout = data.split(holdout=holdout, seed=seed)  # as the previous round split it
+            except (ValueError, TypeError) as e:
+                raise UserError(f"cannot find the previous round's held-out images: {e}") from None
+            held = {_digest(s.image) for s in heldout}
+            pairs = {_digest(s.image): s for s in trained}
+            for s in labelled:
+                key = _digest(s.image)
+                if key not in held:
+                    pairs[key] = replace(s, stem=s.stem if s.stem.startswith(LABELLED) else LABELLED + s.stem)
+            stems: set[str] = set()
+            samples = [replace(s, stem=_unique(s.stem, stems)) for s in pairs.values()]
+            kind = {"task": data.task, "classes": data.classes, "ignore_index": data.ignore_index}
+            Dataset.of(samples, **kind).write(folder)
+            Dataset.of(list(heldout), **kind).write(folder / "heldout")
+        finally:
+            labelled.close()
+            if origin is not None:
+                origin[0].close()
+
+    def _origin(self, owner: str, spec: dict) -> tuple | None:
+        """(the dataset, holdout, seed) of the training job that made the labelling job's adapter,
+        or None for an uploaded adapter (or one whose job's data is gone)."""
+        ref = spec["adapter_ref"]
+        origin = None if ref.startswith("upload-") else self.studio.store.get(ref, owner)
+        if origin is None or origin["kind"] != "train" or not self.paths.job_files(origin["id"]).data_zip.exists():
+            return None
+        data = self._load(self.paths.job_files(origin["id"]).data_zip, spec["task"])
+        return data, origin["config"].get("holdout"), origin["config"]["train"]["seed"]
+
+    def _load(self, source: Path, task: str):
+        from adapt.data import DatasetError, load_dataset
+
+        try:  # each part may be small; the merged set is checked as a whole by submit
+            return load_dataset(Path(source), task=task, max_pixels=self.limits.max_pixels)
+        except DatasetError as e:
+            raise UserError(str(e)) from None
+
 
 def _caption(record: dict) -> str:
-    return f"#{record['rank']} · {record['uncertainty']:.2f}"  # short: the gallery cuts long captions
+    """File name, rank, uncertainty and the review's mark (the chosen result's line has them in full)."""
+    mark = MARKS.get(record.get("review", ""))
+    return f"{record['file']} · #{record['rank']} · {record['uncertainty']:.2f}" + (f" · {mark}" if mark else "")
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    """`stem`, or `stem-2`, `stem-3`... when taken; added to `taken`."""
+    name, k = stem, 1
+    while name in taken:
+        k += 1
+        name = f"{stem}-{k}"
+    taken.add(name)
+    return name
+
+
+def _digest(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
 
 
 __all__ = ["LabelRest"]

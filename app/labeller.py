@@ -184,7 +184,8 @@ def _stem(name: str, folder: Path) -> str:
 
 def save_pair(state: dict, folder: Path, task: str, classes: list[str], class_id: int = 1) -> str:
     """Write image + mask as the task's mask kind writes them (binary 0/255, or class ids +
-    classes.json); returns the stem."""
+    classes.json); returns the stem. A state saved before rewrites its own pair (state["stem"]),
+    so saving again, or correcting a result already saved, never makes a second copy."""
     from adapt.render import save_png
 
     if state["proposal"] is not None:  # a proposal not yet added counts as the region
@@ -192,9 +193,10 @@ def save_pair(state: dict, folder: Path, task: str, classes: list[str], class_id
     if not state["labels"].any():
         raise ValueError("nothing is labelled on this image yet: click on the object, then save")
     folder.mkdir(parents=True, exist_ok=True)
-    stem = _stem(state["name"], folder)
+    stem = state.get("stem") or _stem(state["name"], folder)
     save_png(state["image"], folder / "images" / f"{stem}.png")
     TASKS[task].mask.write(folder, stem, state["labels"], classes)
+    state["stem"] = stem
     return stem
 
 

@@ -46,7 +46,7 @@ from app.checks import (  # noqa: F401  (the app's modules import these from her
 )
 from app.config import Limits, Paths
 from app.gpus import gpu_count
-from app.jobs import FINISHED, JobStore, brief, new_token
+from app.jobs import FINISHED, JobStore, UnknownKind, brief, job_kind, new_token
 from app.progress import read_progress
 
 MAX_BUDGET_TEXT = 32  # characters in a memory budget ("24GB")
@@ -391,6 +391,7 @@ class Studio:
             "loss": progress.last_loss,
             "eta_s": progress.eta_s,
             "frozen": progress.frozen,
+            "previous": progress.previous,  # a retraining round: the adapter it continues, on the same images
             "adapted": progress.adapted,
             "best_step": progress.best_step,
             "warning": progress.warning,
@@ -422,15 +423,20 @@ class Studio:
         return "cancelled" if status == "cancelled" else "cancelling: the worker stops after its current step"
 
     def resume(self, owner: str, job_id: str) -> str:
-        """A failed job back in the queue, resuming from its last checkpoint."""
+        """A failed job back in the queue, resuming from what its kind kept (a training job's last
+        checkpoint, a labelling job's ledger)."""
         job = self.job(owner, job_id)
         if job["status"] != "failed":
             return f"job {job['id']} is {job['status']}: only a failed job can be resumed"
-        if not self.paths.job_files(job["id"]).checkpoint.exists():
-            raise UserError(f"job {job['id']} failed before its first checkpoint: start it again from the Train tab")
+        try:
+            kind = job_kind(job)
+        except UnknownKind as e:
+            raise UserError(str(e)) from None
+        if not kind.has_checkpoint(self.paths.job_files(job["id"])):
+            raise UserError(f"job {job['id']} failed before it kept anything to resume from: {kind.start_again}")
         if not self.store.resume(job["id"], owner):
             return f"job {job['id']} is no longer failed"
-        return "queued again: it resumes from its last checkpoint"
+        return f"queued again: {kind.resumes}"
 
     # --- adapters ------------------------------------------------------------------------------
     def adapter_zip(self, owner: str, job_id: str) -> Path:

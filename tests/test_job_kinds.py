@@ -24,6 +24,8 @@ class TouchJob:
 
     name = "touch"
     resume_note = "stopped with the app; touches the file at the next start"
+    resumes = "it touches the file"
+    start_again = "submit it again"
 
     def run(self, job, files, control, max_pixels):
         files.folder.mkdir(parents=True, exist_ok=True)

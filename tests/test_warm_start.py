@@ -44,6 +44,9 @@ def test_cli_warm_start_takes_the_adapters_method_and_starts_from_its_score(firs
     assert report["adapted"]["iou"] == pytest.approx(initial["metrics"]["iou"], abs=1e-6)
     assert report["adapted"]["iou"] == pytest.approx(first_card["metrics"]["adapted_iou"], abs=1e-6)
     assert report["frozen"]["iou"] == pytest.approx(first_card["metrics"]["frozen_iou"], abs=1e-6)
+    previous = next(e for e in evals if e["model"] == "previous")  # the loaded adapter, on the held-out images
+    assert (previous["step"], previous["split"]) == (0, "heldout")
+    assert previous["metrics"]["iou"] == pytest.approx(first_card["metrics"]["adapted_iou"], abs=1e-6)
     card = (out / "adapter" / "README.md").read_text()
     assert "warm_start" in card and "precision" in card and "fp32" in card
     done = next(e for e in events if e["type"] == "done")

@@ -21,6 +21,8 @@ class UnknownKind(ValueError):
 class JobKind(Protocol):
     name: str  # the store's `kind` column
     resume_note: str  # the job's note when it was stopped with the app; it resumes at the next start
+    resumes: str  # what a failed job resumed by its owner continues from, in a sentence
+    start_again: str  # where a failed job with nothing to resume from is started again, in a sentence
 
     def run(self, job: dict, files: JobFiles, control: Control, max_pixels: int) -> Ending:
         """Run the job in its folder to its end, with no job store: "done", "cancelled" (its

@@ -25,6 +25,8 @@ UNZIPPED = ("thumbs",)  # folders of the labels that stay out of the download (t
 class LabelJob:
     name = "label"
     resume_note = "stopped with the app; resumes where it was"
+    resumes = "it labels the images it has not labelled yet, keeping the others"
+    start_again = "start it again from the Label the rest tab"
 
     def run(self, job: dict, files: JobFiles, control: Control, max_pixels: int) -> str:
         """Label the job's images; a restarted job resumes: the images already in the ledger are

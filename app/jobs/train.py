@@ -21,6 +21,8 @@ from app.jobs.previews import Previewer
 class TrainJob:
     name = "train"
     resume_note = "stopped with the app; resumes from its checkpoint"
+    resumes = "it resumes from its last checkpoint"
+    start_again = "start it again from the Train tab"
 
     def run(self, job: dict, files: JobFiles, control: Control, max_pixels: int) -> str:
         spec = job["config"]

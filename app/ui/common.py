@@ -133,6 +133,29 @@ def outbox(path: Path, name: str) -> str:
     return str(dest)
 
 
+# Saves the file a one-click download's event returned (a hidden gr.File's value) in the browser
+SAVE_FILE_JS = """(file) => { if (file && file.url) { const a = document.createElement('a');
+  a.href = file.url; a.download = file.orig_name || ''; document.body.appendChild(a); a.click(); a.remove(); }
+  return []; }"""
+
+
+def download_button(label: str, elem_id: str) -> gr.Button:
+    """A button that downloads in one click (wired by `one_click_download`): made in the layout,
+    with the hidden gr.File beside it that carries the file to the browser (`button.holder`)."""
+    button = gr.Button(label, elem_id=elem_id)
+    button.holder = gr.File(visible="hidden", elem_id=f"{elem_id}-file")
+    return button
+
+
+def one_click_download(button: gr.Button, fn, inputs, **event) -> None:
+    """Wire a `download_button` to download, in one click, the file `fn(*inputs)` makes then: the
+    file goes to the hidden gr.File and the browser is told to save it. (A gr.DownloadButton saves
+    the file it already holds when clicked; fed by its own click, it needed a second click.)
+    `event`: the click's options (api_name, ...)."""
+    click = button.click(fn, inputs, button.holder, **event)
+    click.success(None, button.holder, None, js=SAVE_FILE_JS, api_visibility="private")
+
+
 def read_rgb(path: Path) -> np.ndarray | None:
     image = cv2.imread(str(path)) if path.exists() else None
     return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -11,19 +11,29 @@ import gradio as gr
 from app import labeller
 from app.label_rest import LabelRest
 from app.studio import Studio, UserError
-from app.ui.common import adapter_choices, model_pickers, outbox, user_errors, valid_owner
+from app.ui.common import (
+    adapter_choices,
+    download_button,
+    model_pickers,
+    one_click_download,
+    outbox,
+    user_errors,
+    valid_owner,
+)
 
 
 def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
     """The tab; "api" in what it returns: the API-only endpoints it defines (registered outside
     the Tabs, where a gr.api is not drawn as a stray tab)."""
     rest = LabelRest(studio)
-    with gr.Tab("5. Label the rest", id="label-rest"):
+    with gr.Tab("5. Label the rest", id="label-rest") as here:
         gr.Markdown(
-            "Run an adapter over the rest of your images. The results come back **most uncertain first**: "
-            "open one to correct it in the Data tab's labeller (it starts from the model's mask), or accept it "
-            "as is; both go to your labelled set. *Retrain* continues the adapter on its data plus the "
-            "labelled set. *Download all* gives the masks, a COCO file and the scores."
+            "Run an adapter (the one you trained last is chosen) over the rest of your images. The results "
+            "come back **most uncertain first**: open one to correct it in the Data tab's labeller (it starts "
+            "from the model's mask), or accept it as is; both go to your labelled set, one pair per image, and "
+            "are marked here. *Retrain* continues the adapter on its data plus the labelled set, held out on "
+            "the same images as that adapter (never trained on), and compares the new adapter with it there. "
+            "*Download all* gives the masks as you decided them, a COCO file and the scores with each review."
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -34,8 +44,16 @@ def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
         view.chosen = gr.Textbox(label="result", visible=False)  # the selected result's name (an API input)
         view.shown = gr.State("")  # the job whose results the gallery shows
         view.timer = gr.Timer(2.0)
+        view.picked = gr.State(False)  # the user chose an adapter here: the page no longer chooses one
     batch_results = _wire_job(studio, rest, owner, task, tabs, train_job, view)
     _wire_results(studio, rest, owner, data, tabs, view)
+    here.select(
+        lambda o, j, picked, ref: adapter_choices(studio, o, ref if picked else rest.default_adapter(o, j)),
+        [owner, train_job, view.picked, view.adapter],
+        view.adapter,
+        api_visibility="private",
+    )
+    view.adapter.input(lambda: True, None, view.picked, api_visibility="private")
     return {"adapter": view.adapter, "backbone": view.backbone, "classes": view.classes, "api": [batch_results]}
 
 
@@ -59,7 +77,7 @@ def _results(view: SimpleNamespace) -> None:
         view.cancel = gr.Button("Cancel", variant="stop", scale=1, elem_id="rest-cancel")
     view.status = gr.Markdown("No labelling job yet.", elem_id="rest-status", elem_classes="studio-msg")
     view.gallery = gr.Gallery(
-        label="Results, most uncertain first: rank · uncertainty (click one)",
+        label="Results, most uncertain first: file · rank · uncertainty · ✓ accepted / ✎ corrected (click one)",
         columns=5,
         height=420,
         allow_preview=False,
@@ -70,7 +88,7 @@ def _results(view: SimpleNamespace) -> None:
     with gr.Row():
         view.accept = gr.Button("Accept as is", elem_id="rest-accept")
         view.correct = gr.Button("Correct in the labeller", elem_id="rest-correct")
-        view.download = gr.DownloadButton("Download all (zip)", elem_id="rest-download")
+        view.download = download_button("Download all (zip)", "rest-download")
     with gr.Row():
         view.steps = gr.Number(100, label="retrain steps", precision=0, minimum=1, elem_id="rest-steps")
         view.retrain = gr.Button("Retrain on the enlarged set", variant="primary", elem_id="rest-retrain")
@@ -94,14 +112,18 @@ def _wire_job(studio: Studio, rest: LabelRest, owner, task, tabs, train_job, vie
 
     @user_errors
     def accept_label(o, job_id, name):
-        """Save one result's mask, as the model made it, into this browser's labelled set."""
-        return f"Saved **{rest.accept(o, job_id, name)}** to the labelled set (Data tab)."
+        """Save one result's mask, as the model made it, into this browser's labelled set (accepted
+        again: the same pair, rewritten)."""
+        return f"Saved **{rest.accept(o, job_id, name)}** to the labelled set (Data tab), marked accepted."
 
     @user_errors
     def retrain_labels(o, job_id, n):
         """Start a training job warm-started from the labelling job's adapter; returns (job id, message)."""
         new = rest.retrain(o, job_id, steps=n)
-        return new, f"Retraining as job `{new}` (Progress tab)."
+        return new, (
+            f"Retraining as job `{new}` (Progress tab). It is scored on the same held-out images as the adapter "
+            "it continues (never trained on), against that previous adapter."
+        )
 
     @user_errors
     def download_labels(o, job_id):
@@ -115,11 +137,13 @@ def _wire_job(studio: Studio, rest: LabelRest, owner, task, tabs, train_job, vie
         [v.job, v.status],
         api_name="predict_batch",
     )
-    v.accept.click(accept_label, [owner, v.job, v.chosen], v.chosen_md, api_name="accept_label")
+    v.accept.click(accept_label, [owner, v.job, v.chosen], v.chosen_md, api_name="accept_label").success(
+        _redraw(rest), [owner, v.job], [v.status, v.gallery, v.rows], api_visibility="private"
+    )
     v.retrain.click(retrain_labels, [owner, v.job, v.steps], [train_job, v.chosen_md], api_name="retrain").success(
         lambda: gr.Tabs(selected="progress"), None, tabs, api_visibility="private"
     )
-    v.download.click(download_labels, [owner, v.job], v.download, api_name="download_labels")
+    one_click_download(v.download, download_labels, [owner, v.job], api_name="download_labels")
     v.cancel.click(user_errors(lambda o, j: studio.cancel(o, j)), [owner, v.job], v.status, api_visibility="private")
     return batch_results
 
@@ -151,7 +175,8 @@ def _wire_results(studio: Studio, rest: LabelRest, owner, data: dict, tabs, view
         if not scored or evt.index is None or evt.index >= len(scored):
             return gr.skip(), gr.skip()
         r = scored[evt.index]
-        return r["name"], f"Chosen: **{r['file']}** (#{r['rank']}, uncertainty {r['uncertainty']:.2f})"
+        review = f", {r['review']}" if r.get("review") else ""
+        return r["name"], f"Chosen: **{r['file']}** (#{r['rank']}, uncertainty {r['uncertainty']:.2f}{review})"
 
     @user_errors
     def open_correction(o, job_id, name):
@@ -181,3 +206,44 @@ def _wire_results(studio: Studio, rest: LabelRest, owner, data: dict, tabs, view
         api_visibility="private",
     )
     v.adapter.focus(lambda o, r: adapter_choices(studio, o, r), [owner, v.adapter], v.adapter, api_visibility="private")
+    data["saved"].success(
+        _corrected(rest), [owner, data["lab_state"], v.shown], [v.status, v.gallery, v.rows], api_visibility="private"
+    )
+
+
+def _redraw(rest: LabelRest):
+    """The results again (their marks, the reviewed count), after a review."""
+
+    def redraw(o, job_id):
+        try:
+            text, items, rows = _drawn(rest.results(o, job_id))
+        except UserError:
+            return gr.skip(), gr.skip(), gr.skip()
+        return text, items, rows
+
+    return redraw
+
+
+def _corrected(rest: LabelRest):
+    """After the Data tab's labeller saved a pair: a result opened for correction is marked
+    corrected, and its job's results are drawn again."""
+
+    def corrected(o, state, shown):
+        try:
+            if rest.corrected(o, state) is None or state["review"]["job"] != shown:
+                return gr.skip(), gr.skip(), gr.skip()
+            return _drawn(rest.results(o, shown))
+        except UserError as e:
+            return (
+                f"The correction is saved to the labelled set, but not marked in the results: {e}",
+                gr.skip(),
+                gr.skip(),
+            )
+
+    return corrected
+
+
+def _drawn(results: tuple) -> tuple:
+    """(summary, gallery items, rows) from LabelRest.results' (items, rows, summary)."""
+    items, rows, text = results
+    return text, items, rows

@@ -14,7 +14,7 @@ from adapt.tasks import TASKS
 from app import labeller
 from app.catalog import backbones_for
 from app.studio import Studio, UserError, check_owner, parse_classes, zip_folder
-from app.ui.common import example_path, examples, outbox, user_errors
+from app.ui.common import download_button, example_path, examples, one_click_download, outbox, user_errors
 
 
 def data_tab(studio: Studio, owner, task) -> dict:
@@ -36,7 +36,7 @@ def data_tab(studio: Studio, owner, task) -> dict:
         _labelled_set(view)
         view.state = gr.State(None)
     _wire_labelling(studio, owner, task, view)
-    use_labelled = _wire_set(studio, owner, task, view)
+    use_labelled, saved = _wire_set(studio, owner, task, view)
     return {
         "classes": classes,
         "lab_class": view.lab_class,
@@ -50,6 +50,7 @@ def data_tab(studio: Studio, owner, task) -> dict:
         "use_labelled": use_labelled,
         "lab_state": view.state,  # the labeller, which the Label-the-rest tab opens results in
         "lab_view": view.image,
+        "saved": saved,  # a pair saved (the Label-the-rest tab marks a corrected result)
     }
 
 
@@ -125,7 +126,7 @@ def _labelled_set(view: SimpleNamespace) -> None:
     )
     with gr.Row():
         view.use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
-        view.set_zip = gr.DownloadButton("Download the labelled set (zip)", elem_id="download-set")
+        view.set_zip = download_button("Download the labelled set (zip)", "download-set")
         view.clear_set = gr.Button("Empty the labelled set", variant="stop", size="sm")
 
 
@@ -198,7 +199,8 @@ def _wire_labelling(studio: Studio, owner, task, view: SimpleNamespace) -> None:
 
 def _wire_set(studio: Studio, owner, task, view: SimpleNamespace):
     """Save the labelled image to the browser's labelled set (one per browser, a standard dataset
-    folder); download, empty or train on it. Returns the train-on-it action (the Train tab wires it)."""
+    folder); download, empty or train on it. Returns the train-on-it action (the Train tab wires it)
+    and the save event (the Label-the-rest tab follows it)."""
 
     def set_dir(o):
         return studio.paths.labelled_set(check_owner(o))
@@ -239,13 +241,13 @@ def _wire_set(studio: Studio, owner, task, view: SimpleNamespace):
         return [], "The labelled set is empty."
 
     v = view
-    v.save.click(
+    saved = v.save.click(
         save_pair,
         [owner, v.state, task, v.classes, v.lab_class],
         [v.state, v.image, v.gallery, v.msg],
         api_visibility="private",
     )
-    v.set_zip.click(download_set, owner, v.set_zip, api_visibility="private")
+    one_click_download(v.set_zip, download_set, owner, api_visibility="private")
     v.clear_set.click(empty_set, [owner, task], [v.gallery, v.msg], api_visibility="private")
     v.classes.change(
         lambda t, n: gr.Dropdown(choices=_classes(t, n)[1:] or ["object"]),
@@ -253,7 +255,7 @@ def _wire_set(studio: Studio, owner, task, view: SimpleNamespace):
         v.lab_class,
         api_visibility="private",
     )
-    return use_labelled
+    return use_labelled, saved
 
 
 def _classes(task: str, names: str) -> list[str]:

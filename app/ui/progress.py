@@ -128,7 +128,7 @@ def _refresher(studio: Studio):
             metric_df,
             shown,
             (before, after) if before is not None and after is not None else None,
-            _scores(s["frozen"], s["adapted"], s.get("warning"), s.get("best_step"), p.heldout),
+            _scores(s["frozen"], s["adapted"], s.get("warning"), s.get("best_step"), p.heldout, s.get("previous")),
             "\n".join(p.log),
             s["job"],
             adapter_choices(studio, o, s["job"], task) if s["adapter_ready"] else gr.skip(),
@@ -231,18 +231,26 @@ def _scores(
     warning: str | None = None,
     best: int | None = None,
     heldout: int | None = None,
+    previous: dict | None = None,
 ) -> str:
-    """The held-out table: each score with its 95% bootstrap interval over the images where the
-    run gives one, what each metric means in a line, and a flag on a split too small to trust."""
+    """The held-out table: frozen and adapted (a retraining round also its previous adapter), each
+    score with its 95% bootstrap interval over the images where the run gives one, what each metric
+    means in a line, and a flag on a split too small to trust."""
     if not frozen:
         return ""
     keys = [k for k, v in frozen.items() if isinstance(v, float)][:8]
     images = f" ({heldout} images)" if heldout else ""
-    rows = [f"| held-out{images} | frozen | adapted |", "|---|---|---|"]
-    rows += [f"| {k} | {with_interval(frozen, k)} | {with_interval(adapted, k)} |" for k in keys]
+    columns = [("frozen", frozen)] + ([("previous adapter", previous)] if previous else []) + [("adapted", adapted)]
+    rows = [f"| held-out{images} | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    rows += [f"| {k} | " + " | ".join(with_interval(m, k) for _, m in columns) + " |" for k in keys]
     if any((frozen or {}).get(INTERVAL) or {}):
         rows.append("\n[low, high]: the 95% bootstrap interval over the held-out images.")
     rows += [f"\n- {METRIC_HELP[k]}" for k in keys if k in METRIC_HELP]
+    if previous:
+        rows.append(
+            "\nA retraining round: held out on the same images as the adapter it continues (never trained on); "
+            "*previous adapter* is that adapter on them, before this round, and *adapted* this round's result."
+        )
     if best is not None:
         rows.append(f"\nThe adapter is the state of step {best}, the best on the validation images.")
     small = small_split_warning(heldout) if heldout is not None else None
