@@ -75,6 +75,27 @@ def user_errors(fn):
     return wrapped
 
 
+def said_beside(n_outputs: int, at: int = -1, failed: str = "Not done"):
+    """A private event's guard that answers beside its own button: any error becomes one message in
+    the event's message output (`at` among its `n_outputs`), the other outputs left as they were;
+    not a toast plus an error badge on every output. (A public API event keeps `user_errors`: its
+    error is the API's answer.)"""
+
+    def guard(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:
+                out = [gr.skip()] * n_outputs
+                out[at] = f"**{failed}:** {error_message(e, fn.__name__)}"
+                return tuple(out) if n_outputs > 1 else out[0]
+
+        return wrapped
+
+    return guard
+
+
 def outbox(path: Path, name: str) -> str:
     """A copy of a file for the browser to download, under the temp folder gradio may serve from
     (the studio folder itself is never exposed)."""
