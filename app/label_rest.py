@@ -35,6 +35,7 @@ import numpy as np
 
 from adapt.files import zip_folder
 from adapt.tasks import TASKS
+from app import labeller
 from app.catalog import backbone_for, family_for_task
 from app.jobs import new_token
 from app.studio import MAX_ID, Studio, UserError, as_text, check_owner, file_list, number, parse_classes
@@ -247,8 +248,6 @@ class LabelRest:
         """A labelling state (app.labeller) for one result: the image, with the mask decided so far
         as the label map to start from; saved, it rewrites the pair this result already has in the
         labelled set ("stem"), and `corrected` marks it ("review": its job and name)."""
-        from app import labeller
-
         job, spec = self._done_job(owner, job_id)
         record = self._record(job["id"], name)
         state = labeller.new_state(self.studio.load_image(str(self._image_path(job["id"], record))), record["file"])
@@ -257,7 +256,7 @@ class LabelRest:
         state["review"] = {"job": job["id"], "name": record["name"]}
         stem = self._earlier_stem(owner, job["id"], record["name"], state["image"])
         if stem:
-            state["stem"] = stem
+            labeller.mark_saved(state, stem)
         return state
 
     def _earlier_stem(self, owner: str, job_id: str, name: str, image: np.ndarray) -> str | None:
@@ -280,8 +279,6 @@ class LabelRest:
     def accept(self, owner: str, job_id: str, name: str) -> str:
         """Save the model's mask as is into the labelled set and mark the result accepted; returns
         the saved stem. Accepting it again (or after a correction) rewrites the same pair."""
-        from app import labeller
-
         state = self.correction(owner, job_id, name)
         job, spec = self._done_job(owner, job_id)
         state["labels"] = TASKS[spec["task"]].mask.decode(self._mask(job["id"], state["review"]["name"], decided=False))
@@ -298,14 +295,20 @@ class LabelRest:
 
     def corrected(self, owner: str, state: dict | None) -> str | None:
         """Mark the result a labeller state came from (`correction`) as corrected, with the label
-        map the labeller saved as the pair `state["stem"]`; None when the state is not a result's."""
+        map the labeller saved as its pair (labeller.saved_as); None when the state is not a result's."""
         review = (state or {}).get("review")
-        if not review or not state.get("stem"):
+        if not review or not labeller.saved_as(state):
             return None
         job, spec = self._done_job(owner, review["job"])
         self._record(job["id"], review["name"])  # still a result of this job
         with _reviewing:
-            self._review(job["id"], state, "corrected", state["stem"], TASKS[spec["task"]].mask.encode(state["labels"]))
+            self._review(
+                job["id"],
+                state,
+                "corrected",
+                labeller.saved_as(state),
+                TASKS[spec["task"]].mask.encode(state["labels"]),
+            )
         return review["name"]
 
     def _review(self, job_id: str, state: dict, review: str, stem: str, mask: np.ndarray | None = None) -> None:

@@ -75,7 +75,7 @@ def test_label_by_clicking(page, shots):
     view.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
     expect(view).not_to_have_attribute("src", before)  # SAM's proposal is drawn
     page.locator("#save-pair").click()
-    expect(page.locator("#data-msg")).to_contain_text("Saved")
+    expect(page.locator("#label-msg")).to_contain_text("Saved")
     expect(page.locator("#label-gallery img").first).to_be_visible()
     page.screenshot(path=str(shots / "studio-data.png"), full_page=True)
 
@@ -169,7 +169,7 @@ def test_label_the_rest_correct_one_and_retrain(page, shots):
 
     page.locator("#rest-correct").click()  # opens in the Data tab's labeller, from the model's mask
     expect(page.get_by_role("tab", name=re.compile("Data"))).to_have_attribute("aria-selected", "true")
-    expect(page.locator("#data-msg")).to_contain_text("Correcting")
+    expect(page.locator("#label-msg")).to_contain_text("Correcting")
     view = page.locator("#label-view img")
     before = view.get_attribute("src")
     box = view.bounding_box()
@@ -177,7 +177,7 @@ def test_label_the_rest_correct_one_and_retrain(page, shots):
     expect(view).not_to_have_attribute("src", before)
     page.locator("#add-region").click()
     page.locator("#save-pair").click()
-    expect(page.locator("#data-msg")).to_contain_text("Saved")
+    expect(page.locator("#label-msg")).to_contain_text("Saved")
 
     tab(page, "Label the rest")
     page.locator("#rest-steps input").fill("4")

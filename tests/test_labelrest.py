@@ -174,9 +174,10 @@ def test_accepting_twice_keeps_one_pair_and_each_review_is_marked(round0):
     assert _pairs(studio) == [stem]
 
     # correcting an accepted result rewrites its pair too, and marks it corrected
-    state = rest.correction(OWNER, job, first["name"])
-    assert state["stem"] == stem
     from app import labeller
+
+    state = rest.correction(OWNER, job, first["name"])
+    assert labeller.saved_as(state) == stem
 
     state["labels"][:] = 0
     state["labels"][10:50, 10:50] = 1

@@ -148,7 +148,8 @@ def test_click_labelling_makes_a_valid_dataset(tmp_path, monkeypatch):
     state = labeller.new_state(image, "photo one.jpg")
     assert state["scale"] == pytest.approx(labeller.DISPLAY / 1000)
     labeller.click(state, 100, 50, "foreground point")
-    assert state["points"] == [[pytest.approx(100 / state["scale"]), pytest.approx(50 / state["scale"]), 1]]
+    assert labeller.display_size(state) == (768, 307)  # a click maps through the view's own pixel grid
+    assert state["points"] == [[pytest.approx(100 * 1000 / 768), pytest.approx(50 * 400 / 307), 1]]
     labeller.click(state, 10, 10, "box (two clicks)")
     labeller.click(state, 200, 100, "box (two clicks)")
     assert state["box"][2] == pytest.approx(200 / state["scale"])

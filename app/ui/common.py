@@ -147,12 +147,14 @@ def download_button(label: str, elem_id: str) -> gr.Button:
     return button
 
 
-def one_click_download(button: gr.Button, fn, inputs, **event) -> None:
+def one_click_download(button: gr.Button, fn, inputs, message=None, **event) -> None:
     """Wire a `download_button` to download, in one click, the file `fn(*inputs)` makes then: the
     file goes to the hidden gr.File and the browser is told to save it. (A gr.DownloadButton saves
     the file it already holds when clicked; fed by its own click, it needed a second click.)
+    `message`: a message output beside the button (fn then returns the file and the message).
     `event`: the click's options (api_name, ...)."""
-    click = button.click(fn, inputs, button.holder, **event)
+    outputs = [button.holder] + ([message] if message is not None else [])
+    click = button.click(fn, inputs, outputs, **event)
     click.success(None, button.holder, None, js=SAVE_FILE_JS, api_visibility="private")
 
 

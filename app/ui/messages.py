@@ -15,17 +15,20 @@ import gradio as gr
 from app.ui.common import error_message, user_errors
 
 
-def in_page(fn, outputs: int):
-    """`fn` (returning its `outputs` values, the message beside the button last) for a page event:
-    an exception becomes that message, the other outputs left as they are."""
+def in_page(fn, outputs: int, failed: str | None = None, at: int = -1):
+    """`fn` (returning its `outputs` values, the message beside the button at position `at`, last by
+    default) for a page event: an exception becomes that message (after `failed`, what was not
+    done, where given), the other outputs left as they are."""
 
     @functools.wraps(fn)
     def shown(*args):
         try:
             return fn(*args)
         except Exception as e:
-            text = f"**{error_message(e, fn.__name__)}**"
-            return text if outputs == 1 else (*(gr.skip(),) * (outputs - 1), text)
+            said = error_message(e, fn.__name__)
+            out = [gr.skip()] * outputs
+            out[at] = f"**{failed}:** {said}" if failed else f"**{said}**"
+            return out[0] if outputs == 1 else tuple(out)
 
     return shown
 

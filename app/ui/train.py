@@ -100,11 +100,11 @@ def _wire_data(studio: Studio, owner, task, data: dict, tabs, form: SimpleNamesp
     data["check"].click(
         check_data,
         [owner, task, data["zip"], data["images"], data["masks"], data["classes"]],
-        [form.dataset, data["msg"], tabs],
+        [form.dataset, data["check_msg"], tabs],
         api_name="check_data",
     )
     data["use_set"].click(
-        data["use_labelled"], [owner, task], [form.dataset, data["msg"], tabs], api_visibility="private"
+        data["use_labelled"], [owner, task], [form.dataset, data["set_msg"], tabs], api_visibility="private"
     )
 
 
