@@ -60,3 +60,12 @@ def chromium(studio_app):
 
     with launched() as browser:
         yield browser
+
+
+@pytest.fixture(scope="module")
+def page(studio_app, chromium, tmp_path_factory):
+    """A browser page on the session's studio for one test module: a new owner, a work folder."""
+    from browser_support import studio_page
+
+    with studio_page(chromium, studio_app.url, tmp_path_factory.mktemp("browser")) as page:
+        yield page

@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 import pytest
-from browser_support import expect, studio_page, tab
+from browser_support import expect, tab
 
 SIZE = 256  # the scenes' side: shown 1:1 at zoom 1
 BIG, SMALL = (117, 128), (30, 55)  # interior pixels of the two objects of scene A (tiny-sam finds each)
@@ -26,12 +26,6 @@ WATCH = """() => { window.seen = [0, 0]; const frame = () => {
   else if (r.y + r.height / 2 > 0 && r.y + r.height / 2 < innerHeight) { window.seen[0]++;
     if (document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) !== img) window.seen[1]++; }
   window.watching = requestAnimationFrame(frame); }; frame(); }"""
-
-
-@pytest.fixture(scope="module")
-def page(studio_app, chromium, tmp_path_factory):
-    with studio_page(chromium, studio_app.url, tmp_path_factory.mktemp("labeller")) as page:
-        yield page
 
 
 @pytest.fixture(scope="module")

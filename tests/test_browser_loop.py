@@ -10,15 +10,8 @@ import io
 import re
 import zipfile
 
-import pytest
-from browser_support import expect, studio_page, tab
+from browser_support import expect, tab
 from studio_support import dataset_zip
-
-
-@pytest.fixture(scope="module")
-def page(studio_app, chromium, tmp_path_factory):
-    with studio_page(chromium, studio_app.url, tmp_path_factory.mktemp("loop-browser")) as page:
-        yield page
 
 
 def upload(page, elem_id: str, files):

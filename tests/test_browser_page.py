@@ -10,14 +10,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_support import expect, studio_page, tab
+from browser_support import expect, tab
 from studio_support import dataset_zip
-
-
-@pytest.fixture(scope="module")
-def page(studio_app, chromium, tmp_path_factory):
-    with studio_page(chromium, studio_app.url, tmp_path_factory.mktemp("page-browser")) as page:
-        yield page
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_support import expect, studio_page, tab
+from browser_support import expect, tab
 from studio_support import bad_uploads, dataset_zip, slip_zip
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "examples" / "shapes.jpg"
@@ -33,12 +33,6 @@ def shots(tmp_path_factory) -> Path:
     folder = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-@pytest.fixture(scope="module")
-def page(studio_app, chromium, tmp_path_factory):
-    with studio_page(chromium, studio_app.url, tmp_path_factory.mktemp("studio-browser")) as page:
-        yield page
 
 
 def upload(page, elem_id: str, files):
