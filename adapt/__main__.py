@@ -108,6 +108,7 @@ def cmd_train(args) -> int:
         device=args.device,
         accumulate=args.accumulate,
         checkpointing=args.checkpointing,
+        attention=args.attention,
         precision=args.precision,
         validation=args.validation,
         patience=args.patience,
@@ -427,6 +428,12 @@ def _schedule_arguments(p) -> None:
         "--checkpointing",
         action="store_true",
         help="activation checkpointing of the encoder blocks: recompute activations in backward (less memory)",
+    )
+    p.add_argument(
+        "--attention",
+        default="fused",
+        choices=["fused", "eager"],
+        help="SAM ViT's attention: fused (exact, no N x N matrix kept; the default) or eager (segment-anything's own)",
     )
     p.add_argument(
         "--validation",

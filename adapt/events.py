@@ -143,6 +143,7 @@ class Done:
     counts: dict
     seconds: float
     previous: dict | None = None  # a warm start's adapter on the same held-out images, before training
+    attention: str = "fused"  # the image encoder's attention: "fused" | "eager" (adapt.backbones.fused_attention)
 
 
 @dataclass(frozen=True)

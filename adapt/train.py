@@ -88,6 +88,7 @@ class TrainConfig:
     init_adapter: str | None = None  # warm start: continue from this adapter (see adapt.pipeline.warm_start)
     accumulate: int = 1  # micro-batches per optimizer step: batch_size images in `accumulate` pieces
     checkpointing: bool = False  # activation checkpointing of the encoder blocks (Backbone.set_checkpointing)
+    attention: str = "fused"  # SAM ViT's attention: "fused" (exact, no N x N matrix) | "eager" (the reference)
     validation: float = 0.2  # share of the training images kept aside to choose the best checkpoint (0: none)
     patience: int = 0  # early stopping: evaluations without a better validation score (0: never stop early)
 
@@ -168,7 +169,7 @@ def build_model(cfg: TrainConfig):
     adapters initialise identically wherever this is called (the trainer, the studio's previews)."""
     torch.manual_seed(cfg.seed)
     checkpoint = resolve_checkpoint(cfg.backbone, cfg.checkpoint)  # "random": random init
-    backbone = build_backbone(cfg.backbone, checkpoint=checkpoint, seed=cfg.seed)
+    backbone = build_backbone(cfg.backbone, checkpoint=checkpoint, seed=cfg.seed, attention=cfg.attention)
     task = make_task(cfg.task, backbone, **cfg.task_options)
     return backbone, task, attach(backbone, cfg.method, **cfg.method_options)
 
@@ -574,6 +575,7 @@ def train(
         "initial": initial_metrics,
         "precision": run.precision,
         "accumulate": run.accumulate,
+        "attention": run.backbone.attention,
         "peak_memory_mb": peak_memory_mb(run.device),
         "counts": run.handle.count(),
         "seconds": round(time.time() - started, 2),

@@ -68,10 +68,15 @@ def spec_of(name: str) -> dict:
     return architecture(name).spec_for(catalog.get(name))
 
 
-def build_backbone(name: str, checkpoint: str | Path | None = None, seed: int = 0) -> Backbone:
-    """Build a backbone by name; random-init (seeded) when no checkpoint is given."""
+def build_backbone(
+    name: str, checkpoint: str | Path | None = None, seed: int = 0, attention: str = "fused"
+) -> Backbone:
+    """Build a backbone by name; random-init (seeded) when no checkpoint is given. `attention`:
+    "fused" (exact fused attention where the architecture has it: SAM ViT, see
+    adapt/backbones/fused_attention.py) or "eager" (the upstream code's own, the reference)."""
     entry = catalog.get(name)
     torch.manual_seed(seed)
     backbone = architecture(name).build(entry, checkpoint)
+    backbone.set_attention(attention)
     backbone.model.eval()
     return backbone

@@ -173,6 +173,18 @@ class Backbone:
         checkpointing recomputes): SAM's image-encoder blocks, both CLIP towers' residual blocks."""
         raise NotImplementedError
 
+    def set_attention(self, mode: str) -> None:
+        """Switch the image encoder's attention: "fused" or "eager" (the reference). Only SAM's
+        ViT has two forms (sam.py, fused_attention.py); elsewhere both names keep the one form
+        the architecture has (SAM 2's Hiera and CLIP already call fused kernels)."""
+        if mode not in ("fused", "eager"):
+            raise ValueError(f"attention must be 'fused' or 'eager', not {mode!r}")
+
+    @property
+    def attention(self) -> str:
+        """ "fused" or "eager": the form of the image encoder's attention (see set_attention)."""
+        return "fused"
+
     def inactive(self) -> tuple[str, ...]:
         """Names of the model's parts that its image path never runs (SAM 2's video memory): kept so
         that checkpoints load and export whole, but never trained nor counted as the base model."""

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling.image_encoder import Block
 
 from adapt.backbones.base import (
     BlockLayout,
@@ -25,6 +26,7 @@ from adapt.backbones.base import (
     load_state_dict_file,
 )
 from adapt.backbones.catalog import BackboneEntry
+from adapt.backbones.fused_attention import attention_mode, set_attention
 
 
 class SamBackbone(SamFamilyBackbone):
@@ -54,6 +56,23 @@ class SamBackbone(SamFamilyBackbone):
             global_attn_indexes=spec["encoder_global_attn_indexes"],
             window_size=spec["window_size"],
             out_chans=spec["prompt_embed_dim"],
+        )
+
+    @classmethod
+    def build_block(cls, spec: dict, index: int) -> Block:
+        """Block `index` of the spec's image encoder alone, as ImageEncoderViT builds it (random
+        init): for checks and benchmarks of one block at full size without the whole encoder."""
+        grid = spec["img_size"] // spec["patch_size"]
+        windowed = index not in spec["encoder_global_attn_indexes"]
+        return Block(
+            dim=spec["encoder_embed_dim"],
+            num_heads=spec["encoder_num_heads"],
+            mlp_ratio=4,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=spec["window_size"] if windowed else 0,
+            input_size=(grid, grid),
         )
 
     @classmethod
@@ -113,6 +132,15 @@ class SamBackbone(SamFamilyBackbone):
         return EncoderLayout(
             blocks, stem=("image_encoder.patch_embed.proj",), neck=("image_encoder.neck.0", "image_encoder.neck.2")
         )
+
+    def set_attention(self, mode: str) -> None:
+        """ "fused" (the default: adapt.backbones.fused_attention, exact, no N x N matrix in the
+        global blocks) or "eager" (segment-anything's own Attention, the reference)."""
+        set_attention(self.model.image_encoder, mode)
+
+    @property
+    def attention(self) -> str:
+        return attention_mode(self.model.image_encoder)
 
     def encoder_shape(self) -> dict:
         return {
