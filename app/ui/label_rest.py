@@ -20,6 +20,7 @@ from app.ui.common import (
     user_errors,
     valid_owner,
 )
+from app.ui.messages import message
 
 
 def label_tab(studio: Studio, owner, task, data: dict, tabs, train_job) -> dict:
@@ -75,7 +76,7 @@ def _results(view: SimpleNamespace) -> None:
     with gr.Row():
         view.job = gr.Textbox(label="Labelling job", elem_id="rest-job", scale=3)
         view.cancel = gr.Button("Cancel", variant="stop", scale=1, elem_id="rest-cancel")
-    view.status = gr.Markdown("No labelling job yet.", elem_id="rest-status", elem_classes="studio-msg")
+    view.status = message("rest-status", "No labelling job yet.")
     view.gallery = gr.Gallery(
         label="Results, most uncertain first: file · rank · uncertainty · ✓ accepted / ✎ corrected (click one)",
         columns=5,
@@ -84,7 +85,7 @@ def _results(view: SimpleNamespace) -> None:
         object_fit="contain",
         elem_id="rest-gallery",
     )
-    view.chosen_md = gr.Markdown(elem_id="rest-chosen", elem_classes="studio-msg")
+    view.chosen_md = message("rest-chosen")
     with gr.Row():
         view.accept = gr.Button("Accept as is", elem_id="rest-accept")
         view.correct = gr.Button("Correct in the labeller", elem_id="rest-correct")

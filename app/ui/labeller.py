@@ -16,7 +16,7 @@ from app import labeller
 from app.catalog import backbones_for
 from app.studio import Studio, UserError, check_owner, parse_classes, zip_folder
 from app.ui.common import download_button, example_path, examples, one_click_download, outbox
-from app.ui.messages import in_page
+from app.ui.messages import in_page, message
 
 # The labeller's keys: each presses the page's own button (or picks the click mode), so a key and
 # its button are one action; bound only while the Data tab shows and no text field has the focus.
@@ -123,7 +123,7 @@ def _upload_form() -> SimpleNamespace:
     )
     up_masks = gr.File(label="Masks", file_count="multiple", file_types=["image"], elem_id="upload-masks", height=140)
     check = gr.Button("Check and use these pairs", elem_id="check-data")
-    check_msg = gr.Markdown(elem_id="data-msg", elem_classes="studio-msg")
+    check_msg = message("data-msg")
     return SimpleNamespace(zip=up_zip, images=up_images, masks=up_masks, check=check, check_msg=check_msg)
 
 
@@ -151,10 +151,10 @@ def _click_labeller(view: SimpleNamespace) -> None:
             elem_id="label-example",
             scale=1,
         )
-    view.upload_msg = gr.Markdown(elem_id="label-upload-msg", elem_classes="studio-msg")
+    view.upload_msg = message("label-upload-msg")
     with gr.Row(equal_height=True):
         view.prev = gr.Button("◀ Previous (P)", size="sm", elem_id="label-prev", scale=0, min_width=120)
-        view.where = gr.Markdown(elem_id="label-where", elem_classes="studio-msg")
+        view.where = message("label-where")
         view.next = gr.Button("Next (N) ▶", size="sm", elem_id="label-next", scale=0, min_width=120)
     view.image = gr.Image(label="Click on the image", interactive=False, elem_id="label-view", format="png", height=420)
     with gr.Row():
@@ -172,7 +172,7 @@ def _click_labeller(view: SimpleNamespace) -> None:
         view.clear = gr.Button("Clear clicks", size="sm", elem_id="label-clear")
         view.add = gr.Button("Add region (A)", size="sm", elem_id="add-region")
         view.save = gr.Button("Save pair to set (S)", variant="primary", size="sm", elem_id="save-pair")
-    view.msg = gr.Markdown(elem_id="label-msg", elem_classes="studio-msg")
+    view.msg = message("label-msg")
     gr.HTML(KEYS_HELP, js_on_load=KEYS_JS, elem_id="label-keys")
     with gr.Accordion("Brush fix-ups", open=False):
         gr.Markdown("Paint green to add to the current class, red to erase; then *Apply brush*.")
@@ -208,7 +208,7 @@ def _labelled_set(view: SimpleNamespace) -> None:
         view.use_set = gr.Button("Use the labelled set for training", variant="primary", elem_id="use-set")
         view.set_zip = download_button("Download the labelled set (zip)", "download-set")
         view.clear_set = gr.Button("Empty the labelled set", variant="stop", size="sm", elem_id="empty-set")
-    view.set_msg = gr.Markdown(elem_id="set-msg", elem_classes="studio-msg")
+    view.set_msg = message("set-msg")
 
 
 def _on(trigger, fn, inputs, outputs, failed: str):

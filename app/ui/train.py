@@ -12,7 +12,7 @@ from adapt.tasks import TASKS
 from app.catalog import backbone_choices, backbone_status, backbones_for, describe_method, download_weights
 from app.studio import Studio, UserError, estimate_memory, gpu_count
 from app.ui.common import outbox, user_errors
-from app.ui.messages import api_endpoint, in_page
+from app.ui.messages import api_endpoint, in_page, message
 
 
 def train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
@@ -27,7 +27,7 @@ def train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
             elem_id="dataset",
         )
         form.train = gr.Button("Train", variant="primary", elem_id="train")
-        form.msg = gr.Markdown(elem_id="train-msg", elem_classes="studio-msg")
+        form.msg = message("train-msg")
         form.job = gr.Textbox(label="job", visible=False)
         _wire_train(studio, owner, task, tabs, form)  # in the tab: its hidden API trigger too
     _wire_data(studio, owner, task, data, tabs, form)
