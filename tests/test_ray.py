@@ -151,12 +151,14 @@ def test_two_owners_jobs_run_at_once_and_stay_apart(app, client, data):
 
 def test_an_app_restart_resumes_the_job_from_its_checkpoint(app, client, data):
     job = train(client, data, steps=40)
-    wait_for(lambda: status(client, job)["step"] >= 12, 180, what="a few checkpoints")
+    seen = wait_for(lambda: (s := status(client, job)["step"]) >= 12 and s, 180, what="a few checkpoints")
     app.crash()  # the app dies; Ray ends the tasks it owned
     assert app.job_row(job)["status"] == "running"
     app.start()
     restarted = Client(app.url, verbose=False)
     assert finished(restarted, job, timeout=300)["status"] == "done", app.log()
     resumed = [e for e in events(app, job) if e["type"] == "resumed"]
-    assert resumed and resumed[0]["step"] >= 10  # from its last checkpoint, not from the start
+    # from the last checkpoint that reached the app (every 4 steps; the newest may still have been on its
+    # way from the Ray worker when the app died), not from the start
+    assert resumed and 4 <= resumed[0]["step"] <= seen and resumed[0]["step"] % 4 == 0, (resumed, seen)
     assert [e["step"] for e in events(app, job) if e["type"] == "step"][-1] == 40
