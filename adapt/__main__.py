@@ -109,6 +109,9 @@ def cmd_train(args) -> int:
         accumulate=args.accumulate,
         checkpointing=args.checkpointing,
         attention=args.attention,
+        embedding_cache=args.embedding_cache,
+        cache_views=args.cache_views,
+        compile=args.compile,
         precision=args.precision,
         validation=args.validation,
         patience=args.patience,
@@ -401,6 +404,8 @@ def _train_parser(sub) -> None:
 
 def _schedule_arguments(p) -> None:
     """`train`: how the run goes (steps, rates, evaluation, memory, devices, output)."""
+    from adapt.embedding_cache import DEFAULT_VIEWS
+
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -434,6 +439,24 @@ def _schedule_arguments(p) -> None:
         default="fused",
         choices=["fused", "eager"],
         help="SAM ViT's attention: fused (exact, no N x N matrix kept; the default) or eager (segment-anything's own)",
+    )
+    p.add_argument(
+        "--no-embedding-cache",
+        dest="embedding_cache",
+        action="store_false",
+        help="with a frozen image encoder (the decoder method), run the encoder every step instead of computing "
+        "each image's embedding once",
+    )
+    p.add_argument(
+        "--cache-views",
+        type=int,
+        default=DEFAULT_VIEWS,
+        help=f"with the embedding cache and augmentation: fixed augmented views per training image (default {DEFAULT_VIEWS})",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the image encoder (GPU; off by default: the first steps compile, and ZeroGPU forbids it)",
     )
     p.add_argument(
         "--validation",

@@ -144,6 +144,7 @@ class Done:
     seconds: float
     previous: dict | None = None  # a warm start's adapter on the same held-out images, before training
     attention: str = "fused"  # the image encoder's attention: "fused" | "eager" (adapt.backbones.fused_attention)
+    embedding_cache: dict | None = None  # computed / hits / in memory / spilled, when embeddings were cached
 
 
 @dataclass(frozen=True)

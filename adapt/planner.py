@@ -83,7 +83,8 @@ def _saved(block: MemoryBlock, profile: MemoryProfile, act: int) -> int:
     """Bytes a block keeps for backward, per image, when gradients flow through it."""
     w, mlp = block.width, block.mlp
     extra = 3 + mlp if profile.scope == "all" else SCOPE_WIDTHS[profile.scope]
-    return (BASE_WIDTHS + mlp + extra) * block.tokens * w * act + _attention(block) * _attention_bytes(act)
+    widths = BASE_WIDTHS + mlp + extra + block.kept_widths
+    return int(widths * block.tokens * w * act) + _attention(block) * _attention_bytes(act)
 
 
 def _rebuilt(block: MemoryBlock, profile: MemoryProfile, act: int) -> int:
@@ -139,9 +140,13 @@ def estimate(
     checkpointing: bool,
     precision: str,
     texts: int = TEXT_SEQUENCES,
+    attention: str = "fused",
+    device: str = "cuda",
     **options,
 ) -> Estimate:
-    """Training memory of one micro-batch step (bytes), from the architecture (see the module doc)."""
+    """Training memory of one micro-batch step (bytes), from the architecture (see the module doc);
+    `attention` ("fused" | "eager") and `device` ("cuda" | "cpu") pick the attention's form where an
+    architecture has several (SAM's ViT)."""
     profile = memory_profile(method)
     info = count_params(backbone, method, **options)
     spec = spec_of(backbone)
@@ -151,7 +156,7 @@ def estimate(
     total = info["base"] + info["adapter"]  # frozen + adapter tensors (for "full", the encoder is the adapter)
     weights = total * 4 + (total * 2 if half else 0)
     state = info["trainable"] * 12
-    image, text = arch.memory_blocks(spec)
+    image, text = arch.memory_blocks(spec, attention=attention, device=device)
     activations = 0
     through_encoder = info["adapter"] > 0  # otherwise no gradient flows through the encoder
     for blocks, sequences in ((image, micro_batch), (text, texts)):
@@ -198,7 +203,16 @@ class Plan:
         return f"{head}. Fits with {how}, activation checkpointing {'on' if self.checkpointing else 'off'}."
 
 
-def make_plan(backbone: str, method: str, batch_size: int, budget, precision: str = "bf16", **options) -> Plan:
+def make_plan(
+    backbone: str,
+    method: str,
+    batch_size: int,
+    budget,
+    precision: str = "bf16",
+    attention: str = "fused",
+    device: str = "cuda",
+    **options,
+) -> Plan:
     """The plan for `batch_size` images per step within `budget` (bytes or "24GB"): the largest
     micro-batch without activation checkpointing that fits, else the largest with it (recomputing
     costs about a third more compute; accumulation costs little); `fits` False when nothing does
@@ -215,7 +229,9 @@ def make_plan(backbone: str, method: str, batch_size: int, budget, precision: st
     last = None
     for checkpointing in (False, True):
         for micro in micros:
-            e = estimate(backbone, method, micro, checkpointing, precision, **options)
+            e = estimate(
+                backbone, method, micro, checkpointing, precision, attention=attention, device=device, **options
+            )
             last = (micro, checkpointing, e)
             if e.total <= budget:
                 acc = math.ceil(batch_size / micro)

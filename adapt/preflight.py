@@ -60,7 +60,10 @@ def memory_plan(cfg: TrainConfig, budget=None, *, gpus: int = 1, reserve: int | 
     if limit is None:
         return None
     share = -(-cfg.batch_size // gpus)
-    return make_plan(cfg.backbone, cfg.method, share, limit, resolve_precision(cfg, device), **cfg.method_options)
+    precision = resolve_precision(cfg, device)
+    return make_plan(
+        cfg.backbone, cfg.method, share, limit, precision, cfg.attention, device.type, **cfg.method_options
+    )
 
 
 def fit_to_plan(cfg: TrainConfig, plan: Plan) -> TrainConfig:

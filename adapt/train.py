@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ import torch
 from adapt.backbones import build_backbone
 from adapt.data.augment import augment
 from adapt.distributed import ranks
+from adapt.embedding_cache import DEFAULT_VIEWS, EmbeddingCache, ViewBank
 from adapt.events import (
     EVENTS_NAME,
     BestCheckpoint,
@@ -89,6 +91,9 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches per optimizer step: batch_size images in `accumulate` pieces
     checkpointing: bool = False  # activation checkpointing of the encoder blocks (Backbone.set_checkpointing)
     attention: str = "fused"  # SAM ViT's attention: "fused" (exact, no N x N matrix) | "eager" (the reference)
+    embedding_cache: bool = True  # frozen image encoder: each embedding computed once (adapt.embedding_cache)
+    cache_views: int = DEFAULT_VIEWS  # with the cache and augmentation: fixed augmented views per image
+    compile: bool = False  # torch.compile each encoder block (GPU; the first steps compile; ZeroGPU forbids it)
     validation: float = 0.2  # share of the training images kept aside to choose the best checkpoint (0: none)
     patience: int = 0  # early stopping: evaluations without a better validation score (0: never stop early)
 
@@ -190,8 +195,13 @@ class Run:
             raise TrainingError(
                 f"accumulate must be between 1 and the batch size ({cfg.batch_size}), not {cfg.accumulate}"
             )
+        if cfg.cache_views < 1:
+            raise TrainingError(f"cache_views must be at least 1 (view 0 is the image itself), not {cfg.cache_views}")
         if cfg.checkpointing:
             self.backbone.set_checkpointing(True)
+        if cfg.compile:  # in place: parameter names, state dicts and the methods' wrappers unchanged
+            for block in self.backbone.blocks():
+                block.compile()
         self.precision = resolve_precision(cfg, self.device)
         self.accumulate = cfg.accumulate  # doubled by an out-of-memory retry (see `train`)
         self.backbone.to(self.device)
@@ -210,6 +220,34 @@ class Run:
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = 0
+        self.views: ViewBank | None = None  # the training images' fixed views, with the embedding cache
+
+    def encoder_frozen(self) -> bool:
+        """Nothing the image embedding depends on trains (the task can cache embeddings)."""
+        encoder = getattr(self.backbone, "encoder_parameters", None)
+        if encoder is None or not hasattr(self.task, "embedding_cache") or self.handle.adapter_parameters():
+            return False
+        return not any(p.requires_grad for p in encoder())
+
+    def start_cache(self, train_samples, out: Path | None) -> EmbeddingCache | None:
+        """The embedding cache in front of a frozen encoder (unless the config turns it off); the
+        training images then come from a fixed bank of views."""
+        if not (self.cfg.embedding_cache and self.encoder_frozen()):
+            return None
+        spill = out / ".embeddings" if out is not None else Path(tempfile.mkdtemp(prefix="embeddings-"))
+        cache = EmbeddingCache(self.task.encode, spill_dir=spill)
+        self.task.embedding_cache = cache
+        cfg = self.cfg
+        self.views = ViewBank(train_samples, self.task, cfg.cache_views, cfg.seed, cfg.augment, cache, self.device)
+        return cache
+
+    def stop_cache(self, cache: EmbeddingCache | None) -> dict | None:
+        if cache is None:
+            return None
+        self.task.embedding_cache, self.views = None, None
+        stats = cache.stats()
+        cache.close()
+        return stats
 
     def warm_start(self, path: str) -> None:
         """Load a saved adapter's tensors (same method, options and base model, checked) as the
@@ -259,7 +297,7 @@ def _step_gradients(run: Run, train_samples, log: EventLog) -> torch.Tensor:
     cfg = run.cfg
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
     for attempt in range(MAX_OOM_RETRIES + 1):
-        prepared, rng = _batch(train_samples, run.step, cfg, run.task)  # the same draws on a retry
+        prepared, rng = _batch(train_samples, run.step, cfg, run.task, run.views)  # the same draws on a retry
         torch.manual_seed(cfg.seed * 1_000_003 + run.step)  # dropout etc.: a function of the step
         run.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=run.device)
@@ -330,9 +368,13 @@ def _micro_batches(prepared: list, pieces: int) -> list[list]:
     return [prepared[i : i + size] for i in range(0, len(prepared), size)]
 
 
-def _batch(samples, step: int, cfg: TrainConfig, task: Task) -> tuple[list, np.random.Generator]:
+def _batch(samples, step: int, cfg: TrainConfig, task: Task, views: ViewBank | None = None):
+    """The step's prepared images (from the view bank when embeddings are cached) and the step's
+    generator, after the draws that chose them."""
     rng = _step_rng(cfg.seed, step)
     idx = rng.choice(len(samples), size=cfg.batch_size, replace=len(samples) < cfg.batch_size)
+    if views is not None:
+        return [views.get(int(i), views.draw(rng)) for i in idx], rng
     prepared = []
     for i in idx:
         image, mask = samples[i].image, samples[i].mask
@@ -488,6 +530,41 @@ def _run_folder(out_dir, run: Run) -> Path | None:
     return out
 
 
+def _steps(
+    run: Run, train_samples, checkpoint: Checkpoint, best: BestState, score: Scorer, log: EventLog, should_stop
+) -> str:
+    """The optimizer steps from run.step to the last (checkpoints, evaluations during training,
+    early stopping): "done", or "cancelled" when `should_stop()` said so between steps."""
+    cfg = run.cfg
+    started, first_step = time.time(), run.step
+    while run.step < cfg.steps and run.optimizer is not None:
+        if should_stop():
+            checkpoint.save(best)
+            return "cancelled"
+        run.backbone.model.train()
+        lr = cfg.lr * run.set_lr()
+        try:
+            loss, grad_norm = _optimizer_step(run, train_samples, log)
+        except TrainingError:  # a non-finite loss, or out of memory: the steps done are kept
+            checkpoint.save(best)
+            raise
+        per_step = (time.time() - started) / (run.step - first_step)
+        throughput = {
+            "images_per_s": round(cfg.batch_size / per_step, 3),
+            "eta_s": round(per_step * (cfg.steps - run.step), 1),
+        }
+        log(Step(step=run.step, loss=loss, lr=lr, grad_norm=grad_norm, **throughput))
+        if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < cfg.steps:
+            checkpoint.save(best)
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
+            best.consider(score.watch("adapted"), run)
+            # (not in a data-parallel run: only rank 0 evaluates, and every rank must stop together)
+            if run.ranks.alone and best.patience_spent(cfg.patience):
+                log(EarlyStop(step=run.step, best_step=best.best["step"], patience=cfg.patience))
+                break
+    return "done"
+
+
 def train(
     cfg: TrainConfig,
     train_samples,
@@ -530,40 +607,17 @@ def train(
         counts, device = run.handle.count(), str(run.device)
         sizes = {"train": len(train_samples), "validation": len(validation_samples), "heldout": len(heldout_samples)}
         log(Start(config=asdict(cfg), counts=counts, **sizes, device=device, precision=run.precision))
-    initial_metrics = _score_start(run, best, score, log)
-
-    started, first_step = time.time(), run.step
-    status = "done"
-    while run.step < cfg.steps and run.optimizer is not None:
-        if should_stop():
-            status = "cancelled"
+    cache = run.start_cache(train_samples, out)  # None unless the image encoder is frozen
+    try:
+        initial_metrics = _score_start(run, best, score, log)
+        started = time.time()
+        status = _steps(run, train_samples, checkpoint, best, score, log, should_stop)
+        adapted_metrics, best_step = None, None
+        if status == "done":
+            adapted_metrics, best_step = _score_end(run, best, score, log, heldout_samples)
             checkpoint.save(best)
-            break
-        run.backbone.model.train()
-        lr = cfg.lr * run.set_lr()
-        try:
-            loss, grad_norm = _optimizer_step(run, train_samples, log)
-        except TrainingError:  # a non-finite loss, or out of memory: the steps done are kept
-            checkpoint.save(best)
-            raise
-        per_step = (time.time() - started) / (run.step - first_step)
-        throughput = {
-            "images_per_s": round(cfg.batch_size / per_step, 3),
-            "eta_s": round(per_step * (cfg.steps - run.step), 1),
-        }
-        log(Step(step=run.step, loss=loss, lr=lr, grad_norm=grad_norm, **throughput))
-        if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < cfg.steps:
-            checkpoint.save(best)
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.steps:
-            best.consider(score.watch("adapted"), run)
-            # (not in a data-parallel run: only rank 0 evaluates, and every rank must stop together)
-            if run.ranks.alone and best.patience_spent(cfg.patience):
-                log(EarlyStop(step=run.step, best_step=best.best["step"], patience=cfg.patience))
-                break
-    adapted_metrics, best_step = None, None
-    if status == "done":
-        adapted_metrics, best_step = _score_end(run, best, score, log, heldout_samples)
-        checkpoint.save(best)
+    finally:
+        cache_stats = run.stop_cache(cache)
     summary = {
         "status": status,
         "step": run.step,
@@ -576,6 +630,7 @@ def train(
         "precision": run.precision,
         "accumulate": run.accumulate,
         "attention": run.backbone.attention,
+        "embedding_cache": cache_stats,
         "peak_memory_mb": peak_memory_mb(run.device),
         "counts": run.handle.count(),
         "seconds": round(time.time() - started, 2),

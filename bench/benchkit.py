@@ -73,8 +73,10 @@ def count_flops(fn) -> int:
 class Trainer:
     """One method attached to its own fresh backbone, with its optimizer, inputs and target."""
 
-    def __init__(self, backbone: str, method: str, options: dict, batch: int, checkpointing: bool, device):
-        self.backbone = build_backbone(backbone, seed=0)
+    def __init__(
+        self, backbone: str, method: str, options: dict, batch: int, checkpointing: bool, device, attention="fused"
+    ):
+        self.backbone = build_backbone(backbone, seed=0, attention=attention)
         self.backbone.model.to(device)
         self.handle = attach(self.backbone, method, **options)
         if checkpointing:

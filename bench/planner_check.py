@@ -71,15 +71,15 @@ def case_name(c: dict) -> str:
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def measure_here(case: dict, device: torch.device, precision: str) -> dict:
-    t = Trainer(case["backbone"], case["method"], {}, case["batch"], case["checkpointing"], device)
+def measure_here(case: dict, device: torch.device, precision: str, attention: str) -> dict:
+    t = Trainer(case["backbone"], case["method"], {}, case["batch"], case["checkpointing"], device, attention)
     t.autocast = AUTOCAST[precision]  # no gradient scaler: the step's memory is what is measured
-    return {**case, **measure_rise(t, STEPS, device)}
+    return {**case, "attention": attention, **measure_rise(t, STEPS, device)}
 
 
 def measure(case: dict, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", case_name(case), "--device", args.device]
-    cmd += ["--threads", str(args.threads), "--precision", args.precision]
+    cmd += ["--threads", str(args.threads), "--precision", args.precision, "--attention", args.attention]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # see bench/step_cost.py's measure_memory
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
@@ -90,26 +90,36 @@ def measure(case: dict, args) -> dict:
     return out
 
 
-def planned(m: dict, precision: str) -> int:
+def planned(m: dict, precision: str, device: str) -> int:
+    """The planner's gradients + optimizer state + activations for a measured case (recorded
+    before the fused attention existed: eager)."""
     from adapt.planner import estimate
 
     texts = {"texts": CLIP_PROMPTS} if family_of(m["backbone"]) == "clip" else {}
-    e = estimate(m["backbone"], m["method"], m["batch"], m["checkpointing"], precision, **texts)
+    attention = m.get("attention", "eager")
+    e = estimate(
+        m["backbone"], m["method"], m["batch"], m["checkpointing"], precision, attention=attention, device=device, **texts
+    )
     return e.trainable_state + e.activations
+
+
+def device_kind(report: dict) -> str:
+    return "cuda" if report["device"].startswith("cuda") else "cpu"
 
 
 def markdown(report: dict) -> str:
     rows = [
-        "| backbone | method | batch | checkpointing | measured (MiB) | planner (MiB) | error |",
-        "|---|---|---:|---|---:|---:|---:|",
+        "| backbone | method | batch | checkpointing | attention | measured (MiB) | planner (MiB) | error |",
+        "|---|---|---:|---|---|---:|---:|---:|",
     ]
     within = 0
     for m in report["results"]:
-        est = planned(m, report["precision"])
+        est = planned(m, report["precision"], device_kind(report))
         err = est / m["step_bytes"] - 1 if m["step_bytes"] else float("nan")
         within += abs(err) <= 0.2
         rows.append(
             f"| {m['backbone']} | {m['method']} | {m['batch']} | {'on' if m['checkpointing'] else 'off'} | "
+            f"{m.get('attention', 'eager')} | "
             f"{m['step_bytes'] / MIB:,.0f} | {est / MIB:,.0f} | {err:+.0%} |"
         )
     rows.append("")
@@ -130,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--precision", choices=list(AUTOCAST), default="fp32", help="autocast of the forward (default fp32: none)"
     )
+    p.add_argument("--attention", choices=["fused", "eager"], default="fused", help="SAM ViT's attention (default fused)")
     p.add_argument("--parallel", type=int, default=1, help="cases measured at once (each in its own process)")
     p.add_argument("--json", help="also save the measurements and report here")
     p.add_argument("--from-json", help="re-estimate the measurements saved in this file (nothing is measured)")
@@ -138,7 +149,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     device = torch.device(args.device)
     if args.one:
-        print(json.dumps(measure_here(parse_case(args.one), device, args.precision)))
+        print(json.dumps(measure_here(parse_case(args.one), device, args.precision, args.attention)))
         return 0
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())

@@ -8,6 +8,7 @@ import torch
 from conftest import CASE_IDS, CASES, perturb, tiny_backbone
 from segment_anything.modeling.image_encoder import Attention
 
+import adapt.backbones.fused_attention as fa
 from adapt.backbones import build_backbone, spec_of
 from adapt.backbones.fused_attention import FusedAttention, fused_attention, set_attention
 from adapt.backbones.sam import SamBackbone, build_sam_model
@@ -48,8 +49,18 @@ def assert_close(eager: tuple, fused: tuple, tol: float = 1e-4) -> None:
         assert (g - grads_f[name]).abs().max().item() <= tol * scale, name
 
 
+FORMS = {"blockwise": "cpu", "folded": "cuda"}  # the CPU's form; the accelerators' (and a traced model's)
+
+
+@pytest.fixture(params=list(FORMS))
+def form(request, monkeypatch):
+    """Every fused block in the test runs this form (its device's), whatever the device."""
+    monkeypatch.setattr(fa, "_device_of", lambda x: FORMS[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("case", [c for c, _ in SAM_CASES], ids=[i for _, i in SAM_CASES])
-def test_every_sam_method_fused_equals_eager(case):
+def test_every_sam_method_fused_equals_eager(case, form):
     method, family, options = case
     backbone = tiny_backbone(family)
     randomise_rel_pos(backbone.model)
@@ -68,7 +79,7 @@ def test_every_sam_method_fused_equals_eager(case):
 
 
 @pytest.mark.parametrize("kind,index", [("global", 2), ("windowed", 0)])
-def test_a_sam_vit_b_block_at_1024_px(kind, index):
+def test_a_sam_vit_b_block_at_1024_px(kind, index, form):
     spec = spec_of("sam-vit-b")
     torch.manual_seed(0)
     block = SamBackbone.build_block(spec, index)
@@ -85,11 +96,16 @@ def test_a_sam_vit_b_block_at_1024_px(kind, index):
     assert {"input", "qkv.weight", "proj.weight", "rel_pos_h", "rel_pos_w"} <= run["fused"][1].keys()
 
 
-def test_fused_is_the_default_and_runs_a_flash_kernel():
+def test_fused_is_the_default_and_keeps_no_n_by_n_matrix():
     backbone = build_backbone("tiny-sam")
     encoder = backbone.model.image_encoder
-    kinds = {b.window_size == 0: type(b.attn) for b in encoder.blocks}
-    assert kinds == {True: FusedAttention, False: Attention}  # windowed blocks: eager, as measured
+    assert {type(b.attn) for b in encoder.blocks} == {FusedAttention}
+    assert {b.attn.windowed: b.window_size > 0 for b in encoder.blocks} == {True: True, False: False}
+    # the form each block runs: blockwise on the CPU (windowed blocks too, as measured), elsewhere folded
+    assert [fa.fused_form("fused", "cpu", w) for w in (False, True)] == ["blockwise", "blockwise"]
+    assert fa.fused_form("fused", "cpu", True, windowed_on_cpu=False) == "eager"
+    assert [fa.fused_form("fused", d, True) for d in ("cuda", "traced")] == ["folded", "folded"]
+    assert fa.fused_form("eager", "cuda", False) == "eager"
     assert backbone.attention == "fused"
     assert build_backbone("tiny-sam", attention="eager").attention == "eager"
     eager_keys = build_backbone("tiny-sam", attention="eager").model.state_dict().keys()
@@ -98,10 +114,38 @@ def test_fused_is_the_default_and_runs_a_flash_kernel():
         build_backbone("tiny-sam", attention="flash")
     block = next(b for b in encoder.blocks if b.window_size == 0)
     x = torch.randn(1, 16, 16, 96, requires_grad=True)
+    n = 16 * 16
+    assert fa.query_chunk(2, n) == n  # tiny: one query block
+    for form, chunk in [("eager", None), ("blockwise", 32), ("folded", None)]:
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.shape) or t, lambda t: t):
+            if form == "eager":
+                out = Attention.forward(block.attn, x)
+            else:
+                fa.CHUNK_SCORES, before = (chunk or n) * n * block.attn.num_heads, fa.CHUNK_SCORES
+                try:
+                    out = fused_attention(block.attn, x, form=form)
+                finally:
+                    fa.CHUNK_SCORES = before
+        out.sum().backward()
+        squares = [s for s in saved if len(s) >= 2 and s[-1] == s[-2] == n]
+        assert bool(squares) == (form == "eager"), (form, squares)  # only eager keeps N x N for backward
     with torch.profiler.profile() as prof:
-        fused_attention(block.attn, x).sum().backward()
+        fused_attention(block.attn, x, form="folded").sum().backward()
     ops = {e.key for e in prof.key_averages()}
     assert {"aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward"} <= ops  # fmt: skip
+
+
+def test_the_blockwise_form_in_several_query_blocks_equals_eager(monkeypatch):
+    """Query blocks that do not divide N (the last one shorter) give eager's outputs and gradients."""
+    block = build_backbone("tiny-sam").model.image_encoder.blocks[-1]
+    randomise_rel_pos(block)
+    x = torch.randn(2, 15, 15, 96, generator=torch.Generator().manual_seed(2))
+    params = dict(block.attn.named_parameters())
+    monkeypatch.setattr(fa, "CHUNK_SCORES", 2 * block.attn.num_heads * 225 * 40)  # blocks of 32 queries
+    assert fa.query_chunk(2 * block.attn.num_heads, 225) == 32
+    eager = forward_backward(lambda t: Attention.forward(block.attn, t), x, params)
+    assert_close(eager, forward_backward(lambda t: fused_attention(block.attn, t, form="blockwise"), x, params))
 
 
 def test_other_architectures_accept_both_names():
@@ -146,3 +190,21 @@ def test_a_run_builds_and_records_its_attention():
     for mode in ("fused", "eager"):
         backbone, _, _ = build_model(TrainConfig(backbone="tiny-sam", checkpoint="random", attention=mode))
         assert backbone.attention == mode
+
+
+def test_compile_and_the_cache_flags_reach_the_run():
+    from adapt.__main__ import build_parser
+    from adapt.train import Run, TrainConfig, TrainingError
+
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--compile", "--no-embedding-cache", "--cache-views", "2"]
+    )
+    assert (args.compile, args.embedding_cache, args.cache_views) == (True, False, 2)
+    defaults = build_parser().parse_args(["train", "--data", "d"])
+    assert (defaults.compile, defaults.embedding_cache) == (False, True)
+    run = Run(TrainConfig(backbone="tiny-sam", checkpoint="random", compile=True, device="cpu"))
+    assert all(b._compiled_call_impl is not None for b in run.backbone.blocks())  # compiled lazily, in place
+    plain = Run(TrainConfig(backbone="tiny-sam", checkpoint="random", device="cpu"))
+    assert list(run.backbone.model.state_dict()) == list(plain.backbone.model.state_dict())
+    with pytest.raises(TrainingError, match="cache_views"):
+        Run(TrainConfig(backbone="tiny-sam", checkpoint="random", cache_views=0, device="cpu"))

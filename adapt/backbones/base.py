@@ -61,8 +61,10 @@ class MemoryBlock:
     """One encoder block as the memory planner models it (adapt/planner.py): per image, `tokens`
     of `width` channels, an MLP of `mlp` x width, and `heads` attention heads over sequences of
     `length` tokens, `sequences` of them (windows); `explicit`: the attention matrix is
-    materialised (segment-anything's and TinyViT's attention), not fused (PyTorch's
-    scaled_dot_product_attention, open_clip's nn.MultiheadAttention, Hiera's), which keeps none."""
+    materialised (segment-anything's eager and TinyViT's attention), not fused (PyTorch's
+    scaled_dot_product_attention, open_clip's nn.MultiheadAttention, Hiera's, SAM's fused form),
+    which keeps none; `kept_widths`: what a fused form keeps instead (SAM's: the query's
+    relative-position terms and its own copies, adapt.backbones.fused_attention)."""
 
     tokens: int
     width: int
@@ -71,6 +73,7 @@ class MemoryBlock:
     length: int
     sequences: int
     explicit: bool
+    kept_widths: float = 0.0  # widths per token a fused attention keeps for backward beyond the base ones
 
 
 @dataclass
@@ -114,8 +117,10 @@ class Backbone:
         raise NotImplementedError
 
     @classmethod
-    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
-        """(image-encoder blocks, text-tower blocks) as the memory planner models them."""
+    def memory_blocks(cls, spec: dict, **attention) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+        """(image-encoder blocks, text-tower blocks) as the memory planner models them. `attention`:
+        `attention` ("fused" | "eager", the run's choice) and `device` ("cuda" | "cpu"), for the
+        architectures whose attention has more than one form (SAM's ViT); others ignore them."""
         raise NotImplementedError
 
     @classmethod
@@ -256,6 +261,11 @@ class SamFamilyBackbone(Backbone):
 
     def layout(self) -> EncoderLayout:
         raise NotImplementedError
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Every parameter `encode`'s output depends on (the image encoder's by default): when none
+        trains, the trainer caches embeddings (adapt.embedding_cache)."""
+        return list(self.model.image_encoder.parameters())
 
     @classmethod
     def embedding_grid(cls, spec: dict) -> int:

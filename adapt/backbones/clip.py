@@ -52,7 +52,7 @@ class ClipBackbone(Backbone):
         return spec["vision_cfg"]["image_size"]
 
     @classmethod
-    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+    def memory_blocks(cls, spec: dict, **attention) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
         """Both towers' residual blocks; open_clip's nn.MultiheadAttention runs fused
         scaled-dot-product attention, which keeps no length^2 matrix."""
         v, t = spec["vision_cfg"], spec["text_cfg"]

@@ -26,7 +26,7 @@ from adapt.backbones.base import (
     load_state_dict_file,
 )
 from adapt.backbones.catalog import BackboneEntry
-from adapt.backbones.fused_attention import attention_mode, set_attention
+from adapt.backbones.fused_attention import attention_mode, fused_form, fused_kept_values, set_attention
 
 
 class SamBackbone(SamFamilyBackbone):
@@ -88,24 +88,19 @@ class SamBackbone(SamFamilyBackbone):
         )
 
     @classmethod
-    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
-        """Windowed blocks with global attention at encoder_global_attn_indexes; segment-anything
-        computes the attention matrix explicitly."""
+    def memory_blocks(cls, spec: dict, attention: str = "fused", device: str = "cuda"):
+        """Windowed blocks with global attention at encoder_global_attn_indexes. segment-anything's
+        eager attention materialises its matrix; the fused form (adapt.backbones.fused_attention)
+        keeps none, and keeps instead what its form on `device` saves (kept_widths)."""
         grid = spec["img_size"] // spec["patch_size"]
-        ws = spec["window_size"]
+        ws, width, heads = spec["window_size"], spec["encoder_embed_dim"], spec["encoder_num_heads"]
         windows = math.ceil(grid / ws) ** 2
-        image = [
-            MemoryBlock(
-                tokens=grid * grid,
-                width=spec["encoder_embed_dim"],
-                mlp=4,
-                heads=spec["encoder_num_heads"],
-                length=grid * grid if i in spec["encoder_global_attn_indexes"] else ws * ws,
-                sequences=1 if i in spec["encoder_global_attn_indexes"] else windows,
-                explicit=True,
-            )
-            for i in range(spec["encoder_depth"])
-        ]
+        image = []
+        for i in range(spec["encoder_depth"]):
+            side, sequences = (grid, 1) if i in spec["encoder_global_attn_indexes"] else (ws, windows)
+            form = fused_form(attention, device, windowed=sequences > 1)
+            kept = fused_kept_values(form, heads, width // heads, side) / width if form != "eager" else 0.0
+            image.append(MemoryBlock(grid * grid, width, 4, heads, side * side, sequences, form == "eager", kept))
         return image, []
 
     @property

@@ -81,7 +81,15 @@ class Sam2Features:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.image_embed, *self.high_res))
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors, in a fixed order (adapt.embedding_cache stores and joins them)."""
+        return (self.image_embed, *self.high_res)
+
+    @classmethod
+    def from_tensors(cls, tensors: tuple[torch.Tensor, ...]) -> Sam2Features:
+        return cls(tensors[0], tuple(tensors[1:]))
 
 
 SAM2_CONFIGS = {  # sam2's own config files for the official sizes
@@ -120,7 +128,7 @@ class Sam2Backbone(SamFamilyBackbone):
         )
 
     @classmethod
-    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+    def memory_blocks(cls, spec: dict, **attention) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
         """Hiera: stage k works at 1/4 / 2^k of the input with width and heads x 2^k, in windows of
         window_spec[k] (global attention in global_att_blocks); its attention is PyTorch's fused
         scaled_dot_product_attention, which keeps no length^2 matrix."""
@@ -208,6 +216,17 @@ class Sam2Backbone(SamFamilyBackbone):
         trunk = self.model.image_encoder.trunk
         grid = self.input_size // 4
         return {"tokens": grid * grid, "width": trunk.blocks[0].dim, "depth": len(trunk.blocks)}
+
+    def encoder_parameters(self) -> list:
+        """The image encoder's, the mask decoder's conv_s0 / conv_s1 (forward_image applies them to
+        the finer levels) and no_mem_embed."""
+        model = self.model
+        extra = (
+            [model.sam_mask_decoder.conv_s0, model.sam_mask_decoder.conv_s1]
+            if model.use_high_res_features_in_sam
+            else []
+        )
+        return [*model.image_encoder.parameters(), *(p for m in extra for p in m.parameters()), model.no_mem_embed]
 
     def encode(self, images: torch.Tensor) -> Sam2Features:
         """What SAM2ImagePredictor.set_image computes for normalised square images (B, 3, S, S)."""

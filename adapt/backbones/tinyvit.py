@@ -217,7 +217,7 @@ class MobileSamBackbone(SamBackbone):
         return TinyViTEncoder(spec)
 
     @classmethod
-    def memory_blocks(cls, spec: dict) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+    def memory_blocks(cls, spec: dict, **attention) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
         """Stage 0 is convolutional (modelled as a block of its width at 1/4 without attention),
         stages 1-3 attend in windows at 1/8, 1/16 and 1/16, materialising the matrix."""
         size, out = spec["img_size"], []

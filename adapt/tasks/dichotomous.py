@@ -76,6 +76,7 @@ class Prepared:
     valid: torch.Tensor  # (S, S) bool, False on padding
     box: Letterbox  # how the source image was resized and padded
     stretched: bool = False  # resized to the square without keeping its aspect ratio (SAM 2)
+    key: str | None = None  # the image's key in an embedding cache (adapt.embedding_cache); image may then be None
 
     @property
     def scale(self) -> float:
@@ -125,6 +126,7 @@ class DichotomousTask:
         self.box_jitter = box_jitter * self.size / 1024.0
         self.num_points = num_points
         self.augment_options = {}  # binary masks: the augmentations' defaults
+        self.embedding_cache = None  # set by the trainer when the image encoder is frozen (adapt.embedding_cache)
 
     # --- geometry ---------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> Prepared:
@@ -210,8 +212,14 @@ class DichotomousTask:
 
     # --- model calls ------------------------------------------------------------------------------
     def _logits(self, prepared: list[Prepared], prompts: list[dict], device) -> torch.Tensor:
-        """(B, S, S) logits in the padded input frame."""
-        embeddings = self.encode(torch.stack([p.image for p in prepared]).to(device))
+        """(B, S, S) logits in the padded input frame (the image embeddings from the embedding
+        cache when the trainer set one: adapt.embedding_cache)."""
+        if self.embedding_cache is not None:
+            embeddings, _ = self.embedding_cache.embeddings(
+                [p.image for p in prepared], [p.key for p in prepared], device
+            )
+        else:
+            embeddings = self.encode(torch.stack([p.image for p in prepared]).to(device))
         if all(set(p) == {"box"} for p in prompts):
             low = self.decode(embeddings, boxes=torch.stack([p["box"] for p in prompts]).to(device))
         else:  # one prompt kind per call: group by kind
