@@ -162,8 +162,8 @@ def _print_plan(args) -> int:
     from adapt.preflight import memory_plan
     from adapt.train import TrainConfig
 
-    precision = args.precision
-    if precision == "auto" and not torch.cuda.is_available():
+    precision, gpu = args.precision, torch.cuda.is_available()
+    if precision == "auto" and not gpu:
         precision = "bf16"
         print("no GPU here: planning for a GPU with bf16 autocast (--precision fp16 for a T4 or V100)", file=sys.stderr)
     cfg = TrainConfig(
@@ -174,8 +174,9 @@ def _print_plan(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         precision=precision,
+        attention=args.attention,
     )
-    plan = memory_plan(cfg, args.memory_budget, gpus=args.gpus)
+    plan = memory_plan(cfg, args.memory_budget, gpus=args.gpus, for_gpu=not gpu and args.device != "cpu")
     if plan is None:
         print("no GPU here and no --memory-budget: give one, e.g. --memory-budget 24GB")
         return 2

@@ -21,7 +21,13 @@ than fitted:
   weight-space method (its `rebuilt` share); while a block's backward runs, the gradients of its attention
   matrices are in flight too. With activation checkpointing a block keeps only its input, and one
   block is recomputed and differentiated at a time. When the method trains nothing in the encoder
-  (decoder only, frozen), no encoder activation is kept: only one block's forward transient.
+  (decoder only, frozen), no encoder activation is kept: only one block's forward transient, and
+  with the embedding cache (adapt.embedding_cache) only while a new image or view is embedded; the
+  cached embeddings live in host memory (up to its RAM budget, then on disk), not on the GPU.
+- SAM's attention (adapt.backbones.fused_attention): eager keeps heads x length^2 values per
+  sequence; the fused forms keep none, and instead the widths their form saves (`kept_widths`:
+  the CPU's blockwise form, or the accelerators' folded one), so the estimate takes the run's
+  `attention` and `device`.
 - the trained head's activations (the architecture's `head_activation_values`: SAM's mask decoder
   at the embedding grid); CLIP's text tower counts TEXT_SEQUENCES prompts (class names x templates).
 - SLACK (x1.2) is the plan's margin (allocator, workspaces, fragmentation).

@@ -46,12 +46,15 @@ def default_task_options(task: str, **chosen) -> dict:
     return {**defaults, **{k: v for k, v in chosen.items() if k in defaults and v is not None}}
 
 
-def memory_plan(cfg: TrainConfig, budget=None, *, gpus: int = 1, reserve: int | None = None) -> Plan | None:
+def memory_plan(
+    cfg: TrainConfig, budget=None, *, gpus: int = 1, reserve: int | None = None, for_gpu: bool = False
+) -> Plan | None:
     """The planner's choice (micro-batch, accumulation, activation checkpointing) for `cfg` on the
     device it trains on, each of `gpus` processes planning its share of the batch: for `budget`
     (bytes or text, "16GB"), or on a GPU for its free memory when none is given; None on the CPU
     without a budget. `reserve`: GPU memory another user of the GPU keeps (the studio's click
-    predictor): the plan then fits the free memory less it, whatever the budget."""
+    predictor): the plan then fits the free memory less it, whatever the budget. `for_gpu`: plan for
+    a GPU whatever this machine has (train --plan on a machine without one)."""
     device = cfg.resolved_device()
     limit = parse_bytes(budget) if budget is not None else None
     if device.type == "cuda" and (limit is None or reserve is not None):
@@ -62,7 +65,14 @@ def memory_plan(cfg: TrainConfig, budget=None, *, gpus: int = 1, reserve: int | 
     share = -(-cfg.batch_size // gpus)
     precision = resolve_precision(cfg, device)
     return make_plan(
-        cfg.backbone, cfg.method, share, limit, precision, cfg.attention, device.type, **cfg.method_options
+        cfg.backbone,
+        cfg.method,
+        share,
+        limit,
+        precision,
+        cfg.attention,
+        "cuda" if for_gpu else device.type,
+        **cfg.method_options,
     )
 
 

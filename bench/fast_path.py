@@ -52,23 +52,29 @@ PARTS = ("step", "peft", "click", "cache", "dice")
 # --- what one child process measures ----------------------------------------------------------
 
 
-def _timed(step, steps: int) -> float:
-    step()  # warm-up: kernels, allocator, optimizer state
+def _timed(step, steps: int, device: torch.device, warmup: int = 1) -> float:
+    """Median seconds of `steps` calls after `warmup`: CPU time on the CPU, wall time on a GPU."""
+    for _ in range(warmup):  # kernels, allocator, optimizer state (and compilation, with --compile)
+        step()
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     times = []
     for _ in range(steps):
-        start = time.process_time()
+        benchkit.sync(device)
+        start = clock()
         step()
-        times.append(time.process_time() - start)
+        benchkit.sync(device)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
-def _peft_trainer(backbone: str) -> benchkit.Trainer:
+def _peft_trainer(backbone: str, device: torch.device) -> benchkit.Trainer:
     """benchkit.Trainer's step with HF peft's LoRA on stock segment-anything SAM instead of ours."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    t = benchkit.Trainer(backbone, "decoder", {}, 1, False, torch.device("cpu"), attention="eager")
+    t = benchkit.Trainer(backbone, "decoder", {}, 1, False, device, attention="eager")
     encoder = t.backbone.model.image_encoder
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, target_modules=["qkv"]), encoder)
+    encoder.to(device)
     lora = [p for n, p in encoder.named_parameters() if "lora_" in n]
     for p in lora:
         p.requires_grad_(True)
@@ -77,7 +83,7 @@ def _peft_trainer(backbone: str) -> benchkit.Trainer:
     return t
 
 
-def _cache_run(backbone: str, cached: bool):
+def _cache_run(backbone: str, cached: bool, device: torch.device, precision: str):
     """adapt.train's Run for decoder-only training on one 1024 px image, and its step."""
     import numpy as np
 
@@ -88,7 +94,7 @@ def _cache_run(backbone: str, cached: bool):
     sample = SimpleNamespace(image=scene.image, mask=np.any(np.stack(scene.masks), 0).astype(np.uint8))
     cfg = TrainConfig(
         backbone=backbone, checkpoint="random", method="decoder", batch_size=1, augment=False,
-        embedding_cache=cached, device="cpu",
+        embedding_cache=cached, device=device.type, precision=precision,
     )  # fmt: skip
     run = Run(cfg)
     run.start_cache([sample], None)
@@ -96,31 +102,38 @@ def _cache_run(backbone: str, cached: bool):
     return lambda: _optimizer_step(run, [sample], lambda event: None)
 
 
-def one(part: str, variant: str, steps: int, name: str) -> dict:
+def one(part: str, variant: str, args) -> dict:
+    """What one child process measures: the seconds of one call (or, in the memory child, its rise)."""
     benchkit.set_threads(1)
-    cpu = torch.device("cpu")
+    device, name = torch.device(args.device), args.backbone
+    autocast = {"fp32": None, "bf16": torch.bfloat16}[args.precision]
     if part in ("step", "peft"):
         method, attention = variant.split(":")
         peft = attention == "peft"
-        step = (_peft_trainer(name) if peft else benchkit.Trainer(name, method, {}, 1, False, cpu, attention)).step
+        t = _peft_trainer(name, device) if peft else benchkit.Trainer(name, method, {}, 1, False, device, attention)
+        t.autocast = autocast
+        if args.compile:
+            for block in t.backbone.blocks():
+                block.compile()
+        step = t.step
     elif part == "click":
         from adapt.backbones import build_backbone
 
-        backbone = build_backbone(name, seed=0, attention=variant)
-        image = backbone.example_inputs(1, seed=0)["images"]
+        backbone = build_backbone(name, seed=0, attention=variant).to(device)
+        image = backbone.example_inputs(1, seed=0)["images"].to(device)
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 backbone.encode(image)
 
     elif part == "cache":
-        step = _cache_run(name, variant == "cached")
+        step = _cache_run(name, variant == "cached", device, args.precision)
     else:
         raise ValueError(part)
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # the memory child
+    if args.memory_child:  # its own process: the rise above the level after one step
         step()
-        return {"step_bytes": benchkit.measure_rise(SimpleNamespace(step=step), 1, cpu)["step_bytes"]}
-    return {"seconds": _timed(step, steps)}
+        return {"step_bytes": benchkit.measure_rise(SimpleNamespace(step=step), 1, device)["step_bytes"]}
+    return {"seconds": _timed(step, args.steps, device, warmup=3 if args.compile else 1)}
 
 
 def run_child(part: str, variant: str, args, memory: bool) -> dict:
@@ -128,6 +141,8 @@ def run_child(part: str, variant: str, args, memory: bool) -> dict:
     if memory:
         env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 16)
     cmd = [sys.executable, __file__, "--one", part, variant, "--steps", str(args.steps), "--backbone", args.backbone]
+    cmd += ["--device", args.device, "--precision", args.precision] + ["--compile"] * args.compile
+    cmd += ["--memory-child"] * memory
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{part} {variant} failed:\n{proc.stderr[-3000:]}")
@@ -195,10 +210,14 @@ def main() -> None:
     p.add_argument("--backbone", default="sam-vit-b", help="the SAM ViT of the step, peft, click and cache parts")
     p.add_argument("--seeds", type=int, default=5, help="seeds of the dice part")
     p.add_argument("--dice-steps", type=int, default=60, help="training steps of the dice part")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast (GPU: bf16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every encoder block (GPU)")
     p.add_argument("--one", nargs=2, metavar=("PART", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one, args.steps, args.backbone)))
+        print(json.dumps(one(*args.one, args)))
         return
     started, parts = time.time(), args.parts.split(",")
     lines = ["| comparison | base | new | time new/base | memory new/base |", "|---|---:|---:|---:|---:|"]

@@ -14,6 +14,10 @@
 # 5. Click latency of the app's predictor where app.placement puts it (the GPU) against the CPU.
 # 6. The planner's plans for the common cards (train --plan), to read beside the measured peaks.
 # 7. The new backbones' step cost: sam2.1-hiera-base-plus and mobile-sam at batch 2 (after item 2).
+# 0. First, the fast path (bench/fast_path.py, bf16 autocast): sam-vit-b LoRA and PARSER steps with
+#    eager against fused attention (the folded SDPA form on the GPU), an uncached click embedding,
+#    decoder-only steps cached against uncached; then the steps again under --compile. FAST_ONLY=1
+#    stops after it (about 6 minutes).
 # Copy the tables into docs/benchmarks.md with the machine's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +28,10 @@ PY="${PYTHON:-.venv/bin/python}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/GPU: /' > "$REPORT"
 echo >> "$REPORT"
 run() { echo "## $1" >> "$REPORT"; echo >> "$REPORT"; shift; "$PY" bench/step_cost.py --device cuda --quiet "$@" >> "$REPORT"; }
+fast() { echo "## $1" >> "$REPORT"; echo >> "$REPORT"; shift; "$PY" bench/fast_path.py --device cuda --precision bf16 "$@" >> "$REPORT"; echo >> "$REPORT"; }
+fast "Fast path: fused vs eager attention, cached vs uncached embeddings, sam-vit-b, bf16" --parts step,click,cache --steps 5
+fast "Fast path under torch.compile: fused vs eager steps, sam-vit-b, bf16" --parts step --steps 5 --compile
+if [ "${FAST_ONLY:-0}" = 1 ]; then cat "$REPORT"; exit 0; fi
 METHODS=full,decoder,parser,lora,cobot-lora,adaptformer
 run "sam-vit-b, batch 2" --backbone sam-vit-b --batch 2 --steps 10 --warmup 3 --infer-rounds 5 --methods "$METHODS"
 run "sam-vit-b, batch 2, activation checkpointing" --backbone sam-vit-b --batch 2 --steps 10 --warmup 3 \
