@@ -153,7 +153,8 @@ def test_job_folder_names_are_spelled_once():
 def test_the_event_log_has_one_owner():
     """Events are written, read and folded through adapt.events: no other module spells the key
     that names an event, or writes an event by its name."""
-    assert occurrences(r"[\"']type[\"']") == {"adapt/events.py"}
+    # (adapt/data/labelstudio.py spells Label Studio's own result field "type", not an event's)
+    assert occurrences(r"[\"']type[\"']") - {"adapt/data/labelstudio.py"} == {"adapt/events.py"}
     assert occurrences(r"\blog\(\s*[\"']") == set()
 
 
