@@ -162,3 +162,35 @@ def test_an_annotation_becomes_a_label_map():
         results_mask([brush(blob(3))], H + 1, W, values)
     with pytest.raises(ValueError, match="no brush or polygon"):
         results_mask([], H, W, values)
+
+
+def test_batch_results_become_label_studio_predictions_most_uncertain_first(tmp_path):
+    """adapt.batch.write_labelstudio: a labelled folder's masks as predictions, ranked as scores.csv
+    ranks them; a corrected result travels as the user's annotation; the download holds the file."""
+    import zipfile
+
+    from adapt.batch import export_results, record_review, write_labelstudio, write_scores
+
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    records = []
+    for k, name in enumerate(["x", "y", "z"]):
+        Image.fromarray(blob(k) * 255).save(out / "masks" / f"{name}.png")
+        records.append(
+            {"name": name, "file": f"sub/{name}.jpg", "width": W, "height": H, "uncertainty": [0.2, 0.9, 0.5][k]}
+        )
+    write_scores(out, records)
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "summary.json").write_text(json.dumps({"classes": ["background", "foreground"], "model": "runs/a/adapter"}))
+    record_review(out, "z", "corrected", mask=blob(7))
+    tasks = json.loads(write_labelstudio(out, "/data/local-files/?d=shots/").read_text())
+    assert [t["data"]["image"] for t in tasks] == [f"/data/local-files/?d=shots/sub/{n}.jpg" for n in "yzx"]
+    y = tasks[0]["predictions"][0]
+    assert y["model_version"] == "adapter" and y["score"] == pytest.approx(0.1)
+    np.testing.assert_array_equal(brush_decode(y["result"][0]["value"]["rle"], H, W), blob(1))
+    assert y["result"][0]["value"]["brushlabels"] == ["foreground"]
+    z = tasks[1]["annotations"][0]["result"][0]  # corrected: the user's mask, as an annotation
+    np.testing.assert_array_equal(brush_decode(z["value"]["rle"], H, W), blob(7))
+    with zipfile.ZipFile(export_results(out, tmp_path / "results.zip")) as zf:
+        shipped = json.loads(zf.read("labelstudio.json"))
+    assert [t["data"]["image"] for t in shipped] == ["sub/y.jpg", "sub/z.jpg", "sub/x.jpg"]
