@@ -194,3 +194,27 @@ def test_batch_results_become_label_studio_predictions_most_uncertain_first(tmp_
     with zipfile.ZipFile(export_results(out, tmp_path / "results.zip")) as zf:
         shipped = json.loads(zf.read("labelstudio.json"))
     assert [t["data"]["image"] for t in shipped] == ["sub/y.jpg", "sub/z.jpg", "sub/x.jpg"]
+
+
+def test_a_labelling_config_names_the_control_the_image_and_the_labels():
+    from adapt.data.labelstudio import parse_config
+
+    xml = (
+        '<View><Image name="img" value="$photo"/>'
+        '<BrushLabels name="tag" toName="img"><Label value="cell"/><Label value="debris"/></BrushLabels></View>'
+    )
+    assert parse_config(xml) == {
+        "from_name": "tag",
+        "to_name": "img",
+        "image_key": "photo",
+        "labels": ["cell", "debris"],
+    }
+    for bad, why in [
+        ("<View><Image name='i' value='$image'/></View>", "no <BrushLabels>"),
+        ("<View><BrushLabels name='t' toName='x'><Label value='a'/></BrushLabels></View>", "not an <Image"),
+        ("<View", "not XML"),
+        ('<!DOCTYPE x [<!ENTITY a "b">]><View/>', "DOCTYPE"),
+        ("<View><Image name='i' value='$image'/><BrushLabels name='t' toName='i'/></View>", "distinct <Label"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_config(bad)

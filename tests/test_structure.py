@@ -179,7 +179,13 @@ def test_dataset_kinds_are_the_tasks():
     assert list(DATASET_KINDS) == list(TASKS)
 
 
-REQUEST_SIDE = ("app.studio", "app.label_rest", "app.ui", "app.rest")  # the page and the request facade
+REQUEST_SIDE = (
+    "app.studio",
+    "app.label_rest",
+    "app.ui",
+    "app.rest",
+    "app.lsbackend",
+)  # the page and the request facade
 
 
 def imports_gradio(path: Path) -> bool:

@@ -35,6 +35,7 @@ __all__ = [
     "export_to_coco",
     "is_export",
     "mask_results",
+    "parse_config",
     "results_mask",
     "task_image",
     "tasks_from_masks",
@@ -46,6 +47,40 @@ MASK_TYPES = (BRUSH, POLYGON)
 MAX_RLE_BYTES = 64 << 20  # a brush code longer than this is refused before it is decoded
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-(.+)$")  # Label Studio renames an uploaded cat.png 8f2a1c3d-cat.png
 FOREGROUND = "foreground"  # the label of a brush or polygon without one, and a binary mask's
+
+
+MAX_CONFIG = 100_000  # characters in a labelling config
+
+
+def parse_config(xml: str) -> dict:
+    """What a Label Studio labelling config asks for: the first BrushLabels or PolygonLabels control
+    ("from_name", its label values "labels") and the Image it labels ("to_name", and "image_key",
+    the task data field its value "$image" names). Raises ValueError saying what is missing."""
+    import xml.etree.ElementTree as ET
+
+    if not isinstance(xml, str) or not xml.strip():
+        raise ValueError("the labelling config is empty")
+    if len(xml) > MAX_CONFIG:
+        raise ValueError(f"the labelling config has {len(xml):,} characters; at most {MAX_CONFIG:,} are read")
+    if "<!DOCTYPE" in xml.upper() or "<!ENTITY" in xml.upper():
+        raise ValueError("the labelling config declares a DOCTYPE or entities, which Label Studio configs never do")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise ValueError(f"the labelling config is not XML ({e})") from None
+    controls = [el for el in root.iter() if el.tag.lower() in ("brushlabels", "polygonlabels")]
+    if not controls:
+        raise ValueError("the labelling config has no <BrushLabels> or <PolygonLabels>: nothing a mask can fill")
+    control = controls[0]
+    labels = [str(el.get("value")) for el in control if el.tag.lower() == "label" and el.get("value")]
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"<{control.tag} name={control.get('name')!r}> needs distinct <Label value=...> children")
+    images = {el.get("name"): el for el in root.iter() if el.tag.lower() == "image"}
+    image = images.get(control.get("toName"))
+    value = image.get("value", "") if image is not None else ""
+    if image is None or not value.startswith("$"):
+        raise ValueError(f"<{control.tag}> labels {control.get('toName')!r}, which is not an <Image value=\"$field\">")
+    return {"from_name": control.get("name"), "to_name": image.get("name"), "image_key": value[1:], "labels": labels}
 
 
 def brush_decode(rle, height: int, width: int) -> np.ndarray:
