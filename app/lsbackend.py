@@ -19,6 +19,7 @@ ML-backend protocol has them (label-studio-ml-backend's api.py):
                       -> {"results": [{"result": [brush results], "score", "model_version"}], "model_version"}
     POST .../webhook  {"action": "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" | "ANNOTATIONS_DELETED"
                        | "START_TRAINING", "project": {"id"}, "task", "annotation"}
+    POST .../train    {"project", "annotations"}: "start training" where Label Studio still sends it so
 
 The connection id is the capability: it is unguessable and names one owner's connection, so no
 other owner's project is reachable through it, and the owner's own API checks the owner token.
@@ -365,6 +366,11 @@ class LabelStudioBackend:
             return self._delete(files, body)
         return self._add(owner, connection, files, settings, task, annotation)
 
+    def train(self, connection: str, body: dict) -> dict:
+        """Label Studio's older "start training" call (POST .../train with the annotated tasks): the
+        pairs the webhooks brought are what trains, so it is START_TRAINING by another route."""
+        return self.webhook(connection, {"action": START_TRAINING, "project": body.get("project")})
+
     # --- learning from annotations ----------------------------------------------------------------
     def _add(self, owner: str, connection: str, files: LabelStudioFiles, settings: dict, task, annotation) -> dict:
         """One annotation as the pair of its task (replacing the task's earlier pair), every check first."""
@@ -602,6 +608,6 @@ def add_routes(app, studio: Studio) -> LabelStudioBackend:
 
     app.add_route(f"{ROUTE}/{{connection}}/health", health, methods=["GET"], include_in_schema=False)
     app.add_route(f"{ROUTE}/{{connection}}/", health, methods=["GET"], include_in_schema=False)
-    for name in ("setup", "predict", "webhook"):
+    for name in ("setup", "predict", "webhook", "train"):
         app.add_route(f"{ROUTE}/{{connection}}/{name}", protocol(name), methods=["POST"], include_in_schema=False)
     return backend
