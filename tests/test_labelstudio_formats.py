@@ -218,3 +218,21 @@ def test_a_labelling_config_names_the_control_the_image_and_the_labels():
     ]:
         with pytest.raises(ValueError, match=why):
             parse_config(bad)
+
+
+def test_the_studio_takes_an_export_zip_as_an_upload(tmp_path):
+    """The Data tab's upload (Studio.stage_upload) checks a zip of an export and its images like any dataset."""
+    from studio_support import OWNER, zip_tree
+
+    from app.config import Limits, Paths
+    from app.studio import Studio, UserError
+
+    studio = Studio(Paths(tmp_path / "studio"), Limits())
+    data = zip_tree(export_folder(tmp_path, three_tasks()), tmp_path / "export.zip")
+    path, summary = studio.stage_upload(OWNER, "dichotomous", zip_file=str(data))
+    assert path.is_file() and "**2 image/mask pairs**" in summary
+    tasks = three_tasks()
+    tasks[0]["annotations"][0]["result"][0]["original_width"] = W + 1
+    bad = zip_tree(export_folder(tmp_path / "bad", tasks), tmp_path / "bad.zip")
+    with pytest.raises(UserError, match="does not decode|another size"):
+        studio.stage_upload(OWNER, "dichotomous", zip_file=str(bad))

@@ -169,3 +169,4 @@ def test_label_studio_learns_through_the_studio(label_studio, studio):
     after = np.mean([iou(again[i][1], truth[i]) for i in held_out])
     print(f"held-out IoU of Label Studio's predictions: {before:.3f} frozen -> {after:.3f} adapted ({job})")
     assert after > before
+    assert token not in studio.log_path.read_text(errors="replace")  # the studio never logs the token
