@@ -390,6 +390,12 @@ class LabelStudioBackend:
             raise UserError(f"task {tid}, annotation {aid}: {e}") from None
         stem = f"ls-{tid}"
         with self._lock:
+            if stem not in self._index(files) and len(self._index(files)) >= self.limits.max_images:
+                raise UserError(
+                    f"this project already has {self.limits.max_images} pairs in the studio, the most a dataset "
+                    "takes here (ADAPT_MAX_IMAGES): delete annotations in Label Studio, or connect a new project"
+                )
+            self.studio.check_storage(owner, 2 * image.nbytes)  # the PNGs are at most this big
             self._write_pair(files.pairs, stem, image, kind.encode(labels), kind, settings["labels"])
             index = {**self._index(files), stem: {"task": tid, "annotation": aid}}
             write_json(files.index, index)

@@ -214,6 +214,7 @@ class LabelStudioServer:
     off: the studio it calls listens on 127.0.0.1 too."""
 
     TOKEN = "0123456789abcdef0123456789abcdef01234567"
+    LOGIN = ("studio@example.com", "studio-test-pass")
 
     def __init__(self, root: Path, port: int | None = None):
         self.root, self.port = Path(root), port or free_port()
@@ -237,7 +238,7 @@ class LabelStudioServer:
         env.pop("PYTHONPATH", None)  # its own environment, not the studio's
         args = [str(label_studio_bin()), "start", "--no-browser", "--internal-host", "127.0.0.1"]
         args += ["--host", self.url, "-p", str(self.port), "--data-dir", str(self.root / "data")]
-        args += ["--username", "studio@example.com", "--password", "studio-test-pass", "--user-token", self.TOKEN]
+        args += ["--username", self.LOGIN[0], "--password", self.LOGIN[1], "--user-token", self.TOKEN]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             args, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

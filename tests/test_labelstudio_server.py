@@ -44,12 +44,14 @@ N, ANNOTATED, SIZE = 12, 4, 128
 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
+    """(url, API token, (user, password))."""
     if os.environ.get("LABEL_STUDIO_TEST_URL"):
-        yield os.environ["LABEL_STUDIO_TEST_URL"], os.environ["LABEL_STUDIO_TEST_TOKEN"]
+        login = tuple(os.environ.get("LABEL_STUDIO_TEST_LOGIN", ":").split(":", 1))
+        yield os.environ["LABEL_STUDIO_TEST_URL"], os.environ["LABEL_STUDIO_TEST_TOKEN"], login
         return
     server = LabelStudioServer(tmp_path_factory.mktemp("label-studio"))
     try:
-        yield server.start().url, server.TOKEN
+        yield server.start().url, server.TOKEN, server.LOGIN
     finally:
         server.stop()
 
@@ -108,7 +110,7 @@ def retrieve_predictions(ls, project: int, tasks: list[dict], version: str) -> d
 
 
 def test_label_studio_learns_through_the_studio(label_studio, studio):
-    url, token = label_studio
+    url, token, login = label_studio
     scenes = make_dataset("camouflage", n=N, size=SIZE, seed=11)
     ls = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=120)
     api = httpx.Client(base_url=studio.url.rstrip("/"), timeout=300)
@@ -170,3 +172,23 @@ def test_label_studio_learns_through_the_studio(label_studio, studio):
     print(f"held-out IoU of Label Studio's predictions: {before:.3f} frozen -> {after:.3f} adapted ({job})")
     assert after > before
     assert token not in studio.log_path.read_text(errors="replace")  # the studio never logs the token
+    if os.environ.get("STUDIO_SCREENSHOTS"):  # make screenshots: Label Studio showing the studio's predictions
+        screenshot(ls, url, login, project, tasks[-1]["id"], job, os.environ["STUDIO_SCREENSHOTS"])
+
+
+def screenshot(ls, url: str, login: tuple, project: int, task: int, version: str, folder: str) -> None:
+    """Label Studio's labelling page on an unannotated task, pre-labelled with the studio's prediction."""
+    from browser_support import launched
+
+    settings = {"show_collab_predictions": True, "model_version": version, "evaluate_predictions_automatically": True}
+    assert ls.patch(f"/api/projects/{project}/", json=settings).status_code == 200
+    with launched() as browser:
+        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        page.goto(f"{url}/user/login/")
+        page.fill("input[name=email]", login[0])
+        page.fill("input[name=password]", login[1])
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+        page.goto(f"{url}/projects/{project}/data?task={task}")
+        page.wait_for_timeout(8000)  # the editor loads, draws the image and the prediction's brush layer
+        page.screenshot(path=f"{folder}/labelstudio-predictions.png")

@@ -278,3 +278,25 @@ def test_annotations_become_pairs_and_training_decides_the_served_version(world,
     }
     assert "stays served" in caplog.text and "queued on 5 pairs" in caplog.text  # the reason is logged
     assert TOKEN not in caplog.text  # never the token
+
+
+def test_a_token_kept_on_disk_is_private_and_one_kept_in_memory_is_asked_for_again(world):
+    disk = connect(world, keep_token="disk").json()
+    files = world["studio"].paths.labelstudio(OWNER, disk["connection"])
+    assert disk["token"] == "kept on disk" and files.token.read_text() == TOKEN
+    assert files.token.stat().st_mode & 0o777 == 0o600
+    assert TOKEN not in files.settings.read_text()
+    memory = connect(world).json()
+    assert not world["studio"].paths.labelstudio(OWNER, memory["connection"]).token.exists()
+    world["backend"]._tokens.clear()  # as after a restart
+    tasks = [{"id": 0, "data": {"image": "/data/upload/1/s0.png"}}]
+    answer = world["client"].post(f"{memory['backend_path']}/predict", json={"project": 1, "tasks": tasks})
+    assert answer.status_code == 400 and "connect the project again" in answer.json()["error"]
+    assert (
+        world["client"].post(f"{disk['backend_path']}/predict", json={"project": 1, "tasks": tasks}).status_code == 200
+    )
+    gone = world["client"].post(
+        f"{PREFIX}/labelstudio/disconnect", json={"owner": OWNER, "connection": disk["connection"]}
+    )
+    assert gone.status_code == 200 and not files.folder.exists()
+    assert "unknown connection" in world["client"].get(f"{disk['backend_path']}/health").json()["error"]
