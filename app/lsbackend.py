@@ -58,7 +58,7 @@ from adapt.data import mask_results, parse_config, results_mask
 from adapt.files import atomic_path, write_json, write_text, zip_folder
 from adapt.methods import methods_for
 from adapt.tasks import TASKS
-from app.catalog import backbone_for, family_for_task
+from app.catalog import backbone_for, backbones_for, family_for_task
 from app.config import LabelStudioFiles
 from app.jobs import FINISHED, new_token
 from app.rest import BadRequest, answered, json_route, read_json
@@ -194,7 +194,8 @@ class LabelStudioBackend:
 
     def _model_choice(self, owner: str, task, backbone, adapter, method) -> dict:
         """The task, backbone and method a connection serves and trains: the adapter's own when one
-        is given (an adapter of this browser's), else those asked for."""
+        is given (an adapter of this browser's), else those asked for (by default the task's first
+        backbone, the bundled one, and its first method)."""
         from adapt.export import AdapterError, read_adapter
 
         adapter = as_text(adapter, "the adapter id", MAX_ID).strip()
@@ -206,7 +207,7 @@ class LabelStudioBackend:
             task, backbone, method = cfg.get("task") or task, cfg["base_model"]["name"], cfg["method"]
         task = as_text(task, "task", MAX_ID).strip() or next(iter(TASKS))
         family = family_for_task(task)
-        backbone = backbone_for(task, backbone)
+        backbone = backbone_for(task, as_text(backbone, "backbone", MAX_ID).strip() or backbones_for(task)[0])
         method = as_text(method, "method", MAX_ID).strip() or methods_for(family)[0]
         if method not in methods_for(family):
             raise UserError(f"{method!r} does not apply to {backbone}; choose one of {', '.join(methods_for(family))}")
@@ -589,11 +590,40 @@ class LabelStudioBackend:
                 raise UserError(f"task {tid}: its image {ref[:200]!r}: {why}") from None
 
 
+_made = threading.Lock()
+
+
+def backend_for(studio: Studio) -> LabelStudioBackend:
+    """The studio's one backend: the page's Label Studio tab and the routes share it (and with it the
+    tokens kept in memory)."""
+    with _made:
+        if getattr(studio, "labelstudio", None) is None:
+            studio.labelstudio = LabelStudioBackend(studio)
+        return studio.labelstudio
+
+
+def describe(status: dict) -> str:
+    """A connection's state as the page shows it."""
+    lines = [
+        f"**Label Studio project {status['project']}** at {status['url']} ({', '.join(status['labels'])}): "
+        f"serving **{status['model_version']}**, {status['pairs']} annotation(s) learnt, "
+        f"{status['since_training']} since the last training; API token {status['token']}.",
+        f"Model URL to paste in Label Studio: the studio's address + `{status['backend_path']}`; webhook URL: "
+        f"the same + `/webhook`.",
+    ]
+    if status["training_job"]:
+        lines.append(f"Training job `{status['training_job']}` is running (see the Progress tab).")
+    lines += [
+        f"- {'served' if d['served'] else 'kept the served model'}: {d['reason']}" for d in status["decisions"][-5:]
+    ]
+    return "\n\n".join(lines)
+
+
 def add_routes(app, studio: Studio) -> LabelStudioBackend:
     """The owner's routes (beside app/rest.py's) and Label Studio's, on Gradio's FastAPI app."""
     from starlette.concurrency import run_in_threadpool
 
-    backend = LabelStudioBackend(studio)
+    backend = backend_for(studio)
     json_route(app, "labelstudio/connect", CONNECT_FIELDS, backend.connect, blocking=True)
     json_route(app, "labelstudio/status", ("owner", "connection"), backend.status, blocking=True)
     json_route(app, "labelstudio/disconnect", ("owner", "connection"), backend.disconnect)

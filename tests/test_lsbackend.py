@@ -19,7 +19,7 @@ from adapt.data import load_dataset
 from adapt.data.labelstudio import brush_decode, brush_encode
 from adapt.data.synthetic import make_dataset
 from app.config import Limits, Paths
-from app.lsbackend import ROUTE, add_routes
+from app.lsbackend import ROUTE, add_routes, backend_for, describe
 from app.rest import PREFIX
 from app.run.worker import run_job
 from app.studio import Studio
@@ -277,6 +277,9 @@ def test_annotations_become_pairs_and_training_decides_the_served_version(world,
         "reason": f"training job {job2}: held-out iou 0.1000 < 0.5000 of {served}; {served} stays served",
     }
     assert "stays served" in caplog.text and "queued on 5 pairs" in caplog.text  # the reason is logged
+    shown = describe(last.json())  # what the page's Label Studio tab shows
+    assert f"serving **{served}**" in shown and f"- kept the served model: training job {job2}" in shown
+    assert backend_for(studio) is world["backend"]  # the page and the routes share one backend (its tokens)
     assert TOKEN not in caplog.text  # never the token
 
 
@@ -300,3 +303,23 @@ def test_a_token_kept_on_disk_is_private_and_one_kept_in_memory_is_asked_for_aga
     )
     assert gone.status_code == 200 and not files.folder.exists()
     assert "unknown connection" in world["client"].get(f"{disk['backend_path']}/health").json()["error"]
+
+
+def test_the_pages_label_studio_tab_connects_and_shows_the_state(world):
+    from app.ui import build
+
+    demo = build(world["studio"])
+    fns = {
+        d.fn.__name__: d.fn for d in demo.fns.values() if getattr(d.fn, "__name__", "") in ("on_connect", "on_refresh")
+    }
+    connection, token_field, said = fns["on_connect"](
+        OWNER, "dichotomous", world["url"], TOKEN, 1, "", 100, 0, "memory"
+    )
+    assert token_field == "" and "serving **frozen-tiny-sam**" in said and TOKEN not in said, (
+        said
+    )  # the field is cleared
+    assert f"`{ROUTE}/{connection}`" in said
+    _, shown = fns["on_refresh"](OWNER, "dichotomous", connection, "")
+    assert "0 annotation(s) learnt" in shown
+    refused = fns["on_connect"](OWNER, "dichotomous", world["url"], "wrong-token-0000", 1, "", 100, 0, "memory")
+    assert "not connected" in refused[-1] and "refused the API token" in refused[-1]
