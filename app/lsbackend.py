@@ -439,7 +439,14 @@ class LabelStudioBackend:
 
     @staticmethod
     def _index(files: LabelStudioFiles) -> dict:
-        return json.loads(files.index.read_text()) if files.index.is_file() else {}
+        """stem -> {"task", "annotation"} of the pairs on disk (the janitor removes uploads untouched
+        for ADAPT_RETENTION_DAYS, pairs included: those are gone from the set)."""
+        index = json.loads(files.index.read_text()) if files.index.is_file() else {}
+        return {
+            stem: entry
+            for stem, entry in index.items()
+            if all((files.pairs / sub / f"{stem}.png").is_file() for sub in ("images", "masks"))
+        }
 
     def _train(self, owner: str, connection: str, files: LabelStudioFiles) -> dict:
         """Queue a training job on the pairs, warm-started from the served adapter; its held-out
