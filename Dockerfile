@@ -14,11 +14,12 @@ RUN apt-get update && apt-get install -y --no-install-recommends libglib2.0-0 li
 RUN useradd -m -u 1000 user
 WORKDIR /home/user/app
 
-COPY --chown=user requirements.txt requirements-sam2.txt requirements-ray.txt ./
+COPY --chown=user requirements.txt requirements-sam2.txt requirements-labelstudio-sdk.txt requirements-ray.txt ./
 # WITH_RAY=1: the same image serves as the app and as every node of a Ray cluster (README, "On a Ray cluster")
 ARG WITH_RAY=0
 RUN pip install -r requirements.txt \
     && SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation -r requirements-sam2.txt \
+    && pip install --no-deps -r requirements-labelstudio-sdk.txt \
     && if [ "$WITH_RAY" = "1" ]; then pip install -r requirements-ray.txt; fi
 
 COPY --chown=user . .

@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-REQUIREMENTS := requirements.txt requirements-sam2.txt requirements-test.txt pyproject.toml
+REQUIREMENTS := requirements.txt requirements-sam2.txt requirements-labelstudio-sdk.txt requirements-test.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 7860
@@ -10,11 +10,13 @@ PORT ?= 7860
 .PHONY: install run test lint format test-all test-studio screenshots selfcheck bench clean
 
 # one environment for running and testing: the pinned requirements, then sam2 and this package (built
-# with the environment's own setuptools and torch: no isolated build pulls anything else in)
+# with the environment's own setuptools and torch: no isolated build pulls anything else in); Label
+# Studio's SDK without its own pins (requirements-labelstudio-sdk.txt says why)
 $(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-test.txt
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -r requirements-sam2.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-labelstudio-sdk.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -286,6 +286,11 @@ def _predict_images(args, task, classes) -> int:
     )
     for f in report.failed:
         print(f"failed: {f['file']}: {f['error']} (listed in {FAILED})")
+    if args.labelstudio is not None:
+        from adapt.batch import write_labelstudio
+
+        path = write_labelstudio(args.out, args.labelstudio)
+        print(f"Label Studio import file (predictions, most uncertain first): {path}")
     return 0
 
 
@@ -515,6 +520,12 @@ def _predict_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="--images: skip images already written to OUT")
     p.add_argument("--soft", action="store_true", help="--images, dichotomous: also OUT/alpha/ (soft masks)")
     p.add_argument("--cutout", action="store_true", help="--images, dichotomous: also OUT/cutout/ (RGBA)")
+    p.add_argument(
+        "--labelstudio",
+        metavar="PREFIX",
+        help="--images: also OUT/labelstudio.json, the masks as Label Studio predictions (most uncertain "
+        "first), each task's image at PREFIX + its path in --images (e.g. /data/local-files/?d=shots/)",
+    )
     p.add_argument(
         "--all",
         action="store_true",

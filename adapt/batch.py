@@ -14,6 +14,7 @@ batch at a time, so memory does not grow with the number of images. OUT holds:
     annotations.json      COCO, compressed RLE, built from masks/ (so they agree exactly)
     failed.json           files that could not be read, with the reason
     summary.json          counts, task, classes, model, seconds
+    labelstudio.json      on request (`write_labelstudio`): the results as a Label Studio import file
 
 What a user decides afterwards is kept beside them (the studio's label the rest):
 
@@ -58,6 +59,7 @@ SCORES = "scores.csv"
 COCO = "annotations.json"
 FAILED = "failed.json"
 SUMMARY = "summary.json"
+LABELSTUDIO = "labelstudio.json"
 REVIEWED = "reviewed.json"
 CORRECTED = "corrected"
 PREDICTED = "predicted"  # in an export: the model's masks that a correction replaced
@@ -352,6 +354,38 @@ def write_coco(out: Path, records: list[dict], vocabulary: list[str]) -> Path:
     return path
 
 
+def write_labelstudio(
+    out: str | Path, image_prefix: str, model_version: str = "", dest: str | Path | None = None
+) -> Path:
+    """A labelled folder's results as a Label Studio import file (adapt.data.labelstudio): one task per
+    image, most uncertain first (Label Studio lists them in that order), its data.image the image's
+    relative path after `image_prefix` (where Label Studio finds the file: a URL, or its local
+    storage's "/data/local-files/?d=folder/"), and the mask as a prediction (one brush result per
+    class present) whose score is the model's confidence (1 - uncertainty) and model_version
+    `model_version`; a corrected result is an annotation. Written to `dest` (default
+    OUT/labelstudio.json)."""
+    from PIL import Image
+
+    from adapt.data.labelstudio import tasks_from_masks
+
+    out = Path(out)
+    summary = json.loads((out / SUMMARY).read_text())
+    labels = summary["classes"][1:]
+    reviews = read_reviews(out)
+    version = model_version or Path(str(summary.get("model") or "adapt")).name
+    tasks = []
+    for r in read_scores(out):  # most uncertain first
+        mask = np.asarray(Image.open(decided_mask(out, r["name"])))
+        mask = (mask > 0).astype(np.uint8) if len(labels) == 1 else mask
+        corrected = reviews.get(r["name"], {}).get("review") == "corrected"
+        item = [(image_prefix + r["file"], mask, 1.0 - float(r["uncertainty"]))]
+        tasks += tasks_from_masks(item, labels, model_version=None if corrected else version)
+    path = Path(dest) if dest else out / LABELSTUDIO
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(tasks))
+    return path
+
+
 # --- what the user decided -------------------------------------------------------------------------
 
 
@@ -420,5 +454,7 @@ def export_results(out: str | Path, dest: str | Path, leave_out: tuple[str, ...]
         write_scores(folder, records)
         vocabulary = json.loads((out / SUMMARY).read_text())["classes"] if (out / SUMMARY).exists() else None
         write_coco(folder, records, vocabulary or ["background", "foreground"])
+        if vocabulary:  # the same results for Label Studio, each image at its path in the labelled folder
+            write_labelstudio(out, "", dest=folder / LABELSTUDIO)
         write_json(folder / REVIEWED, reviews, indent=1)
         return zip_folder(folder, dest)

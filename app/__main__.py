@@ -31,6 +31,7 @@ def main() -> None:
     import torch
 
     from app.config import Limits, Paths, default_root
+    from app.lsbackend import add_routes as add_labelstudio_routes
     from app.rest import add_routes
     from app.run.executor import make_executor
     from app.studio import Studio
@@ -64,6 +65,7 @@ def main() -> None:
             prevent_thread_lock=True,
         )
         add_routes(blocks.app, studio)  # the light JSON routes for polling clients (app/rest.py)
+        add_labelstudio_routes(blocks.app, studio)  # the Label Studio ML backend (app/lsbackend.py)
         blocks.block_thread()
     finally:
         executor.stop()

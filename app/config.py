@@ -120,6 +120,14 @@ class Paths:
     def labelled_set_zip(self, owner: str) -> Path:
         return self.owner_uploads(owner) / "labelset.zip"
 
+    def labelstudio(self, owner: str, connection: str) -> LabelStudioFiles:
+        """One Label Studio connection's files (app/lsbackend.py), in its owner's folder."""
+        return LabelStudioFiles(self.owner_uploads(owner) / "labelstudio" / connection)
+
+    def labelstudio_connections(self, connection: str) -> list[Path]:
+        """The folders of every owner's connection with this id (one, or none)."""
+        return sorted(self.uploads.glob(f"*/labelstudio/{connection}"))
+
     def ensure(self) -> Paths:
         for p in (self.root, self.jobs, self.uploads, self.logs):
             p.mkdir(parents=True, exist_ok=True)
@@ -171,3 +179,17 @@ class JobFiles:
 JOB_INPUTS = tuple(
     getattr(JobFiles(Path()), name).name for name in ("data_zip", "inputs_zip", "inputs", "init_adapter")
 )
+
+
+@dataclass(frozen=True)
+class LabelStudioFiles:
+    """A Label Studio connection's folder: its settings and state, the API token when the user
+    chose to keep it on disk, and the pairs its annotations made (a standard dataset folder)."""
+
+    folder: Path
+
+    settings = property(lambda self: self.folder / "connection.json")
+    token = property(lambda self: self.folder / "token")  # only with keep_token "disk" (mode 0600)
+    pairs = property(lambda self: self.folder / "pairs")  # images/ + masks/ (+ classes.json)
+    index = property(lambda self: self.folder / "pairs.json")  # stem -> Label Studio task and annotation
+    rounds = property(lambda self: self.folder / "rounds")  # the training datasets made from the pairs

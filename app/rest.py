@@ -13,7 +13,10 @@ Owner tokens travel in the body, never in the URL (URLs end up in logs). Errors:
 
 from __future__ import annotations
 
+import inspect
 import json
+
+from starlette.responses import JSONResponse
 
 from app.studio import Studio, UserError
 from app.ui.common import error_message
@@ -22,54 +25,71 @@ PREFIX = "/studio/v1"
 MAX_BODY = 4096  # bytes: an owner token and a job id fit many times over
 
 
-class _BadRequest(UserError):
+class BadRequest(UserError):
     pass
 
 
-class _TooLarge(Exception):
-    pass
+class TooLarge(Exception):
+    def __init__(self, limit: int = MAX_BODY):
+        super().__init__(f"the request body is over {limit} bytes")
 
 
-async def _read_json(request) -> dict:
-    """The body as a JSON object, refusing more than MAX_BODY bytes however it is sent."""
+async def read_json(request, limit: int = MAX_BODY, example: str = '{"owner": ..., "job": ...}') -> dict:
+    """The body as a JSON object, refusing more than `limit` bytes however it is sent (`example`:
+    what the messages show a good body to look like)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        raise _TooLarge
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise TooLarge(limit)
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY:
-            raise _TooLarge
+        if len(body) > limit:
+            raise TooLarge(limit)
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError):
-        raise _BadRequest('the body is not JSON: send an object like {"owner": ..., "job": ...}') from None
+        raise BadRequest(f"the body is not JSON: send an object like {example}") from None
     if not isinstance(data, dict):
-        raise _BadRequest('the body must be a JSON object like {"owner": ..., "job": ...}')
+        raise BadRequest(f"the body must be a JSON object like {example}")
     return data
+
+
+async def answered(name: str, answer) -> JSONResponse:
+    """What `answer()` returns (awaited when it is a coroutine) as JSON, or the error it raised as
+    {"error": message}: 400 for a UserError, 413 for a body over the limit, 500 with an error id
+    (the traceback is in the log) for anything else."""
+    try:
+        result = answer()
+        return JSONResponse(await result if inspect.isawaitable(result) else result)
+    except TooLarge as e:
+        return JSONResponse({"error": str(e)}, status_code=413)
+    except UserError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    except Exception as e:
+        return JSONResponse({"error": error_message(e, f"rest {name}")}, status_code=500)
+
+
+def json_route(app, name: str, fields: tuple[str, ...], answer, blocking: bool = False) -> None:
+    """POST PREFIX/name taking a JSON object of `fields` (each optional, no others) and answering
+    `answer(*values)`: on the event loop (a millisecond of SQLite and a stat), or with `blocking`
+    (it waits on the network) in a worker thread. `app`: Gradio's FastAPI app (`blocks.app`)."""
+    from starlette.concurrency import run_in_threadpool
+
+    async def respond(request):
+        data = await read_json(request)
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown[:5]))}: send {', '.join(fields)}")
+        values = [data.get(f) for f in fields]
+        return await run_in_threadpool(answer, *values) if blocking else answer(*values)
+
+    async def endpoint(request):  # a plain Starlette route: no FastAPI validation layer
+        return await answered(name, lambda: respond(request))
+
+    app.add_route(f"{PREFIX}/{name}", endpoint, methods=["POST"], include_in_schema=False)
 
 
 def add_routes(app, studio: Studio) -> None:
     """Add the routes to Gradio's FastAPI app (after launch: `blocks.app`)."""
-    from starlette.responses import JSONResponse
-
-    def route(name: str, fields: tuple[str, ...], answer):
-        # async: a millisecond of SQLite and a stat, answered on the event loop
-        async def endpoint(request):  # a plain Starlette route: no FastAPI validation layer
-            try:
-                data = await _read_json(request)
-                unknown = sorted(set(data) - set(fields))
-                if unknown:
-                    raise _BadRequest(f"unknown field(s) {', '.join(map(repr, unknown[:5]))}: send {', '.join(fields)}")
-                return JSONResponse(answer(*(data.get(f) for f in fields)))
-            except _TooLarge:
-                return JSONResponse({"error": f"the request body is over {MAX_BODY} bytes"}, status_code=413)
-            except UserError as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
-            except Exception as e:  # the message has an error id; the traceback is in the log
-                return JSONResponse({"error": error_message(e, f"rest {name}")}, status_code=500)
-
-        app.add_route(f"{PREFIX}/{name}", endpoint, methods=["POST"], include_in_schema=False)
-
-    route("status", ("owner", "job"), studio.status)
-    route("jobs", ("owner",), studio.jobs)
+    json_route(app, "status", ("owner", "job"), studio.status)
+    json_route(app, "jobs", ("owner",), studio.jobs)

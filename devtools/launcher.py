@@ -196,3 +196,74 @@ class RayCluster:
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+LABEL_STUDIO_BIN = REPO / ".venv-labelstudio" / "bin" / "label-studio"  # made by .ci/run
+
+
+def label_studio_bin() -> Path | None:
+    """The Label Studio server's command: $LABEL_STUDIO_BIN, else .venv-labelstudio's (None: not installed)."""
+    path = Path(os.environ.get("LABEL_STUDIO_BIN") or LABEL_STUDIO_BIN)
+    return path if path.is_file() else None
+
+
+class LabelStudioServer:
+    """A Label Studio server from PyPI (requirements-labelstudio-server.txt, in its own environment)
+    on 127.0.0.1 at a free port, in its own process group, with its data in `root` and one user
+    whose (legacy) API token is TOKEN. Its protection against requests to private addresses is
+    off: the studio it calls listens on 127.0.0.1 too."""
+
+    TOKEN = "0123456789abcdef0123456789abcdef01234567"
+    LOGIN = ("studio@example.com", "studio-test-pass")
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = Path(root), port or free_port()
+        self.proc = None
+        self.log_path = self.root / "label-studio.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 300) -> LabelStudioServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = dict(
+            os.environ,
+            LABEL_STUDIO_BASE_DATA_DIR=str(self.root / "base"),
+            SSRF_PROTECTION_ENABLED="false",
+            USE_DEFAULT_BANNED_SUBNETS="false",
+            LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+            SENTRY_DSN="",
+        )
+        env.pop("PYTHONPATH", None)  # its own environment, not the studio's
+        args = [str(label_studio_bin()), "start", "--no-browser", "--internal-host", "127.0.0.1"]
+        args += ["--host", self.url, "-p", str(self.port), "--data-dir", str(self.root / "data")]
+        args += ["--username", self.LOGIN[0], "--password", self.LOGIN[1], "--user-token", self.TOKEN]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            args, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Label Studio exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"Label Studio did not start in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)

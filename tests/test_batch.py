@@ -43,9 +43,12 @@ def folder(tmp_path_factory):
 def test_predict_images_writes_masks_coco_scores_and_names_the_corrupt_file(folder, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["predict", "--backbone", "tiny-sam", "--images", str(folder), "--out", str(out), "--batch-size", "8"]
-    assert main(args) == 0
+    assert main(args + ["--labelstudio", "/data/local-files/?d=set/"]) == 0
     printed = capsys.readouterr().out
     assert "49 image(s) labelled" in printed and "img24_corrupt.png" in printed
+    tasks = json.loads((out / "labelstudio.json").read_text())  # ranked as scores.csv, images under the prefix
+    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=set/" + r["file"] for r in read_scores(out)]
+    assert {t["predictions"][0]["model_version"] for t in tasks} == {"tiny-sam"}
     failed = json.loads((out / "failed.json").read_text())
     assert [f["file"] for f in failed] == ["img24_corrupt.png"] and "not a readable image" in failed[0]["error"]
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from adapt.data.archive import JUNK_NAMES
 from adapt.data.coco import _check_segmentation
 from adapt.data.images import IMAGE_EXTS
+from adapt.data.labelstudio import export_to_coco, is_export
 
 __all__ = ["ACCEPTED_LAYOUTS"]
 
@@ -30,7 +31,8 @@ JSON_MAX_BYTES = 512 << 20
 ACCEPTED_LAYOUTS = (
     "Accepted layouts: (1) an images/ folder and a masks/ folder whose files share names "
     "(cat_01.jpg + cat_01.png); (2) the same with im/ and gt/; (3) a COCO annotations .json "
-    "(at the root or in annotations/) with the images in images/ or beside it. "
+    "(at the root or in annotations/) with the images in images/ or beside it; (4) the same with a "
+    "Label Studio JSON export (brush or polygon labels) in place of the COCO file. "
     "A val/ or heldout/ folder with the same layout is used as the held-out split; "
     "openvocab label-map datasets also need classes.json at the root."
 )
@@ -233,7 +235,8 @@ class _Loader:
         good_cats, cat_value, classes = self._coco_categories(jname, cats)
         by_id = self._coco_images(jname, images)
         per_image = self._coco_annotations(jname, anns, by_id, cat_value, bool(good_cats))
-        return self._coco_candidates(folder, jpath, by_id, per_image), classes
+        ignored = {n for n in data.get("ignored_file_names") or [] if isinstance(n, str)}
+        return self._coco_candidates(folder, jpath, by_id, per_image, ignored), classes
 
     def _coco_document(self, folder: Path, jsons: list[Path]):
         """The folder's one COCO file as (path, parsed JSON), or None (after reporting why)."""
@@ -250,6 +253,11 @@ class _Loader:
             except (OSError, UnicodeDecodeError) as e:
                 self.problem(j, f"could not be read ({e})")
                 continue
+            if is_export(data):  # a Label Studio export: read as the COCO document it amounts to
+                data, problems, skipped = export_to_coco(data)
+                for message in problems:
+                    self.problem(j, message)
+                self.skipped.extend(skipped)
             if isinstance(data, dict) and "images" in data and "annotations" in data:
                 docs.append((j, data))
             else:
@@ -334,8 +342,9 @@ class _Loader:
             per_image[a["image_id"]].append((value, a["segmentation"]))
         return per_image
 
-    def _coco_candidates(self, folder: Path, jpath: Path, by_id: dict, per_image: dict) -> list:
-        """One candidate per listed image found on disk; images on disk the JSON leaves out are problems."""
+    def _coco_candidates(self, folder: Path, jpath: Path, by_id: dict, per_image: dict, ignored=frozenset()) -> list:
+        """One candidate per listed image found on disk; images on disk the JSON leaves out are problems
+        (except `ignored` names: a Label Studio export's images of tasks with no annotation)."""
         jname = self.name(jpath)
         images_dir = _find_dir(folder, "images") or folder
         out = []
@@ -345,6 +354,7 @@ class _Loader:
             fname = im["file_name"]
             tries = [images_dir / fname, jpath.parent / fname, folder / fname,
                      images_dir / PurePosixPath(fname.replace("\\", "/")).name]
+            tries += [d / other for other in im.get("other_names") or [] for d in (images_dir, jpath.parent)]
             path = next((t for t in tries if t.is_file()), None)
             if path is None:
                 where = self.name(images_dir) + "/" if images_dir != self.top else "the dataset folder"
@@ -363,7 +373,7 @@ class _Loader:
                                   json_size=json_size))
         # Image files the JSON does not mention have no annotation at all.
         for p in _children(images_dir):
-            if p.is_file() and _is_image_name(p) and p.resolve() not in listed:
+            if p.is_file() and _is_image_name(p) and p.resolve() not in listed and p.name not in ignored:
                 self.problem(p, f"image is not listed in {jname}, so it has no mask; add it or remove it")
         return out
 

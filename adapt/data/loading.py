@@ -6,6 +6,9 @@ One entry point, `load_dataset(path, task=...)`, accepts a folder or a .zip hold
     another extension than its image (cat.jpg + cat.png).
   * COCO: an annotations .json (at the root or in annotations/) with polygon or RLE segmentations,
     and the images in images/ or beside the .json.
+  * Label Studio: a JSON export (brush RLE or polygon results) in place of the COCO file, read as
+    the COCO document it amounts to (adapt.data.labelstudio); images are found by their file name
+    (an upload's 8-character prefix may be left out).
 
 Optionally a held-out folder (val/, valid/, validation/, heldout/, held_out/, held-out/ or test/) with
 the same layout inside the root is taken as a given split; root/train/ + root/val/ also works.

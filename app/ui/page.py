@@ -22,6 +22,7 @@ from app.ui.api import api_endpoints
 from app.ui.common import adapter_choices, owners_checked, valid_owner
 from app.ui.label_rest import label_tab
 from app.ui.labeller import data_tab
+from app.ui.labelstudio import labelstudio_tab
 from app.ui.methods import methods_tab
 from app.ui.preview import preview_tab
 from app.ui.progress import job_choices, progress_tab
@@ -72,12 +73,13 @@ def build(studio: Studio | None = None) -> gr.Blocks:
             with progress_area:
                 progress = progress_tab(studio, owner, train["job"], preview["adapter"], task)
             methods_tab()
+            labelstudio = labelstudio_tab(studio, owner, task)
         api_endpoints(studio, rest["api"])
         _remember_the_browser(
             studio, demo, (owner, saved_owner, saved_job, task, tabs), train["job"], progress, adapters
         )
         task.change(
-            lambda t, o, chosen: _on_task(t) + (adapter_choices(studio, o, chosen, t),),
+            lambda t, o, chosen: _on_task(t) + (adapter_choices(studio, o, chosen, t),) * 2,
             [task, owner, preview["adapter"]],
             [
                 data["classes"],
@@ -88,6 +90,7 @@ def build(studio: Studio | None = None) -> gr.Blocks:
                 rest["classes"],
                 rest["backbone"],
                 preview["adapter"],
+                labelstudio["adapter"],
             ],
             api_visibility="private",
         )
