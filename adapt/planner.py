@@ -83,7 +83,8 @@ def _saved(block: MemoryBlock, profile: MemoryProfile, act: int) -> int:
     """Bytes a block keeps for backward, per image, when gradients flow through it."""
     w, mlp = block.width, block.mlp
     extra = 3 + mlp if profile.scope == "all" else SCOPE_WIDTHS[profile.scope]
-    return (BASE_WIDTHS + mlp + extra) * block.tokens * w * act + _attention(block) * _attention_bytes(act)
+    widths = BASE_WIDTHS + block.extra_widths + mlp + extra
+    return int(widths * block.tokens * w * act) + _attention(block) * _attention_bytes(act)
 
 
 def _rebuilt(block: MemoryBlock, profile: MemoryProfile, act: int) -> int:
@@ -106,7 +107,7 @@ def _forward_transient(block: MemoryBlock, act: int) -> int:
     """Bytes one block holds at its peak in a forward without gradients, per image: its input, q, k
     and v, the MLP's hidden layer, and three attention-sized tensors (SAM adds the two
     relative-position terms to the logits one at a time, each into a new tensor)."""
-    return ((4 + block.mlp) * block.tokens * block.width + 3 * _attention(block)) * act
+    return int(((4 + block.mlp) * block.tokens * block.width + 3 * _attention(block)) * act)
 
 
 def _training_activations(

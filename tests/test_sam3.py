@@ -1,0 +1,198 @@
+"""SAM 3 (Meta's optional `sam3` package): the catalog builds Meta's image model and the layout of
+its checkpoints, official files load strictly, counts follow the widths, the planner's blocks.
+
+Skipped where the package is not installed, except under CI=true (where .ci/run installs it).
+The SAM methods' own contract on tiny-sam3 (identity at step 0, merge, detach, gradients,
+checkpointing, save/load) runs in the parametrised tests through conftest's CASES."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("CI") != "true":
+    pytest.importorskip("sam3")
+
+from test_counts import params  # noqa: E402
+
+from adapt.backbones import build_backbone  # noqa: E402
+from adapt.backbones.base import PortableBuild  # noqa: E402
+from adapt.backbones.catalog import CATALOG  # noqa: E402
+from adapt.backbones.sam3 import TRACKER, Sam3Backbone  # noqa: E402
+
+DETECTOR, INTERACTIVE = 848_311_862, 11_743_362  # Meta's "848M" is the detector
+
+
+def shapes(state: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def bpe() -> str:
+    import open_clip
+
+    return os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+
+
+@pytest.fixture(scope="module")
+def full_size():
+    with torch.device("meta"):
+        return build_backbone("sam3")
+
+
+def test_catalog_builds_metas_image_model(full_size):
+    """Every tensor of build_sam3_image_model(enable_inst_interactivity=True) has the same name and
+    shape in ours, nothing else: 860,055,224 parameters, the detector (Meta's 848M: vision trunk,
+    both neck level sets, text encoder, fusion encoder/decoder, geometry encoder, segmentation and
+    scoring heads) and the tracker (prompt encoder, mask decoder, video memory)."""
+    from sam3.model_builder import build_sam3_image_model
+
+    with torch.device("meta"), PortableBuild():  # the builder makes CUDA tensors as it builds
+        theirs = build_sam3_image_model(
+            bpe_path=bpe(), device="cpu", load_from_HF=False, enable_inst_interactivity=True
+        )
+    assert shapes(full_size.model.state_dict()) == shapes(theirs.state_dict())
+    sizes = {"detector": 0, "tracker": 0}
+    for name, p in full_size.model.named_parameters():
+        sizes["tracker" if name.startswith(TRACKER) else "detector"] += p.numel()
+    assert sizes == {"detector": DETECTOR, "tracker": INTERACTIVE}
+    assert abs(DETECTOR - 848e6) < 0.5e6
+
+
+def test_export_layout_is_the_official_checkpoints(full_size):
+    """sam3.pt is what the upstream video model loads strictly ("detector." and "tracker." keys):
+    our upstream-format state dict has exactly its tensors."""
+    from sam3.model_builder import build_sam3_video_model
+
+    with torch.device("meta"), PortableBuild():
+        video = build_sam3_video_model(bpe_path=bpe(), load_from_HF=False, device="meta")
+    ours = Sam3Backbone.upstream_checkpoint(full_size.model.state_dict())["model"]
+    assert shapes(ours) == shapes(video.state_dict())
+
+
+def test_official_layout_loads_strictly_with_weights_only(tmp_path):
+    source = build_backbone("tiny-sam3", seed=4)
+    state = Sam3Backbone.upstream_checkpoint({k: v.clone() for k, v in source.model.state_dict().items()})
+    path = tmp_path / "sam3-tiny.pt"
+    torch.save(state, path)
+    loaded = build_backbone("tiny-sam3", checkpoint=path)
+    inputs = source.example_inputs(batch=1)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward(inputs), source.forward(inputs))
+    assert len(loaded.weights_id) == 64
+    state["model"]["tracker.extra"] = torch.zeros(1)
+    del state["model"]["detector.dot_prod_scoring.hs_proj.weight"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"does not fit this architecture: 1 missing \(e.g. \['dot_prod_scoring"):
+        build_backbone("tiny-sam3", checkpoint=path)
+
+
+def test_gated_weights_say_what_to_do_offline(tmp_path, monkeypatch):
+    from adapt import weights
+
+    monkeypatch.setenv("ADAPT_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(weights.WeightsUnavailable) as e:
+        weights.resolve_checkpoint("sam3", download=False)
+    text = str(e.value)
+    assert "sam3.pt" in text and "huggingface.co/facebook/sam3" in text and "HF_TOKEN" in text
+    info = weights.available("sam3")
+    assert not info["ready"] and info["file"] == "sam3.pt" and "gated" in info["message"]
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    assert weights._auth_headers(CATALOG["sam3"].checkpoint.url) == {"Authorization": "Bearer hf_test"}
+    assert weights._auth_headers("https://dl.fbaipublicfiles.com/x.pt") == {}
+
+
+def test_model_card_carries_the_sam_license(tmp_path):
+    from conftest import tiny_backbone
+
+    from adapt.export import save_adapter
+    from adapt.methods import attach
+
+    folder = save_adapter(attach(tiny_backbone("sam3"), "lora"), tmp_path / "a", task="dichotomous")
+    card = (folder / "README.md").read_text()
+    assert '"license": "other"' in card and '"license_name": "SAM License"' in card
+    assert "## Licence" in card and "github.com/facebookresearch/sam3/blob/main/LICENSE" in card
+    plain = save_adapter(attach(tiny_backbone("sam"), "lora"), tmp_path / "b", task="dichotomous")
+    assert "license" not in (plain / "README.md").read_text()
+
+
+def expected(name: str, method: str, rank: int = 4, bottleneck: int = 16) -> int:
+    """What each SAM method trains on SAM 3's ViT, from the catalog's widths: `depth` blocks of
+    width e (qkv, proj, MLP e -> e * mlp_ratio -> e), a patch embedding (e x 3 x p x p) and the
+    neck's three SAM 2 levels the mask decoder reads (scale 4: transposed 2x2 convs e -> e/2 ->
+    e/4, scale 2: e -> e/2, scale 1; then 1x1 to d and 3x3 d -> d each). PARSER: min(out, in) per
+    weight (a transposed conv (in, out, 2, 2) counts min(in, 4 out))."""
+    a = CATALOG[name].arch
+    e, d, depth = a["embed_dim"], a["d_model"], a["depth"]
+    hidden = int(e * a["mlp_ratio"])
+    stem = min(e, 3 * a["patch_size"] ** 2)
+    necks = (
+        (min(e, 2 * e) + min(e // 2, e) + min(d, e // 4) + d) + (min(e, 2 * e) + min(d, e // 2) + d) + (min(d, e) + d)
+    )
+    if method == "parser scope=conv":
+        return stem + necks
+    if method == "parser":
+        return stem + depth * (min(3 * e, e) + e + 2 * min(hidden, e)) + necks
+    if method == "lora":
+        return depth * 2 * rank * 2 * e
+    if method == "adaptformer":
+        return depth * (e * (3 + 2 * bottleneck) + bottleneck)
+    slices, width = (2 * depth, rank) if method == "cobot-lora" else (depth, bottleneck)
+    base = expected(name, method.removeprefix("cobot-"), rank, bottleneck)
+    return base + 2 * slices * width + slices**2 + slices * width**2 // 4
+
+
+@pytest.mark.parametrize("name", ["sam3", "tiny-sam3"])
+@pytest.mark.parametrize(
+    "method", ["parser", "parser scope=conv", "lora", "adaptformer", "cobot-lora", "cobot-adaptformer"]
+)
+def test_counts_follow_the_widths(capsys, name, method):
+    info = params(capsys, name, *method.split())
+    assert info["adapter"] == expected(name, method)
+    assert info["trainable"] == info["adapter"] + info["head"]
+
+
+def test_full_decoder_and_frozen_counts(capsys, full_size):
+    """full: the interactive path's encoder (trunk, the three neck levels it reads), prompt encoder
+    and no-memory embedding; decoder: the tracker's mask decoder; the detector's other parts and
+    the video memory are neither trained nor counted in the base."""
+    model = full_size.model
+
+    def size(*parts):
+        return sum(p.numel() for part in parts for p in model.get_submodule(part).parameters())
+
+    neck = "backbone.vision_backbone"
+    encoder = size(f"{neck}.trunk", *(f"{neck}.sam2_convs.{i}" for i in range(3)))
+    full, decoder, frozen = (params(capsys, "sam3", m) for m in ("full", "decoder", "frozen"))
+    assert full["adapter"] == encoder + size(f"{TRACKER}.sam_prompt_encoder") + 256  # no_mem_embed
+    assert decoder["head"] == full["head"] == size(f"{TRACKER}.sam_mask_decoder") == 4_215_109
+    assert decoder["base"] == frozen["base"] == full["adapter"] + full["head"] == 457_408_913
+    assert decoder["adapter"] == frozen["trainable"] == 0
+
+
+def test_planner_blocks_follow_the_vit():
+    """SAM 3's ViT: 72 x 72 tokens at 1008 px, windows of 24 (nine per image) but four global
+    blocks; SDPA keeps no attention matrix (explicit=False), RoPE keeps q and k again."""
+    from adapt.backbones import spec_of
+    from adapt.planner import make_plan
+
+    blocks, text = Sam3Backbone.memory_blocks(spec_of("sam3"))
+    assert len(blocks) == 32 and not text
+    assert {(b.length, b.sequences) for i, b in enumerate(blocks) if i in (7, 15, 23, 31)} == {(72 * 72, 1)}
+    assert {(b.length, b.sequences) for i, b in enumerate(blocks) if i not in (7, 15, 23, 31)} == {(576, 9)}
+    assert all(b.tokens == 72 * 72 and b.width == 1024 and not b.explicit and b.extra_widths == 2 for b in blocks)
+    lora, full = make_plan("sam3", "lora", 2, "80GB"), make_plan("sam3", "full", 2, "80GB")
+    assert lora.fits and lora.estimate.total < full.estimate.total
+
+
+def test_interactive_path_runs_and_trains_only_what_it_reads():
+    from adapt.methods import attach
+
+    backbone = build_backbone("tiny-sam3")
+    handle = attach(backbone, "full")
+    trained = {id(p) for p in handle.adapter_parameters().values()}
+    assert trained and not trained & backbone.inactive_parameter_ids()
+    backbone.forward(backbone.example_inputs(batch=1)).square().mean().backward()
+    encoder = {k: p for k, p in handle.adapter_parameters().items() if k.startswith("backbone.vision_backbone.")}
+    assert len(encoder) > 20 and all(p.grad is not None for p in encoder.values())
