@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -196,3 +197,114 @@ def test_interactive_path_runs_and_trains_only_what_it_reads():
     backbone.forward(backbone.example_inputs(batch=1)).square().mean().backward()
     encoder = {k: p for k, p in handle.adapter_parameters().items() if k.startswith("backbone.vision_backbone.")}
     assert len(encoder) > 20 and all(p.grad is not None for p in encoder.values())
+
+
+# --- the dichotomous task through SAM 3's interactive (SAM 1 style) path ---------------------------
+
+
+def reference(backbone, sam1_transform: bool = True):
+    """Meta's own prediction path for the same model: Sam3Processor.set_image, then
+    Sam3Image.predict_inst (the interactive predictor's prompts and mask decoder). With
+    `sam1_transform`, the image is prepared by the interactive predictor's own transform
+    (SAM2Transforms: a float resize, as SAM3InteractiveImagePredictor.set_image); without it, by
+    the processor's (which resizes the uint8 image, rounding it). Hole filling (a post-processing
+    that needs sam3's connected-components kernel) is off, as in SAM2ImagePredictor's default."""
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    model = backbone.model
+    predictor = model.inst_interactive_predictor
+    predictor._transforms.max_hole_area = 0
+    processor = Sam3Processor(model, resolution=backbone.input_size, device="cpu")
+    if sam1_transform:
+        processor.transform = lambda image: predictor._transforms.transforms(image.float() / 255)
+
+    def predict(image, **prompt):
+        from PIL import Image
+
+        state = processor.set_image(Image.fromarray(image))
+        logits, _, _ = model.predict_inst(state, **prompt, multimask_output=False, return_logits=True)
+        return 1 / (1 + np.exp(-logits[0]))
+
+    return predict
+
+
+@pytest.mark.parametrize("size", [(112, 112), (90, 150), (300, 200)])
+def test_prediction_equals_metas_interactive_path(size):
+    """The same weights, image and prompt: our dichotomous prediction (square resize, the neck's
+    SAM 2 levels, box as labelled corners, prompt-free as the whole image) equals predict_inst's
+    mask probabilities within 1e-4; with the processor's own uint8 resize too at the model's size
+    (elsewhere its rounding moves them by up to about 5e-4)."""
+    from adapt.tasks.dichotomous import DichotomousTask
+
+    backbone = build_backbone("tiny-sam3", seed=3)
+    task, theirs = DichotomousTask(backbone), reference(backbone)
+    h, w = size
+    image = np.random.default_rng(h).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    box = np.array([0.2 * w, 0.1 * h, 0.7 * w, 0.8 * h], np.float32)
+    clicks = np.array([[0.4 * w, 0.5 * h], [0.1 * w, 0.9 * h]], np.float32), np.array([1, 0])
+    s = backbone.input_size
+    whole = np.array([0, 0, w * (s - 1) / s, h * (s - 1) / s], np.float32)  # our prompt-free box, in source pixels
+    cases = [
+        ({"box": box}, {"box": box}),
+        ({"point_coords": clicks[0], "point_labels": clicks[1]}, {"points": clicks}),
+        ({"box": box, "point_coords": clicks[0], "point_labels": clicks[1]}, {"box": box, "points": clicks}),
+        ({"box": whole}, {}),
+    ]
+    for prompt, ours in cases:
+        expected = theirs(image, **prompt)
+        got = task.predict(image, refine=False, **ours)
+        assert got.shape == (h, w) and np.abs(got - expected).max() < 1e-4, (size, list(prompt))
+    assert expected.std() > 1e-3  # a prediction with structure, not a constant
+    uint8 = reference(backbone, sam1_transform=False)(image, box=box)
+    assert np.abs(task.predict(image, refine=False, box=box) - uint8).max() < (1e-4 if size == (s, s) else 1e-3)
+
+
+def test_cli_train_eval_predict_and_official_export(tmp_path, capsys):
+    """The CLI loop on tiny-sam3 (random init, nothing downloaded): train LoRA, eval, predict with
+    a box and prompt-free, and export in sam3's own checkpoint layout, which the same classes load
+    strictly and Meta's interactive path then predicts from to the same mask."""
+    import json
+
+    from PIL import Image
+
+    from adapt.__main__ import main
+    from adapt.backbones.sam3 import build_sam3_model, from_upstream
+    from adapt.data.synthetic import make_dataset, write_folder
+
+    data = tmp_path / "data"
+    write_folder(make_dataset("grayscale-noise", n=6, size=96, seed=3), data, task="dichotomous")
+    run = tmp_path / "run"
+    argv = ["train", "--backbone", "tiny-sam3", "--method", "lora", "--data", str(data), "--steps", "3"]
+    assert main(argv + ["--batch-size", "2", "--validation", "0", "--lr", "0.05", "--out", str(run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["adapter"] == expected("tiny-sam3", "lora")
+    assert main(["eval", "--adapter", str(run / "adapter"), "--data", str(data), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores and "adapted" in json.dumps(scores)
+
+    image = np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    assert main(["predict", "--adapter", str(run / "adapter"), "--image", str(tmp_path / "x.png"),
+                 "--box", "20,30,160,120", "--out", str(tmp_path / "mask.png"), "--all"]) == 0  # fmt: skip
+    ours = np.array(Image.open(tmp_path / "mask_alpha.png")).astype(float) / 255
+    assert main(["predict", "--backbone", "tiny-sam3", "--image", str(tmp_path / "x.png"),
+                 "--out", str(tmp_path / "frozen.png")]) == 0  # fmt: skip
+    assert np.array(Image.open(tmp_path / "frozen.png")).shape == (150, 230)
+
+    batch = tmp_path / "labels"  # batch labelling of a folder
+    assert (
+        main(["predict", "--adapter", str(run / "adapter"), "--images", str(data / "images"), "--out", str(batch)]) == 0
+    )
+    assert len(list(batch.rglob("*.png"))) >= 6
+
+    official = tmp_path / "merged.pt"
+    assert main(["export", "--adapter", str(run / "adapter"), "--official", str(official)]) == 0
+    assert "from_upstream" in capsys.readouterr().out
+    state = torch.load(official, weights_only=True)["model"]
+    assert all(k.startswith(("detector.", "tracker.")) for k in state)
+    spec = {"family": "sam", **CATALOG["tiny-sam3"].arch}
+    model = build_sam3_model(spec).eval()
+    model.load_state_dict(from_upstream(state))
+    merged = Sam3Backbone("tiny-sam3", "sam", model, spec, "file")
+    theirs = reference(merged)(image, box=np.array([20, 30, 160, 120.0]))
+    assert np.abs(theirs - ours).max() < 1 / 255 + 1e-3
