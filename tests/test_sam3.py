@@ -291,6 +291,9 @@ def test_cli_train_eval_predict_and_official_export(tmp_path, capsys):
                  "--out", str(tmp_path / "frozen.png")]) == 0  # fmt: skip
     assert np.array(Image.open(tmp_path / "frozen.png")).shape == (150, 230)
 
+    text = ["--image", str(tmp_path / "x.png"), "--text", "a cat", "--out", str(tmp_path / "cat.png")]
+    assert main(["predict", "--adapter", str(run / "adapter"), *text]) == 0  # a phrase, on the adapted trunk
+    assert np.array(Image.open(tmp_path / "cat.png")).shape == (150, 230)
     batch = tmp_path / "labels"  # batch labelling of a folder
     assert (
         main(["predict", "--adapter", str(run / "adapter"), "--images", str(data / "images"), "--out", str(batch)]) == 0
@@ -308,3 +311,93 @@ def test_cli_train_eval_predict_and_official_export(tmp_path, capsys):
     merged = Sam3Backbone("tiny-sam3", "sam", model, spec, "file")
     theirs = reference(merged)(image, box=np.array([20, 30, 160, 120.0]))
     assert np.abs(theirs - ours).max() < 1 / 255 + 1e-3
+
+
+# --- concept segmentation: a text phrase gives every instance's mask and score ------------------------
+
+
+@pytest.mark.parametrize("size", [(112, 112), (90, 150)])
+def test_text_prompt_equals_metas_processor(size):
+    """Our concept path equals Sam3Processor.set_image + set_text_prompt on the same random weights:
+    every query's score, box and mask probabilities within 1e-4 (threshold 0 keeps them all; the
+    processor runs on a CPU-only machine only inside cpu_safe, its geometry encoder pinning memory)."""
+    from PIL import Image
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from adapt.backbones.sam3 import cpu_safe
+
+    backbone = build_backbone("tiny-sam3", seed=5)
+    h, w = size
+    image = np.random.default_rng(w).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    processor = Sam3Processor(backbone.model, resolution=backbone.input_size, device="cpu", confidence_threshold=0.0)
+    with cpu_safe():
+        state = processor.set_text_prompt("red square", processor.set_image(Image.fromarray(image)))
+    ours = backbone.segment_text(image, "red square", threshold=0.0)
+    assert ours["masks"].shape == (backbone.spec["queries"], h, w)
+    assert np.abs(ours["scores"] - state["scores"].numpy()).max() < 1e-4
+    assert np.abs(ours["boxes"] - state["boxes"].numpy()).max() < 1e-4 * max(h, w)
+    assert np.abs(ours["masks"] - state["masks_logits"][:, 0].numpy()).max() < 1e-4
+    assert ours["masks"].std() > 1e-3 and ours["scores"].std() > 1e-4  # not constants
+    other = backbone.segment_text(image, "blue circle", threshold=0.0)
+    assert np.abs(other["scores"] - ours["scores"]).max() > 1e-5  # the phrase matters
+    top = float(np.sort(ours["scores"])[-3])  # a threshold keeps the instances above it, in order
+    assert len(backbone.segment_text(image, "red square", threshold=top)["scores"]) == 2
+
+
+def test_cli_predicts_the_union_of_a_phrases_instances(tmp_path, capsys, monkeypatch):
+    """`predict --backbone tiny-sam3 --image X --text PHRASE --out M.png`, no other option: the
+    union of the instances' masks (those scoring above 0.5) at the image's own size; a backbone
+    or task without text prompts is refused with a message."""
+    from PIL import Image
+
+    from adapt.__main__ import main
+    from adapt.backbones.sam3 import Sam3Backbone
+
+    image = np.random.default_rng(1).integers(0, 255, (70, 130, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    argv = ["predict", "--backbone", "tiny-sam3", "--image", str(tmp_path / "x.png"), "--text", "red square"]
+    segment_text = Sam3Backbone.segment_text
+    scores = segment_text(build_backbone("tiny-sam3"), image, "red square", threshold=0.0)["scores"]
+    seen = {"threshold": float(np.median(scores))}  # random weights score about 0.3: keep half of them
+
+    def segment(self, image, phrase, threshold=0.5):  # the real path, with that threshold
+        seen["phrase"] = phrase
+        return segment_text(self, image, phrase, threshold=seen["threshold"])
+
+    monkeypatch.setattr(Sam3Backbone, "segment_text", segment)
+    assert main(argv + ["--out", str(tmp_path / "m.png")]) == 0
+    mask = np.array(Image.open(tmp_path / "m.png"))
+    found = segment_text(build_backbone("tiny-sam3"), image, "red square", threshold=seen["threshold"])["masks"]
+    assert seen["phrase"] == "red square" and mask.shape == (70, 130) and len(found) == len(scores) // 2
+    assert np.array_equal(mask > 0, (found > 0.5).any(axis=0)) and 0 < (mask > 0).mean() < 1
+    seen["threshold"] = 0.99  # nothing above it: an empty mask, still at the image's size
+    assert main(argv + ["--out", str(tmp_path / "none.png")]) == 0
+    assert not np.array(Image.open(tmp_path / "none.png")).any()
+    capsys.readouterr()
+    assert main(["predict", "--backbone", "tiny-sam2", "--image", str(tmp_path / "x.png"), "--text", "a", "--out",
+                 str(tmp_path / "n.png")]) == 2  # fmt: skip
+    assert "takes no text prompt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_size_build_equals_metas_paths():
+    """The full-size sam3 architecture, random-init (3.4 GB, minutes on a CPU): box-prompt masks
+    through the interactive path and text-prompt scores and masks through the concept path equal
+    Meta's predict_inst and Sam3Processor within 1e-4."""
+    from PIL import Image
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from adapt.backbones.sam3 import cpu_safe
+    from adapt.tasks.dichotomous import DichotomousTask
+
+    backbone = build_backbone("sam3", seed=0)
+    image = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    box = np.array([40.0, 30.0, 220.0, 170.0], np.float32)
+    expected = reference(backbone)(image, box=box)
+    assert np.abs(DichotomousTask(backbone).predict(image, refine=False, box=box) - expected).max() < 1e-4
+    processor = Sam3Processor(backbone.model, resolution=backbone.input_size, device="cpu", confidence_threshold=0.0)
+    with cpu_safe():
+        state = processor.set_text_prompt("a dog", processor.set_image(Image.fromarray(image)))
+    ours = backbone.segment_text(image, "a dog", threshold=0.0)
+    assert np.abs(ours["scores"] - state["scores"].numpy()).max() < 1e-4
+    assert np.abs(ours["masks"] - state["masks_logits"][:, 0].numpy()).max() < 1e-4

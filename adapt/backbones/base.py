@@ -187,6 +187,11 @@ class Backbone:
         """ "fused" or "eager": the form of the image encoder's attention (see set_attention)."""
         return "fused"
 
+    def segment_text(self, image, phrase: str, threshold: float = 0.5) -> dict:
+        """Every instance of a text phrase in an RGB image: "masks" (N, H, W) probabilities,
+        "scores" (N,), "boxes" (N, 4) xyxy in image pixels. Only SAM 3 segments concepts."""
+        raise ValueError(f"backbone {self.name} takes no text prompt; SAM 3 backbones (sam3, tiny-sam3) do")
+
     def inactive(self) -> tuple[str, ...]:
         """Names of the model's parts that its image path never runs (SAM 2's video memory): kept so
         that checkpoints load and export whole, but never trained nor counted as the base model."""

@@ -36,7 +36,9 @@ import math
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from adapt.backbones.base import (
     BlockLayout,
@@ -205,6 +207,46 @@ class Sam3Backbone(Sam2Backbone):
         grid = self.embedding_grid(self.spec)
         return {"tokens": grid * grid, "width": self.spec["embed_dim"], "depth": len(self.trunk.blocks)}
 
+    @torch.no_grad()
+    def segment_text(self, image: np.ndarray, phrase: str, threshold: float = 0.5) -> dict:
+        """Concept segmentation, as Sam3Processor.set_image + set_text_prompt compute it: every
+        instance of `phrase` in an RGB image (H, W, 3) uint8 that scores above `threshold`:
+        "masks" (N, H, W) probabilities at the image's size, "scores" (N,) (the query's score
+        times the presence score) and "boxes" (N, 4) xyxy in image pixels. The image is resized
+        to the square input as the processor resizes it (uint8, bilinear, antialiased) and
+        normalised with mean = std = 0.5."""
+        from sam3.model.data_misc import FindStage
+        from torchvision.transforms.v2 import functional as tvf
+
+        model, size = self.model, self.input_size
+        device = next(model.parameters()).device
+        h, w = image.shape[:2]
+        pixels = tvf.resize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device), [size, size])
+        x = (pixels.float() / 255 - 0.5) / 0.5
+        one = torch.zeros(1, dtype=torch.long, device=device)
+        find = FindStage(one, one, None, None, None, None, None)
+        with cpu_safe():
+            features = model.backbone.forward_image(x[None])
+            features.update(model.backbone.forward_text([phrase], device=device))
+            out = model.forward_grounding(
+                backbone_out=features, find_input=find, find_target=None, geometric_prompt=model._get_dummy_prompt()
+            )
+        scores = (out["pred_logits"].sigmoid() * out["presence_logit_dec"].sigmoid().unsqueeze(1)).squeeze(-1)[0]
+        keep = scores > threshold
+        cx, cy, bw, bh = out["pred_boxes"][0][keep].unbind(-1)
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * cx.new_tensor([w, h, w, h])
+        logits = out["pred_masks"][0][keep][:, None]
+        masks = (
+            torch.nn.functional.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+            if len(logits)
+            else logits.new_zeros(0, 1, h, w)
+        )
+        return {
+            "masks": masks[:, 0].sigmoid().cpu().numpy(),
+            "scores": scores[keep].cpu().numpy(),
+            "boxes": boxes.cpu().numpy(),
+        }
+
     def encode(self, images: torch.Tensor) -> Sam2Features:
         """What Sam3Processor.set_image computes for the interactive path, for normalised square
         images (B, 3, S, S): the trunk's last output through the neck's SAM 2 levels, the finer two
@@ -216,6 +258,22 @@ class Sam3Backbone(Sam2Backbone):
         decoder = tracker.sam_mask_decoder
         embed = levels[-1] + tracker.no_mem_embed.view(1, -1, 1, 1)
         return Sam2Features(embed, (decoder.conv_s0(levels[0]), decoder.conv_s1(levels[1])))
+
+
+class _PinOnlyWithCuda(TorchFunctionMode):
+    """sam3's geometry encoder pins a small tensor in host memory (Tensor.pin_memory) on every
+    call, which fails on a machine without CUDA; pinning only speeds a copy to the GPU, so there
+    it is skipped (the tensor is returned as it is). The calling thread's own, like PortableBuild."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.pin_memory and not torch.cuda.is_available():
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def cpu_safe():
+    """A context in which sam3's concept path runs without CUDA (see _PinOnlyWithCuda)."""
+    return _PinOnlyWithCuda()
 
 
 def from_upstream(state: dict) -> dict:
