@@ -17,6 +17,7 @@ python -m adapt pretrain --backbone tiny-sam --out weights/
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 
@@ -241,7 +242,10 @@ def cmd_predict(args) -> int:
         "points": parse_points(args.points),
         "classes": classes,
         "refine": args.refine,
+        "text": args.text,
     }
+    if args.text is not None and "text" not in inspect.signature(task.predict_outputs).parameters:
+        raise ValueError(f"--text is a prompt of the dichotomous task (SAM 3), not of the {task.name} task")
     outputs = task.predict_outputs(image, **{k: v for k, v in request.items() if v is not None})
     written = write_outputs(outputs if args.all else {"main": outputs["main"]}, args.out)
     h, w = outputs["main"].shape[:2]
@@ -540,6 +544,7 @@ def _predict_parser(sub) -> None:
         help="dichotomous: refine the boundary with high-resolution crops (default: when larger "
         "than the model's input)",
     )
+    p.add_argument("--text", help="dichotomous, SAM 3 backbones: a phrase; writes the union of its instances' masks")
     p.add_argument("--classes", help='openvocab: comma-separated class names, e.g. "sky,road,car"')
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_predict)

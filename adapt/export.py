@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 import adapt
 from adapt.archive import ArchiveError, safe_extract
 from adapt.backbones import BACKBONES, Backbone, build_backbone, load_into, load_state_dict_file
+from adapt.backbones.catalog import extra_of
 from adapt.counts import trainable_tensors
 from adapt.files import atomic_folder, atomic_path, zip_folder
 from adapt.methods import METHODS, Handle, attach, make_config
@@ -103,6 +104,9 @@ def hub_metadata(cfg: dict) -> dict:
     }
     if found and weights != "random-init":
         meta["base_model"] = found
+    extra = extra_of(base["name"])
+    if extra:  # the base model's own licence (SAM 3's), which the adapter inherits
+        meta.update(license="other", license_name=extra.licence, license_link=extra.licence_url)
     if cfg.get("metrics"):
         meta["metrics_heldout"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in cfg["metrics"].items()}
     return meta
@@ -135,6 +139,15 @@ def model_card(cfg: dict) -> str:
     ]
     if cfg.get("data"):
         lines += ["", "## Data", ""] + [f"- {k}: {v}" for k, v in cfg["data"].items()]
+    extra = extra_of(cfg["base_model"]["name"])
+    if extra:
+        licence = f"The base model is under the {extra.licence} ({extra.licence_url}), not this project's licence"
+        lines += [
+            "",
+            "## Licence",
+            "",
+            licence + "; this adapter derives from it and is distributed on the same terms.",
+        ]
     warning = _card_warning(cfg)
     if warning:
         lines += ["", "## Warning", "", warning]

@@ -113,7 +113,7 @@ def _forward_transient(block: MemoryBlock, act: int) -> int:
     """Bytes one block holds at its peak in a forward without gradients, per image: its input, q, k
     and v, the MLP's hidden layer, and three attention-sized tensors (SAM adds the two
     relative-position terms to the logits one at a time, each into a new tensor)."""
-    return ((4 + block.mlp) * block.tokens * block.width + 3 * _attention(block)) * act
+    return int(((4 + block.mlp) * block.tokens * block.width + 3 * _attention(block)) * act)
 
 
 def _training_activations(

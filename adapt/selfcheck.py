@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from adapt.backbones import build_backbone
-from adapt.backbones.catalog import CATALOG, bundled
+from adapt.backbones.catalog import CATALOG, bundled, missing_extra
 from adapt.methods import attach, configurations
 from adapt.tasks import attach_task_head
 
@@ -41,9 +41,12 @@ def train_steps(handle, inputs, steps: int = 3, lr: float = 1e-2, seed: int = 0)
 
 def check_backbones(family: str) -> list[str]:
     """The tiny backbones every configuration of a family is checked on: the bundled one, and the
-    random-init test configs of the family's other architectures (tiny-sam2: SAM 2's Hiera)."""
+    random-init test configs of the family's other architectures (tiny-sam2: SAM 2's Hiera;
+    tiny-sam3 where SAM 3's optional package is installed)."""
     return [bundled(family)] + [
-        n for n, e in CATALOG.items() if e.family == family and not e.bundled and not e.official
+        n
+        for n, e in CATALOG.items()
+        if e.family == family and not e.bundled and not e.official and not missing_extra(n)
     ]
 
 

@@ -42,7 +42,7 @@ import urllib.request
 from functools import cache
 from pathlib import Path
 
-from adapt.backbones.catalog import CATALOG, Checkpoint
+from adapt.backbones.catalog import CATALOG, Checkpoint, missing_extra
 from adapt.files import atomic_path, format_bytes, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,30 @@ def _offline_hint() -> str:
     )
 
 
+def _gated_hint(entry: Checkpoint) -> str:
+    """For a file gated on the Hugging Face Hub: what to do before it downloads ("" otherwise)."""
+    if not entry.gated:
+        return ""
+    return (
+        f" {entry.file} is gated on the Hugging Face Hub: accept its licence at "
+        f"https://huggingface.co/{entry.gated} while signed in, then set $HF_TOKEN to an access token "
+        "(or run `hf auth login`) and download again."
+    )
+
+
+def _auth_headers(url: str) -> dict:
+    """An Authorization header for a Hugging Face download when a token is set ($HF_TOKEN, or
+    the one `hf auth login` saved): gated files need it; nothing for any other host."""
+    if urllib.parse.urlparse(url).hostname != "huggingface.co":
+        return {}
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _place_by_hand(url: str, dest: Path) -> str:
     return (
         f"To install it by hand, download {url} on a machine with internet access and save it as "
@@ -221,7 +245,7 @@ def download(
     received = 0
     with atomic_path(dest, mode=0o644) as part, open(part, "wb") as out:
         try:
-            response = urllib.request.urlopen(url, timeout=timeout)
+            response = urllib.request.urlopen(urllib.request.Request(url, headers=_auth_headers(url)), timeout=timeout)
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             if isinstance(e, urllib.error.HTTPError):
                 reason = f"HTTP {e.code} {e.reason}"
@@ -475,7 +499,7 @@ def resolve_checkpoint(
     if not download:
         raise WeightsUnavailable(
             f"{backbone_name} weights are not downloaded yet and downloading is disabled. "
-            f"{_place_by_hand(entry.url, dest)} {_offline_hint()}"
+            f"{_place_by_hand(entry.url, dest)}{_gated_hint(entry)} {_offline_hint()}"
         )
     last = None
     for i, (url, fname) in enumerate(entry.sources):
@@ -494,7 +518,9 @@ def resolve_checkpoint(
             if isinstance(cause, urllib.error.HTTPError) and cause.code == 404 and i + 1 < len(entry.sources):
                 last = e
                 continue
-            raise WeightsUnavailable(f"{backbone_name} ({entry.description}) is not available: {e}") from e
+            raise WeightsUnavailable(
+                f"{backbone_name} ({entry.description}) is not available: {e}{_gated_hint(entry)}"
+            ) from e
     raise WeightsUnavailable(f"{backbone_name} is not available: {last}")  # pragma: no cover
 
 
@@ -521,8 +547,13 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
         "ready": False,
         "message": "",
     }
+    missing = missing_extra(backbone_name) if backbone_name in CATALOG else None
     if backbone_name in RANDOM_INIT:
-        info.update(kind="random-init", ready=True, message="a test architecture with random weights (none to load)")
+        info.update(
+            kind="random-init",
+            ready=missing is None,
+            message=missing or "a test architecture with random weights (none to load)",
+        )
         return info
     if backbone_name in BUNDLED:
         try:
@@ -571,4 +602,8 @@ def available(backbone_name: str, pretrained: str | None = None) -> dict:
     )
     if entry.family == "clip":
         info.update(pretrained=entry.pretrained, quick_gelu=entry.quick_gelu, mean=entry.mean, std=entry.std)
+    if entry.gated:
+        info["message"] += f"; gated: accept its licence at https://huggingface.co/{entry.gated} and set $HF_TOKEN"
+    if missing:
+        info.update(ready=False, message=missing)
     return info

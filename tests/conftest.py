@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -10,9 +12,24 @@ torch.set_num_threads(1)  # robust on a shared 2-core machine: OpenMP spin-waits
 
 # (method, family, options): every configuration the library ships (defaults and declared variants).
 CASES = configurations()
-CASE_IDS = [f"{m}-{f}" + "".join(f"-{k}={v}" for k, v in o.items()) for m, f, o in CASES]
-
 TINY = {family: bundled(family) for family in FAMILIES}
+
+
+def sam3_installed() -> bool:
+    """SAM 3's optional extra (requirements-sam3.txt) is installed, or must be (CI=true, .ci/run)."""
+    try:
+        import sam3  # noqa: F401
+    except ImportError:
+        return os.environ.get("CI") == "true"
+    return True
+
+
+# SAM 3 (tiny-sam3, random-init) joins every SAM configuration where its extra is installed: its
+# cases name "sam3" where the others name their family
+if sam3_installed():
+    TINY["sam3"] = "tiny-sam3"
+    CASES += [(m, "sam3", o) for m, _, o in configurations("sam")]
+CASE_IDS = [f"{m}-{f}" + "".join(f"-{k}={v}" for k, v in o.items()) for m, f, o in CASES]
 
 
 def tiny_backbone(family: str, seed: int = 0):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import sam3_installed
 from safetensors.torch import save_file
 
 from adapt.backbones import BACKBONES, architecture, build_backbone
@@ -46,6 +47,8 @@ def test_names():
         "sam2.1-hiera-base-plus",
         "sam2.1-hiera-large",
         "tiny-sam2",
+        "sam3",
+        "tiny-sam3",
         "mobile-sam",
         "tiny-mobile-sam",
         "clip-vit-b-16",
@@ -127,6 +130,8 @@ OTHER_WIDTHS = {
         "lora-clip",
     ),
 }
+if sam3_installed():  # SAM 3's optional extra
+    OTHER_WIDTHS["tiny-sam3"] = ({"embed_dim": 48, "num_heads": 3, "depth": 3, "global_att_blocks": [2]}, "lora")
 
 
 @pytest.mark.parametrize("known", sorted(OTHER_WIDTHS))
@@ -153,3 +158,23 @@ def test_a_backbone_of_a_known_architecture_is_one_catalog_entry(monkeypatch, kn
 def _inactive(backbone):
     ids = backbone.inactive_parameter_ids()
     return [p for p in backbone.model.parameters() if id(p) in ids]
+
+
+def test_an_optional_architecture_says_how_to_add_it(monkeypatch):
+    """Where SAM 3's package (an optional extra) is not installed, its backbones say how to add it
+    (the catalog, the weights' status, a build) and selfcheck leaves them out; nothing else changes."""
+    import sys
+
+    from adapt.backbones.catalog import missing_extra
+    from adapt.selfcheck import check_backbones
+    from adapt.weights import available
+
+    monkeypatch.setitem(sys.modules, "sam3", None)  # as if not installed
+    hint = "pip install --no-deps -r requirements-sam3.txt"
+    assert hint in missing_extra("tiny-sam3") and missing_extra("tiny-sam2") is None
+    info = available("tiny-sam3")
+    assert not info["ready"] and hint in info["message"]
+    assert hint in available("sam3")["message"]
+    with pytest.raises(ImportError, match="requirements-sam3.txt"):
+        build_backbone("tiny-sam3")
+    assert "tiny-sam3" not in check_backbones("sam") and "tiny-sam2" in check_backbones("sam")

@@ -3,6 +3,8 @@ computes each embedding once; decoder gradients equal the uncached ones for a st
 augmentation; views are fixed per image; entries spill to disk past the budget; an encoder that
 trains is refused; the summary says what was cached."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -42,8 +44,10 @@ def test_the_cache_applies_only_when_the_encoder_is_frozen():
     assert Run(config(method="decoder")).encoder_frozen()
     for method in ("parser", "lora", "full"):
         assert not Run(config(method=method)).encoder_frozen(), method
-    # SAM 2's decoder method trains the mask decoder's conv_s0 / conv_s1, which encode applies
+    # SAM 2's and SAM 3's decoder method trains the mask decoder's conv_s0 / conv_s1, which encode applies
     assert not Run(config(backbone="tiny-sam2", method="decoder")).encoder_frozen()
+    if importlib.util.find_spec("sam3") is not None:
+        assert not Run(config(backbone="tiny-sam3", method="decoder")).encoder_frozen()
     run = Run(config(method="decoder", embedding_cache=False))
     assert run.start_cache(data, None) is None and run.task.embedding_cache is None
 

@@ -4,6 +4,7 @@ predictions equal SAM2ImagePredictor's, and the product runs on the tiny random-
 import numpy as np
 import pytest
 import torch
+from conftest import sam3_installed
 
 from adapt.backbones import build_backbone
 from adapt.tasks.dichotomous import DichotomousTask
@@ -73,10 +74,15 @@ def test_prediction_equals_sam2_image_predictor(size):
     assert expected.std() > 1e-3  # a prediction with structure, not a constant
 
 
-def test_cached_clicks_and_batches_match_one_off_predictions():
+# SAM 3's interactive path is SAM 2's prompt encoder and mask decoder on a ViT: the same checks
+PYRAMID = ["tiny-sam2", pytest.param("tiny-sam3", marks=pytest.mark.skipif(not sam3_installed(), reason="no sam3"))]
+
+
+@pytest.mark.parametrize("name", PYRAMID)
+def test_cached_clicks_and_batches_match_one_off_predictions(name):
     from adapt.predictor import InteractivePredictor
 
-    backbone = build_backbone("tiny-sam2", seed=1)
+    backbone = build_backbone(name, seed=1)
     task = DichotomousTask(backbone, prompt="clicks")
     images = [np.random.default_rng(i).integers(0, 255, (120 + 40 * i, 200, 3), dtype=np.uint8) for i in range(2)]
     clicks = (np.array([[50.0, 60.0]]), np.array([1]))
@@ -91,8 +97,9 @@ def test_cached_clicks_and_batches_match_one_off_predictions():
         assert np.abs(outputs["alpha"].astype(int) - np.round(single * 255)).max() <= 1
 
 
-def test_full_resolution_refinement_runs_on_sam2():
-    backbone = build_backbone("tiny-sam2", seed=2)
+@pytest.mark.parametrize("name", PYRAMID)
+def test_full_resolution_refinement_runs(name):
+    backbone = build_backbone(name, seed=2)
     task = DichotomousTask(backbone)
     image = np.random.default_rng(0).integers(0, 255, (700, 520, 3), dtype=np.uint8)
     prob, plan = task.predict_refined(image, box=[100, 120, 400, 600], refine=True)

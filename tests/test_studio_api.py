@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sam3_installed
 from PIL import Image
 from studio_support import OWNER, App, bad_uploads, checked, dataset_zip, slip_zip, wait_for
 
@@ -104,21 +105,28 @@ def test_train_poll_predict_download_and_load(client, data, workdir):
     assert merged.endswith(".safetensors") and os.path.getsize(merged) > 100_000
 
 
-def test_sam2_trains_and_predicts_through_the_studio(client, data):
-    """SAM 2 behind the same contract: the tiny random-init Hiera config trains as a job, lists in the
-    Train tab with its weights' state, and predicts in the Preview tab with the adapter."""
+@pytest.mark.parametrize(
+    "tiny,method,official",
+    [
+        ("tiny-sam2", "cobot-lora", "sam2.1-hiera-base-plus"),
+        pytest.param("tiny-sam3", "lora", "sam3", marks=pytest.mark.skipif(not sam3_installed(), reason="no sam3")),
+    ],
+)
+def test_sam2_and_sam3_train_and_predict_through_the_studio(client, data, tiny, method, official):
+    """SAM 2 and SAM 3 behind the same contract: the tiny random-init config trains as a job, lists in
+    the Train tab with its weights' state, and predicts in the Preview tab with the adapter."""
     from app.catalog import backbone_status, backbones_for
 
-    assert "tiny-sam2" in backbones_for("dichotomous") and "random weights" in backbone_status("tiny-sam2")
-    assert "not downloaded" in backbone_status("sam2.1-hiera-base-plus")  # and nothing is fetched
-    job = train(client, data, steps=3, backbone="tiny-sam2", method="cobot-lora")
+    assert tiny in backbones_for("dichotomous") and "random weights" in backbone_status(tiny)
+    assert "not downloaded" in backbone_status(official)  # and nothing is fetched
+    job = train(client, data, steps=3, backbone=tiny, method=method)
     s = wait_finished(client, job)
     assert s["status"] == "done" and s["adapter_ready"], s
     main, _, _, info = client.predict(
-        OWNER, handle_file(str(EXAMPLE)), job, "tiny-sam2", "dichotomous", "", "150,150,1", api_name="/predict"
+        OWNER, handle_file(str(EXAMPLE)), job, tiny, "dichotomous", "", "150,150,1", api_name="/predict"
     )
     width, height = Image.open(EXAMPLE).size
-    assert np.asarray(Image.open(main)).shape[:2] == (height, width) and "cobot-lora" in info
+    assert np.asarray(Image.open(main)).shape[:2] == (height, width) and method in info
 
 
 def test_jobs_are_private(client, data):

@@ -73,8 +73,11 @@ def test_sam_registry_entries():
     from adapt.backbones import BACKBONES
 
     sam2 = {f"sam2.1-hiera-{s}": s.replace("-", "_") for s in ("tiny", "small", "base-plus", "large")}
-    assert set(weights.SAM_CHECKPOINTS) == {"sam-vit-b", "sam-vit-l", "sam-vit-h", "mobile-sam", *sam2}
+    assert set(weights.SAM_CHECKPOINTS) == {"sam-vit-b", "sam-vit-l", "sam-vit-h", "mobile-sam", "sam3", *sam2}
     entries = dict(weights.SAM_CHECKPOINTS)
+    sam3 = entries.pop("sam3")  # gated on the Hub; no published checksum or size
+    assert sam3.url == "https://huggingface.co/facebook/sam3/resolve/main/sam3.pt" and sam3.gated == "facebook/sam3"
+    assert sam3.sha256 is None and sam3.bytes is None
     mobile = entries.pop("mobile-sam")
     assert mobile.url.endswith("ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt") and mobile.sha256 is None
     for name, size in sam2.items():  # Meta publishes no checksums or sizes for SAM 2.1: none are made up

@@ -33,6 +33,7 @@ ARCHITECTURES = {
     "sam": "adapt.backbones.sam:SamBackbone",
     "tinyvit": "adapt.backbones.tinyvit:MobileSamBackbone",
     "sam2": "adapt.backbones.sam2:Sam2Backbone",
+    "sam3": "adapt.backbones.sam3:Sam3Backbone",
     "clip": "adapt.backbones.clip:ClipBackbone",
 }
 

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from adapt.files import sha256_file
 
@@ -73,7 +74,7 @@ class MemoryBlock:
     length: int
     sequences: int
     explicit: bool
-    kept_widths: float = 0.0  # widths per token a fused attention keeps for backward beyond the base ones
+    kept_widths: float = 0.0  # further widths per token kept for backward (a fused attention's own copies, SAM 3's RoPE: q and k again)
 
 
 @dataclass
@@ -190,17 +191,21 @@ class Backbone:
         """ "fused" or "eager": the form of the image encoder's attention (see set_attention)."""
         return "fused"
 
+    def segment_text(self, image, phrase: str, threshold: float = 0.5) -> dict:
+        """Every instance of a text phrase in an RGB image: "masks" (N, H, W) probabilities,
+        "scores" (N,), "boxes" (N, 4) xyxy in image pixels. Only SAM 3 segments concepts."""
+        raise ValueError(f"backbone {self.name} takes no text prompt; SAM 3 backbones (sam3, tiny-sam3) do")
+
     def inactive(self) -> tuple[str, ...]:
         """Names of the model's parts that its image path never runs (SAM 2's video memory): kept so
         that checkpoints load and export whole, but never trained nor counted as the base model."""
         return ()
 
     def inactive_parameter_ids(self) -> set[int]:
-        ids = set()
+        ids, params = set(), dict(self.model.named_parameters())
         for name in self.inactive():
-            part = self.model.get_parameter(name) if name in dict(self.model.named_parameters(recurse=False)) else None
-            params = [part] if part is not None else list(self.model.get_submodule(name).parameters())
-            ids.update(id(p) for p in params)
+            parts = [params[name]] if name in params else self.model.get_submodule(name).parameters()
+            ids.update(id(p) for p in parts)
         return ids
 
     def to(self, device) -> Backbone:
@@ -291,6 +296,24 @@ class SamFamilyBackbone(Backbone):
 
     def forward(self, inputs: dict) -> torch.Tensor:
         return self.decode(self.encode(inputs["images"]), boxes=inputs["boxes"])
+
+
+class PortableBuild(TorchFunctionMode):
+    """Upstream constructors that assume a GPU or real tensors, made to build anywhere: Hiera's
+    and SAM 3's ViT read their drop-path rates with torch.linspace(...).item(), which a shape-only
+    build on the meta device (parameter counting) cannot do, so linspace makes CPU tensors (a
+    handful of floats); SAM 3 fills caches (positional encodings, coordinates) with
+    device="cuda", which is dropped, so they follow the default device. Every parameter still
+    follows the device. A torch function mode is the calling thread's own, so builds in other
+    threads (the studio's requests) are untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.linspace:
+            kwargs = {**kwargs, "device": "cpu"}
+        elif str(kwargs.get("device", "")).startswith("cuda"):
+            kwargs = {k: v for k, v in kwargs.items() if k != "device"}
+        return func(*args, **kwargs)
 
 
 class _Checkpointed:

@@ -20,6 +20,7 @@ imports only the standard library, so anything may ask it questions.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ class Checkpoint:
     quick_gelu: bool = False
     mean: tuple[float, ...] | None = None  # image normalisation the weights expect
     std: tuple[float, ...] | None = None
+    # the Hugging Face repository whose licence must be accepted before its files download (with a
+    # token: $HF_TOKEN or `hf auth login`), or None for an open download
+    gated: str | None = None
 
     @property
     def url(self) -> str:
@@ -95,6 +99,27 @@ class BackboneEntry:
 CATALOG: dict[str, BackboneEntry] = {}
 
 
+@dataclass(frozen=True)
+class Extra:
+    """An architecture whose code is an optional extra, under its own licence (not the project's):
+    the package imported, how to add it, and the licence its models and adapters carry."""
+
+    package: str
+    install: str
+    licence: str
+    licence_url: str
+
+
+EXTRAS = {
+    "sam3": Extra(
+        "sam3",
+        "pip install --no-deps -r requirements-sam3.txt",
+        "SAM License",
+        "https://github.com/facebookresearch/sam3/blob/main/LICENSE",
+    )
+}
+
+
 def register(entry: BackboneEntry) -> BackboneEntry:
     if entry.family not in FAMILIES:
         raise ValueError(f"backbone {entry.name!r}: unknown family {entry.family!r}; known: {', '.join(FAMILIES)}")
@@ -107,6 +132,20 @@ def register(entry: BackboneEntry) -> BackboneEntry:
 def family_of(name: str) -> str:
     """The family ("sam" or "clip") of a backbone name, without building anything."""
     return get(name).family
+
+
+def missing_extra(name: str) -> str | None:
+    """Why a backbone cannot be built here (its architecture's optional package is not installed,
+    and how to add it), or None when nothing is missing."""
+    extra = extra_of(name)
+    if extra is None or importlib.util.find_spec(extra.package) is not None:
+        return None
+    return f"{name} needs the optional `{extra.package}` package, not installed here: {extra.install}"
+
+
+def extra_of(name: str) -> Extra | None:
+    """The optional extra a backbone's architecture comes from (its package and licence), if any."""
+    return EXTRAS.get(get(name).kind) if name in CATALOG else None
 
 
 def get(name: str) -> BackboneEntry:
@@ -275,6 +314,51 @@ _sam2(
     global_att_blocks=[23, 33, 43],
     window_pos_embed_bkg_spatial_size=[7, 7],
     window_spec=[8, 4, 16, 8],
+)
+
+# --- official SAM 3 (Meta's sam3 package, sam3/model_builder.py's sizes; the optional extra) ----
+
+register(
+    BackboneEntry(
+        "sam3",
+        "sam",
+        arch=dict(
+            kind="sam3",
+            image_size=1008,
+            patch_size=14,
+            pretrain_image_size=336,
+            embed_dim=1024,
+            depth=32,
+            num_heads=16,
+            mlp_ratio=4.625,
+            window_size=24,
+            global_att_blocks=[7, 15, 23, 31],
+            drop_path_rate=0.1,
+            d_model=256,
+            heads=8,
+            ffn=2048,
+            encoder_layers=6,
+            decoder_layers=6,
+            queries=200,
+            geometry_layers=3,
+            text_width=1024,
+            text_heads=16,
+            text_layers=24,
+            memory_dim=64,
+            memory_layers=4,
+            mask_interpolation=1152,
+        ),
+        # gated on the Hub (the SAM License is accepted there first); Meta publishes no checksum or size
+        checkpoint=Checkpoint(
+            "sam3",
+            "sam",
+            (("https://huggingface.co/facebook/sam3/resolve/main/sam3.pt", "sam3.pt"),),
+            sha256=None,
+            bytes=None,
+            description="SAM 3 (Meta, SAM License)",
+            gated="facebook/sam3",
+        ),
+    )
 )
 
 # --- official CLIP (open_clip architecture, default pretrained tag first) ------------------------

@@ -22,14 +22,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from adapt.backbones.base import (
     BlockLayout,
     EncoderLayout,
     MemoryBlock,
+    PortableBuild,
     SamFamilyBackbone,
     load_into,
     load_state_dict_file,
@@ -105,6 +106,7 @@ class Sam2Backbone(SamFamilyBackbone):
     what the methods adapt, the mask decoder is the head, the prompt encoder stays frozen."""
 
     resize = "stretch"
+    pixel_statistics: ClassVar = (PIXEL_MEAN, PIXEL_STD)  # (mean, std) on 0..255 pixels
     onnx_refusal = (
         "ONNX export of SAM 2 backbones is not supported yet; "
         "`export --official` writes the merged model in sam2's own checkpoint format"
@@ -117,15 +119,25 @@ class Sam2Backbone(SamFamilyBackbone):
     @classmethod
     def build(cls, entry: BackboneEntry, checkpoint=None) -> Sam2Backbone:
         spec = cls.spec_for(entry)
-        model = build_sam2_model(spec)
+        model = cls.build_model(spec)
         weights_id = "random-init"
         if checkpoint is not None:
             state, weights_id = load_state_dict_file(checkpoint)
-            state = state.get("model", state)  # Meta's files: {"model": state dict}
-            load_into(model, state, checkpoint)
-        return cls(
-            name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id, heads=[model.sam_mask_decoder]
-        )
+            # Meta's files: {"model": state dict}, in the upstream project's names
+            load_into(model, cls.from_upstream(state.get("model", state)), checkpoint)
+        backbone = cls(name=entry.name, family="sam", model=model, spec=spec, weights_id=weights_id)
+        backbone.heads = [backbone.interactive.sam_mask_decoder]
+        return backbone
+
+    @classmethod
+    def build_model(cls, spec: dict):
+        """The upstream model, random-init, from the catalog's settings."""
+        return build_sam2_model(spec)
+
+    @staticmethod
+    def from_upstream(state: dict) -> dict:
+        """An upstream checkpoint's state dict in this model's names (sam2's are the same)."""
+        return state
 
     @classmethod
     def memory_blocks(cls, spec: dict, **attention) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
@@ -178,11 +190,16 @@ class Sam2Backbone(SamFamilyBackbone):
 
     @property
     def pixel_mean(self) -> torch.Tensor:
-        return torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+        return torch.tensor(self.pixel_statistics[0]).view(3, 1, 1)
 
     @property
     def pixel_std(self) -> torch.Tensor:
-        return torch.tensor(PIXEL_STD).view(3, 1, 1)
+        return torch.tensor(self.pixel_statistics[1]).view(3, 1, 1)
+
+    @property
+    def interactive(self):
+        """The module holding the prompt encoder and mask decoder (SAM2Base itself)."""
+        return self.model
 
     def blocks(self) -> list:
         return list(self.model.image_encoder.trunk.blocks)
@@ -249,7 +266,7 @@ class Sam2Backbone(SamFamilyBackbone):
         """Low-resolution mask logits (B, 1 or 3, 4g, 4g), one prompt per image, as
         SAM2ImagePredictor._predict: boxes (B, 4) xyxy and points ((B, N, 2), (B, N)) in the input
         frame; neither: the whole image as the box."""
-        model = self.model
+        model = self.interactive
         batch = features.image_embed.shape[0]
         if boxes is None and points is None:
             size = self.input_size
@@ -280,20 +297,6 @@ class Sam2Backbone(SamFamilyBackbone):
             )
             out.append(low)
         return torch.cat(out, dim=0)
-
-
-class _LinspaceOnCpu(TorchFunctionMode):
-    """Hiera's constructor reads its drop-path rates with torch.linspace(...).item(), which a
-    shape-only build on the meta device (parameter counting) cannot do: inside this mode,
-    linspace makes CPU tensors (a handful of floats; every parameter still follows the device).
-    A torch function mode is the calling thread's own, so builds in other threads (the studio's
-    requests) are untouched."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.linspace:
-            kwargs = {**kwargs, "device": "cpu"}
-        return func(*args, **kwargs)
 
 
 def _video_memory(spec: dict) -> tuple:
@@ -342,6 +345,21 @@ def _video_memory(spec: dict) -> tuple:
     return memory_attention, memory_encoder
 
 
+# the multi-mask settings of Meta's SAM 2.1 configs (and of SAM 3's tracker), with what build_sam2
+# adds by default (apply_postprocessing=True): the dynamic fallback to the multi-mask outputs
+MULTIMASK = dict(
+    multimask_output_in_sam=True,
+    multimask_output_for_tracking=True,
+    multimask_min_pt_num=0,
+    multimask_max_pt_num=1,
+    sam_mask_decoder_extra_args={
+        "dynamic_multimask_via_stability": True,
+        "dynamic_multimask_stability_delta": 0.05,
+        "dynamic_multimask_stability_thresh": 0.98,
+    },
+)
+
+
 def build_sam2_model(spec: dict):
     """SAM2Base from the catalog's settings (Meta's configs/sam2.1 values for the official sizes)."""
     from sam2.modeling.backbones.hieradet import Hiera
@@ -350,7 +368,7 @@ def build_sam2_model(spec: dict):
     from sam2.modeling.sam2_base import SAM2Base
 
     d, embed = spec["d_model"], spec["embed_dim"]
-    with _LinspaceOnCpu():
+    with PortableBuild():
         trunk = Hiera(
             embed_dim=embed,
             num_heads=spec["num_heads"],
@@ -380,7 +398,6 @@ def build_sam2_model(spec: dict):
         directly_add_no_mem_embed=True,
         no_obj_embed_spatial=True,
         use_high_res_features_in_sam=True,
-        multimask_output_in_sam=True,
         iou_prediction_use_sigmoid=True,
         use_obj_ptrs_in_encoder=True,
         add_tpos_enc_to_obj_ptrs=True,
@@ -390,16 +407,8 @@ def build_sam2_model(spec: dict):
         pred_obj_scores=True,
         pred_obj_scores_mlp=True,
         fixed_no_obj_ptr=True,
-        multimask_output_for_tracking=True,
         use_multimask_token_for_obj_ptr=True,
-        multimask_min_pt_num=0,
-        multimask_max_pt_num=1,
         use_mlp_for_obj_ptr_proj=True,
         compile_image_encoder=False,
-        # what build_sam2 adds by default (apply_postprocessing=True)
-        sam_mask_decoder_extra_args={
-            "dynamic_multimask_via_stability": True,
-            "dynamic_multimask_stability_delta": 0.05,
-            "dynamic_multimask_stability_thresh": 0.98,
-        },
+        **MULTIMASK,
     )

@@ -114,7 +114,7 @@ class _CobotMixin:
     slices_per_block = 1
 
     def _make_mixer(self, depth: int, width: int):
-        like = next(self.model.image_encoder.parameters())
+        like = next(self.model.get_submodule(self.backbone.layout().encoder).parameters())
         mixer = CobotCoefficients(width, self.slices_per_block * depth, self.config.quaternion_init, like)
         self.model.add_module("cobot", mixer)
         for p in mixer.parameters():

@@ -409,15 +409,21 @@ class DichotomousTask:
         device="cpu",
         whole_box: bool = False,
         config: RefineConfig | None = None,
+        text: str | None = None,
     ) -> dict:
         """What a user downloads, all at the source resolution: "main" the binary mask (0/255),
         "alpha" the soft mask (0-255), "cutout" RGBA with the background removed, "overlay" for
-        preview. refine None: refined when the image is larger than the encoder input."""
+        preview. refine None: refined when the image is larger than the encoder input. `text`: a
+        phrase instead of a box or clicks (SAM 3): the union of its instances' masks."""
         from adapt.render import cutout, overlay
 
-        prob = self.predict(
-            image, box=box, points=points, refine=refine, device=device, whole_box=whole_box, config=config
-        )
+        if text is not None:
+            masks = self.backbone.segment_text(image, text)["masks"]
+            prob = masks.max(axis=0) if len(masks) else np.zeros(image.shape[:2], np.float32)
+        else:
+            prob = self.predict(
+                image, box=box, points=points, refine=refine, device=device, whole_box=whole_box, config=config
+            )
         alpha = np.round(prob * 255).astype(np.uint8)
         del prob
         return {

@@ -1,0 +1,607 @@
+"""SAM 3 (Meta, Nov 2025) image model: Meta's own classes from the optional `sam3` package
+(requirements-sam3.txt), built from the catalog entry, run here through its interactive (SAM 1
+style) path.
+
+The model is `sam3.model.sam3_image.Sam3Image` with its instance-interactivity predictor, i.e. what
+`build_sam3_image_model(enable_inst_interactivity=True)` builds (the same tensors by name and
+shape for the official size, tests/test_sam3.py), from these parts:
+- the detector (848,311,862 parameters at full size: Meta's "848M"): a ViT trunk (32 blocks,
+  width 1024, RoPE, windows of 24 with four global blocks, patch 14 at 1008 px) under a dual
+  ViTDet neck (the detector's levels and a second, SAM 2 style set for the interactive path), a
+  CLIP-style text encoder, the fusion encoder and DETR-style decoder, the geometry (exemplar)
+  encoder, the segmentation head and the dot-product scorer;
+- the tracker (11,743,362): SAM 2's prompt encoder and mask decoder (the interactive path) and the
+  video memory (memory attention and encoder, object pointers), which images never run.
+
+Built here rather than through `build_sam3_image_model`, which hard-codes the full size and makes
+CUDA tensors while it builds (PositionEmbeddingSine's cache, the decoder's coordinates): the same
+constructors with the catalog's sizes, so that the official size and the tiny test config go
+through one builder, on the CPU or the meta device (PortableBuild). The tokenizer's BPE file is
+not in the `sam3` wheel; it is CLIP's, which open_clip ships.
+
+Where the dichotomous task runs (`encode` / `decode`): the ViT trunk, the neck's SAM 2 levels
+(`sam2_convs`), the tracker's no-memory embedding, prompt encoder and mask decoder, exactly as
+`Sam3Image.predict_inst` does after `Sam3Processor.set_image`: a square resize (no padding),
+pixels normalised with mean = std = 0.5, the decoder's two finer levels projected by its conv_s0
+/ conv_s1. The methods adapt the trunk's blocks (q/k/v/proj, MLPs), its patch embedding and
+those neck convs; the mask decoder is the head. The detector's own neck levels, text encoder,
+fusion transformer, geometry encoder, segmentation and scoring heads, and the tracker's video
+memory, are `inactive` on this path: kept so that checkpoints load and export whole, never
+trained nor counted as the base model.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.overrides import TorchFunctionMode
+
+from adapt.backbones.base import (
+    BlockLayout,
+    EncoderLayout,
+    MemoryBlock,
+    PortableBuild,
+)
+from adapt.backbones.catalog import EXTRAS
+from adapt.backbones.sam2 import MULTIMASK, VIDEO_ONLY, Sam2Backbone, Sam2Features
+
+# Sam3Processor's normalisation (mean = std = 0.5 on [0, 1] pixels), on 0..255 as SAM's
+PIXEL_MEAN = [127.5, 127.5, 127.5]
+PIXEL_STD = [127.5, 127.5, 127.5]
+
+TRACKER = "inst_interactive_predictor.model"
+NECK = "backbone.vision_backbone"
+# the detector's parts that the interactive path never runs
+DETECTOR_ONLY = (
+    "backbone.language_backbone",
+    f"{NECK}.convs",
+    "transformer",
+    "geometry_encoder",
+    "segmentation_head",
+    "dot_prod_scoring",
+)
+# the tracker's parts that only video tracking runs: SAM 2's, its memory under sam3's names
+TRACKER_VIDEO_ONLY = (
+    "maskmem_backbone",
+    "transformer",
+    *(n for n in VIDEO_ONLY if n not in ("memory_attention", "memory_encoder")),
+)
+# RoPE keeps q and k once more (rotated, as complex pairs) for backward in every ViT block
+ROPE_WIDTHS = 2
+
+
+def require_sam3() -> None:
+    """Import the optional `sam3` package, or say how to add it."""
+    try:
+        import sam3  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"SAM 3 backbones need Meta's `sam3` package (SAM License), an optional extra: {EXTRAS['sam3'].install}"
+        ) from e
+
+
+class Sam3Backbone(Sam2Backbone):
+    """A built SAM 3 image model (sam3.model.sam3_image.Sam3Image with its interactive predictor):
+    the ViT trunk, its patch embedding and the neck's SAM 2 levels are what the methods adapt, the
+    tracker's mask decoder is the head, its prompt encoder stays frozen."""
+
+    pixel_statistics = (PIXEL_MEAN, PIXEL_STD)
+    onnx_refusal = (
+        "ONNX export of SAM 3 backbones is not supported yet; "
+        "`export --official` writes the merged model in sam3's own checkpoint format"
+    )
+
+    @classmethod
+    def build_model(cls, spec: dict):
+        return build_sam3_model(spec)
+
+    @staticmethod
+    def from_upstream(state: dict) -> dict:
+        return from_upstream(state)
+
+    @classmethod
+    def embedding_grid(cls, spec: dict) -> int:
+        """Side of the image embedding: the input at the patch stride (14)."""
+        return spec["image_size"] // spec["patch_size"]
+
+    @classmethod
+    def memory_blocks(cls, spec: dict, **attention) -> tuple[list[MemoryBlock], list[MemoryBlock]]:
+        """The ViT: every block at the embedding grid, windows of window_size (padded to whole
+        windows) but for global_att_blocks; PyTorch's scaled_dot_product_attention keeps no
+        length^2 matrix, RoPE keeps q and k once more."""
+        grid, ws = cls.embedding_grid(spec), spec["window_size"]
+        blocks = []
+        for i in range(spec["depth"]):
+            glob = i in spec["global_att_blocks"]
+            blocks.append(
+                MemoryBlock(
+                    tokens=grid * grid,
+                    width=spec["embed_dim"],
+                    mlp=spec["mlp_ratio"],
+                    heads=spec["num_heads"],
+                    length=grid * grid if glob else ws * ws,
+                    sequences=1 if glob else math.ceil(grid / ws) ** 2,
+                    explicit=False,
+                    kept_widths=ROPE_WIDTHS,
+                )
+            )
+        return blocks, []
+
+    @classmethod
+    def embedding_values(cls, spec: dict) -> int:
+        """The pyramid the mask decoder reads: the embedding (d x g x g) and its two finer levels
+        (d/8 channels at 4g, d/4 at 2g)."""
+        grid, d = cls.embedding_grid(spec), spec["d_model"]
+        return d * grid * grid + d // 8 * (4 * grid) ** 2 + d // 4 * (2 * grid) ** 2
+
+    @classmethod
+    def upstream_checkpoint(cls, state: dict) -> dict:
+        """sam3's own layout (what sam3.pt holds and its builders read): the detector's tensors
+        under "detector.", the tracker's under "tracker."."""
+        prefix = TRACKER + "."
+        return {
+            "model": {
+                ("tracker." + k.removeprefix(prefix)) if k.startswith(prefix) else "detector." + k: v
+                for k, v in state.items()
+            }
+        }
+
+    def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        if self.name == "sam3":
+            return (
+                "from sam3.model_builder import build_sam3_image_model\n"
+                f"model = build_sam3_image_model(checkpoint_path={str(dest)!r}, load_from_HF=False, "
+                "enable_inst_interactivity=True)"
+            )
+        return (
+            f"# {self.name} is not the size sam3's builder makes: build its Sam3Image with the same classes\n"
+            "# (adapt.backbones.sam3.build_sam3_model(spec) with this backbone's spec)\n"
+            "from adapt.backbones.sam3 import from_upstream\n"
+            f"model.load_state_dict(from_upstream(torch.load({str(dest)!r})['model']))"
+        )
+
+    @property
+    def interactive(self):
+        """The module holding the prompt encoder and mask decoder: SAM 3's tracker."""
+        return self.model.get_submodule(TRACKER)
+
+    @property
+    def trunk(self):
+        return self.model.get_submodule(NECK).trunk
+
+    def blocks(self) -> list:
+        return list(self.trunk.blocks)
+
+    def _levels(self) -> int:
+        """How many of the neck's SAM 2 levels the mask decoder reads (the coarsest is dropped)."""
+        return len(self.model.get_submodule(NECK).sam2_convs) - self.model.backbone.scalp
+
+    def inactive(self) -> tuple[str, ...]:
+        """The detector's own parts, the neck's unread level and the tracker's video memory."""
+        unread = tuple(f"{NECK}.sam2_convs.{i}" for i in range(self._levels(), self._levels() + 1))
+        return (*DETECTOR_ONLY, *unread, *(f"{TRACKER}.{n}" for n in TRACKER_VIDEO_ONLY))
+
+    def layout(self) -> EncoderLayout:
+        blocks = tuple(
+            BlockLayout(
+                path=f"{NECK}.trunk.blocks.{i}",
+                width_in=self.spec["embed_dim"],
+                width=self.spec["embed_dim"],
+                mlp_linears=("mlp.fc1", "mlp.fc2"),
+            )
+            for i in range(len(self.trunk.blocks))
+        )
+        necks = tuple(
+            f"{NECK}.sam2_convs.{i}.{name}"
+            for i in range(self._levels())
+            for name, module in self.model.get_submodule(f"{NECK}.sam2_convs.{i}").named_children()
+            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+        )
+        return EncoderLayout(blocks=blocks, stem=(f"{NECK}.trunk.patch_embed.proj",), neck=necks, encoder=NECK)
+
+    def encoder_shape(self) -> dict:
+        grid = self.embedding_grid(self.spec)
+        return {"tokens": grid * grid, "width": self.spec["embed_dim"], "depth": len(self.trunk.blocks)}
+
+    @torch.no_grad()
+    def segment_text(self, image: np.ndarray, phrase: str, threshold: float = 0.5) -> dict:
+        """Concept segmentation, as Sam3Processor.set_image + set_text_prompt compute it: every
+        instance of `phrase` in an RGB image (H, W, 3) uint8 that scores above `threshold`:
+        "masks" (N, H, W) probabilities at the image's size, "scores" (N,) (the query's score
+        times the presence score) and "boxes" (N, 4) xyxy in image pixels. The image is resized
+        to the square input as the processor resizes it (uint8, bilinear, antialiased) and
+        normalised with mean = std = 0.5."""
+        from sam3.model.data_misc import FindStage
+        from torchvision.transforms.v2 import functional as tvf
+
+        model, size = self.model, self.input_size
+        device = next(model.parameters()).device
+        h, w = image.shape[:2]
+        pixels = tvf.resize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device), [size, size])
+        x = (pixels.float() / 255 - 0.5) / 0.5
+        one = torch.zeros(1, dtype=torch.long, device=device)
+        find = FindStage(one, one, None, None, None, None, None)
+        with cpu_safe():
+            features = model.backbone.forward_image(x[None])
+            features.update(model.backbone.forward_text([phrase], device=device))
+            out = model.forward_grounding(
+                backbone_out=features, find_input=find, find_target=None, geometric_prompt=model._get_dummy_prompt()
+            )
+        scores = (out["pred_logits"].sigmoid() * out["presence_logit_dec"].sigmoid().unsqueeze(1)).squeeze(-1)[0]
+        keep = scores > threshold
+        cx, cy, bw, bh = out["pred_boxes"][0][keep].unbind(-1)
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * cx.new_tensor([w, h, w, h])
+        logits = out["pred_masks"][0][keep][:, None]
+        masks = (
+            torch.nn.functional.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+            if len(logits)
+            else logits.new_zeros(0, 1, h, w)
+        )
+        return {
+            "masks": masks[:, 0].sigmoid().cpu().numpy(),
+            "scores": scores[keep].cpu().numpy(),
+            "boxes": boxes.cpu().numpy(),
+        }
+
+    def encoder_parameters(self) -> list:
+        """The vision neck's (trunk included), the mask decoder's conv_s0 / conv_s1 and
+        no_mem_embed: what `encode` reads."""
+        neck, tracker = self.model.get_submodule(NECK), self.interactive
+        decoder = tracker.sam_mask_decoder
+        convs = [*decoder.conv_s0.parameters(), *decoder.conv_s1.parameters()]
+        return [*neck.parameters(), *convs, tracker.no_mem_embed]
+
+    def encode(self, images: torch.Tensor) -> Sam2Features:
+        """What Sam3Processor.set_image computes for the interactive path, for normalised square
+        images (B, 3, S, S): the trunk's last output through the neck's SAM 2 levels, the finer two
+        projected by the mask decoder's conv_s0 / conv_s1, the no-memory embedding added to the
+        coarsest (as Sam3Image.predict_inst)."""
+        neck, tracker = self.model.get_submodule(NECK), self.interactive
+        x = neck.trunk(images)[-1]
+        levels = [neck.sam2_convs[i](x) for i in range(self._levels())]
+        decoder = tracker.sam_mask_decoder
+        embed = levels[-1] + tracker.no_mem_embed.view(1, -1, 1, 1)
+        return Sam2Features(embed, (decoder.conv_s0(levels[0]), decoder.conv_s1(levels[1])))
+
+
+class _PinOnlyWithCuda(TorchFunctionMode):
+    """sam3's geometry encoder pins a small tensor in host memory (Tensor.pin_memory) on every
+    call, which fails on a machine without CUDA; pinning only speeds a copy to the GPU, so there
+    it is skipped (the tensor is returned as it is). The calling thread's own, like PortableBuild."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.pin_memory and not torch.cuda.is_available():
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def cpu_safe():
+    """A context in which sam3's concept path runs without CUDA (see _PinOnlyWithCuda)."""
+    return _PinOnlyWithCuda()
+
+
+def from_upstream(state: dict) -> dict:
+    """A state dict in sam3's own layout ("detector." / "tracker." keys, as sam3.pt) in this
+    model's names; a state dict already in this model's names passes unchanged."""
+    if not any(k.startswith(("detector.", "tracker.")) for k in state):
+        return state
+    out = {}
+    for k, v in state.items():
+        if k.startswith("detector."):
+            out[k.removeprefix("detector.")] = v
+        elif k.startswith("tracker."):
+            out[f"{TRACKER}.{k.removeprefix('tracker.')}"] = v
+        else:
+            out[k] = v  # neither: left for the strict load to name
+    return out
+
+
+@cache
+def _tokenizer():
+    """sam3's tokenizer on CLIP's BPE vocabulary (open_clip ships the file; the sam3 wheel does not)."""
+    import open_clip
+    from sam3.model.tokenizer_ve import SimpleTokenizer
+
+    return SimpleTokenizer(bpe_path=str(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"))
+
+
+def _attention(spec: dict, dropout: float = 0.1, **kw):
+    from sam3.model.model_misc import MultiheadAttentionWrapper
+
+    return MultiheadAttentionWrapper(num_heads=spec["heads"], dropout=dropout, embed_dim=spec["d_model"], **kw)
+
+
+def _vision(spec: dict):
+    """The ViT trunk under the dual neck (sam3's _create_vision_backbone)."""
+    from sam3.model.necks import Sam3DualViTDetNeck
+    from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.model.vitdet import ViT
+
+    trunk = ViT(
+        img_size=spec["image_size"],
+        pretrain_img_size=spec["pretrain_image_size"],
+        patch_size=spec["patch_size"],
+        embed_dim=spec["embed_dim"],
+        depth=spec["depth"],
+        num_heads=spec["num_heads"],
+        mlp_ratio=spec["mlp_ratio"],
+        norm_layer="LayerNorm",
+        drop_path_rate=spec["drop_path_rate"],
+        qkv_bias=True,
+        use_abs_pos=True,
+        tile_abs_pos=True,
+        global_att_blocks=tuple(spec["global_att_blocks"]),
+        rel_pos_blocks=(),
+        use_rope=True,
+        use_interp_rope=True,
+        window_size=spec["window_size"],
+        pretrain_use_cls_token=True,
+        retain_cls_token=False,
+        ln_pre=True,
+        ln_post=False,
+        return_interm_layers=False,
+        bias_patch_embed=False,
+    )
+    trunk.use_act_checkpoint = False  # Backbone.set_checkpointing decides (the memory planner)
+    position = PositionEmbeddingSine(
+        num_pos_feats=spec["d_model"], normalize=True, scale=None, temperature=10000, precompute_resolution=None
+    )
+    return Sam3DualViTDetNeck(
+        position_encoding=position,
+        d_model=spec["d_model"],
+        scale_factors=[4.0, 2.0, 1.0, 0.5],
+        trunk=trunk,
+        add_sam2_neck=True,
+    )
+
+
+def _text(spec: dict):
+    from sam3.model.text_encoder_ve import VETextEncoder
+
+    text = VETextEncoder(
+        tokenizer=_tokenizer(),
+        d_model=spec["d_model"],
+        width=spec["text_width"],
+        heads=spec["text_heads"],
+        layers=spec["text_layers"],
+    )
+    # sam3 leaves these two uninitialised (torch.empty: whatever memory held, NaN at times); a
+    # random-init model gets open_clip's initialisation of the same tensors
+    tower = text.encoder
+    torch.nn.init.normal_(tower.positional_embedding, std=0.01)
+    if getattr(tower, "text_projection", None) is not None:
+        torch.nn.init.normal_(tower.text_projection, std=spec["text_width"] ** -0.5)
+    return text
+
+
+def _fusion(spec: dict):
+    """The fusion encoder and the DETR-style decoder (sam3's _create_sam3_transformer)."""
+    from sam3.model.decoder import TransformerDecoder, TransformerDecoderLayer
+    from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
+    from sam3.model.model_misc import TransformerWrapper
+
+    d, ffn = spec["d_model"], spec["ffn"]
+    encoder_layer = TransformerEncoderLayer(
+        activation="relu",
+        d_model=d,
+        dim_feedforward=ffn,
+        dropout=0.1,
+        pos_enc_at_attn=True,
+        pos_enc_at_cross_attn_keys=False,
+        pos_enc_at_cross_attn_queries=False,
+        pre_norm=True,
+        self_attention=_attention(spec, batch_first=True),
+        cross_attention=_attention(spec, batch_first=True),
+    )
+    encoder = TransformerEncoderFusion(
+        layer=encoder_layer,
+        num_layers=spec["encoder_layers"],
+        d_model=d,
+        num_feature_levels=1,
+        frozen=False,
+        use_act_checkpoint=True,
+        add_pooled_text_to_img_feat=False,
+        pool_text_with_mask=True,
+    )
+    decoder_layer = TransformerDecoderLayer(
+        activation="relu",
+        d_model=d,
+        dim_feedforward=ffn,
+        dropout=0.1,
+        cross_attention=_attention(spec),
+        n_heads=spec["heads"],
+        use_text_cross_attention=True,
+    )
+    decoder = TransformerDecoder(
+        layer=decoder_layer,
+        num_layers=spec["decoder_layers"],
+        num_queries=spec["queries"],
+        return_intermediate=True,
+        box_refine=True,
+        num_o2m_queries=0,
+        dac=True,
+        boxRPB="log",
+        d_model=d,
+        frozen=False,
+        interaction_layer=None,
+        dac_use_selfatt_ln=True,
+        resolution=spec["image_size"],
+        stride=spec["patch_size"],
+        use_act_checkpoint=True,
+        presence_token=True,
+    )
+    return TransformerWrapper(encoder=encoder, decoder=decoder, d_model=d)
+
+
+def _heads(spec: dict) -> tuple:
+    """(dot-product scoring, segmentation head, geometry encoder) of the detector."""
+    import torch.nn as nn
+    from sam3.model.encoder import TransformerEncoderLayer
+    from sam3.model.geometry_encoders import SequenceGeometryEncoder
+    from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
+    from sam3.model.model_misc import MLP, DotProductScoring
+    from sam3.model.position_encoding import PositionEmbeddingSine
+
+    d, ffn = spec["d_model"], spec["ffn"]
+    prompt_mlp = MLP(
+        input_dim=d, hidden_dim=ffn, output_dim=d, num_layers=2, dropout=0.1, residual=True, out_norm=nn.LayerNorm(d)
+    )
+    scoring = DotProductScoring(d_model=d, d_proj=d, prompt_mlp=prompt_mlp)
+    segmentation = UniversalSegmentationHead(
+        hidden_dim=d,
+        upsampling_stages=3,
+        aux_masks=False,
+        presence_head=False,
+        dot_product_scorer=None,
+        act_ckpt=True,
+        cross_attend_prompt=_attention(spec, dropout=0),
+        pixel_decoder=PixelDecoder(num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=d),
+    )
+    geometry_layer = TransformerEncoderLayer(
+        activation="relu",
+        d_model=d,
+        dim_feedforward=ffn,
+        dropout=0.1,
+        pos_enc_at_attn=False,
+        pre_norm=True,
+        self_attention=_attention(spec, batch_first=False),
+        pos_enc_at_cross_attn_queries=False,
+        pos_enc_at_cross_attn_keys=True,
+        cross_attention=_attention(spec, batch_first=False),
+    )
+    geometry = SequenceGeometryEncoder(
+        pos_enc=PositionEmbeddingSine(num_pos_feats=d, normalize=True, scale=None, temperature=10000),
+        encode_boxes_as_points=False,
+        points_direct_project=True,
+        points_pool=True,
+        points_pos_enc=True,
+        boxes_direct_project=True,
+        boxes_pool=True,
+        boxes_pos_enc=True,
+        d_model=d,
+        num_layers=spec["geometry_layers"],
+        layer=geometry_layer,
+        use_act_ckpt=True,
+        add_cls=True,
+        add_post_encode_proj=True,
+    )
+    return scoring, segmentation, geometry
+
+
+def _tracker(spec: dict):
+    """SAM 3's tracker with no backbone of its own (sam3's build_tracker): the prompt encoder and
+    mask decoder of the interactive path, and the video memory."""
+    from sam3.model.decoder import TransformerDecoderLayerv2, TransformerEncoderCrossAttention
+    from sam3.model.memory import CXBlock, SimpleFuser, SimpleMaskDownSampler, SimpleMaskEncoder
+    from sam3.model.model_misc import TransformerWrapper
+    from sam3.model.position_encoding import PositionEmbeddingSine
+    from sam3.model.sam3_tracking_predictor import Sam3TrackerPredictor
+    from sam3.sam.transformer import RoPEAttention
+
+    d, mem, grid = spec["d_model"], spec["memory_dim"], spec["image_size"] // spec["patch_size"]
+    size = spec["mask_interpolation"]
+    memory_encoder = SimpleMaskEncoder(
+        out_dim=mem,
+        position_encoding=PositionEmbeddingSine(num_pos_feats=mem, normalize=True, scale=None, temperature=10000),
+        mask_downsampler=SimpleMaskDownSampler(
+            embed_dim=d, kernel_size=3, stride=2, padding=1, interpol_size=[size, size]
+        ),
+        fuser=SimpleFuser(
+            layer=CXBlock(dim=d, kernel_size=7, padding=3, layer_scale_init_value=1.0e-06, use_dwconv=True),
+            num_layers=2,
+        ),
+        in_dim=d,
+    )
+
+    def rope(**kw):
+        return RoPEAttention(
+            embedding_dim=d,
+            num_heads=1,
+            downsample_rate=1,
+            dropout=0.1,
+            rope_theta=10000.0,
+            feat_sizes=[grid, grid],
+            use_fa3=False,
+            use_rope_real=False,
+            **kw,
+        )
+
+    layer = TransformerDecoderLayerv2(
+        cross_attention_first=False,
+        activation="relu",
+        dim_feedforward=spec["ffn"],
+        dropout=0.1,
+        pos_enc_at_attn=False,
+        pre_norm=True,
+        self_attention=rope(),
+        d_model=d,
+        pos_enc_at_cross_attn_keys=True,
+        pos_enc_at_cross_attn_queries=False,
+        cross_attention=rope(kv_in_dim=mem, rope_k_repeat=True),
+    )
+    encoder = TransformerEncoderCrossAttention(
+        remove_cross_attention_layers=[],
+        batch_first=True,
+        d_model=d,
+        frozen=False,
+        pos_enc_at_input=True,
+        layer=layer,
+        num_layers=spec["memory_layers"],
+        use_act_checkpoint=False,
+    )
+    return Sam3TrackerPredictor(
+        image_size=spec["image_size"],
+        num_maskmem=7,
+        backbone=None,
+        backbone_stride=spec["patch_size"],
+        transformer=TransformerWrapper(encoder=encoder, decoder=None, d_model=d),
+        maskmem_backbone=memory_encoder,
+        forward_backbone_per_frame_for_eval=True,
+        trim_past_non_cond_mem_for_eval=False,
+        always_start_from_first_ann_frame=False,
+        non_overlap_masks_for_mem_enc=False,
+        non_overlap_masks_for_output=False,
+        max_cond_frames_in_attn=4,
+        offload_output_to_cpu_for_eval=False,
+        **MULTIMASK,
+        clear_non_cond_mem_around_input=True,
+        fill_hole_area=0,
+        use_memory_selection=False,
+    )
+
+
+def build_sam3_model(spec: dict):
+    """Sam3Image with its interactive predictor from the catalog's settings (the values of sam3's
+    model_builder for the official size), in evaluation mode (no matcher). Caches of positional
+    encodings and coordinates are left empty and fill on first use, on the input's device."""
+    require_sam3()
+    from sam3.model.sam1_task_predictor import SAM3InteractiveImagePredictor
+    from sam3.model.sam3_image import Sam3Image
+    from sam3.model.vl_combiner import SAM3VLBackbone
+
+    with PortableBuild():
+        backbone = SAM3VLBackbone(visual=_vision(spec), text=_text(spec), scalp=1)
+        scoring, segmentation, geometry = _heads(spec)
+        interactive = SAM3InteractiveImagePredictor(_tracker(spec))
+        model = Sam3Image(
+            backbone=backbone,
+            transformer=_fusion(spec),
+            input_geometry_encoder=geometry,
+            segmentation_head=segmentation,
+            num_feature_levels=1,
+            o2m_mask_predict=True,
+            dot_prod_scoring=scoring,
+            use_instance_query=False,
+            multimask_output=True,
+            inst_interactive_predictor=interactive,
+            matcher=None,
+        )
+    grid = spec["image_size"] // spec["patch_size"]
+    interactive._bb_feat_sizes = [(grid * 4, grid * 4), (grid * 2, grid * 2), (grid, grid)]
+    decoder = model.transformer.decoder
+    decoder.compilable_cord_cache, decoder.compilable_stored_size = None, None
+    return model
