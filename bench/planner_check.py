@@ -98,7 +98,14 @@ def planned(m: dict, precision: str, device: str) -> int:
     texts = {"texts": CLIP_PROMPTS} if family_of(m["backbone"]) == "clip" else {}
     attention = m.get("attention", "eager")
     e = estimate(
-        m["backbone"], m["method"], m["batch"], m["checkpointing"], precision, attention=attention, device=device, **texts
+        m["backbone"],
+        m["method"],
+        m["batch"],
+        m["checkpointing"],
+        precision,
+        attention=attention,
+        device=device,
+        **texts,
     )
     return e.trainable_state + e.activations
 
@@ -140,7 +147,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--precision", choices=list(AUTOCAST), default="fp32", help="autocast of the forward (default fp32: none)"
     )
-    p.add_argument("--attention", choices=["fused", "eager"], default="fused", help="SAM ViT's attention (default fused)")
+    p.add_argument(
+        "--attention", choices=["fused", "eager"], default="fused", help="SAM ViT's attention (default fused)"
+    )
     p.add_argument("--parallel", type=int, default=1, help="cases measured at once (each in its own process)")
     p.add_argument("--json", help="also save the measurements and report here")
     p.add_argument("--from-json", help="re-estimate the measurements saved in this file (nothing is measured)")

@@ -74,7 +74,7 @@ class MemoryBlock:
     length: int
     sequences: int
     explicit: bool
-    kept_widths: float = 0.0  # further widths per token kept for backward (a fused attention's own copies, SAM 3's RoPE: q and k again)
+    kept_widths: float = 0.0  # more widths kept for backward (fused attention's copies; SAM 3's RoPE: q, k)
 
 
 @dataclass
