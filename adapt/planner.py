@@ -112,8 +112,9 @@ def _backward_transient(block: MemoryBlock, act: int) -> int:
 def _forward_transient(block: MemoryBlock, act: int) -> int:
     """Bytes one block holds at its peak in a forward without gradients, per image: its input, q, k
     and v, the MLP's hidden layer, and three attention-sized tensors (SAM adds the two
-    relative-position terms to the logits one at a time, each into a new tensor)."""
-    return int(((4 + block.mlp) * block.tokens * block.width + 3 * _attention(block)) * act)
+    relative-position terms to the logits one at a time, each into a new tensor), or what a fused
+    form holds instead (kept_widths: its copies of q, k, v and the relative-position terms)."""
+    return int(((4 + block.mlp + block.kept_widths) * block.tokens * block.width + 3 * _attention(block)) * act)
 
 
 def _training_activations(
@@ -173,7 +174,10 @@ def estimate(
         else:  # nothing kept: the largest transient of one block, freed as the forward moves on
             activations += max(_forward_transient(b, act) for b in blocks) * sequences
     activations += profile.transform_copies * info["adapter"] * 4
-    activations += arch.head_activation_values(spec) * act * micro_batch  # the head trains in every method
+    head = arch.head_activation_values(spec) * act * micro_batch  # the head trains in every method
+    # with gradients through the encoder its activations are still kept while the head runs; without,
+    # the encoder's transient is gone before the head starts
+    activations = activations + head if through_encoder else max(activations, head)
     return Estimate(weights, state, activations)
 
 
