@@ -205,6 +205,7 @@ def dice_part(args) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    p.add_argument("--methods", default="lora,parser", help="the step part's methods")
     p.add_argument("--pairs", type=int, default=1, help="base/new pairs per comparison (order alternates)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per process, after one warm-up")
     p.add_argument("--backbone", default="sam-vit-b", help="the SAM ViT of the step, peft, click and cache parts")
@@ -231,7 +232,7 @@ def main() -> None:
         lines.append(f"| {name} | {r[base]:.2f} s | {r[new]:.2f} s | **{r['time']:.2f}x** | {mem} |")
         print(lines[-1], flush=True)
 
-    for method in ("lora", "parser"):
+    for method in args.methods.split(","):
         if "step" in parts:
             row(f"{method} step, fused / eager", compare("step", f"{method}:eager", f"{method}:fused", args), f"{method}:eager", f"{method}:fused")  # fmt: skip
     if "peft" in parts:
