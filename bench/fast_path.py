@@ -160,7 +160,7 @@ def compare(part: str, base: str, new: str, args, memory: bool = True) -> dict:
             times[v].append(run_child(part, v, args, memory=False)["seconds"])
     out = {v: statistics.median(ts) for v, ts in times.items()}
     out["time"] = out[new] / out[base]
-    if memory:
+    if memory and not args.time_only:
         mem = {v: run_child(part, v, args, memory=True)["step_bytes"] for v in (base, new)}
         out.update({f"{v} bytes": b for v, b in mem.items()}, memory=mem[new] / mem[base])
     return out
@@ -184,7 +184,7 @@ def dice_part(args) -> list[str]:
         for cached in (True, False):
             cfg = TrainConfig(
                 backbone="tiny-sam", method="decoder", steps=args.dice_steps, batch_size=2, seed=seed,
-                eval_every=0, validation=0, embedding_cache=cached, device="cpu",
+                eval_every=0, validation=0, embedding_cache=cached, cache_views=args.cache_views, device="cpu",
             )  # fmt: skip
             dice[cached].append(train(cfg, data, held)["adapted"]["dice"])
     rows = ["| embeddings | Dice (mean over seeds) | 95% interval | per seed |", "|---|---:|---|---|"]
@@ -197,8 +197,16 @@ def dice_part(args) -> list[str]:
             f"| {'cached' if cached else 'uncached'} | {np.mean(dice[cached]):.3f} | {lo:.3f} - {hi:.3f} | {per} |"
         )
     inside = all(spans[not c][0] <= np.mean(dice[c]) <= spans[not c][1] for c in (True, False))
-    rows.append(f"\nEach mean inside the other's interval: **{'yes' if inside else 'no'}** ({args.seeds} seeds, "
-                f"{args.dice_steps} steps, batch 2, 8 training / 24 held-out 256 px images).")  # fmt: skip
+    overlap = spans[True][0] <= spans[False][1] and spans[False][0] <= spans[True][1]
+    diff = np.asarray(dice[True]) - np.asarray(dice[False])  # paired by seed
+    lo, hi = bootstrap_interval(diff)
+    rows.append(
+        f"\nIntervals overlap: **{'yes' if overlap else 'no'}**; each mean inside the other's interval: "
+        f"**{'yes' if inside else 'no'}**; cached - uncached, paired by seed: {diff.mean():+.3f} "
+        f"(95% interval {lo:+.3f} to {hi:+.3f}). {args.seeds} seeds, {args.dice_steps} steps, batch 2, "
+        f"{args.cache_views} cached views per image, "
+        "8 training / 24 held-out 256 px images."
+    )
     return rows
 
 
@@ -206,10 +214,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     p.add_argument("--methods", default="lora,parser", help="the step part's methods")
+    p.add_argument("--time-only", action="store_true", help="no memory children (time ratios only)")
     p.add_argument("--pairs", type=int, default=1, help="base/new pairs per comparison (order alternates)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per process, after one warm-up")
     p.add_argument("--backbone", default="sam-vit-b", help="the SAM ViT of the step, peft, click and cache parts")
     p.add_argument("--seeds", type=int, default=5, help="seeds of the dice part")
+    p.add_argument("--cache-views", type=int, default=4, help="the dice part's fixed views per image")
     p.add_argument("--dice-steps", type=int, default=60, help="training steps of the dice part")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast (GPU: bf16)")

@@ -59,7 +59,15 @@ def form(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("case", [c for c, _ in SAM_CASES], ids=[i for _, i in SAM_CASES])
+# every method with the CPU's form; the folded form with a weight-reparametrizing and a wrapping
+# method (the forms differ in the attention core, not in how a method reaches qkv and proj)
+CASE_FORMS = [(c, "blockwise", i) for c, i in SAM_CASES]
+CASE_FORMS += [(c, "folded", i) for c, i in SAM_CASES if c[0] in ("parser", "lora") and c[1:] == ("sam", {})]
+
+
+@pytest.mark.parametrize(
+    "case,form", [(c, f) for c, f, _ in CASE_FORMS], ids=[f"{i}-{f}" for _, f, i in CASE_FORMS], indirect=["form"]
+)
 def test_every_sam_method_fused_equals_eager(case, form):
     method, family, options = case
     backbone = tiny_backbone(family)

@@ -103,7 +103,8 @@ def test_a_job_leaves_room_for_the_predictor(fake_gpu):
     from adapt.planner import inference_estimate
 
     room = placement.reservation("sam-vit-b")
-    assert room == inference_estimate("sam-vit-b", cache=placement.cache_entries("sam-vit-b", "cuda")) > 2**30
+    # more than the predictor's weights (375 MB): its transient and cached embeddings too
+    assert room == inference_estimate("sam-vit-b", cache=placement.cache_entries("sam-vit-b", "cuda")) > 2**29
     fake_gpu["free"] = 24 * 2**30
     plan = job_plan("sam-vit-b", "lora", 1)
     assert plan.budget == 24 * 2**30 - room
