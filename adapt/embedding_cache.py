@@ -12,15 +12,17 @@ scores read from the same cache (an evaluated image is the same tensor every tim
     prepared = views.get(i, v)                # the v-th fixed view of sample i, its embedding cached
 
 How augmentation and the cache meet: with augmentation on, each training image has a fixed set of
-`views` augmented versions (view 0 is the image itself; view v > 0 is augmented with a generator
-seeded by (seed, image, v)), and a step draws one view per image from the step's generator. A
+`views` augmented versions (view v augmented with a generator seeded by (seed, image, v): every
+view is an augmentation draw, as an uncached step's image is, so the cache does not change what
+the decoder sees, only how many different draws), and a step draws one view per image from the
+step's generator. A
 view's embedding and prepared tensors are computed the first time the view is drawn and reused
 after. A fresh augmentation every step would make every image new to the encoder and the cache
 useless; a fixed bank keeps most of augmentation's variety (the prompts, box jitter and clicks are
 still drawn afresh every step from each view's mask) at a cost of `views` encoder passes per image
 instead of one per step. Four views: a 200-step run of batch 2 on 10 images runs the encoder 40
-times instead of 400, and the few-shot Dice of cached and uncached decoder training agree within
-their seeds' intervals (bench/fast_path.py --cache-dice, docs/benchmarks.md). Everything is a
+times instead of 400 (few-shot Dice of cached against uncached decoder training: bench/fast_path.py
+--parts dice, docs/benchmarks.md). Everything is a
 function of (seed, image, view, step), so a resumed run repeats an uninterrupted one.
 
 Memory: entries are kept in RAM (on the CPU) up to `ram_bytes`, then written to `spill_dir`, one
@@ -44,7 +46,7 @@ import torch
 from adapt.data.augment import augment
 from adapt.files import atomic_path
 
-DEFAULT_VIEWS = 4  # fixed augmented views per training image (view 0: the image itself)
+DEFAULT_VIEWS = 4  # fixed augmented views per training image
 DEFAULT_RAM_BYTES = 2 << 30  # embeddings held in memory before spilling to disk
 
 
@@ -151,12 +153,13 @@ class EmbeddingCache:
 
 
 class ViewBank:
-    """A fixed set of `views` versions of each training sample (view 0 the sample itself, the
-    others augmented with a generator seeded by (seed, sample, view)), each prepared once, its
-    image embedding cached and its image tensor then dropped."""
+    """A fixed set of `views` versions of each training sample, each augmented with a generator
+    seeded by (seed, sample, view) (without augmentation, one: the sample itself), each prepared
+    once, its image embedding cached and its image tensor then dropped."""
 
     def __init__(self, samples, task, views: int, seed: int, augment: bool, cache: EmbeddingCache, device="cpu"):
         self.samples, self.task, self.seed, self.cache, self.device = samples, task, seed, cache, device
+        self.augment = augment
         self.views = views if augment else 1
         self.prepared: dict[tuple[int, int], object] = {}
 
@@ -167,7 +170,7 @@ class ViewBank:
     def get(self, index: int, view: int):
         if (index, view) not in self.prepared:
             image, mask = self.samples[index].image, self.samples[index].mask
-            if view:
+            if self.augment:  # every view an augmentation draw, as the uncached steps' images are
                 rng = np.random.default_rng([self.seed, index, view, 0x5EED])
                 image, mask = augment(image, mask, rng, **self.task.augment_options)
             p = self.task.prepare(image, mask)

@@ -196,7 +196,7 @@ class Run:
                 f"accumulate must be between 1 and the batch size ({cfg.batch_size}), not {cfg.accumulate}"
             )
         if cfg.cache_views < 1:
-            raise TrainingError(f"cache_views must be at least 1 (view 0 is the image itself), not {cfg.cache_views}")
+            raise TrainingError(f"cache_views must be at least 1, not {cfg.cache_views}")
         if cfg.checkpointing:
             self.backbone.set_checkpointing(True)
         if cfg.compile:  # in place: parameter names, state dicts and the methods' wrappers unchanged
