@@ -131,9 +131,9 @@ class EmbeddingCache:
         path, like = self.spilled[key]
         return _rebuilt(like, tuple(torch.load(path, weights_only=True)))
 
-    def embeddings(self, images: list, keys: list[str | None] | None = None, device="cpu"):
-        """The embeddings of a batch of prepared images (B of (3, S, S); None where the key is
-        given and cached), on `device`: those not cached yet are computed in one encoder call."""
+    def ensure(self, images: list, keys: list[str | None] | None = None, device="cpu") -> list[str]:
+        """The keys of a batch of prepared images (B of (3, S, S); None where the key is given and
+        cached); those not cached yet are computed in one encoder call on `device`."""
         keys = [k or content_key(im) for k, im in zip(keys or [None] * len(images), images, strict=True)]
         missing = [i for i, k in enumerate(keys) if k not in self]
         self.hits += len(keys) - len(missing)
@@ -141,6 +141,11 @@ class EmbeddingCache:
             batch = torch.stack([images[i] for i in missing]).to(device)
             for i, emb in zip(missing, self._compute(batch), strict=True):
                 self._store(keys[i], emb)
+        return keys
+
+    def embeddings(self, images: list, keys: list[str | None] | None = None, device="cpu"):
+        """(the batch's embeddings on `device`, their keys): `ensure`, then read back."""
+        keys = self.ensure(images, keys, device)
         return join([self._load(k) for k in keys]).to(device), keys
 
     def close(self) -> None:
@@ -174,7 +179,7 @@ class ViewBank:
                 rng = np.random.default_rng([self.seed, index, view, 0x5EED])
                 image, mask = augment(image, mask, rng, **self.task.augment_options)
             p = self.task.prepare(image, mask)
-            _, (key,) = self.cache.embeddings([p.image], device=self.device)
+            (key,) = self.cache.ensure([p.image], device=self.device)
             p.key, p.image = key, None  # the embedding stands in for the image from now on
             self.prepared[(index, view)] = p
         return self.prepared[(index, view)]
