@@ -38,6 +38,27 @@ def tiny_backbone(family: str, seed: int = 0):
     return backbone
 
 
+def reference_prompts(h: int, w: int, input_size: int, seed: int | None = None):
+    """What the tests holding a prediction against an upstream predictor share: a random (h, w)
+    image (generator seeded by `seed`, default h) and the prompt pairs (the upstream predictor's
+    keywords, ours): a box, two clicks, both, and the prompt-free whole-image box in source pixels
+    (`input_size`: the model's square input)."""
+    import numpy as np
+
+    image = np.random.default_rng(h if seed is None else seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    box = np.array([0.2 * w, 0.1 * h, 0.7 * w, 0.8 * h], np.float32)
+    clicks = np.array([[0.4 * w, 0.5 * h], [0.1 * w, 0.9 * h]], np.float32), np.array([1, 0])
+    s = input_size
+    whole = np.array([0, 0, w * (s - 1) / s, h * (s - 1) / s], np.float32)
+    cases = [
+        ({"box": box}, {"box": box}),
+        ({"point_coords": clicks[0], "point_labels": clicks[1]}, {"points": clicks}),
+        ({"box": box, "point_coords": clicks[0], "point_labels": clicks[1]}, {"box": box, "points": clicks}),
+        ({"box": whole}, {}),
+    ]
+    return image, cases
+
+
 def frozen_output(backbone, inputs):
     for p in backbone.model.parameters():
         p.requires_grad_(False)

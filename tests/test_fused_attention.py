@@ -5,7 +5,7 @@ segment-anything's eager attention for every method on tiny-sam and in sam-vit-b
 import numpy as np
 import pytest
 import torch
-from conftest import CASE_IDS, CASES, perturb, tiny_backbone
+from conftest import CASE_IDS, CASES, perturb, reference_prompts, tiny_backbone
 from segment_anything.modeling.image_encoder import Attention
 
 import adapt.backbones.fused_attention as fa
@@ -104,7 +104,7 @@ def test_a_sam_vit_b_block_at_1024_px(kind, index, form):
     assert {"input", "qkv.weight", "proj.weight", "rel_pos_h", "rel_pos_w"} <= run["fused"][1].keys()
 
 
-def test_fused_is_the_default_and_keeps_no_n_by_n_matrix():
+def test_fused_is_the_default_and_keeps_no_n_by_n_matrix(monkeypatch):
     backbone = build_backbone("tiny-sam")
     encoder = backbone.model.image_encoder
     assert {type(b.attn) for b in encoder.blocks} == {FusedAttention}
@@ -130,11 +130,8 @@ def test_fused_is_the_default_and_keeps_no_n_by_n_matrix():
             if form == "eager":
                 out = Attention.forward(block.attn, x)
             else:
-                fa.CHUNK_SCORES, before = (chunk or n) * n * block.attn.num_heads, fa.CHUNK_SCORES
-                try:
-                    out = fused_attention(block.attn, x, form=form)
-                finally:
-                    fa.CHUNK_SCORES = before
+                monkeypatch.setattr(fa, "CHUNK_SCORES", (chunk or n) * n * block.attn.num_heads)
+                out = fused_attention(block.attn, x, form=form)
         out.sum().backward()
         squares = [s for s in saved if len(s) >= 2 and s[-1] == s[-2] == n]
         assert bool(squares) == (form == "eager"), (form, squares)  # only eager keeps N x N for backward
@@ -173,14 +170,9 @@ def test_fused_prediction_equals_sam_predictor_on_the_stock_model():
     assert not any(isinstance(m, FusedAttention) for m in stock.modules())
     task, reference = DichotomousTask(backbone), SamPredictor(stock.eval())
     s = backbone.input_size
-    image = np.random.default_rng(0).integers(0, 255, (s, s, 3), dtype=np.uint8)
-    box = np.array([0.2 * s, 0.1 * s, 0.7 * s, 0.8 * s], np.float32)
-    clicks = np.array([[0.4 * s, 0.5 * s], [0.1 * s, 0.9 * s]], np.float32), np.array([1, 0])
+    image, cases = reference_prompts(s, s, s, seed=0)
     reference.set_image(image)
-    for theirs, ours in [
-        ({"box": box}, {"box": box}),
-        ({"box": box, "point_coords": clicks[0], "point_labels": clicks[1]}, {"box": box, "points": clicks}),
-    ]:
+    for theirs, ours in (cases[0], cases[2]):  # a box; a box and clicks
         logits, _, _ = reference.predict(**theirs, multimask_output=False, return_logits=True)
         expected = 1 / (1 + np.exp(-logits[0]))
         got = task.predict(image, refine=False, **ours)

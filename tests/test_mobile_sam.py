@@ -4,6 +4,7 @@ segment-anything's SamPredictor (MobileSAM's own predictor), and the methods on 
 import numpy as np
 import pytest
 import torch
+from conftest import reference_prompts
 
 from adapt.backbones import build_backbone
 from adapt.methods import attach
@@ -44,16 +45,9 @@ def test_prediction_equals_sam_predictor(size):
 
     backbone = build_backbone("tiny-mobile-sam", seed=3)
     task, reference = DichotomousTask(backbone), SamPredictor(backbone.model)
-    h, w = size
-    image = np.random.default_rng(h).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    box = np.array([0.2 * w, 0.1 * h, 0.7 * w, 0.8 * h], np.float32)
-    clicks = np.array([[0.4 * w, 0.5 * h], [0.1 * w, 0.9 * h]], np.float32), np.array([1, 0])
+    image, cases = reference_prompts(*size, backbone.input_size)
     reference.set_image(image)
-    for theirs, ours in [
-        ({"box": box}, {"box": box}),
-        ({"point_coords": clicks[0], "point_labels": clicks[1]}, {"points": clicks}),
-        ({"box": box, "point_coords": clicks[0], "point_labels": clicks[1]}, {"box": box, "points": clicks}),
-    ]:
+    for theirs, ours in cases[:3]:  # box, clicks, both
         logits, _, _ = reference.predict(**theirs, multimask_output=False, return_logits=True)
         expected = 1 / (1 + np.exp(-logits[0]))
         got = task.predict(image, refine=False, **ours)

@@ -4,7 +4,7 @@ predictions equal SAM2ImagePredictor's, and the product runs on the tiny random-
 import numpy as np
 import pytest
 import torch
-from conftest import sam3_installed
+from conftest import reference_prompts, sam3_installed
 
 from adapt.backbones import build_backbone
 from adapt.tasks.dichotomous import DichotomousTask
@@ -52,19 +52,9 @@ def test_prediction_equals_sam2_image_predictor(size):
     pyramid, box as labelled corners) equals SAM2ImagePredictor's mask probabilities."""
     backbone = build_backbone("tiny-sam2", seed=3)
     task, reference = DichotomousTask(backbone), predictor(backbone)
+    image, cases = reference_prompts(*size, backbone.input_size)
     h, w = size
-    rng = np.random.default_rng(h)
-    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    box = np.array([0.2 * w, 0.1 * h, 0.7 * w, 0.8 * h], np.float32)
-    clicks = np.array([[0.4 * w, 0.5 * h], [0.1 * w, 0.9 * h]], np.float32), np.array([1, 0])
-    whole = np.array([0, 0, w * 255 / 256, h * 255 / 256], np.float32)  # our prompt-free box, in source pixels
     reference.set_image(image)
-    cases = [
-        ({"box": box}, {"box": box}),
-        ({"point_coords": clicks[0], "point_labels": clicks[1]}, {"points": clicks}),
-        ({"box": box, "point_coords": clicks[0], "point_labels": clicks[1]}, {"box": box, "points": clicks}),
-        ({"box": whole}, {}),
-    ]
     for theirs, ours in cases:
         logits, _, _ = reference.predict(**theirs, multimask_output=False, return_logits=True)
         expected = 1 / (1 + np.exp(-logits[0]))

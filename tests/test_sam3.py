@@ -16,6 +16,7 @@ import torch
 if os.environ.get("CI") != "true":
     pytest.importorskip("sam3")
 
+from conftest import reference_prompts  # noqa: E402
 from test_counts import params  # noqa: E402
 
 from adapt.backbones import build_backbone  # noqa: E402
@@ -238,18 +239,10 @@ def test_prediction_equals_metas_interactive_path(size):
 
     backbone = build_backbone("tiny-sam3", seed=3)
     task, theirs = DichotomousTask(backbone), reference(backbone)
-    h, w = size
-    image = np.random.default_rng(h).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    box = np.array([0.2 * w, 0.1 * h, 0.7 * w, 0.8 * h], np.float32)
-    clicks = np.array([[0.4 * w, 0.5 * h], [0.1 * w, 0.9 * h]], np.float32), np.array([1, 0])
     s = backbone.input_size
-    whole = np.array([0, 0, w * (s - 1) / s, h * (s - 1) / s], np.float32)  # our prompt-free box, in source pixels
-    cases = [
-        ({"box": box}, {"box": box}),
-        ({"point_coords": clicks[0], "point_labels": clicks[1]}, {"points": clicks}),
-        ({"box": box, "point_coords": clicks[0], "point_labels": clicks[1]}, {"box": box, "points": clicks}),
-        ({"box": whole}, {}),
-    ]
+    image, cases = reference_prompts(*size, s)
+    h, w = size
+    box = cases[0][0]["box"]
     for prompt, ours in cases:
         expected = theirs(image, **prompt)
         got = task.predict(image, refine=False, **ours)
