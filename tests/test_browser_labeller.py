@@ -134,7 +134,9 @@ def test_a_queue_zoom_keys_undo_and_the_set_after_a_reload(page, scenes, studio_
     press(page, "n")
     expect(page.locator("#label-where")).to_contain_text("Image 2 of 2")
     seen, covered = page.evaluate("() => { cancelAnimationFrame(window.watching); return window.seen; }")
-    assert seen > 100 and covered == 0
+    # the watcher sampled the view all through the sequence (the frame rate of a loaded headless
+    # browser varies: a CI run saw 99 frames, so the floor only proves the watcher kept running)
+    assert seen > 20 and covered == 0
 
     page.reload()
     expect(page.locator("#label-gallery img")).to_have_count(1)
