@@ -177,12 +177,22 @@ class Sam3Backbone(Sam2Backbone):
         return list(self.trunk.blocks)
 
     def _levels(self) -> int:
-        """How many of the neck's SAM 2 levels the mask decoder reads (the coarsest is dropped)."""
+        """How many of the neck's levels the path's heads read (the coarsest is dropped)."""
         return len(self.model.get_submodule(NECK).sam2_convs) - self.model.backbone.scalp
 
+    @property
+    def _neck_levels(self) -> str:
+        """The neck's level set the path reads: the detector's ("convs") or the SAM 2 set."""
+        return "convs" if self.path == "concept" else "sam2_convs"
+
     def inactive(self) -> tuple[str, ...]:
-        """The detector's own parts, the neck's unread level and the tracker's video memory."""
-        unread = tuple(f"{NECK}.sam2_convs.{i}" for i in range(self._levels(), self._levels() + 1))
+        """Interactive path: the detector's own parts, the neck's unread level and the tracker's
+        video memory. Concept path: the tracker and the SAM 2 levels, and the unread level."""
+        levels = self._levels()
+        if self.path == "concept":
+            unread = tuple(f"{NECK}.convs.{i}" for i in range(levels, levels + 1))
+            return (TRACKER, f"{NECK}.sam2_convs", *unread)
+        unread = tuple(f"{NECK}.sam2_convs.{i}" for i in range(levels, levels + 1))
         return (*DETECTOR_ONLY, *unread, *(f"{TRACKER}.{n}" for n in TRACKER_VIDEO_ONLY))
 
     def layout(self) -> EncoderLayout:
@@ -195,10 +205,11 @@ class Sam3Backbone(Sam2Backbone):
             )
             for i in range(len(self.trunk.blocks))
         )
+        levels = self._neck_levels
         necks = tuple(
-            f"{NECK}.sam2_convs.{i}.{name}"
+            f"{NECK}.{levels}.{i}.{name}"
             for i in range(self._levels())
-            for name, module in self.model.get_submodule(f"{NECK}.sam2_convs.{i}").named_children()
+            for name, module in self.model.get_submodule(f"{NECK}.{levels}.{i}").named_children()
             if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
         )
         return EncoderLayout(blocks=blocks, stem=(f"{NECK}.trunk.patch_embed.proj",), neck=necks, encoder=NECK)
@@ -207,45 +218,129 @@ class Sam3Backbone(Sam2Backbone):
         grid = self.embedding_grid(self.spec)
         return {"tokens": grid * grid, "width": self.spec["embed_dim"], "depth": len(self.trunk.blocks)}
 
-    @torch.no_grad()
-    def segment_text(self, image: np.ndarray, phrase: str, threshold: float = 0.5) -> dict:
-        """Concept segmentation, as Sam3Processor.set_image + set_text_prompt compute it: every
-        instance of `phrase` in an RGB image (H, W, 3) uint8 that scores above `threshold`:
-        "masks" (N, H, W) probabilities at the image's size, "scores" (N,) (the query's score
-        times the presence score) and "boxes" (N, 4) xyxy in image pixels. The image is resized
-        to the square input as the processor resizes it (uint8, bilinear, antialiased) and
-        normalised with mean = std = 0.5."""
+    # --- the concept path ----------------------------------------------------------------------
+    path = "interactive"  # "concept" once the concept task runs on this model (use_concept_path)
+
+    def use_concept_path(self) -> None:
+        """Train and count the detector's concept path instead of the interactive one: the heads
+        become the DETR decoder (queries, boxes, the presence token), the segmentation head and
+        the dot-product scorer; the neck levels a method adapts are the detector's own (`convs`);
+        the tracker and the SAM 2 levels are what this path never runs. Before a method attaches."""
+        self.path = "concept"
+        m = self.model
+        self.heads = [m.transformer.decoder, m.segmentation_head, m.dot_prod_scoring]
+
+    def ground(
+        self,
+        images: torch.Tensor,
+        phrases: list[str],
+        img_ids,
+        text_ids,
+        boxes: torch.Tensor | None = None,
+        box_labels: torch.Tensor | None = None,
+    ) -> dict:
+        """The detector on (image, phrase) pairs, differentiable: normalised square images
+        (B, 3, S, S); `phrases` encoded once each; pair p asks image img_ids[p] for phrase
+        text_ids[p]. Exemplar `boxes` (P, N, 4) normalised cxcywh with `box_labels` (P, N) bool
+        (True: an example of the concept, False: not one) join the phrase, as
+        Sam3Processor.add_geometric_prompt adds them. Returns Sam3Image.forward_grounding's
+        "pred_logits" (P, Q), "presence" (P,) logits, "pred_boxes" (P, Q, 4) cxcywh in [0, 1]
+        and "pred_masks" (P, Q, m, m) logits, as its evaluation mode computes them (one-to-one
+        queries, no matcher), whatever mode the trainer set."""
         from sam3.model.data_misc import FindStage
+        from sam3.model.geometry_encoders import Prompt
+
+        model, device = self.model, images.device
+        img_ids = torch.as_tensor(img_ids, dtype=torch.long, device=device)
+        text_ids = torch.as_tensor(text_ids, dtype=torch.long, device=device)
+        find = FindStage(img_ids, text_ids, None, None, None, None, None)
+        if boxes is None or boxes.shape[1] == 0:
+            prompt = model._get_dummy_prompt(num_prompts=len(img_ids))
+        else:
+            prompt = Prompt(
+                box_embeddings=boxes.transpose(0, 1).float(),  # (N, P, 4): sequence first
+                box_mask=torch.zeros(boxes.shape[:2], dtype=torch.bool, device=device),
+                box_labels=box_labels.transpose(0, 1).long(),
+            )
+        training = model.training
+        model.training = False  # the top module only: evaluation's outputs, the blocks keep their mode
+        try:
+            with cpu_safe():
+                features = model.backbone.forward_image(images)
+                features.update(model.backbone.forward_text(list(phrases), device=device))
+                out = model.forward_grounding(
+                    backbone_out=features, find_input=find, find_target=None, geometric_prompt=prompt
+                )
+        finally:
+            model.training = training
+        return {
+            "pred_logits": out["pred_logits"].squeeze(-1),
+            "presence": out["presence_logit_dec"].reshape(-1),
+            "pred_boxes": out["pred_boxes"],
+            "pred_masks": out["pred_masks"],
+        }
+
+    def normalise(self, image: np.ndarray) -> torch.Tensor:
+        """An RGB image (H, W, 3) uint8 as Sam3Processor feeds it: resized to the square input
+        (uint8, bilinear, antialiased), scaled to [-1, 1]; (3, S, S) float32."""
         from torchvision.transforms.v2 import functional as tvf
 
-        model, size = self.model, self.input_size
-        device = next(model.parameters()).device
+        size = self.input_size
+        pixels = tvf.resize(torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1), [size, size])
+        return (pixels.float() / 255 - 0.5) / 0.5
+
+    @torch.no_grad()
+    def segment_text(
+        self, image: np.ndarray, phrase: str, threshold: float = 0.5, boxes=None, box_labels=None
+    ) -> dict:
+        """Concept segmentation, as Sam3Processor.set_image + set_text_prompt (+ one
+        add_geometric_prompt per exemplar box) compute it: every instance of `phrase` in an RGB
+        image (H, W, 3) uint8 that scores above `threshold`: "masks" (N, H, W) probabilities at the
+        image's size, "scores" (N,) (the query's score times the presence score) and "boxes" (N, 4)
+        xyxy in image pixels. `boxes`: exemplar boxes xyxy in image pixels, `box_labels` one bool
+        each (default all True: examples of the concept; False: counter-examples)."""
+        return self.segment_concepts(image, [phrase], threshold, boxes, box_labels)[0]
+
+    @torch.no_grad()
+    def segment_concepts(
+        self, image: np.ndarray, phrases: list[str], threshold: float = 0.5, boxes=None, box_labels=None
+    ) -> list[dict]:
+        """`segment_text` for several phrases, the image encoded once: one dict per phrase."""
+        device = next(self.model.parameters()).device
         h, w = image.shape[:2]
-        pixels = tvf.resize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device), [size, size])
-        x = (pixels.float() / 255 - 0.5) / 0.5
-        one = torch.zeros(1, dtype=torch.long, device=device)
-        find = FindStage(one, one, None, None, None, None, None)
-        with cpu_safe():
-            features = model.backbone.forward_image(x[None])
-            features.update(model.backbone.forward_text([phrase], device=device))
-            out = model.forward_grounding(
-                backbone_out=features, find_input=find, find_target=None, geometric_prompt=model._get_dummy_prompt()
+        x = self.normalise(image)[None].to(device)
+        n = len(phrases)
+        exemplars = labels = None
+        if boxes is not None and len(boxes):
+            xyxy = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=device)
+            xyxy = xyxy / xyxy.new_tensor([w, h, w, h])
+            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)
+            exemplars = cxcywh[None].expand(n, -1, -1)
+            given = np.ones(len(cxcywh), bool) if box_labels is None else np.asarray(box_labels, bool).reshape(-1)
+            if len(given) != len(cxcywh):
+                raise ValueError(f"{len(cxcywh)} exemplar boxes but {len(given)} box labels")
+            labels = torch.as_tensor(given, device=device)[None].expand(n, -1)
+        out = self.ground(x, phrases, [0] * n, list(range(n)), exemplars, labels)
+        scores = out["pred_logits"].sigmoid() * out["presence"].sigmoid()[:, None]
+        results = []
+        for k in range(n):
+            keep = scores[k] > threshold
+            cx, cy, bw, bh = out["pred_boxes"][k][keep].unbind(-1)
+            xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * cx.new_tensor([w, h, w, h])
+            logits = out["pred_masks"][k][keep][:, None]
+            masks = (
+                torch.nn.functional.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+                if len(logits)
+                else logits.new_zeros(0, 1, h, w)
             )
-        scores = (out["pred_logits"].sigmoid() * out["presence_logit_dec"].sigmoid().unsqueeze(1)).squeeze(-1)[0]
-        keep = scores > threshold
-        cx, cy, bw, bh = out["pred_boxes"][0][keep].unbind(-1)
-        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * cx.new_tensor([w, h, w, h])
-        logits = out["pred_masks"][0][keep][:, None]
-        masks = (
-            torch.nn.functional.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
-            if len(logits)
-            else logits.new_zeros(0, 1, h, w)
-        )
-        return {
-            "masks": masks[:, 0].sigmoid().cpu().numpy(),
-            "scores": scores[keep].cpu().numpy(),
-            "boxes": boxes.cpu().numpy(),
-        }
+            results.append(
+                {
+                    "masks": masks[:, 0].sigmoid().cpu().numpy(),
+                    "scores": scores[k][keep].cpu().numpy(),
+                    "boxes": xyxy.cpu().numpy(),
+                }
+            )
+        return results
 
     def encoder_parameters(self) -> list:
         """The vision neck's (trunk included), the mask decoder's conv_s0 / conv_s1 and
