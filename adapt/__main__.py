@@ -23,7 +23,7 @@ import sys
 
 # The CLI's --task choices; adapt.tasks.TASKS is the registry (a test keeps the two equal). Not
 # imported from there so that `--help` starts without torch.
-TASK_NAMES = ["dichotomous", "openvocab"]
+TASK_NAMES = ["dichotomous", "openvocab", "concept"]
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -99,7 +99,9 @@ def cmd_train(args) -> int:
         cfg,
         checkpoint=args.checkpoint or cfg.checkpoint,
         method_options=_parse_options(args.option) if args.option else cfg.method_options,
-        task_options=default_task_options(cfg.task, prompt=args.prompt),
+        task_options=default_task_options(
+            cfg.task, prompt=args.prompt, phrase=args.phrase, hard_negatives=False if args.no_hard_negatives else None
+        ),
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -146,12 +148,16 @@ def cmd_train(args) -> int:
     }
     if summary.get("best_step") is not None:
         report["best_step"] = summary["best_step"]
+    report.update({k: summary[k] for k in ("did_it_forget", "forgetting_warning") if k in summary})
     if summary.get("warning"):
         report["warning"] = summary["warning"]
         print(f"warning: {summary['warning']}", file=sys.stderr)
     print(json.dumps(report, indent=1) if args.json else _side_by_side(summary["frozen"], summary["adapted"], adapter))
-    if summary.get("warning") and not args.json:
-        print(f"\nwarning: {summary['warning']}")
+    if not args.json:
+        if "did_it_forget" in summary:  # concept segmentation (SAM 3)
+            print(f"\ndid it forget? {summary['did_it_forget']}\nforgetting: {summary['forgetting_warning']}")
+        if summary.get("warning"):
+            print(f"\nwarning: {summary['warning']}")
     return 0
 
 
@@ -189,8 +195,8 @@ def _side_by_side(frozen: dict | None, adapted: dict | None, adapter=None) -> st
     lines = [f"adapter written to {adapter}"] if adapter else []
     if frozen and adapted:
         lines.append(f"{'held-out metric':<16}{'frozen':>10}{'adapted':>10}")
-        for k in frozen:
-            if isinstance(frozen[k], float):
+        for k in frozen:  # a class absent from both predictions has no IoU on one side
+            if isinstance(frozen[k], float) and isinstance(adapted.get(k), float):
                 lines.append(f"{k:<16}{frozen[k]:>10.4f}{adapted[k]:>10.4f}")
     return "\n".join(lines)
 
@@ -343,7 +349,7 @@ def cmd_pretrain(args) -> int:
 def cmd_params(args) -> int:
     from adapt.pipeline import count_params
 
-    info = count_params(args.backbone, args.method, **_parse_options(args.option))
+    info = count_params(args.backbone, args.method, args.task, **_parse_options(args.option))
     if args.json:
         print(json.dumps(info))
     else:
@@ -407,6 +413,13 @@ def _train_parser(sub) -> None:
         choices=["box", "points", "none", "mixed", "clicks"],
         help="dichotomous: the prompt trained with ('none' = prompt-free; 'clicks' = prompt-free "
         "plus random clicks, so clicks can refine the prompt-free mask)",
+    )
+    p.add_argument("--phrase", help="concept (SAM 3), binary masks: the phrase that names the object, e.g. 'cell'")
+    p.add_argument(
+        "--no-hard-negatives",
+        action="store_true",
+        help="concept: train without absent-class phrases (their only target: 'not here'); on by default "
+        "because without them the adapted model stops saying no",
     )
     _schedule_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -612,6 +625,11 @@ def _tool_parsers(sub) -> None:
     p = sub.add_parser("params", help="count trainable parameters of a method on a backbone")
     p.add_argument("--backbone", required=True)
     p.add_argument("--method", required=True)
+    p.add_argument(
+        "--task",
+        choices=TASK_NAMES,
+        help="the task whose head trains (default: the backbone's; concept: SAM 3's detector)",
+    )
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, repeatable")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)

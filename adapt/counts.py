@@ -18,19 +18,20 @@ from adapt.methods import attach
 from adapt.tasks import attach_task_head
 
 
-def meta_backbone(name: str) -> Backbone:
-    """The backbone with its task head, built on the meta device: shapes only (no memory, no SVD,
-    instant even for ViT-H)."""
+def meta_backbone(name: str, task: str | None = None) -> Backbone:
+    """The backbone with its task's head (default: its family's task), built on the meta device:
+    shapes only (no memory, no SVD, instant even for ViT-H)."""
     with torch.device("meta"):
         backbone = build_backbone(name)
-        attach_task_head(backbone)
+        attach_task_head(backbone, task)
     return backbone
 
 
-def count_params(backbone: str, method: str, **options) -> dict:
-    """What `method` trains on `backbone` (built on the meta device): the handle's description
-    (adapter, head, trainable, base counts, config) and the adapter's share of the base model."""
-    model = meta_backbone(backbone)
+def count_params(backbone: str, method: str, task: str | None = None, **options) -> dict:
+    """What `method` trains on `backbone` for `task` (built on the meta device): the handle's
+    description (adapter, head, trainable, base counts, config) and the adapter's share of the
+    base model."""
+    model = meta_backbone(backbone, task)
     with torch.device("meta"):
         info = attach(model, method, **options).describe()
     # the base model's size: full fine-tuning's "adapter" is the model's own encoder weights
@@ -52,10 +53,12 @@ def encoder_shape(backbone: str) -> dict:
     return meta_backbone(backbone).encoder_shape()
 
 
-def trainable_tensors(backbone: str, method: str, **options) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """name -> (shape, dtype) of every tensor an adapter of `method` on `backbone` saves (its
-    state_dict), from the meta-device build: what a file read back must hold."""
-    model = meta_backbone(backbone)
+def trainable_tensors(
+    backbone: str, method: str, task: str | None = None, **options
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) of every tensor an adapter of `method` on `backbone` for `task` saves
+    (its state_dict), from the meta-device build: what a file read back must hold."""
+    model = meta_backbone(backbone, task)
     with torch.device("meta"):
         state = attach(model, method, **options).state_dict()
     return {name: (tuple(t.shape), t.dtype) for name, t in state.items()}

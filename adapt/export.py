@@ -262,7 +262,7 @@ def check_tensors(cfg: dict, tensors: dict[str, torch.Tensor], where: str = WEIG
     """The adapter's tensors are exactly what its method trains on its base model (names, shapes and
     dtypes, from the architecture built on the meta device: no memory, no weights) and finite, so
     a bad file is refused when it is read, never at predict time or silently as an empty mask."""
-    expected = trainable_tensors(cfg["base_model"]["name"], cfg["method"], **cfg.get("config", {}))
+    expected = trainable_tensors(cfg["base_model"]["name"], cfg["method"], cfg.get("task"), **cfg.get("config", {}))
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise AdapterError(
@@ -379,7 +379,7 @@ def load_adapter(
     if backbone is None:
         backbone = base_backbone(cfg, checkpoint)
     check_compatible(cfg, backbone, method)
-    attach_task_head(backbone)
+    attach_task_head(backbone, cfg.get("task"))
     handle = attach(backbone, cfg["method"], **cfg["config"])
     handle.load_state_dict(tensors)
     handle.info = cfg
@@ -463,7 +463,7 @@ def load_merged(path: str | Path) -> tuple[Backbone, dict]:
     heads = {k: v for k, v in state.items() if k.startswith("heads.")}
     backbone = build_backbone(metadata["backbone"])
     load_into(backbone.model, {k: v for k, v in state.items() if k not in heads}, path)
-    attach_task_head(backbone)
+    attach_task_head(backbone, json.loads(metadata.get("task", "null")))
     for i, head in enumerate(backbone.heads):
         prefix = f"heads.{i}."
         if any(k.startswith(prefix) for k in heads):

@@ -447,7 +447,41 @@ METRIC_HELP = {
     "MAE": "MAE: mean absolute difference of predicted probability and truth (lower is better)",
     "boundaryF": "boundary F: how well the predicted outline matches the true one, within 2 px (higher is better)",
     "HCE": "HCE: human corrections needed to fix the mask (lower is better)",
+    "absent_fp": "absent-class false positives: share of prompts for classes not in an image that still find "
+    "an instance (0 to 1, lower is better; did it forget how to say no?)",
+    "present_iou": "trained-class IoU: overlap of a present class's found instances with its pixels (higher is better)",
 }
+
+# "did it forget?": a rise of the absent-class false-positive rate above this is flagged
+FORGETTING_POINTS = 0.02
+
+
+def forgetting_report(frozen: dict | None, adapted: dict | None) -> str | None:
+    """The "did it forget?" line of a concept-segmentation run (adapt.tasks.concept): absent-class
+    false positives and trained-class IoU, frozen -> adapted, with their intervals; None for
+    tasks that do not score them."""
+    if not all("absent_fp" in (m or {}) for m in (frozen, adapted)):
+        return None
+    parts = [
+        f"{name} {with_interval(frozen, key)} frozen -> {with_interval(adapted, key)} adapted"
+        for key, name in (("absent_fp", "absent-class false positives"), ("present_iou", "trained-class IoU"))
+    ]
+    return "; ".join(parts) + " (95% bootstrap intervals over the held-out images)"
+
+
+def forgetting_warning(frozen: dict | None, adapted: dict | None) -> str | None:
+    """A plain sentence when adaptation raised the absent-class false positives by more than
+    FORGETTING_POINTS; None otherwise (or when the run does not score them)."""
+    f, a = ((m or {}).get("absent_fp") for m in (frozen, adapted))
+    if not isinstance(f, float) or not isinstance(a, float) or np.isnan(f) or np.isnan(a):
+        return None
+    if a - f <= FORGETTING_POINTS + 1e-9:  # exactly 2 points is not "more than"
+        return None
+    return (
+        f"It forgot how to say no: prompts for classes absent from the held-out images now find an instance "
+        f"{a:.0%} of the time, {f:.0%} before adaptation (+{100 * (a - f):.1f} points). Train with hard negatives "
+        f"(on by default), fewer steps or a lower learning rate."
+    )
 
 
 def bootstrap_interval(per_image, statistic=None, resamples: int = 1000, level: float = 0.95, seed: int = 0):

@@ -28,7 +28,14 @@ from adapt.counts import count_params, encoder_shape  # noqa: F401  (re-exported
 from adapt.data import load_dataset
 from adapt.distributed import ranks, run_data_parallel, stop_flag
 from adapt.export import base_backbone, load_adapter, load_merged, read_adapter, save_adapter
-from adapt.metrics import INTERVAL, METRIC_HELP, small_split_warning, with_interval  # noqa: F401  (what the studio shows)
+from adapt.metrics import (  # noqa: F401  (what the studio shows)
+    INTERVAL,
+    METRIC_HELP,
+    forgetting_report,
+    forgetting_warning,
+    small_split_warning,
+    with_interval,
+)
 from adapt.predictor import InteractivePredictor
 from adapt.tasks import attach_task_head, make_task, task_for_family, task_options
 from adapt.train import CHECKPOINT_NAME, Evaluated, TrainConfig, TrainingError, train  # noqa: F401  (re-exported)
@@ -54,7 +61,8 @@ def metric_record(frozen: dict | None, adapted: dict | None, previous: dict | No
 def heldout_report(frozen: dict | None, adapted: dict | None, heldout: int) -> dict:
     """What a run says of its held-out scores beside the numbers: the main metrics with their 95%
     bootstrap intervals over the images ("heldout_scores"), and a flag when the split is too small
-    to trust ("heldout_warning", adapt.metrics.small_split_warning)."""
+    to trust ("heldout_warning", adapt.metrics.small_split_warning); a concept-segmentation run
+    also says whether it forgot how to say no ("did_it_forget", "forgetting_warning")."""
     report = {}
     keys = [k for k in METRIC_HELP if k in (frozen or {}) and k in (adapted or {})][:2]  # iou, dice / miou, acc
     if keys:
@@ -65,6 +73,10 @@ def heldout_report(frozen: dict | None, adapted: dict | None, heldout: int) -> d
     warning = small_split_warning(heldout)
     if warning:
         report["heldout_warning"] = warning
+    forgot = forgetting_report(frozen, adapted)  # concept segmentation: did it forget how to say no?
+    if forgot:
+        report["did_it_forget"] = forgot
+        report["forgetting_warning"] = forgetting_warning(frozen, adapted) or "none: no rise above 2 points"
     return report
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from adapt.files import copy_file, disk_full, format_bytes, zip_folder
 from adapt.methods import methods_for
-from adapt.pipeline import TrainConfig
+from adapt.pipeline import TrainConfig, forgetting_warning
 from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan, parse_bytes
 from adapt.tasks import TASKS
 from app.catalog import backbone_for, family_for_task, fit_warning, has_gpu
@@ -395,6 +395,7 @@ class Studio:
             "adapted": progress.adapted,
             "best_step": progress.best_step,
             "warning": progress.warning,
+            "forgetting": forgetting_warning(progress.frozen, progress.adapted),  # concept jobs: did it forget?
             "created": job["created"],
             "adapter_ready": job["status"] == "done" and files.adapter_zip.exists(),
             "labels_ready": job["status"] == "done" and files.labels_zip.exists(),

@@ -290,9 +290,7 @@ class Sam3Backbone(Sam2Backbone):
         return (pixels.float() / 255 - 0.5) / 0.5
 
     @torch.no_grad()
-    def segment_text(
-        self, image: np.ndarray, phrase: str, threshold: float = 0.5, boxes=None, box_labels=None
-    ) -> dict:
+    def segment_text(self, image: np.ndarray, phrase: str, threshold: float = 0.5, boxes=None, box_labels=None) -> dict:
         """Concept segmentation, as Sam3Processor.set_image + set_text_prompt (+ one
         add_geometric_prompt per exemplar box) compute it: every instance of `phrase` in an RGB
         image (H, W, 3) uint8 that scores above `threshold`: "masks" (N, H, W) probabilities at the

@@ -46,14 +46,19 @@ from adapt.data.validate import _validate, _validate_files_only
 
 __all__ = ["TASKS", "load_dataset"]
 
-TASKS = ("dichotomous", "openvocab")
+TASKS = ("dichotomous", "openvocab", "concept")
+# the concept task (SAM 3) learns from either kind of labels: class maps (classes.json or COCO
+# categories) name their classes, binary masks take one phrase (adapt.tasks.concept)
+EITHER = "concept"
 
 
 def load_dataset(path, *, task: str = "dichotomous", max_pixels: int | None = 40_000_000,
                  cache_bytes: int = 1 << 30) -> Dataset:
     """Load and validate a dataset folder or .zip; raise `DatasetError` listing every problem.
 
-    task: "dichotomous" (binary masks, 0/1) or "openvocab" (label maps + class names).
+    task: "dichotomous" (binary masks, 0/1), "openvocab" (label maps + class names) or "concept"
+      (either: label maps where the dataset names its classes, binary masks otherwise; the
+      Dataset's `task` then says which labels it holds).
     max_pixels: images or masks with more pixels are refused (checked from the file header,
       before decoding). None disables the check (PIL's decompression-bomb guard still applies).
     cache_bytes: when all images and masks fit (4 bytes per pixel), they stay in memory from
@@ -74,6 +79,8 @@ def load_dataset(path, *, task: str = "dichotomous", max_pixels: int | None = 40
                                source=label)
         storage = extract_zip(path)
         top = storage.path
+    if task == EITHER:
+        task = "openvocab" if _names_classes(top) else "dichotomous"
     try:
         ds = _load_tree(top, label, task, max_pixels, cache_bytes, storage)
     except BaseException:
@@ -92,6 +99,17 @@ def load_dataset(path, *, task: str = "dichotomous", max_pixels: int | None = 40
     ds.origin = {"path": str(path), "task": task, "max_pixels": max_pixels}
     return ds
 
+
+
+def _names_classes(top: Path) -> bool:
+    """Whether a dataset names its classes: a classes.json at its root (or in train/), or COCO
+    annotations (whose categories name them)."""
+    root = _descend_wrappers(top)
+    main = root if _layout(root) is not None else (_find_dir(root, "train") or root)
+    lay = _layout(main)
+    return any(f.is_file() for f in (root / "classes.json", main / "classes.json", top / "classes.json")) or bool(
+        lay and lay[0] != "pairs"
+    )
 
 
 def _load_tree(top: Path, label: str, task: str, max_pixels, cache_bytes, storage) -> Dataset:

@@ -16,6 +16,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 
+from adapt.tasks.concept import ConceptTask
 from adapt.tasks.dichotomous import DichotomousTask, parse_points
 from adapt.tasks.masks import MaskKind
 from adapt.tasks.openvocab import OpenVocabTask
@@ -64,7 +65,8 @@ class Task(Protocol):
         "main" the picture a user checks, scores from adapt.uncertainty ("uncertainty" first)."""
 
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (DichotomousTask, OpenVocabTask)}
+# a family's first task is its default (task_for_family): SAM's is the dichotomous one
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (DichotomousTask, OpenVocabTask, ConceptTask)}
 
 
 def _task_class(name: str) -> type[Task]:
@@ -90,7 +92,8 @@ def task_for_family(family: str) -> str:
     raise ValueError(f"no task runs on {family!r} backbones")
 
 
-def attach_task_head(backbone) -> None:
+def attach_task_head(backbone, task: str | None = None) -> None:
     """Give a backbone the head its task trains, if it lacks one (CLIP: the open-vocabulary head;
-    SAM's mask decoder is part of the model already)."""
-    TASKS[task_for_family(backbone.family)].attach_head(backbone)
+    SAM's mask decoder is part of the model already; SAM 3's concept task: its detector's heads).
+    `task`: the task's name (default: the backbone family's)."""
+    _task_class(task or task_for_family(backbone.family)).attach_head(backbone)

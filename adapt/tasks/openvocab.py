@@ -252,31 +252,8 @@ class OpenVocabTask:
     def labels_from_scores(
         self, scores: torch.Tensor, shape: tuple[int, int], threshold: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(labels (H, W) uint8, confidence (H, W) float32) at the source size `shape` from per-class
-        scores at the working resolution, upsampled in row bands (never a K x H x W array)."""
-        threshold = self.threshold if threshold is None else threshold
-        h, w = shape
-        labels = np.zeros((h, w), np.uint8)
-        confidence = np.zeros((h, w), np.float32)
-        band = max(1, (1 << 22) // max(1, scores.shape[0] * w))
-        sy = scores.shape[1] / h
-        for y0 in range(0, h, band):
-            y1 = min(h, y0 + band)
-            # the source rows y0..y1 map to working rows [y0*sy, y1*sy); take them with a margin
-            a, b = max(0, int(y0 * sy) - 2), min(scores.shape[1], int(np.ceil(y1 * sy)) + 2)
-            part = F.interpolate(
-                scores[None, :, a:b], size=(round((b - a) / sy), w), mode="bilinear", align_corners=False
-            )[0]
-            off = round(a / sy)
-            rows = part[:, y0 - off : y0 - off + (y1 - y0)]
-            if rows.shape[1] < y1 - y0:  # rounding at the bottom edge
-                rows = F.pad(rows, (0, 0, 0, y1 - y0 - rows.shape[1]), mode="replicate")
-            best, idx = rows.max(0)
-            if threshold is not None:
-                idx = torch.where(best < threshold, torch.zeros_like(idx), idx)
-            labels[y0:y1] = idx.numpy().astype(np.uint8)
-            confidence[y0:y1] = best.numpy()
-        return labels, confidence
+        """label_map with this task's threshold unless one is given."""
+        return label_map(scores, shape, self.threshold if threshold is None else threshold)
 
     @torch.no_grad()
     def predict_many(self, images: list[np.ndarray], classes: list[str] | None = None, device="cpu") -> list[tuple]:
@@ -299,23 +276,9 @@ class OpenVocabTask:
     def predict_outputs(
         self, image: np.ndarray, classes: list[str] | None = None, threshold: float | None = None, device="cpu", **_
     ) -> dict:
-        """What a user downloads: "main" the colour label map, "index" the class-id PNG, "legend"
-        (with each class's share of the image), "overlay", and "mask_<class>" per class present."""
-        from adapt.render import colorize, legend, overlay
-
+        """What a user downloads: label_outputs of the predicted label map."""
         labels, classes, _ = self.predict(image, classes, device=device, threshold=threshold)
-        colors = class_colors(classes)
-        share = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
-        out = {
-            "main": colorize(labels, colors),
-            "index": labels,
-            "legend": legend(classes, colors, fractions=list(share)),
-            "overlay": overlay(image, labels, colors, skip=(0,)),
-        }
-        for k, name in enumerate(classes):
-            if k and share[k] > 0:
-                out[f"mask_{_safe(name)}"] = ((labels == k) * 255).astype(np.uint8)
-        return out
+        return label_outputs(image, labels, classes)
 
     @torch.no_grad()
     def evaluate(self, samples, device="cpu", classes: list[str] | None = None, dis: bool = True) -> dict:
@@ -348,6 +311,55 @@ class OpenVocabTask:
         out[INTERVAL] = intervals_over_images({k: per_image for k in names}, {k: confusion_statistic(k) for k in names})
         self.last_confusion = cm
         return out
+
+
+def label_map(
+    scores: torch.Tensor, shape: tuple[int, int], threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (H, W) uint8, confidence (H, W) float32) at the source size `shape` from per-class
+    scores (K, h, w) at a working resolution, background first: each pixel's best class (background
+    where the best score is below `threshold`), upsampled in row bands (never a K x H x W array)."""
+    h, w = shape
+    labels = np.zeros((h, w), np.uint8)
+    confidence = np.zeros((h, w), np.float32)
+    band = max(1, (1 << 22) // max(1, scores.shape[0] * w))
+    sy = scores.shape[1] / h
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        # the source rows y0..y1 map to working rows [y0*sy, y1*sy); take them with a margin
+        a, b = max(0, int(y0 * sy) - 2), min(scores.shape[1], int(np.ceil(y1 * sy)) + 2)
+        part = F.interpolate(scores[None, :, a:b], size=(round((b - a) / sy), w), mode="bilinear", align_corners=False)[
+            0
+        ]
+        off = round(a / sy)
+        rows = part[:, y0 - off : y0 - off + (y1 - y0)]
+        if rows.shape[1] < y1 - y0:  # rounding at the bottom edge
+            rows = F.pad(rows, (0, 0, 0, y1 - y0 - rows.shape[1]), mode="replicate")
+        best, idx = rows.max(0)
+        if threshold is not None:
+            idx = torch.where(best < threshold, torch.zeros_like(idx), idx)
+        labels[y0:y1] = idx.numpy().astype(np.uint8)
+        confidence[y0:y1] = best.numpy()
+    return labels, confidence
+
+
+def label_outputs(image: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """What a user downloads of a label map: "main" the colour map, "index" the class-id PNG,
+    "legend" (with each class's share of the image), "overlay", and "mask_<class>" per class present."""
+    from adapt.render import colorize, legend, overlay
+
+    colors = class_colors(classes)
+    share = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
+    out = {
+        "main": colorize(labels, colors),
+        "index": labels,
+        "legend": legend(classes, colors, fractions=list(share)),
+        "overlay": overlay(image, labels, colors, skip=(0,)),
+    }
+    for k, name in enumerate(classes):
+        if k and share[k] > 0:
+            out[f"mask_{_safe(name)}"] = ((labels == k) * 255).astype(np.uint8)
+    return out
 
 
 def class_colors(classes: list[str]) -> np.ndarray:

@@ -10,7 +10,14 @@ from types import SimpleNamespace
 import gradio as gr
 import pandas as pd
 
-from adapt.pipeline import INTERVAL, METRIC_HELP, small_split_warning, with_interval
+from adapt.pipeline import (
+    INTERVAL,
+    METRIC_HELP,
+    forgetting_report,
+    forgetting_warning,
+    small_split_warning,
+    with_interval,
+)
 from app.config import JobFiles
 from app.jobs import FINISHED
 from app.progress import read_progress
@@ -258,4 +265,9 @@ def _scores(
         rows.append(f"\n**Too few held-out images.** {small[0].upper()}{small[1:]}.")
     if warning:
         rows.append(f"\n**Warning.** {warning}")
+    forgot = forgetting_warning(frozen, adapted)
+    if forgot:
+        rows.append(f"\n**Did it forget?** {forgot}")
+    elif forgetting_report(frozen, adapted):
+        rows.append("\n**Did it forget?** No: absent-class false positives rose by no more than 2 points.")
     return "\n".join(rows)
