@@ -28,6 +28,7 @@ __all__ = [
     "attach_task_head",
     "make_task",
     "parse_points",
+    "runs_on",
     "task_for_family",
     "task_options",
 ]
@@ -39,6 +40,7 @@ class Task(Protocol):
     name: ClassVar[str]
     title: ClassVar[str]  # what a person choosing a task reads
     family: ClassVar[str]  # the backbone family it runs on: "sam" | "clip"
+    kinds: ClassVar[tuple[str, ...] | None]  # the architectures of the family it needs (None: any)
     mask: ClassVar[MaskKind]  # binary mask or class map: how its masks are written, read and drawn
     default_options: ClassVar[dict]  # the options a training run gets unless the caller chooses
     augment_options: dict  # keyword options for adapt.data.augment (e.g. how padding is labelled)
@@ -82,6 +84,15 @@ def make_task(name: str, backbone, **options) -> Task:
 def task_options(name: str, dataset, **overrides) -> dict:
     """The options a task is built with for a dataset: one place for every entry point."""
     return _task_class(name).options_from(dataset, **overrides)
+
+
+def runs_on(task: str, backbone: str) -> bool:
+    """Whether `task` runs on the catalog's backbone `backbone` (its family, and its architecture
+    where the task needs one: the concept task SAM 3's)."""
+    from adapt.backbones.catalog import get
+
+    cls, entry = _task_class(task), get(backbone)
+    return entry.family == cls.family and (cls.kinds is None or entry.arch.get("kind") in cls.kinds)
 
 
 def task_for_family(family: str) -> str:

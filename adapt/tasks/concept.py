@@ -152,6 +152,7 @@ class ConceptTask:
     name = "concept"
     title = "Concept (SAM 3: every instance of each named class)"
     family = "sam"
+    kinds = ("sam3",)  # only SAM 3 segments concepts
     mask: ClassVar[MaskKind] = CLASS_MAP  # a label map of the named classes
     default_options: ClassVar[dict] = {"hard_negatives": True, "phrase": None}
 
