@@ -61,7 +61,11 @@ def test_tiny_configs_are_discovered_from_their_json_files():
 
 
 def test_tasks_declare_their_family_and_build_their_options(sam_data, clip_data):
-    assert {name: cls.family for name, cls in TASKS.items()} == {"dichotomous": "sam", "openvocab": "clip"}
+    assert {name: cls.family for name, cls in TASKS.items()} == {
+        "dichotomous": "sam",
+        "openvocab": "clip",
+        "concept": "sam",
+    }
     assert [task_for_family(f) for f in FAMILIES] == ["dichotomous", "openvocab"]
     assert task_options("dichotomous", sam_data) == {}
     assert task_options("dichotomous", sam_data, prompt="none") == {"prompt": "none"}

@@ -91,6 +91,7 @@ class Backbone:
 
     # Why this architecture has no ONNX export ("" where it has one): adapt.onnx_graphs refuses with it.
     onnx_refusal: ClassVar[str] = ""
+    concepts: ClassVar[bool] = False  # segments every instance of a text phrase (segment_text): SAM 3
 
     name: str
     family: str  # "sam" | "clip"

@@ -40,7 +40,7 @@ class Task(Protocol):
     name: ClassVar[str]
     title: ClassVar[str]  # what a person choosing a task reads
     family: ClassVar[str]  # the backbone family it runs on: "sam" | "clip"
-    kinds: ClassVar[tuple[str, ...] | None]  # the architectures of the family it needs (None: any)
+    needs: ClassVar[str | None]  # a capability of the Backbone class it needs (e.g. "concepts"), if any
     mask: ClassVar[MaskKind]  # binary mask or class map: how its masks are written, read and drawn
     default_options: ClassVar[dict]  # the options a training run gets unless the caller chooses
     augment_options: dict  # keyword options for adapt.data.augment (e.g. how padding is labelled)
@@ -87,12 +87,12 @@ def task_options(name: str, dataset, **overrides) -> dict:
 
 
 def runs_on(task: str, backbone: str) -> bool:
-    """Whether `task` runs on the catalog's backbone `backbone` (its family, and its architecture
-    where the task needs one: the concept task SAM 3's)."""
-    from adapt.backbones.catalog import get
+    """Whether `task` runs on the catalog's backbone `backbone`: its family, and the capability the
+    task needs of the architecture (the concept task: segmenting text phrases, SAM 3's)."""
+    from adapt.backbones import architecture, family_of
 
-    cls, entry = _task_class(task), get(backbone)
-    return entry.family == cls.family and (cls.kinds is None or entry.arch.get("kind") in cls.kinds)
+    cls = _task_class(task)
+    return family_of(backbone) == cls.family and (cls.needs is None or getattr(architecture(backbone), cls.needs))
 
 
 def task_for_family(family: str) -> str:

@@ -152,7 +152,7 @@ class ConceptTask:
     name = "concept"
     title = "Concept (SAM 3: every instance of each named class)"
     family = "sam"
-    kinds = ("sam3",)  # only SAM 3 segments concepts
+    needs = "concepts"  # a backbone that segments text phrases: SAM 3
     mask: ClassVar[MaskKind] = CLASS_MAP  # a label map of the named classes
     default_options: ClassVar[dict] = {"hard_negatives": True, "phrase": None}
 
@@ -177,7 +177,7 @@ class ConceptTask:
     @staticmethod
     def attach_head(backbone) -> None:
         """Switch a SAM 3 model to its concept path (its detector's heads train)."""
-        if not hasattr(backbone, "use_concept_path"):
+        if not backbone.concepts:
             raise ValueError(f"the concept task runs on SAM 3 backbones (sam3, tiny-sam3), not {backbone.name!r}")
         if backbone.path != "concept":
             backbone.use_concept_path()

@@ -100,7 +100,7 @@ class DichotomousTask:
     name = "dichotomous"
     title = "Dichotomous (SAM: one foreground mask)"
     family = "sam"
-    kinds = None  # every architecture of the family
+    needs = None  # every architecture of the family
     mask: ClassVar[MaskKind] = BINARY  # one foreground mask
     default_options: ClassVar[dict] = {"prompt": "box"}  # what a run is trained with unless told otherwise
 

@@ -111,7 +111,7 @@ class OpenVocabTask:
     name = "openvocab"
     title = "Open-vocabulary (CLIP: label map of named classes)"
     family = "clip"
-    kinds = None  # every architecture of the family
+    needs = None  # every architecture of the family
     mask: ClassVar[MaskKind] = CLASS_MAP  # a label map of the classes the user names
     default_options: ClassVar[dict] = {}  # the classes come from the dataset (options_from)
 
