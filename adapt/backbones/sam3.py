@@ -151,10 +151,17 @@ class Sam3Backbone(Sam2Backbone):
         }
 
     def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        """How sam3's own builder loads the file. The builder's default `bpe_path` is the git
+        checkout's assets/, which the `sam3` wheel does not ship: the tokenizer's file is CLIP's,
+        from open_clip (as `_tokenizer`). Without CUDA the builder still makes CUDA tensors as it
+        builds; PortableBuild keeps them on the CPU (tests/test_sam3.py runs this text so)."""
         if self.name == "sam3":
             return (
+                "import os, open_clip\n"
                 "from sam3.model_builder import build_sam3_image_model\n"
-                f"model = build_sam3_image_model(checkpoint_path={str(dest)!r}, load_from_HF=False, "
+                "bpe = os.path.join(os.path.dirname(open_clip.__file__), 'bpe_simple_vocab_16e6.txt.gz')\n"
+                "# without CUDA: build inside `with adapt.backbones.base.PortableBuild():`\n"
+                f"model = build_sam3_image_model(bpe_path=bpe, checkpoint_path={str(dest)!r}, load_from_HF=False, "
                 "enable_inst_interactivity=True)"
             )
         return (
@@ -290,9 +297,7 @@ class Sam3Backbone(Sam2Backbone):
         return (pixels.float() / 255 - 0.5) / 0.5
 
     @torch.no_grad()
-    def segment_text(
-        self, image: np.ndarray, phrase: str, threshold: float = 0.5, boxes=None, box_labels=None
-    ) -> dict:
+    def segment_text(self, image: np.ndarray, phrase: str, threshold: float = 0.5, boxes=None, box_labels=None) -> dict:
         """Concept segmentation, as Sam3Processor.set_image + set_text_prompt (+ one
         add_geometric_prompt per exemplar box) compute it: every instance of `phrase` in an RGB
         image (H, W, 3) uint8 that scores above `threshold`: "masks" (N, H, W) probabilities at the
