@@ -147,10 +147,17 @@ class Sam3Backbone(Sam2Backbone):
         }
 
     def upstream_usage(self, dest: Path, config: Path | None = None) -> str:
+        """How sam3's own builder loads the file. The builder's default `bpe_path` is the git
+        checkout's assets/, which the `sam3` wheel does not ship: the tokenizer's file is CLIP's,
+        from open_clip (as `_tokenizer`). Without CUDA the builder still makes CUDA tensors as it
+        builds; PortableBuild keeps them on the CPU (tests/test_sam3.py runs this text so)."""
         if self.name == "sam3":
             return (
+                "import os, open_clip\n"
                 "from sam3.model_builder import build_sam3_image_model\n"
-                f"model = build_sam3_image_model(checkpoint_path={str(dest)!r}, load_from_HF=False, "
+                "bpe = os.path.join(os.path.dirname(open_clip.__file__), 'bpe_simple_vocab_16e6.txt.gz')\n"
+                "# without CUDA: build inside `with adapt.backbones.base.PortableBuild():`\n"
+                f"model = build_sam3_image_model(bpe_path=bpe, checkpoint_path={str(dest)!r}, load_from_HF=False, "
                 "enable_inst_interactivity=True)"
             )
         return (
