@@ -251,7 +251,7 @@ def cmd_predict(args) -> int:
         "text": args.text,
     }
     if args.text is not None and "text" not in inspect.signature(task.predict_outputs).parameters:
-        raise ValueError(f"--text is a prompt of the dichotomous task (SAM 3), not of the {task.name} task")
+        raise ValueError(f"--text is a prompt of SAM 3's dichotomous and concept tasks, not of the {task.name} task")
     outputs = task.predict_outputs(image, **{k: v for k, v in request.items() if v is not None})
     written = write_outputs(outputs if args.all else {"main": outputs["main"]}, args.out)
     h, w = outputs["main"].shape[:2]
@@ -548,7 +548,10 @@ def _predict_parser(sub) -> None:
         action="store_true",
         help="also write OUT_<name>.png for every other output (alpha, cutout, overlay, legend, ...)",
     )
-    p.add_argument("--box", help="dichotomous: x0,y0,x1,y1 in image pixels (default: prompt-free)")
+    p.add_argument(
+        "--box",
+        help="dichotomous: x0,y0,x1,y1 in image pixels (default: prompt-free); concept: an exemplar box of the phrase",
+    )
     p.add_argument("--points", help="dichotomous: clicks 'x,y[,label];...' (label 1 foreground, 0 background)")
     p.add_argument(
         "--refine",
@@ -557,8 +560,11 @@ def _predict_parser(sub) -> None:
         help="dichotomous: refine the boundary with high-resolution crops (default: when larger "
         "than the model's input)",
     )
-    p.add_argument("--text", help="dichotomous, SAM 3 backbones: a phrase; writes the union of its instances' masks")
-    p.add_argument("--classes", help='openvocab: comma-separated class names, e.g. "sky,road,car"')
+    p.add_argument(
+        "--text",
+        help="SAM 3 backbones: a phrase; dichotomous: writes the union of its instances' masks, concept: its label map",
+    )
+    p.add_argument("--classes", help='openvocab, concept: comma-separated class names, e.g. "sky,road,car"')
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_predict)
 

@@ -238,3 +238,21 @@ def test_cli_trains_a_concept_adapter_and_says_what_it_forgot(class_maps, tmp_pa
     theirs = make_task("concept", Sam3Backbone("tiny-sam3", "sam", model, spec, "file"), classes=list(CLASSES))
     ours = np.array(Image.open(tmp_path / "map_index.png"))
     assert np.array_equal(theirs.predict(image)[0], ours)
+
+
+def test_an_exemplar_box_joins_the_phrase(tmp_path, capsys):
+    """predict --task concept --text PHRASE --box x0,y0,x1,y1: the box is an example of the concept
+    (a geometric prompt beside the phrase): the scores change, the output keeps the image's size."""
+    from PIL import Image
+
+    from adapt.__main__ import main
+
+    task = task_on(["background", "circle"])
+    image = make_dataset("source", n=1, size=SIZE, seed=3)[0].image
+    plain, _ = task.instance_scores(image, ["circle"])
+    boxed, _ = task.instance_scores(image, ["circle"], boxes=[[10, 20, 60, 70]])
+    assert (plain - boxed).abs().max() > 1e-5
+    Image.fromarray(image).save(tmp_path / "x.png")
+    argv = ["predict", "--backbone", "tiny-sam3", "--task", "concept", "--image", str(tmp_path / "x.png")]
+    assert main(argv + ["--text", "circle", "--box", "10,20,60,70", "--out", str(tmp_path / "m.png")]) == 0
+    assert np.array(Image.open(tmp_path / "m.png")).shape[:2] == (SIZE, SIZE)

@@ -264,19 +264,33 @@ class ConceptTask:
 
     # --- prediction -------------------------------------------------------------------------------
     @torch.no_grad()
-    def instance_scores(self, image: np.ndarray, phrases: list[str], device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def instance_scores(
+        self, image: np.ndarray, phrases: list[str], device="cpu", boxes=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (K, Q): each query's score, query x presence; masks (K, Q, m, m) probabilities at
-        the mask head's resolution) for each phrase, the image encoded once."""
+        the mask head's resolution) for each phrase, the image encoded once. `boxes`: exemplar
+        boxes (N, 4) xyxy in image pixels, examples of every phrase (Sam3Processor's positive
+        geometric prompts)."""
         x = self.backbone.normalise(image)[None].to(device)
-        out = self.backbone.ground(x, phrases, [0] * len(phrases), list(range(len(phrases))))
+        n, exemplars, labels = len(phrases), None, None
+        if boxes is not None and len(boxes):
+            h, w = image.shape[:2]
+            xyxy = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=device)
+            xyxy = (xyxy / xyxy.new_tensor([w, h, w, h])).clamp(0, 1)
+            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)
+            exemplars = cxcywh[None].expand(n, -1, -1)
+            labels = torch.ones(exemplars.shape[:2], dtype=torch.bool, device=device)
+        out = self.backbone.ground(x, phrases, [0] * n, list(range(n)), exemplars, labels)
         scores = out["pred_logits"].sigmoid() * out["presence"].sigmoid()[:, None]
         return scores.float().cpu(), out["pred_masks"].sigmoid().float().cpu()
 
-    def class_scores(self, image: np.ndarray, classes: list[str], device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def class_scores(
+        self, image: np.ndarray, classes: list[str], device="cpu", boxes=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(class score maps (K, m, m) with background first, at the mask resolution: each class's
         best instance score x mask probability, background the threshold; per-query scores (K-1, Q))."""
         named = [c for c in classes if c != BACKGROUND]
-        scores, masks = self.instance_scores(image, named, device)
+        scores, masks = self.instance_scores(image, named, device, boxes)
         return self._maps(scores, masks), scores
 
     def _maps(self, scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -294,14 +308,20 @@ class ConceptTask:
 
     @torch.no_grad()
     def predict(
-        self, image: np.ndarray, classes: list[str] | None = None, device="cpu", threshold: float | None = None
+        self,
+        image: np.ndarray,
+        classes: list[str] | None = None,
+        device="cpu",
+        threshold: float | None = None,
+        boxes=None,
     ) -> tuple[np.ndarray, list[str], np.ndarray]:
         """(labels (H, W) uint8 ids into the returned class list, classes, confidence (H, W)) at the
-        source resolution: each pixel's best class where its score reaches the threshold."""
+        source resolution: each pixel's best class where its score reaches the threshold.
+        `boxes`: exemplar boxes (xyxy, image pixels) of the concept."""
         from adapt.tasks.openvocab import label_map
 
         classes = self.vocabulary(classes)
-        maps, _ = self.class_scores(image, classes, device)
+        maps, _ = self.class_scores(image, classes, device, boxes)
         if threshold is not None:
             maps[0] = threshold
         labels, confidence = label_map(maps, image.shape[:2])
@@ -313,14 +333,17 @@ class ConceptTask:
         classes: list[str] | None = None,
         threshold: float | None = None,
         text: str | None = None,
+        box=None,
         device="cpu",
         **_,
     ) -> dict:
         """What a user downloads (as the open-vocabulary task's: "main" the colour label map,
-        "index", "legend", "overlay", "mask_<class>"); `text`: one phrase instead of the classes."""
+        "index", "legend", "overlay", "mask_<class>"); `text`: one phrase instead of the classes;
+        `box`: an exemplar box (x0, y0, x1, y1 in image pixels, or several as rows)."""
         from adapt.tasks.openvocab import label_outputs
 
-        labels, classes, _ = self.predict(image, [text] if text else classes, device=device, threshold=threshold)
+        classes = [text] if text else classes
+        labels, classes, _ = self.predict(image, classes, device=device, threshold=threshold, boxes=box)
         return label_outputs(image, labels, classes)
 
     @torch.no_grad()
