@@ -256,3 +256,27 @@ def test_an_exemplar_box_joins_the_phrase(tmp_path, capsys):
     argv = ["predict", "--backbone", "tiny-sam3", "--task", "concept", "--image", str(tmp_path / "x.png")]
     assert main(argv + ["--text", "circle", "--box", "10,20,60,70", "--out", str(tmp_path / "m.png")]) == 0
     assert np.array(Image.open(tmp_path / "m.png")).shape[:2] == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize("method", ["lora", "parser", "full", "decoder"])
+def test_concept_path_counts(method):
+    """On the concept path the trunk adapters are the interactive path's; the head is the
+    detector's decoder, segmentation head and scorer; base is what the path runs: the detector
+    without the SAM 2 levels and the unread coarsest level; full fine-tuning trains all of it but
+    the heads (the full-size model, on the meta device)."""
+    from adapt.counts import count_params, meta_backbone
+
+    concept, interactive = count_params("sam3", method, "concept"), count_params("sam3", method)
+    model = meta_backbone("sam3", "concept").model
+    heads = sum(p.numel() for m in (model.transformer.decoder, model.segmentation_head, model.dot_prod_scoring)
+                for p in m.parameters())  # fmt: skip
+    neck = model.backbone.vision_backbone
+    unread = sum(p.numel() for p in neck.sam2_convs.parameters()) + sum(p.numel() for p in neck.convs[-1].parameters())
+    runs = (
+        sum(p.numel() for n, p in model.named_parameters() if not n.startswith("inst_interactive_predictor")) - unread
+    )
+    assert concept["head"] == heads == 15_056_950
+    if method == "full":
+        assert concept["adapter"] == runs - heads == 824_600_320 and concept["base"] == heads
+    else:
+        assert concept["adapter"] == interactive["adapter"] and concept["base"] == runs == 839_657_270
