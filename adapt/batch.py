@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import inspect
 import io
 import json
 import tempfile
@@ -194,6 +195,7 @@ def label_images(
     out: str | Path,
     *,
     classes: list[str] | None = None,
+    text: str | None = None,
     batch_size: int = 4,
     resume: bool = False,
     soft: bool = False,
@@ -207,15 +209,19 @@ def label_images(
     """Predict every image of `source` (folder or zip) with `task` (adapt.pipeline.inference_task)
     into `out`; see the module docstring for what is written. `progress(done, total, name)` is
     called after each image (done counts skipped and failed ones too); `should_stop()` between
-    batches ends the run early with the ledger, scores and COCO file consistent so far."""
+    batches ends the run early with the ledger, scores and COCO file consistent so far. `classes`:
+    a label map's classes (the task's own when None); `text`: a binary mask's phrase (SAM 3's
+    dichotomous task: every instance of it; the task's predict_many must take one)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, not {batch_size}")
+    if text and "text" not in inspect.signature(task.predict_many).parameters:
+        raise ValueError(f"the {task.name} task labels no text prompt: give its classes instead")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     started = time.time()
-    openvocab = task.name == "openvocab"
-    vocabulary = task.vocabulary(classes) if openvocab else ["background", "foreground"]
+    named = task.mask.needs_class_names  # a label map of named classes (open-vocabulary, concept)
+    vocabulary = task.vocabulary(classes) if named else task.mask.classes([])
     with tempfile.TemporaryDirectory(prefix="adapt-batch-") as scratch:
         sources = list_images(open_source(source, Path(scratch) / "images"))
         report.total = len(sources)
@@ -242,7 +248,7 @@ def label_images(
                 if not loaded:
                     continue
                 images = [image for _, image in loaded]
-                kwargs = {"classes": vocabulary} if openvocab else {}
+                kwargs = {"classes": vocabulary} if named else ({"text": text} if text else {})
                 predictions = task.predict_many(images, device=device, **kwargs)
                 for (s, image), (outputs, scores) in zip(loaded, predictions):
                     count += 1

@@ -7,9 +7,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import adapt.evidence as evidence
-from adapt.backbones import BACKBONES, family_of
+from adapt.backbones import BACKBONES, Backbone, architecture, family_of
 from adapt.methods import METHODS
-from adapt.tasks import TASKS
+from adapt.tasks import TASKS, runs_on
 from app.checks import MAX_ID, UserError, as_text, choice
 from app.gpus import gpu_count
 
@@ -50,21 +50,44 @@ def family_for_task(task: str) -> str:
 
 
 def backbones_for(task: str) -> list[str]:
-    """The task's backbones, the one to propose first: on a GPU the official models (their weights
-    are downloaded on first use), smallest first; on the CPU the bundled tiny model, which trains in
-    seconds there, then the official ones."""
-    family = family_for_task(task)
-    names = [n for n in BACKBONES if family_of(n) == family]  # catalog order: official by size
-    return sorted(names, key=lambda n: BACKBONES[n].bundled == has_gpu())
+    """The backbones the task runs on (adapt.tasks.runs_on: its family, and the architecture it
+    needs: the concept task SAM 3's), the one to propose first: on a GPU the official models
+    (their weights are downloaded on first use), smallest first; on the CPU what runs there in
+    seconds with no download: the bundled tiny model, then the tiny test architectures (random
+    weights), then the official ones."""
+    names = [n for n in BACKBONES if runs_on(choice(task, "task", TASKS), n)]  # catalog order: official by size
+    if has_gpu():
+        return sorted(names, key=lambda n: BACKBONES[n].bundled)
+    return sorted(names, key=lambda n: (not BACKBONES[n].bundled, BACKBONES[n].official))
 
 
 def backbone_for(task: str, backbone) -> str:
     """`backbone`, checked to be text and one of the task's backbones."""
     backbone = as_text(backbone, "backbone", MAX_ID)
     names = backbones_for(task)
+    if backbone in BACKBONES and backbone not in names:  # another family, or not the architecture it needs
+        raise UserError(f"{backbone!r} is not a backbone for {task}: the {task} task runs on {', '.join(names)} only")
     if backbone not in names:
         raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(names)}")
     return backbone
+
+
+def takes_text(backbone: str) -> bool:
+    """Whether a catalog backbone's model segments a text phrase, every instance of it (SAM 3's):
+    asked of its architecture, which then has its own Backbone.segment_text."""
+    return backbone in BACKBONES and architecture(backbone).segment_text is not Backbone.segment_text
+
+
+def check_text_prompt(task: str, backbone: str) -> None:
+    """A text prompt is for a task that makes binary masks (a label map's phrases are its classes)
+    with a model that segments phrases (takes_text); anything else is refused, saying what to do."""
+    if TASKS[task].mask.needs_class_names:
+        raise UserError(f"the {task} task takes its phrases as its classes: give them there, not as a text prompt")
+    if not takes_text(backbone):
+        which = ", ".join(n for n in BACKBONES if takes_text(n))
+        raise UserError(
+            f"{backbone} takes no text prompt; {which} and their adapters do: clear it, or choose one of those"
+        )
 
 
 def on_disk(name: str) -> str:

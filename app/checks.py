@@ -79,6 +79,20 @@ def number(value, what: str, lo: float, hi: float, integer: bool = False) -> flo
     return int(x) if integer else x
 
 
+def flag(value, what: str) -> bool:
+    """A checkbox: True or False, nothing else (an API client's 0, "no" or None is refused)."""
+    if not isinstance(value, bool):
+        raise UserError(f"{what} must be true or false, got {str(value)[:40]!r}")
+    return value
+
+
+def as_phrase(value, what: str) -> str | None:
+    """A text prompt (SAM 3 looks for every instance of it): one class name's worth of text,
+    stripped; None when empty."""
+    text = as_text(value, what, MAX_NAME).strip()
+    return text or None
+
+
 def choice(value, what: str, options) -> str:
     """One of `options` (a registry's names)."""
     value = as_text(value, what, MAX_ID)

@@ -36,9 +36,9 @@ import numpy as np
 from adapt.files import zip_folder
 from adapt.tasks import TASKS
 from app import labeller
-from app.catalog import backbone_for, family_for_task
+from app.catalog import backbone_for, check_text_prompt, family_for_task
 from app.jobs import new_token
-from app.studio import MAX_ID, Studio, UserError, as_text, check_owner, file_list, number, parse_classes
+from app.studio import MAX_ID, Studio, UserError, as_phrase, as_text, check_owner, file_list, number, parse_classes
 
 THUMB = 200  # px, the long side of a gallery thumbnail
 MAX_SHOWN = 120  # results the gallery shows (the download has them all)
@@ -64,9 +64,11 @@ class LabelRest:
         task: str = "dichotomous",
         classes: str = "",
         batch_size: int = 4,
+        text: str = "",
     ) -> str:
         """Queue a labelling job for uploaded images (one zip, or image files) with an adapter of
-        this browser, or a frozen backbone (zero-shot); returns the job id."""
+        this browser, or a frozen backbone (zero-shot); returns the job id. `text`: a phrase whose
+        instances make each binary mask (SAM 3 models; a label map's phrases are its classes)."""
         from adapt.archive import ArchiveLimits, problems
         from adapt.data import IMAGE_EXTS
 
@@ -75,6 +77,7 @@ class LabelRest:
         if not files:
             raise UserError("upload the images to label: a zip of them, or the image files")
         batch_size = number(batch_size, "batch size", 1, 32, integer=True)
+        text = as_phrase(text, "the text prompt")
         self.studio.check_active(owner)
         self.studio.check_storage(owner, self.studio.incoming_bytes(files))  # a zip: what it unpacks to, too
         if len(files) == 1 and files[0].suffix.lower() == ".zip":
@@ -97,7 +100,9 @@ class LabelRest:
             raise UserError(f"{files[0].name} holds no image files")
         if count > self.limits.label_images:
             raise UserError(f"{count} images; one labelling job takes at most {self.limits.label_images}")
-        spec = self._model_spec(owner, adapter_ref, backbone, task, classes)
+        spec = {**self._model_spec(owner, adapter_ref, backbone, task, classes), "text": text}
+        if text:
+            check_text_prompt(spec["task"], spec["backbone"])
         job_id = new_token()
         job = self.paths.job_files(job_id)
         job.folder.mkdir(parents=True)

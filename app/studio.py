@@ -25,7 +25,7 @@ from adapt.methods import methods_for
 from adapt.pipeline import TrainConfig, forgetting_warning
 from adapt.preflight import default_task_options, eval_every, fit_to_plan, memory_plan, parse_bytes
 from adapt.tasks import TASKS
-from app.catalog import backbone_for, family_for_task, fit_warning, has_gpu
+from app.catalog import backbone_for, check_text_prompt, family_for_task, fit_warning, has_gpu
 from app.checks import (  # noqa: F401  (the app's modules import these from here)
     MAX_CLASSES,
     MAX_CLICKS,
@@ -34,11 +34,13 @@ from app.checks import (  # noqa: F401  (the app's modules import these from her
     MAX_TEXT,
     TOKEN_RE,
     UserError,
+    as_phrase,
     as_text,
     check_owner,
     choice,
     clicks_inside,
     file_list,
+    flag,
     number,
     parse_classes,
     parse_clicks,
@@ -284,13 +286,17 @@ class Studio:
         init_adapter: Path | None = None,
         memory_budget: str | None = None,
         gpus: int = 1,
+        phrase: str | None = None,
+        hard_negatives: bool = True,
     ) -> str:
         """Queue a training job on `dataset_zip`, a zip on this server (a request names one through
         checked_dataset, which only finds the owner's own); `init_adapter` (an adapter folder or
         zip the owner may use):
         a warm start from it, with its backbone, method and options (adapt.pipeline.warm_start);
         `memory_budget` ("16GB"): the job is planned to fit it (job_plan); `gpus`: data-parallel on
-        that many GPUs (the supervisor gives the job a worker holding them)."""
+        that many GPUs (the supervisor gives the job a worker holding them). `phrase` and
+        `hard_negatives`: task options, for the tasks that have them (the concept task: the phrase
+        that names binary masks' object, absent-class prompts while training)."""
         from adapt.pipeline import configure, warm_start
 
         check_owner(owner)
@@ -308,6 +314,7 @@ class Studio:
         gpus = number(gpus, "GPUs", 1, max(1, gpu_count()), integer=True)
         if options is not None and not isinstance(options, dict):
             raise UserError("method options must be an object of option names and values")
+        chosen = {"phrase": as_phrase(phrase, "the phrase"), "hard_negatives": flag(hard_negatives, "hard negatives")}
         self.check_active(owner)
         self.check_storage(owner, Path(dataset_zip).stat().st_size if Path(dataset_zip).is_file() else 0)
         dataset = self.load_checked(Path(dataset_zip), task)  # validated before anything is queued
@@ -318,7 +325,7 @@ class Studio:
             backbone=backbone,
             method=method,
             method_options=dict(options or {}),
-            task_options=default_task_options(task),
+            task_options=default_task_options(task, **chosen),
             steps=steps,
             batch_size=batch_size,
             lr=float(lr),
@@ -328,7 +335,10 @@ class Studio:
             eval_every=every,
             checkpoint_every=every,
         )
-        cfg = configure(cfg, dataset)  # what the worker will run, classes included
+        try:
+            cfg = configure(cfg, dataset)  # what the worker will run, classes included
+        except ValueError as e:  # the task's own word on what the data lacks (binary masks: a phrase)
+            raise UserError(str(e)) from None
         cfg = self._fit_to_plan(cfg, memory_budget, gpus)
         job_id = new_token()
         if init_adapter is not None:  # the job keeps its own copy: the source may expire first
@@ -515,6 +525,10 @@ class Studio:
     def adapters(self, owner: str, task: str | None = None) -> list[tuple[str, str]]:
         """(label, ref) of every adapter this browser can use: finished jobs and uploaded zips;
         with `task`, only those trained for it (the others would predict another task)."""
+        return [(label, ref) for label, ref, kind, _ in self.adapter_rows(owner) if task in (None, kind)]
+
+    def adapter_rows(self, owner: str) -> list[tuple[str, str, str, str]]:
+        """(label, ref, task, base backbone) of every adapter this browser can use."""
         from adapt.backbones import family_of
         from adapt.export import read_adapter
         from adapt.tasks import task_for_family
@@ -524,8 +538,8 @@ class Studio:
         for j in self.store.list(owner):
             if j["status"] == "done" and j["kind"] == "train":
                 t = j["config"]["train"]
-                if task in (None, t["task"]):
-                    out.append((f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})", j["id"]))
+                label = f"job {j['id'][:8]}: {t['method']} on {t['backbone']} ({t['task']})"
+                out.append((label, j["id"], t["task"], t["backbone"]))
         folder = self.paths.uploaded_adapters(owner)
         for path in sorted(folder.glob("upload-*.zip")) if folder.exists() else []:
             try:
@@ -534,8 +548,7 @@ class Studio:
                 kind = cfg.get("task") or task_for_family(family_of(name))
             except Exception:
                 continue
-            if task in (None, kind):
-                out.append((f"uploaded: {cfg['method']} on {name} ({kind})", path.stem))
+            out.append((f"uploaded: {cfg['method']} on {name} ({kind})", path.stem, kind, name))
         return out
 
     def _adapter_path(self, owner: str, ref: str) -> Path:
@@ -611,19 +624,26 @@ class Studio:
         task: str,
         classes: str = "",
         clicks: str = "",
+        text: str = "",
     ) -> tuple[dict, str]:
-        """The task's named outputs at the image's full resolution, and a line about the model used."""
+        """The task's named outputs at the image's full resolution, and a line about the model used.
+        `text`: a phrase instead of clicks (SAM 3 models: every instance of it)."""
         check_owner(owner)
         names, points = parse_classes(classes, background=False), parse_clicks(clicks)  # cheap checks first
+        text = as_phrase(text, "the text prompt")
         image = self.load_image(image_path)
-        task_obj, desc, where = self.model(owner, adapter_ref, backbone, task)
+        entry = self.model(owner, adapter_ref, backbone, task)
+        task_obj, desc, where = entry
         if not isinstance(task_obj, TASKS[task]):  # an adapter predicts its own task: never another silently
             raise UserError(
                 f"the chosen adapter is for the {TASKS[task_obj.name].title} task, not {TASKS[task].title}: "
                 f"choose a {task} adapter, or none to run the frozen backbone"
             )
         request = {}
-        if task_obj.mask.needs_class_names:
+        if text is not None:
+            check_text_prompt(task_obj.name, task_obj.backbone.name)
+            request["text"] = text
+        elif task_obj.mask.needs_class_names:
             names = names or list(task_obj.classes or [])
             if not names:
                 raise UserError("give the class names to look for, separated by commas (e.g. sky, road, car)")
@@ -631,17 +651,22 @@ class Studio:
         elif points is not None:
             clicks_inside(points, image.shape)  # only where they are used: other tasks ignore clicks
             request["points"] = points
-        import torch
-
-        from app.placement import run
-
-        with torch.no_grad():
-            outputs = run(
-                lambda device: task_obj.predict_outputs(image, device=device, **request), task_obj.backbone, where
-            )
+        outputs = predict_on(entry, image, **request)
         h, w = outputs["main"].shape[:2]
         note = f"; {where.note}" if where.note else ""
         return outputs, f"{desc}; output {w}x{h} px (the input's resolution){note}"
+
+
+def predict_on(entry: tuple, image: np.ndarray, **request) -> dict:
+    """A model of the studio's cache (Studio.model's (task, description, placement)) predicting
+    `image` where it was placed (the GPU when it has room), without gradients."""
+    import torch
+
+    from app.placement import run
+
+    task_obj, _, where = entry
+    with torch.no_grad():
+        return run(lambda device: task_obj.predict_outputs(image, device=device, **request), task_obj.backbone, where)
 
 
 def describe_adapter(cfg: dict, n_tensors: int | None = None) -> str:

@@ -93,6 +93,19 @@ def slip_zip(path: Path) -> Path:
     return path
 
 
+def work(studio) -> list[str]:
+    """Run every queued job of `studio` to its end in this process, as a worker would; returns
+    their final statuses."""
+    import threading
+
+    from app.run.worker import run_job
+
+    statuses = []
+    while (job := studio.store.claim("w1", 1)) is not None:
+        statuses.append(run_job(studio.store, studio.paths, job, "w1", threading.Event(), 40_000_000))
+    return statuses
+
+
 def wait_for(predicate, timeout: float, every: float = 0.5, what: str = "condition"):
     deadline = time.time() + timeout
     last = None

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-from studio_support import OWNER, dataset_zip
+from studio_support import OWNER, dataset_zip, work
 
 from app.config import Limits, Paths
 from app.label_rest import LabelRest
@@ -19,14 +19,6 @@ from app.run.worker import run_job
 from app.studio import Studio, UserError
 
 OTHER = "another-owner-" + "c" * 20
-
-
-def work(studio: Studio) -> list[str]:
-    """Run every queued job to its end, as a worker would; returns their final statuses."""
-    statuses = []
-    while (job := studio.store.claim("w1", 1)) is not None:
-        statuses.append(run_job(studio.store, studio.paths, job, "w1", threading.Event(), 40_000_000))
-    return statuses
 
 
 @pytest.fixture(scope="module")

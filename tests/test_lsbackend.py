@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 from PIL import Image
-from studio_support import OWNER
+from studio_support import OWNER, work
 
 from adapt.data import load_dataset
 from adapt.data.labelstudio import brush_decode, brush_encode
@@ -21,7 +21,6 @@ from adapt.data.synthetic import make_dataset
 from app.config import Limits, Paths
 from app.lsbackend import ROUTE, add_routes, backend_for, describe
 from app.rest import PREFIX
-from app.run.worker import run_job
 from app.studio import Studio
 
 starlette = pytest.importorskip("starlette")
@@ -210,13 +209,6 @@ def test_another_owner_cannot_reach_the_connection(world, connected):
             f"{PREFIX}/labelstudio/{route}", json={"owner": OTHER, "connection": connected["connection"]}
         )
         assert answer.status_code == 400 and "no such Label Studio connection" in answer.json()["error"]
-
-
-def work(studio):
-    statuses = []
-    while (job := studio.store.claim("w1", 1)) is not None:
-        statuses.append(run_job(studio.store, studio.paths, job, "w1", threading.Event(), 40_000_000))
-    return statuses
 
 
 def test_annotations_become_pairs_and_training_decides_the_served_version(world, connected, monkeypatch, caplog):

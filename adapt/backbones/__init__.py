@@ -23,7 +23,7 @@ import torch
 
 from adapt.backbones import catalog
 from adapt.backbones.base import Backbone, MemoryBlock, load_into, load_state_dict_file
-from adapt.backbones.catalog import CATALOG, FAMILIES, BackboneEntry, family_of, names
+from adapt.backbones.catalog import CATALOG, FAMILIES, BackboneEntry, bundled, family_of, names
 
 BACKBONES: dict[str, BackboneEntry] = CATALOG
 
@@ -46,6 +46,7 @@ __all__ = [
     "MemoryBlock",
     "architecture",
     "build_backbone",
+    "bundled",
     "family_of",
     "load_into",
     "load_state_dict_file",

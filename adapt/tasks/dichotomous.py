@@ -419,8 +419,7 @@ class DichotomousTask:
         from adapt.render import cutout, overlay
 
         if text is not None:
-            masks = self.backbone.segment_text(image, text)["masks"]
-            prob = masks.max(axis=0) if len(masks) else np.zeros(image.shape[:2], np.float32)
+            prob = self.predict_text(image, text)
         else:
             prob = self.predict(
                 image, box=box, points=points, refine=refine, device=device, whole_box=whole_box, config=config
@@ -434,26 +433,43 @@ class DichotomousTask:
             "overlay": overlay(image, alpha.astype(np.float32) / 255),
         }
 
+    def predict_text(self, image: np.ndarray, text: str) -> np.ndarray:
+        """Foreground probability (H, W) at the source resolution for a phrase: the union of its
+        instances' masks (Backbone.segment_text: SAM 3's; other backbones say they take none)."""
+        masks = self.backbone.segment_text(image, text)["masks"]
+        return masks.max(axis=0) if len(masks) else np.zeros(image.shape[:2], np.float32)
+
     @torch.no_grad()
-    def predict_many(self, images: list[np.ndarray], device="cpu", refine: bool | None = None) -> list[tuple]:
+    def predict_many(
+        self, images: list[np.ndarray], device="cpu", refine: bool | None = None, text: str | None = None
+    ) -> list[tuple]:
         """Auto-labelling: prompt-free masks for a batch of images, the encoder run once on the
-        batch. Returns [(outputs, scores)] in order: outputs "main" (0/255) and "alpha" (0-255
-        soft mask) at each image's resolution; scores from adapt.uncertainty.mask_uncertainty.
-        Images larger than the encoder input are refined as `predict` refines them (refine None)."""
+        batch, or with `text` each image's instances of the phrase (predict_text). Returns
+        [(outputs, scores)] in order: outputs "main" (0/255) and "alpha" (0-255 soft mask) at each
+        image's resolution; scores from adapt.uncertainty.mask_uncertainty. Images larger than the
+        encoder input are refined as `predict` refines them (refine None)."""
         from adapt.uncertainty import mask_uncertainty
 
-        prepared = [self.prepare(image) for image in images]
-        embeddings = self.encode(torch.stack([p.image for p in prepared]).to(device))
+        probs = [self.predict_text(i, text) for i in images] if text else self._prompt_free(images, device, refine)
         results = []
-        for i, (image, p) in enumerate(zip(images, prepared)):
-            prob = self.predict_embedded(p, embeddings[i : i + 1], {"box": self.whole_image_box(p)}, device)
-            if self.should_refine(image.shape) if refine is None else refine:
-                prob = refine_crops(prob, self.crop_predictor(image, prob, device=device), self.size, RefineConfig())[0]
+        for prob in probs:
             alpha = np.round(prob * 255).astype(np.uint8)
             results.append(
                 ({"main": np.where(alpha > 127, 255, 0).astype(np.uint8), "alpha": alpha}, mask_uncertainty(prob))
             )
         return results
+
+    def _prompt_free(self, images: list[np.ndarray], device, refine: bool | None) -> list[np.ndarray]:
+        """Each image's foreground probability with the whole image as its box, encoded as one batch."""
+        prepared = [self.prepare(image) for image in images]
+        embeddings = self.encode(torch.stack([p.image for p in prepared]).to(device))
+        probs = []
+        for i, (image, p) in enumerate(zip(images, prepared)):
+            prob = self.predict_embedded(p, embeddings[i : i + 1], {"box": self.whole_image_box(p)}, device)
+            if self.should_refine(image.shape) if refine is None else refine:
+                prob = refine_crops(prob, self.crop_predictor(image, prob, device=device), self.size, RefineConfig())[0]
+            probs.append(prob)
+        return probs
 
     def to_source(self, prob: torch.Tensor, prepared: Prepared) -> np.ndarray:
         """(S, S) in the padded input frame -> (H, W) float32 at the source resolution."""

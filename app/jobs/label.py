@@ -55,6 +55,7 @@ class LabelJob:
             files.inputs,
             files.labels,
             classes=spec["classes"] or None,
+            text=spec.get("text"),  # a SAM 3 model's phrase (jobs queued before it had none)
             batch_size=spec["batch_size"],
             resume=True,
             model=spec["adapter_ref"] or spec["backbone"],

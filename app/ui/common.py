@@ -17,7 +17,8 @@ import gradio as gr
 import numpy as np
 
 from adapt.files import disk_full
-from app.catalog import backbone_choices
+from adapt.tasks import TASKS
+from app.catalog import backbone_choices, takes_text
 from app.studio import UserError, check_owner
 
 log = logging.getLogger("app")
@@ -190,6 +191,29 @@ def model_pickers(adapter_id: str, backbone_id: str, backbone_label: str):
     names = backbone_choices("dichotomous")
     backbone = gr.Dropdown(names, value=names[0][1], allow_custom_value=True, label=backbone_label, elem_id=backbone_id)
     return adapter, backbone
+
+
+def text_field(label: str, elem_id: str) -> gr.Textbox:
+    """A text prompt field (SAM 3: every instance of a phrase), hidden until the model chosen takes
+    one (`text_field_follows`)."""
+    return gr.Textbox(label=label, placeholder="e.g. cell", max_length=60, visible=False, elem_id=elem_id)
+
+
+def text_field_follows(studio, owner, task, adapter, backbone, text) -> None:
+    """Show a tab's text prompt field while its task makes binary masks (a label map's phrases are
+    its classes) and the model chosen segments phrases: the adapter's base, or the frozen backbone
+    (app.catalog.takes_text); hidden, it is emptied, so nothing hidden is sent."""
+
+    def shown(owner, adapter, backbone, task):
+        if task not in TASKS or TASKS[task].mask.needs_class_names:
+            return gr.Textbox(visible=False, value="")
+        if adapter:
+            bases = {ref: base for _, ref, _, base in studio.adapter_rows(owner)} if valid_owner(owner or "") else {}
+            backbone = bases.get(adapter, "")
+        return gr.Textbox(visible=True) if takes_text(backbone or "") else gr.Textbox(visible=False, value="")
+
+    for trigger in (adapter.change, backbone.change, task.change):
+        trigger(shown, [owner, adapter, backbone, task], text, api_visibility="private", show_progress="hidden")
 
 
 def adapter_choices(studio, owner: str, value: str = "", task: str | None = None):

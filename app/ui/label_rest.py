@@ -17,6 +17,8 @@ from app.ui.common import (
     model_pickers,
     one_click_download,
     outbox,
+    text_field,
+    text_field_follows,
     user_errors,
     valid_owner,
 )
@@ -68,8 +70,9 @@ def _job_form() -> SimpleNamespace:
     )
     adapter, backbone = model_pickers("rest-adapter", "rest-backbone", "backbone (when no adapter is chosen)")
     classes = gr.Textbox(label="classes (open-vocabulary, frozen model)", visible=False)
+    text = text_field("Text prompt (SAM 3: each mask is every instance of this phrase)", "rest-text")
     run = gr.Button("Label them", variant="primary", elem_id="rest-run")
-    return SimpleNamespace(images=images, adapter=adapter, backbone=backbone, classes=classes, run=run)
+    return SimpleNamespace(images=images, adapter=adapter, backbone=backbone, classes=classes, text=text, run=run)
 
 
 def _results(view: SimpleNamespace) -> None:
@@ -100,9 +103,9 @@ def _wire_job(studio: Studio, rest: LabelRest, owner, task, tabs, train_job, vie
     API-only endpoint (the results as data)."""
 
     @user_errors
-    def predict_batch(o, files, ref, bb, t, names):
-        """Queue a labelling job; returns (job id, message)."""
-        job_id = rest.submit(o, files, ref, bb, t, names)
+    def predict_batch(o, files, ref, bb, t, names, text=""):
+        """Queue a labelling job; returns (job id, message). `text`: a SAM 3 model's phrase."""
+        job_id = rest.submit(o, files, ref, bb, t, names, text=text)
         return job_id, f"Labelling job `{job_id}` queued; the results appear here when it is done."
 
     @user_errors
@@ -134,10 +137,11 @@ def _wire_job(studio: Studio, rest: LabelRest, owner, task, tabs, train_job, vie
     v = view
     v.run.click(
         predict_batch,
-        [owner, v.images, v.adapter, v.backbone, task, v.classes],
+        [owner, v.images, v.adapter, v.backbone, task, v.classes, v.text],
         [v.job, v.status],
         api_name="predict_batch",
     )
+    text_field_follows(studio, owner, task, v.adapter, v.backbone, v.text)
     v.accept.click(accept_label, [owner, v.job, v.chosen], v.chosen_md, api_name="accept_label").success(
         _redraw(rest), [owner, v.job], [v.status, v.gallery, v.rows], api_visibility="private"
     )

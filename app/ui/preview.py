@@ -1,6 +1,8 @@
 """The studio's Preview tab: predict on an image at full resolution with one of this browser's
-adapters or a frozen backbone, optionally with clicks (a binary mask) or class names (a class map);
-the actions are app.studio's."""
+adapters or a frozen backbone, optionally with clicks or a text prompt (SAM 3: a binary mask of a
+phrase's instances) or class names (a class map); and, for the tasks that name classes, Compare:
+frozen CLIP, frozen SAM 3 and the adapter side by side on the same classes. The actions are
+app.studio's and app.compare's."""
 
 from __future__ import annotations
 
@@ -12,8 +14,18 @@ import gradio as gr
 
 from adapt.tasks import TASKS
 from app import labeller
-from app.studio import Studio, UserError, parse_classes, parse_clicks
-from app.ui.common import example_path, examples, model_pickers, user_errors, valid_owner
+from app.catalog import backbone_choices, backbones_for
+from app.compare import MAX_COMPARE, SAM3_TASK, compare
+from app.studio import Studio, UserError, as_phrase, parse_classes, parse_clicks
+from app.ui.common import (
+    example_path,
+    examples,
+    model_pickers,
+    text_field,
+    text_field_follows,
+    user_errors,
+    valid_owner,
+)
 from app.ui.messages import api_endpoint, in_page, message
 
 # the open-vocabulary preview's default classes: the objects of assets/examples/colours.jpg, which
@@ -32,7 +44,9 @@ def preview_tab(studio: Studio, owner, task) -> dict:
                 form.over = gr.Image(label="Overlay", format="png", elem_id="predict-overlay")
                 form.info = gr.Markdown(elem_id="predict-info")
         form.scale = gr.State(1.0)
+        _compare_area(form)
         _wire(studio, owner, task, form)  # in the tab: its hidden API trigger too
+        _wire_compare(studio, owner, task, form)
     return {"adapter": form.adapter, "classes": form.classes, "backbone": form.backbone}
 
 
@@ -64,6 +78,7 @@ def _request_form() -> SimpleNamespace:
             label="clicks", placeholder="x,y,label; ... (label 1 object, 0 background)", elem_id="clicks"
         )
     adapter, backbone = model_pickers("adapter", "predict-backbone", "backbone (used when no adapter is chosen)")
+    text = text_field("Text prompt (SAM 3: every instance of a phrase, instead of clicks)", "predict-text")
     classes = gr.Textbox(
         EXAMPLE_CLASSES,
         label="classes (with tiny-clip: colour names, as for colours.jpg)",
@@ -85,6 +100,7 @@ def _request_form() -> SimpleNamespace:
         clicks=clicks,
         adapter=adapter,
         backbone=backbone,
+        text=text,
         classes=classes,
         run=run,
     )
@@ -109,8 +125,8 @@ def _wire(studio: Studio, owner, task, form: SimpleNamespace) -> None:
         part = f"{x:.0f},{y:.0f},{1 if m.startswith('foreground') else 0}"
         return f"{text}; {part}" if text and text.strip() else part
 
-    def predict(owner, image, adapter, backbone, task, classes, clicks):
-        outputs, desc = studio.predict(owner, image, adapter, backbone, task, classes, clicks)
+    def predict(owner, image, adapter, backbone, task, classes, clicks, text=""):
+        outputs, desc = studio.predict(owner, image, adapter, backbone, task, classes, clicks, text)
         second = outputs.get("cutout", outputs.get("legend"))
         return outputs["main"], second, outputs["overlay"], desc
 
@@ -121,20 +137,21 @@ def _wire(studio: Studio, owner, task, form: SimpleNamespace) -> None:
     f.image.upload(show, f.image, [f.view, f.scale, f.clicks], api_visibility="private")
     f.example.input(pick, f.example, [f.image, f.view, f.scale, f.clicks], api_visibility="private")
     f.view.select(add_click, [f.clicks, f.mode, f.scale], f.clicks, api_visibility="private")
-    request = [owner, f.image, f.adapter, f.backbone, task, f.classes, f.clicks]
+    request = [owner, f.image, f.adapter, f.backbone, task, f.classes, f.clicks, f.text]
     api_endpoint(predict, request, [f.main, f.extra, f.over, f.info], "predict")
     f.run.click(
         in_page(predict_in_page, 5), request, [f.main, f.extra, f.over, f.info, f.msg], api_visibility="private"
     )
-    choice = [owner, f.adapter, f.backbone, task, f.classes, f.clicks]
-    for trigger in (f.adapter.change, f.backbone.change, task.change, f.classes.change, f.clicks.change):
+    choice = [owner, f.adapter, f.backbone, task, f.classes, f.clicks, f.text]
+    for trigger in (f.adapter.change, f.backbone.change, task.change, f.classes.change, f.clicks.change, f.text.change):
         trigger(lambda *a: what_runs(studio, *a), choice, f.runs, api_visibility="private", show_progress="hidden")
+    text_field_follows(studio, owner, task, f.adapter, f.backbone, f.text)
 
 
-def what_runs(studio: Studio, owner, adapter, backbone, task, classes, clicks) -> str:
+def what_runs(studio: Studio, owner, adapter, backbone, task, classes, clicks, text="") -> str:
     """The line beside Predict that says plainly what will run: the model (an adapter of this
-    browser, or a frozen backbone), the task, and its classes or clicks; or why it will not run
-    (an adapter trained for another task is refused by the studio too)."""
+    browser, or a frozen backbone), the task, and its classes, text prompt or clicks; or why it
+    will not run (an adapter trained for another task is refused by the studio too)."""
     if task not in TASKS:
         return ""
     kind = TASKS[task]
@@ -150,9 +167,65 @@ def what_runs(studio: Studio, owner, adapter, backbone, task, classes, clicks) -
         if kind.mask.needs_class_names:
             names = parse_classes(classes, background=False)
             detail = f"{len(names)} classes" if names else ("the adapter's classes" if adapter else "no classes given")
+        elif phrase := as_phrase(text, "the text prompt"):
+            detail = f"every {phrase!r}"
         else:
             points = parse_clicks(clicks)
             detail = f"{len(points[0])} click(s)" if points is not None else "no clicks"
     except UserError as e:
         return f"**Will not run:** {e}"
     return f"Runs: {model}, {title}, {detail}"
+
+
+# --- Compare: three models side by side on the same classes ------------------------------------------
+
+
+def _compare_area(form: SimpleNamespace) -> None:
+    """Shown for the tasks that name classes: the frozen SAM 3 to compare with, the Compare button
+    and its message, and three panels (label map, legend, which model)."""
+    sam3 = backbone_choices(SAM3_TASK)
+    with gr.Group(visible=False) as form.compare_box:
+        gr.Markdown(
+            "### Compare\nThe image and classes above, side by side: **frozen CLIP**, **frozen SAM 3** and the "
+            f"**adapter** chosen above (if any), each a label map of the same classes (at most {MAX_COMPARE})."
+        )
+        with gr.Row(equal_height=True):
+            form.compare_sam3 = gr.Dropdown(
+                sam3, value=backbones_for(SAM3_TASK)[0], label="Frozen SAM 3", allow_custom_value=True, scale=1
+            )
+            form.compare = gr.Button("Compare", elem_id="compare", scale=1)
+            form.compare_msg = message("compare-msg")
+        form.panels = []
+        with gr.Row():
+            for k in range(3):
+                with gr.Column():
+                    form.panels.append(
+                        (
+                            gr.Image(label="label map", format="png", elem_id=f"compare-map-{k}"),
+                            gr.Image(label="legend", format="png", image_mode=None, elem_id=f"compare-legend-{k}"),
+                            gr.Markdown(elem_id=f"compare-title-{k}"),
+                        )
+                    )
+
+
+def _wire_compare(studio: Studio, owner, task, form: SimpleNamespace) -> None:
+    def run_compare(owner, image, classes, adapter, sam3):
+        panels = compare(studio, owner, image, classes, adapter, sam3)
+        shown = [(p.outputs["main"], p.outputs["legend"], p.title) for p in panels]
+        shown += [(None, None, "**Adapted**: choose an adapter above to see it here")] * (3 - len(shown))
+        return (*[x for panel in shown for x in panel], f"Done: {len(panels)} models, the same classes.")
+
+    f = form
+    outputs = [x for panel in f.panels for x in panel] + [f.compare_msg]
+    f.compare.click(
+        in_page(run_compare, len(outputs)),
+        [owner, f.image, f.classes, f.adapter, f.compare_sam3],
+        outputs,
+        api_visibility="private",
+    )
+    task.change(
+        lambda t: gr.Group(visible=t in TASKS and TASKS[t].mask.needs_class_names),
+        task,
+        f.compare_box,
+        api_visibility="private",
+    )

@@ -20,6 +20,7 @@ def train_tab(studio: Studio, owner, task, data: dict, tabs) -> dict:
     with gr.Tab("2. Train", id="train"):
         form = _model_choice()
         _run_settings(form)
+        _task_settings(form)
         form.dataset = gr.File(  # filled by the Data tab's checks: /train reads only this browser's own copy
             label="Training data: the dataset checked in the Data tab",
             file_types=[".zip"],
@@ -82,6 +83,33 @@ def _run_settings(form: SimpleNamespace) -> None:
     form.memory_md = gr.Markdown(estimate_memory(form.backbone.value, "parser", 2), elem_id="memory")
 
 
+def _task_settings(form: SimpleNamespace) -> None:
+    """The options of the tasks that have them (TASKS[t].default_options), shown for those tasks:
+    the concept task's phrase (what binary masks' object is called) and hard negatives."""
+    with gr.Row():
+        form.phrase = gr.Textbox(
+            "",
+            label="Phrase (binary masks only)",
+            placeholder="what the object is called, e.g. cell; a class map names its classes itself",
+            max_length=60,
+            visible=False,
+            elem_id="phrase",
+        )
+        form.hard_negatives = gr.Checkbox(
+            True,
+            label="Hard negatives",
+            info="Also train on phrases of classes absent from an image, so the model keeps saying no",
+            visible=False,
+            elem_id="hard-negatives",
+        )
+
+
+def task_options_shown(task: str) -> tuple:
+    """The phrase and hard-negatives fields, shown when the task has the option."""
+    options = TASKS[task].default_options if task in TASKS else {}
+    return gr.Textbox(visible="phrase" in options), gr.Checkbox(visible="hard_negatives" in options)
+
+
 def _wire_data(studio: Studio, owner, task, data: dict, tabs, form: SimpleNamespace) -> None:
     """The Data tab's checks fill in the training data and bring the user here."""
 
@@ -122,6 +150,7 @@ def _wire_choices(task, form: SimpleNamespace) -> None:
         return download_weights(bb)
 
     form.backbone.change(on_backbone, [form.backbone, task], [form.weights_md, form.method], api_visibility="private")
+    task.change(task_options_shown, task, [form.phrase, form.hard_negatives], api_visibility="private")
     form.fetch.click(fetch_weights, form.backbone, form.weights_md, api_visibility="private")
     for trigger in (form.backbone.change, form.method.change, form.batch.change):
         trigger(
@@ -142,10 +171,36 @@ def _wire_choices(task, form: SimpleNamespace) -> None:
 def _wire_train(studio: Studio, owner, task, tabs, form: SimpleNamespace) -> None:
     """Train: a queued job opens the Progress tab; a refusal is said beside the button."""
 
-    def submit(owner, dataset, task, backbone, method, steps, lr, head_lr, batch_size, budget="", gpus=1):
+    def submit(
+        owner,
+        dataset,
+        task,
+        backbone,
+        method,
+        steps,
+        lr,
+        head_lr,
+        batch_size,
+        budget="",
+        gpus=1,
+        phrase="",
+        hard_negatives=True,
+    ):
         data = studio.checked_dataset(owner, dataset)  # this browser's own checked dataset, or refused
         job_id = studio.submit(
-            owner, str(data), task, backbone, method, steps, lr, head_lr, batch_size, memory_budget=budget, gpus=gpus
+            owner,
+            str(data),
+            task,
+            backbone,
+            method,
+            steps,
+            lr,
+            head_lr,
+            batch_size,
+            memory_budget=budget,
+            gpus=gpus,
+            phrase=phrase,
+            hard_negatives=hard_negatives,
         )
         return job_id, f"Job `{job_id}` queued."
 
@@ -154,6 +209,6 @@ def _wire_train(studio: Studio, owner, task, tabs, form: SimpleNamespace) -> Non
         return job_id, gr.Tabs(selected="progress"), text
 
     request = [owner, form.dataset, task, form.backbone, form.method, form.steps, form.lr, form.head_lr, form.batch]
-    request += [form.budget, form.gpus]
+    request += [form.budget, form.gpus, form.phrase, form.hard_negatives]
     api_endpoint(submit, request, [form.job, form.msg], "train")
     form.train.click(in_page(submit_in_page, 3), request, [form.job, tabs, form.msg], api_visibility="private")
