@@ -129,7 +129,7 @@ def test_a_hard_negative_teaches_the_presence_token_to_say_no():
 def fake_instances(monkeypatch, scores: dict, masks: dict, m: int = 8):
     """instance_scores answering `scores[phrase]` (Q,) and `masks[phrase]` (Q, m, m)."""
 
-    def instance_scores(self, image, phrases, device="cpu"):
+    def instance_scores(self, image, phrases, device="cpu", boxes=None):
         return (
             torch.stack([torch.tensor(scores[p], dtype=torch.float) for p in phrases]),
             torch.stack([torch.tensor(masks[p], dtype=torch.float) for p in phrases]),
