@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import adapt.evidence as evidence
-from adapt.backbones import BACKBONES, Backbone, architecture, family_of
+from adapt.backbones import BACKBONES, Backbone, architecture, family_of, missing_extra
 from adapt.methods import METHODS
 from adapt.tasks import TASKS, runs_on
 from app.checks import MAX_ID, UserError, as_text, choice
@@ -69,6 +69,9 @@ def backbone_for(task: str, backbone) -> str:
         raise UserError(f"{backbone!r} is not a backbone for {task}: the {task} task runs on {', '.join(names)} only")
     if backbone not in names:
         raise UserError(f"{backbone!r} is not a backbone for {task}; choose one of {', '.join(names)}")
+    missing = missing_extra(backbone)  # refused here, not after the job waited in the queue
+    if missing:
+        raise UserError(missing)
     return backbone
 
 

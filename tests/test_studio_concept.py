@@ -191,3 +191,13 @@ def test_label_the_rest_with_a_phrase_on_frozen_sam3(world):
     labels = studio.paths.job_files(job).labels
     for f in files:
         assert set(np.unique(np.asarray(Image.open(labels / "masks" / os.path.basename(f))))) <= {0, 255}
+
+
+def test_a_backbone_whose_extra_is_missing_is_refused_at_the_request(monkeypatch):
+    """Without Meta's `sam3` package a SAM 3 job is refused when asked for, with the command that
+    adds it, not after waiting in the queue."""
+    import app.catalog
+
+    monkeypatch.setattr(app.catalog, "missing_extra", lambda name: f"{name} needs the optional `sam3` package")
+    with pytest.raises(UserError, match="needs the optional `sam3` package"):
+        app.catalog.backbone_for("concept", "tiny-sam3")

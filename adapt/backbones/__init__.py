@@ -23,7 +23,7 @@ import torch
 
 from adapt.backbones import catalog
 from adapt.backbones.base import Backbone, MemoryBlock, load_into, load_state_dict_file
-from adapt.backbones.catalog import CATALOG, FAMILIES, BackboneEntry, bundled, family_of, names
+from adapt.backbones.catalog import CATALOG, FAMILIES, BackboneEntry, bundled, family_of, missing_extra, names
 
 BACKBONES: dict[str, BackboneEntry] = CATALOG
 
@@ -50,6 +50,7 @@ __all__ = [
     "family_of",
     "load_into",
     "load_state_dict_file",
+    "missing_extra",
     "names",
     "spec_of",
 ]

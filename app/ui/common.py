@@ -196,7 +196,9 @@ def model_pickers(adapter_id: str, backbone_id: str, backbone_label: str):
 def text_field(label: str, elem_id: str) -> gr.Textbox:
     """A text prompt field (SAM 3: every instance of a phrase), hidden until the model chosen takes
     one (`text_field_follows`)."""
-    return gr.Textbox(label=label, placeholder="e.g. cell", max_length=60, visible=False, elem_id=elem_id)
+    return gr.Textbox(
+        "", label=label, placeholder="e.g. cell", max_length=60, visible=False, elem_id=elem_id
+    )  # "": optional in the API
 
 
 def text_field_follows(studio, owner, task, adapter, backbone, text) -> None:
