@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 
+from adapt.tasks import parse_boxes as read_boxes
 from adapt.tasks import parse_points
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -46,6 +47,7 @@ class UserError(ValueError):
 # --- what a request may carry: every variable-size input is bounded, every value type-checked ----
 
 MAX_CLICKS = 100  # points and boxes in one prediction request
+MAX_BOXES = 16  # exemplar boxes in one prediction request (each one more prompt token per phrase)
 MAX_CLASSES = 64  # class names in one request (background included)
 MAX_NAME = 60  # characters in one class name
 MAX_TEXT = 4096  # characters in any free-text field (clicks, class lists)
@@ -164,3 +166,34 @@ def clicks_inside(points, shape) -> None:
     for x, y in points[0].tolist():
         if x >= w or y >= h:
             raise UserError(f"the click at ({x:g}, {y:g}) is outside the {w}x{h} image")
+
+
+def parse_boxes(value: str):
+    """Exemplar boxes as the page and the API send them, "x0,y0,x1,y1; ..." in image pixels (see
+    adapt.tasks.parse_boxes), as (N, 4) rows or None; at most MAX_BOXES of them; a bad one is a
+    UserError. Whether they lie on the image is `boxes_inside`'s, once it is loaded."""
+    try:
+        boxes = read_boxes(as_text(value, "exemplar boxes"))
+    except ValueError as e:
+        raise UserError(f"exemplar {e}") from None
+    if boxes is not None and len(boxes) > MAX_BOXES:
+        raise UserError(f"{len(boxes)} exemplar boxes; at most {MAX_BOXES} are accepted in one request")
+    return boxes
+
+
+def boxes_inside(boxes, shape) -> None:
+    """Every box lies on the image (x1 <= width, y1 <= height: its corners are pixel edges); a box
+    off it is a UserError."""
+    if boxes is None:
+        return
+    h, w = shape[:2]
+    for x0, y0, x1, y1 in boxes.tolist():
+        if x1 > w or y1 > h:
+            raise UserError(f"the exemplar box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the {w}x{h} image")
+
+
+def boxes_taken(boxes, task) -> None:
+    """Exemplar boxes only for a task that takes them (Task.exemplars: SAM 3's concept task); given
+    to another, they are refused rather than silently dropped."""
+    if boxes is not None and not task.exemplars:
+        raise UserError("exemplar boxes are prompts of the concept task (SAM 3): choose that task, or clear the boxes")

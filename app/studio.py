@@ -27,6 +27,7 @@ from adapt.preflight import default_task_options, eval_every, fit_to_plan, memor
 from adapt.tasks import TASKS
 from app.catalog import backbone_for, check_text_prompt, family_for_task, fit_warning, has_gpu
 from app.checks import (  # noqa: F401  (the app's modules import these from here)
+    MAX_BOXES,
     MAX_CLASSES,
     MAX_CLICKS,
     MAX_ID,
@@ -36,12 +37,15 @@ from app.checks import (  # noqa: F401  (the app's modules import these from her
     UserError,
     as_phrase,
     as_text,
+    boxes_inside,
+    boxes_taken,
     check_owner,
     choice,
     clicks_inside,
     file_list,
     flag,
     number,
+    parse_boxes,
     parse_classes,
     parse_clicks,
     uploaded,
@@ -625,12 +629,15 @@ class Studio:
         classes: str = "",
         clicks: str = "",
         text: str = "",
+        boxes: str = "",
     ) -> tuple[dict, str]:
         """The task's named outputs at the image's full resolution, and a line about the model used.
-        `text`: a phrase instead of clicks (SAM 3 models: every instance of it)."""
+        `text`: a phrase instead of clicks (SAM 3 models: every instance of it). `boxes`: exemplar
+        boxes, "x0,y0,x1,y1; ..." in image pixels, examples of the classes (the concept task)."""
         check_owner(owner)
         names, points = parse_classes(classes, background=False), parse_clicks(clicks)  # cheap checks first
-        text = as_phrase(text, "the text prompt")
+        text, boxes = as_phrase(text, "the text prompt"), parse_boxes(boxes)
+        boxes_taken(boxes, TASKS[choice(task, "task", TASKS)])  # before the image and the model load
         image = self.load_image(image_path)
         entry = self.model(owner, adapter_ref, backbone, task)
         task_obj, desc, where = entry
@@ -651,6 +658,9 @@ class Studio:
         elif points is not None:
             clicks_inside(points, image.shape)  # only where they are used: other tasks ignore clicks
             request["points"] = points
+        if boxes is not None:  # the task takes them (boxes_taken)
+            boxes_inside(boxes, image.shape)
+            request["box"] = boxes
         outputs = predict_on(entry, image, **request)
         h, w = outputs["main"].shape[:2]
         note = f"; {where.note}" if where.note else ""

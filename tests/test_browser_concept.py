@@ -44,3 +44,30 @@ def test_compare_shows_three_label_maps(page):
         expect(page.locator(f"#compare-map-{k} img")).to_be_visible()
         expect(page.locator(f"#compare-legend-{k} img")).to_be_visible()
     expect(page.locator("#compare-title-2")).to_contain_text("Adapted")
+
+
+def test_two_clicks_on_the_image_draw_an_exemplar_box(page):
+    """On the Concept task the Preview's exemplar boxes field shows; a click on the image sets a
+    corner, a second one the opposite corner: the box is appended to the field, the line beside
+    Predict counts it, and Predict runs with it. Back on the dichotomous task the field hides."""
+    tab(page, "Preview")
+    page.locator("#task").get_by_text(re.compile("Concept")).click()
+    expect(page.locator("#predict-boxes")).to_be_visible()
+    page.locator("#predict-example input").click()
+    page.get_by_role("option", name="colours").click()
+    view = page.locator("#predict-view img")
+    expect(view).to_be_visible()
+    size = view.bounding_box()
+    view.click(position={"x": size["width"] * 0.6, "y": size["height"] * 0.7})
+    expect(page.locator("#predict-boxes")).to_contain_text("set: click the opposite corner")
+    view.click(position={"x": size["width"] * 0.2, "y": size["height"] * 0.3})
+    field = page.locator("#predict-boxes textarea, #predict-boxes input").first
+    expect(field).to_have_value(re.compile(r"^\d+,\d+,\d+,\d+$"))
+    x0, y0, x1, y1 = map(int, field.input_value().split(","))
+    assert x0 < x1 and y0 < y1
+    expect(page.locator("#predict-runs")).to_contain_text("1 exemplar box(es)")
+    page.locator("#predict").click()
+    expect(page.locator("#predict-msg")).to_contain_text("Done")
+    expect(page.locator("#predict-main img")).to_be_visible()
+    page.locator("#task").get_by_text(re.compile("Dichotomous")).click()
+    expect(page.locator("#predict-boxes")).to_be_hidden()

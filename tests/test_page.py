@@ -73,6 +73,44 @@ def test_the_page_says_what_will_run(studio, sam_upload):
     assert line.startswith("Runs: adapter uploaded: parser on tiny-sam") and line.endswith("dichotomous, 2 click(s)")
 
 
+def test_exemplar_boxes_are_a_field_of_the_tasks_that_take_them(studio):
+    """The Preview's exemplar boxes field shows for the concept task only (hidden, it is emptied);
+    two clicks on the image draw a box (either corner first), appended to the field; the line
+    beside Predict refuses boxes for a task without exemplars; /predict takes them last, optional."""
+    from app.ui.page import build
+    from app.ui.preview import BOXES_INFO, add_click, add_corner, boxes_shown
+
+    field, corner = boxes_shown("concept")
+    assert field.visible is True and corner is None
+    for task in ("dichotomous", "openvocab"):
+        field, _ = boxes_shown(task)
+        assert field.visible is False and field.value == ""
+    field, corner = add_corner("", None, 60.4, 70.6)  # first corner: kept, said under the field
+    assert corner == (60.4, 70.6) and "Corner (60, 71) set" in field.info
+    field, corner = add_corner("", corner, 10.2, 20)  # the opposite one: the box, corners sorted
+    assert field.value == "10,20,60,71" and field.info == BOXES_INFO and corner is None
+    field, corner = add_corner("10,20,60,71", (5, 5), 30, 5.2)  # no height: not drawn, corner kept
+    assert field.value is None and "needs width and height" in field.info and corner == (5, 5)
+    field, _ = add_corner("10,20,60,71", (5, 5), 30, 40)
+    assert field.value == "10,20,60,71; 5,5,30,40"
+    assert add_click("1,2,1", False, 3.4, 4.6) == "1,2,1; 3,5,0"
+
+    from app.ui.preview import what_runs
+
+    line = what_runs(studio, OWNER, "", "tiny-sam", "dichotomous", "", "", "", "1,2,30,40")
+    assert (
+        line
+        == "**Will not run:** exemplar boxes are prompts of the concept task (SAM 3): choose that task, or clear the boxes"
+    )
+    line = what_runs(studio, OWNER, "", "tiny-sam", "dichotomous", "", "", "", "1,2")
+    assert line.startswith("**Will not run:** exemplar boxes are 'x0,y0,x1,y1'")
+
+    demo = build(studio)
+    (predict,) = [d for d in demo.config["dependencies"] if d.get("api_name") == "predict"]
+    last = demo.blocks[predict["inputs"][-1]]
+    assert last.elem_id == "predict-boxes" and last.value == ""  # an initial value: optional in the API
+
+
 def test_predict_refuses_an_adapter_of_another_task(studio, sam_upload):
     with pytest.raises(UserError, match="for the Dichotomous .* task, not Open-vocabulary"):
         studio.predict(OWNER, EXAMPLE, sam_upload, "tiny-clip", "openvocab", CLASSES)

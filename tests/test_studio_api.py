@@ -192,6 +192,18 @@ def test_open_vocabulary_train_and_predict_label_map(client, workdir):
     assert "hclip" in info
 
 
+@pytest.mark.skipif(not sam3_installed(), reason="no sam3")
+def test_exemplar_boxes_join_the_concept_task_through_the_api(client):
+    """/predict's last input, exemplar boxes (optional: every call above leaves it out), reaches
+    frozen SAM 3's concept task; a box off the image is refused by name."""
+    args = (OWNER, handle_file(str(EXAMPLE)), "", "tiny-sam3", "concept", "background, circle", "", "")
+    main, legend, _, info = client.predict(*args, "10,10,60,60; 80,90,120,140", api_name="/predict")
+    width, height = Image.open(EXAMPLE).size
+    assert np.asarray(Image.open(main)).shape == (height, width, 3) and "tiny-sam3" in info
+    with pytest.raises(Exception, match=rf"the exemplar box \(0, 0, {width + 1}, 5\) is outside"):
+        client.predict(*args, f"0,0,{width + 1},5", api_name="/predict")
+
+
 def test_worker_killed_mid_job_marks_it_failed_and_the_app_goes_on(app, client, data):
     job = train(client, data, steps=5000)
     wait_for(lambda: status(client, job)["step"] >= 1, 120, what="the first step")
@@ -287,6 +299,9 @@ def malformed_requests(data):
         (predict_with(6, "; ".join(["10,10,1"] * 20_000)), "characters long; at most 4,096 are accepted"),
         (predict_with(6, "; ".join(["10,10,1"] * 200)), "200 clicks; at most 100 are accepted"),
         (predict_with(6, "a,b"), "clicks are 'x,y' or 'x,y,label'"),
+        (("/predict", (*predict, "", "1,1,5,5")), r"exemplar boxes are prompts of the concept task \(SAM 3\)"),
+        (("/predict", (*predict, "", "1,1")), "exemplar boxes are 'x0,y0,x1,y1'"),
+        (("/predict", (*predict, "", "; ".join(["1,1,5,5"] * 17))), "17 exemplar boxes; at most 16"),
         (("/load_adapter", (OWNER, None)), "choose an adapter .zip"),
         (("/load_adapter", (OWNER, image)), r"not a usable adapter|Invalid file type.*\.zip"),
         (("/check_data", ("short", "dichotomous", None, None, None, "")), "malformed owner token"),

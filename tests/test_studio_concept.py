@@ -1,8 +1,8 @@
 """The studio side of the concept task and of SAM 3's text prompts, without a browser: the Train
 tab's choices (concept's backbones are SAM 3's; its phrase and hard-negative options), a concept
 job trained on tiny-sam3 by the worker's job function, Compare (frozen CLIP, frozen SAM 3 and the
-adapter on the same classes), a text prompt in Preview and in label the rest, and label the rest
-with the concept adapter (class-map masks, scores.csv).
+adapter on the same classes), a text prompt and exemplar boxes in Preview, a text prompt in label
+the rest, and label the rest with the concept adapter (class-map masks, scores.csv).
 
 Kept cheap: a 2-step job on 112 px images. Skipped where the `sam3` package is not installed,
 except under CI=true (.ci/run installs it)."""
@@ -152,6 +152,36 @@ def test_a_text_prompt_segments_a_phrase_on_sam3_only(world):
     (many, scores), = task.predict_many([image], text="circle")  # fmt: skip
     assert np.array_equal(many["main"], task.predict_outputs(image, text="circle")["main"])
     assert "uncertainty" in scores
+
+
+def test_an_exemplar_box_in_preview_reaches_sam3_beside_the_classes(tmp_path, monkeypatch):
+    """Studio.predict(boxes=...) on frozen tiny-sam3, the concept task: the boxes reach the model
+    as exemplars of every class phrase (image pixels), its scores change, the outputs keep the
+    image's size; a box off the image is refused; the line beside Predict counts the boxes."""
+    from adapt.tasks import ConceptTask
+    from app.ui.preview import what_runs
+
+    studio = Studio(Paths(tmp_path / "studio"), Limits())
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.ascontiguousarray(make_dataset("source", n=1, size=SIZE, seed=3)[0].image[:, :90])).save(path)
+    calls, scores_of = [], ConceptTask.instance_scores
+
+    def spy(self, image, phrases, device="cpu", boxes=None):
+        scores, masks = scores_of(self, image, phrases, device, boxes)
+        calls.append((phrases, None if boxes is None else np.asarray(boxes).tolist(), scores))
+        return scores, masks
+
+    monkeypatch.setattr(ConceptTask, "instance_scores", spy)
+    plain, _ = studio.predict(OWNER, str(path), "", "tiny-sam3", "concept", CLASSES)
+    boxed, _ = studio.predict(OWNER, str(path), "", "tiny-sam3", "concept", CLASSES, boxes="10,20,60,70; 5,5,30,30")
+    (phrases, none, before), (_, given, after) = calls
+    assert phrases == ["circle", "square"] and none is None and given == [[10, 20, 60, 70], [5, 5, 30, 30]]
+    assert (before - after).abs().max() > 1e-5
+    assert boxed["index"].shape == plain["index"].shape == (SIZE, 90)
+    with pytest.raises(UserError, match=r"the exemplar box \(0, 0, 100, 10\) is outside the 90x112 image"):
+        studio.predict(OWNER, str(path), "", "tiny-sam3", "concept", CLASSES, boxes="0,0,100,10")
+    line = what_runs(studio, OWNER, "", "tiny-sam3", "concept", CLASSES, "", "", "10,20,60,70; 5,5,30,30")
+    assert line == "Runs: frozen tiny-sam3, concept, 3 classes, 2 exemplar box(es)"
 
 
 # --- label the rest ---------------------------------------------------------------------------------------

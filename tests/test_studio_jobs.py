@@ -118,6 +118,50 @@ def test_a_click_off_the_image_is_refused(tmp_path):
             studio.predict(OWNER, image, "", "tiny-sam", "dichotomous", clicks=far)
 
 
+def test_exemplar_boxes_are_checked_before_anything_runs():
+    """parse_boxes: "x0,y0,x1,y1; ..." in image pixels, at most MAX_BOXES, four finite numbers each,
+    the top-left corner first; boxes_inside: on the image (x1 <= width, y1 <= height)."""
+    from app.checks import MAX_BOXES, boxes_inside, parse_boxes
+
+    boxes = parse_boxes(" 10,20,60,70 ; 0,0.5,3,4;")
+    assert boxes.dtype == np.float32 and boxes.tolist() == [[10, 20, 60, 70], [0, 0.5, 3, 4]]
+    assert parse_boxes("") is None and parse_boxes(None) is None and parse_boxes(" ; ") is None
+    assert len(parse_boxes("; ".join(["1,2,3,4"] * MAX_BOXES))) == MAX_BOXES
+    for bad, words in (
+        ("; ".join(["1,2,3,4"] * (MAX_BOXES + 1)), f"{MAX_BOXES + 1} exemplar boxes; at most {MAX_BOXES} are accepted"),
+        ("1,2,3", "exemplar boxes are 'x0,y0,x1,y1' separated by ';', got '1,2,3'"),
+        ("1,2,3,4,5", "exemplar boxes are 'x0,y0,x1,y1'"),
+        ("a,b,c,d", "exemplar boxes are 'x0,y0,x1,y1'"),
+        ("1,2,nan,4", "exemplar boxes are pixel positions"),
+        ("1,2,inf,4", "exemplar boxes are pixel positions"),
+        ("-1,2,3,4", "exemplar boxes are pixel positions"),
+        ("30,2,10,4", r"top-left to the bottom-right corner \(x0 < x1, y0 < y1\), got '30,2,10,4'"),
+        ("1,40,3,40", "top-left to the bottom-right corner"),
+        ("x" * 5000, "at most 4,096 are accepted"),
+        (["1,2,3,4"], "exemplar boxes must be text, not list"),
+    ):
+        with pytest.raises(UserError, match=words):
+            parse_boxes(bad)
+    boxes_inside(parse_boxes("0,0,90,112"), (112, 90, 3))  # corners are pixel edges: the whole image fits
+    boxes_inside(None, (112, 90, 3))
+    for off in ("0,0,91,10", "0,0,10,113"):
+        with pytest.raises(UserError, match=r"the exemplar box \(0, 0, .*\) is outside the 90x112 image"):
+            boxes_inside(parse_boxes(off), (112, 90, 3))
+
+
+def test_exemplar_boxes_on_a_task_that_takes_none_are_refused(tmp_path):
+    """The dichotomous and open-vocabulary tasks take no exemplars: the request is refused with the
+    reason, before the image or a model is loaded (the image path here does not exist)."""
+    studio = Studio(Paths(tmp_path / "studio"), Limits())
+    for task, backbone in (("dichotomous", "tiny-sam"), ("openvocab", "tiny-clip")):
+        with pytest.raises(UserError, match=r"exemplar boxes are prompts of the concept task \(SAM 3\)"):
+            studio.predict(OWNER, "no-such.png", "", backbone, task, "a, b", boxes="1,2,30,40")
+    with pytest.raises(UserError, match="unknown task 'depth'"):
+        studio.predict(OWNER, "no-such.png", "", "tiny-sam", "depth", boxes="1,2,30,40")
+    with pytest.raises(UserError, match="upload an image first"):  # no boxes: nothing to refuse
+        studio.predict(OWNER, "", "", "tiny-sam", "dichotomous", boxes=" ")
+
+
 def test_memory_estimate_names_the_device():
     text = estimate_memory("sam-vit-b", "parser", 2)
     assert "Estimated" in text and ("MB" in text or "GB" in text)

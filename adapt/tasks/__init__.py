@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from adapt.tasks.concept import ConceptTask
-from adapt.tasks.dichotomous import DichotomousTask, parse_points
+from adapt.tasks.dichotomous import DichotomousTask, parse_boxes, parse_points
 from adapt.tasks.masks import MaskKind
 from adapt.tasks.openvocab import OpenVocabTask
 
@@ -27,6 +27,7 @@ __all__ = [
     "Task",
     "attach_task_head",
     "make_task",
+    "parse_boxes",
     "parse_points",
     "runs_on",
     "task_for_family",
@@ -43,6 +44,7 @@ class Task(Protocol):
     needs: ClassVar[str | None]  # a capability of the Backbone class it needs (e.g. "concepts"), if any
     mask: ClassVar[MaskKind]  # binary mask or class map: how its masks are written, read and drawn
     default_options: ClassVar[dict]  # the options a training run gets unless the caller chooses
+    exemplars: ClassVar[bool]  # predict_outputs takes example boxes of what it finds (`box=`, rows of xyxy)
     augment_options: dict  # keyword options for adapt.data.augment (e.g. how padding is labelled)
 
     @classmethod

@@ -155,6 +155,7 @@ class ConceptTask:
     needs = "concepts"  # a backbone that segments text phrases: SAM 3
     mask: ClassVar[MaskKind] = CLASS_MAP  # a label map of the named classes
     default_options: ClassVar[dict] = {"hard_negatives": True, "phrase": None}
+    exemplars: ClassVar[bool] = True  # boxes of examples join the phrases (Sam3Processor's geometric prompts)
 
     @classmethod
     def options_from(cls, dataset, phrase: str | None = None, **overrides) -> dict:

@@ -37,18 +37,14 @@ from adapt.tasks.masks import BINARY, MaskKind
 PROMPTS = ("box", "points", "none", "mixed", "clicks")
 
 
-MAX_COORD = 1_000_000  # a click's position in source pixels: beyond any image the loaders accept
+MAX_COORD = 1_000_000  # a click's or box corner's position in source pixels: beyond any image the loaders accept
 
 
-def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """Clicks written as text, "x,y[,label]; x,y[,label]" (source pixels; label 1 foreground, 0
-    background, default 1), as (coords (N, 2) float32, labels (N,) int64); None when empty.
-    The one reader of this format: the CLI's --points and the studio's clicks both use it."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    coords, labels = [], []
-    for part in text.split(";"):
+def _prompt_rows(text: str | None, what: str, form: str, sizes: tuple[int, ...], positions: int):
+    """(part, numbers) of each non-empty ';'-separated part of a prompt's text: `sizes` numbers
+    separated by commas, the first `positions` of them pixel positions (finite, 0 to MAX_COORD). A
+    malformed part is a ValueError that shows it and the expected `form`."""
+    for part in (text or "").split(";"):
         part = part.strip()
         if not part:
             continue
@@ -56,10 +52,20 @@ def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
             values = [float(v) for v in part.split(",")]
         except ValueError:
             values = []
-        if len(values) not in (2, 3):
-            raise ValueError(f"clicks are 'x,y' or 'x,y,label' separated by ';', got {part!r}")
-        if not all(math.isfinite(v) for v in values) or not 0 <= min(values[:2]) <= max(values[:2]) <= MAX_COORD:
-            raise ValueError(f"a click's x and y are pixel positions (0 to {MAX_COORD:,}), got {part!r}")
+        if len(values) not in sizes:
+            raise ValueError(f"{what} are {form} separated by ';', got {part!r}")
+        coords = values[:positions]
+        if not all(math.isfinite(v) for v in values) or not 0 <= min(coords) <= max(coords) <= MAX_COORD:
+            raise ValueError(f"{what} are pixel positions (0 to {MAX_COORD:,}), got {part!r}")
+        yield part, values
+
+
+def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Clicks written as text, "x,y[,label]; x,y[,label]" (source pixels; label 1 foreground, 0
+    background, default 1), as (coords (N, 2) float32, labels (N,) int64); None when empty.
+    The one reader of this format: the CLI's --points and the studio's clicks both use it."""
+    coords, labels = [], []
+    for part, values in _prompt_rows(text, "clicks", "'x,y' or 'x,y,label'", (2, 3), 2):
         if len(values) == 3 and values[2] not in (0, 1):
             raise ValueError(f"a click's label is 1 (foreground) or 0 (background), got {part!r}")
         coords.append(values[:2])
@@ -67,6 +73,17 @@ def parse_points(text: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     if not coords:
         return None
     return np.asarray(coords, dtype=np.float32), np.asarray(labels, dtype=np.int64)
+
+
+def parse_boxes(text: str | None) -> np.ndarray | None:
+    """Boxes written as text, "x0,y0,x1,y1; x0,y0,x1,y1" (source pixels, x0 < x1 and y0 < y1), as
+    (N, 4) float32; None when empty. The one reader of this format (the studio's exemplar boxes)."""
+    boxes = []
+    for part, (x0, y0, x1, y1) in _prompt_rows(text, "boxes", "'x0,y0,x1,y1'", (4,), 4):
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"boxes go from the top-left to the bottom-right corner (x0 < x1, y0 < y1), got {part!r}")
+        boxes.append([x0, y0, x1, y1])
+    return np.asarray(boxes, dtype=np.float32) if boxes else None
 
 
 @dataclass
@@ -103,6 +120,7 @@ class DichotomousTask:
     needs = None  # every architecture of the family
     mask: ClassVar[MaskKind] = BINARY  # one foreground mask
     default_options: ClassVar[dict] = {"prompt": "box"}  # what a run is trained with unless told otherwise
+    exemplars: ClassVar[bool] = False  # its box is the one object to segment, not an example of a concept
 
     @classmethod
     def options_from(cls, dataset, prompt: str | None = None) -> dict:

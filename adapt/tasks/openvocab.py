@@ -114,6 +114,7 @@ class OpenVocabTask:
     needs = None  # every architecture of the family
     mask: ClassVar[MaskKind] = CLASS_MAP  # a label map of the classes the user names
     default_options: ClassVar[dict] = {}  # the classes come from the dataset (options_from)
+    exemplars: ClassVar[bool] = False  # CLIP takes names only
 
     @classmethod
     def options_from(cls, dataset, **overrides) -> dict:
