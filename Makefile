@@ -44,7 +44,7 @@ test-studio: $(STAMP)
 
 # screenshots of every tab for the README (docs/img/studio-*.png), taken by the browser test
 screenshots: $(STAMP)
-	OMP_NUM_THREADS=1 STUDIO_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/test_browser_studio.py
+	OMP_NUM_THREADS=1 STUDIO_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/test_browser_studio.py tests/test_browser_concept.py
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""

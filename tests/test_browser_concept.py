@@ -44,6 +44,8 @@ def test_compare_shows_three_label_maps(page):
         expect(page.locator(f"#compare-map-{k} img")).to_be_visible()
         expect(page.locator(f"#compare-legend-{k} img")).to_be_visible()
     expect(page.locator("#compare-title-2")).to_contain_text("Adapted")
+    if os.environ.get("STUDIO_SCREENSHOTS"):  # `make screenshots`: the README's picture of Compare
+        page.screenshot(path=os.path.join(os.environ["STUDIO_SCREENSHOTS"], "studio-compare.png"), full_page=True)
 
 
 def test_two_clicks_on_the_image_draw_an_exemplar_box(page):
