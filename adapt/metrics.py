@@ -449,6 +449,8 @@ METRIC_HELP = {
     "HCE": "HCE: human corrections needed to fix the mask (lower is better)",
     "absent_fp": "absent-class false positives: share of prompts for classes not in an image that still find "
     "an instance (0 to 1, lower is better; did it forget how to say no?)",
+    "absent_score": "absent-class best score: the highest instance score a prompt for an absent class gets, "
+    "below the 0.5 that counts as found too (0 to 1, lower is better)",
     "present_iou": "trained-class IoU: overlap of a present class's found instances with its pixels (higher is better)",
 }
 
@@ -462,9 +464,15 @@ def forgetting_report(frozen: dict | None, adapted: dict | None) -> str | None:
     tasks that do not score them."""
     if not all("absent_fp" in (m or {}) for m in (frozen, adapted)):
         return None
+    names = (
+        ("absent_fp", "absent-class false positives"),
+        ("absent_score", "absent-class best score"),
+        ("present_iou", "trained-class IoU"),
+    )
     parts = [
         f"{name} {with_interval(frozen, key)} frozen -> {with_interval(adapted, key)} adapted"
-        for key, name in (("absent_fp", "absent-class false positives"), ("present_iou", "trained-class IoU"))
+        for key, name in names
+        if key in frozen and key in adapted
     ]
     return "; ".join(parts) + " (95% bootstrap intervals over the held-out images)"
 

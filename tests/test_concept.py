@@ -172,7 +172,8 @@ def test_forgetting_scores_count_absent_prompts_and_present_overlap(monkeypatch)
     # image 1: dog found (absent), cow not; image 2: cat and dog found, cow not -> 3 of 5
     assert scores["absent_fp"] == pytest.approx(3 / 5)
     assert scores["present_iou"] == pytest.approx(0.5)
-    assert list(scores)[:4] == ["miou", "pixel_acc", "absent_fp", "present_iou"]  # what the Progress table shows
+    assert list(scores)[:5] == ["miou", "pixel_acc", "absent_fp", "absent_score", "present_iou"]  # the Progress table's
+    assert scores["absent_score"] == pytest.approx((0.7 + 0.2 + 0.9 + 0.7 + 0.2) / 5)
 
 
 def test_the_forgetting_warning_and_where_it_shows():
@@ -280,3 +281,25 @@ def test_concept_path_counts(method):
         assert concept["adapter"] == runs - heads == 824_600_320 and concept["base"] == heads
     else:
         assert concept["adapter"] == interactive["adapter"] and concept["base"] == runs == 839_657_270
+
+
+def test_a_dataset_listing_background_elsewhere_is_scored_by_its_own_ids(monkeypatch):
+    """Class ids are the dataset's wherever it lists background; predictions are numbered
+    background first; ignored pixels count in no IoU; absent_score reads behind the threshold."""
+    from types import SimpleNamespace
+
+    half = np.zeros((1, 8, 8))
+    half[0, :, :4] = 1
+    fake_instances(monkeypatch, {"cat": [0.9], "dog": [0.3]}, {"cat": half, "dog": half})
+    gt = np.full((8, 8), 1, np.uint8)  # background is id 1 here
+    gt[:, :4] = 0  # cat (id 0) on the left half, exactly where it is found
+    gt[0, 4:] = 255  # ignored
+    task = task_on(["cat", "background", "dog"])
+    labels, classes, _ = task.predict(np.zeros((8, 8, 3), np.uint8))
+    assert classes == ["background", "cat", "dog"] and (labels[:, :4] == 1).all() and (labels[:, 4:] == 0).all()
+    scores = task_on(["cat", "background", "dog"]).evaluate(
+        [SimpleNamespace(image=np.zeros((8, 8, 3), np.uint8), mask=gt)]
+    )
+    assert scores["present_iou"] == 1.0  # cat found exactly; the ignored row is in neither mask
+    assert scores["iou/cat"] == 1.0 and scores["iou/background"] == 1.0
+    assert scores["absent_fp"] == 0.0 and scores["absent_score"] == pytest.approx(0.3)

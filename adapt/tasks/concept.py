@@ -205,7 +205,8 @@ class ConceptTask:
 
     # --- classes ----------------------------------------------------------------------------------
     def vocabulary(self, classes: list[str] | None = None) -> list[str]:
-        """The classes predicted, background first (as the open-vocabulary task numbers them)."""
+        """The classes predicted, background first (label ids of predict, predict_many, the batch
+        writer's classes.json; a dataset that lists background elsewhere is mapped in evaluate)."""
         classes = [c.strip() for c in (classes or self.classes or []) if c and c.strip()]
         if not [c for c in classes if c != BACKGROUND]:
             raise ValueError("name at least one class (a phrase) to segment, e.g. classes=['cell', 'debris']")
@@ -213,7 +214,7 @@ class ConceptTask:
             raise ValueError(f"class names must be distinct: {classes}")
         if len(classes) > 255:
             raise ValueError(f"at most 255 classes at once, got {len(classes)}")
-        return CLASS_MAP.classes(classes)
+        return [BACKGROUND, *(c for c in classes if c != BACKGROUND)]
 
     def absent_pool(self, vocab: list[str]) -> list[str]:
         """Phrases that stand for absent classes: the other classes, or everyday phrases when the
@@ -301,10 +302,11 @@ class ConceptTask:
         return torch.cat([torch.full_like(maps[:1], self.threshold), maps])
 
     @staticmethod
-    def _instance_iou(masks: torch.Tensor, scores: torch.Tensor, truth: np.ndarray) -> float:
-        """IoU of the union of the found instances' masks (at the source size) with `truth`."""
+    def _instance_iou(masks: torch.Tensor, scores: torch.Tensor, truth: np.ndarray, valid: np.ndarray) -> float:
+        """IoU of the union of the found instances' masks (at the source size) with `truth`, over
+        the `valid` (labelled) pixels."""
         union = (masks[scores > INSTANCE_THRESHOLD] > 0.5).any(0)[None, None].float()
-        pred = F.interpolate(union, truth.shape, mode="nearest")[0, 0].numpy() > 0
+        pred = (F.interpolate(union, truth.shape, mode="nearest")[0, 0].numpy() > 0) & valid
         return float((pred & truth).sum() / max(1, (pred | truth).sum()))
 
     @torch.no_grad()
@@ -367,39 +369,50 @@ class ConceptTask:
     # --- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, samples, device="cpu", classes: list[str] | None = None, dis: bool = True) -> dict:
-        """mIoU, pixel accuracy and per-class IoU of the label map (one confusion matrix), and the
-        "did it forget?" pair: absent_fp (share of absent-class prompts that find an instance) and
-        present_iou (IoU of a present class's instances with its pixels), with bootstrap
-        intervals over images. `classes`: the dataset's, in id order (default: the training ones)."""
+        """mIoU, pixel accuracy and per-class IoU of the label map (one confusion matrix), and "did it
+        forget?": absent_fp (share of absent-class prompts that find an instance above 0.5),
+        absent_score (their best instance score, the same question behind the threshold, which a
+        weak model never crosses) and present_iou (IoU of a present class's instances with its
+        pixels), with bootstrap intervals over images. `classes`: the dataset's, in id order
+        (default: the training ones)."""
         from adapt.metrics import INTERVAL, ConfusionMatrix, confusion_statistic, intervals_over_images
         from adapt.tasks.openvocab import label_map
 
-        vocab = self.vocabulary(classes)
+        self.vocabulary(classes)  # checks the names
+        vocab = CLASS_MAP.classes([c.strip() for c in (classes or self.classes)])  # the dataset's ids
         named = [c for c in vocab if c != BACKGROUND]
+        ids = np.array([vocab.index(c) for c in named])  # the dataset's id of each named class
+        to_dataset = np.array([vocab.index(BACKGROUND), *ids])  # label_map's ids (background first) -> the dataset's
         extra = [p for p in self.absent_pool(vocab) if p not in named]  # one-class datasets' stand-ins
         cm = ConfusionMatrix(len(vocab), ignore_index=self.ignore_index)
-        per_image, absent, present = [], [], []
+        per_image, absent, absent_score, present = [], [], [], []
         for s in samples:
             gt = np.asarray(s.mask).astype(np.int64)
             scores, masks = self.instance_scores(s.image, named + extra, device)
             pred, _ = label_map(self._maps(scores[: len(named)], masks[: len(named)]), gt.shape)
             one = ConfusionMatrix(len(vocab), ignore_index=self.ignore_index)
-            one.update(pred, gt)
+            one.update(to_dataset[pred], gt)
             cm += one
             per_image.append(one.matrix)
             here = set(np.unique(gt).tolist())
-            found = (scores > INSTANCE_THRESHOLD).any(1).numpy()
-            wrong = [float(found[k]) for k in range(len(named) + len(extra)) if k >= len(named) or k + 1 not in here]
-            absent.append([sum(wrong), len(wrong)])
-            ious = [self._instance_iou(masks[k], scores[k], gt == k + 1) for k in range(len(named)) if k + 1 in here]
+            missing = [k for k in range(len(named) + len(extra)) if k >= len(named) or ids[k] not in here]
+            best = scores.max(1).values.numpy()
+            absent.append([float(sum(best[k] > INSTANCE_THRESHOLD for k in missing)), len(missing)])
+            absent_score.append([float(sum(best[k] for k in missing)), len(missing)])
+            valid = gt != self.ignore_index
+            ious = [
+                self._instance_iou(masks[k], scores[k], gt == ids[k], valid)
+                for k in range(len(named))
+                if ids[k] in here
+            ]
             present.append([sum(ious), len(ious)])
         ious = cm.iou_per_class()
         out = {"miou": cm.miou(), "pixel_acc": cm.pixel_accuracy()}
-        out["absent_fp"], out["present_iou"] = _pooled(np.array(absent)), _pooled(np.array(present))
+        pooled = {"absent_fp": absent, "absent_score": absent_score, "present_iou": present}
+        out.update({k: _pooled(np.array(v)) for k, v in pooled.items()})
         out.update({f"iou/{c}": float(ious[k]) for k, c in enumerate(vocab) if not np.isnan(ious[k])})
         names = ("miou", "pixel_acc")
         intervals = intervals_over_images({k: per_image for k in names}, {k: confusion_statistic(k) for k in names})
-        pooled = {"absent_fp": absent, "present_iou": present}
         intervals.update(intervals_over_images(pooled, dict.fromkeys(pooled, _pooled)))
         out[INTERVAL] = intervals
         self.last_confusion = cm
