@@ -307,22 +307,9 @@ class Sam3Backbone(Sam2Backbone):
         self, image: np.ndarray, phrases: list[str], threshold: float = 0.5, boxes=None, box_labels=None
     ) -> list[dict]:
         """`segment_text` for several phrases, the image encoded once: one dict per phrase."""
-        device = next(self.model.parameters()).device
         h, w = image.shape[:2]
-        x = self.normalise(image)[None].to(device)
         n = len(phrases)
-        exemplars = labels = None
-        if boxes is not None and len(boxes):
-            xyxy = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=device)
-            xyxy = xyxy / xyxy.new_tensor([w, h, w, h])
-            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)
-            exemplars = cxcywh[None].expand(n, -1, -1)
-            given = np.ones(len(cxcywh), bool) if box_labels is None else np.asarray(box_labels, bool).reshape(-1)
-            if len(given) != len(cxcywh):
-                raise ValueError(f"{len(cxcywh)} exemplar boxes but {len(given)} box labels")
-            labels = torch.as_tensor(given, device=device)[None].expand(n, -1)
-        out = self.ground(x, phrases, [0] * n, list(range(n)), exemplars, labels)
-        scores = out["pred_logits"].sigmoid() * out["presence"].sigmoid()[:, None]
+        scores, out = self.score_concepts(image, phrases, boxes, box_labels)
         results = []
         for k in range(n):
             keep = scores[k] > threshold
@@ -342,6 +329,27 @@ class Sam3Backbone(Sam2Backbone):
                 }
             )
         return results
+
+    def score_concepts(self, image: np.ndarray, phrases: list[str], boxes=None, box_labels=None, device=None):
+        """(scores (K, Q): each query's score, query x presence; `ground`'s outputs) for each phrase
+        on an RGB image (H, W, 3) uint8, the image encoded once; `boxes` xyxy in image pixels with
+        `box_labels` as in segment_text. On `device` (default: the model's)."""
+        device = device or next(self.model.parameters()).device
+        h, w = image.shape[:2]
+        x = self.normalise(image)[None].to(device)
+        n = len(phrases)
+        exemplars = labels = None
+        if boxes is not None and len(boxes):
+            xyxy = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=device)
+            xyxy = xyxy / xyxy.new_tensor([w, h, w, h])
+            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)
+            exemplars = cxcywh[None].expand(n, -1, -1)
+            given = np.ones(len(cxcywh), bool) if box_labels is None else np.asarray(box_labels, bool).reshape(-1)
+            if len(given) != len(cxcywh):
+                raise ValueError(f"{len(cxcywh)} exemplar boxes but {len(given)} box labels")
+            labels = torch.as_tensor(given, device=device)[None].expand(n, -1)
+        out = self.ground(x, phrases, [0] * n, list(range(n)), exemplars, labels)
+        return out["pred_logits"].sigmoid() * out["presence"].sigmoid()[:, None], out
 
     def encoder_parameters(self) -> list:
         """The vision neck's (trunk included), the mask decoder's conv_s0 / conv_s1 and

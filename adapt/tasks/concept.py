@@ -273,17 +273,10 @@ class ConceptTask:
         the mask head's resolution) for each phrase, the image encoded once. `boxes`: exemplar
         boxes (N, 4) xyxy in image pixels, examples of every phrase (Sam3Processor's positive
         geometric prompts)."""
-        x = self.backbone.normalise(image)[None].to(device)
-        n, exemplars, labels = len(phrases), None, None
-        if boxes is not None and len(boxes):
+        if boxes is not None and len(boxes):  # exemplar boxes are clipped to the image
             h, w = image.shape[:2]
-            xyxy = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=device)
-            xyxy = (xyxy / xyxy.new_tensor([w, h, w, h])).clamp(0, 1)
-            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], -1)
-            exemplars = cxcywh[None].expand(n, -1, -1)
-            labels = torch.ones(exemplars.shape[:2], dtype=torch.bool, device=device)
-        out = self.backbone.ground(x, phrases, [0] * n, list(range(n)), exemplars, labels)
-        scores = out["pred_logits"].sigmoid() * out["presence"].sigmoid()[:, None]
+            boxes = np.clip(np.asarray(boxes, np.float32).reshape(-1, 4), 0, [w, h, w, h])
+        scores, out = self.backbone.score_concepts(image, phrases, boxes, device=device)
         return scores.float().cpu(), out["pred_masks"].sigmoid().float().cpu()
 
     def class_scores(
